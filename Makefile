@@ -1,0 +1,45 @@
+# The one front door: make setup | run | test | lint | bench.
+# Everything lands in ignored folders (.venv, .cache, .data) so repeated runs are quick.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+CACHE  ?= $(CURDIR)/.cache
+export IPLEDGER_CACHE := $(CACHE)
+
+.PHONY: setup test test-unit lint bench run services clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+# Real services the integration tests start themselves: Kafka jars from Maven Central,
+# apiextensions-apiserver and etcd built from the Go module proxy. Cached under .cache/.
+services: setup
+	bash compose/kafka/fetch.sh
+	bash compose/kube/build.sh
+
+test: setup services
+	$(PY) -m pytest
+
+test-unit: setup
+	$(PY) -m pytest tests/unit
+
+lint: setup
+	$(VENV)/bin/ruff check service tests bench migrations
+	$(VENV)/bin/ruff format --check service tests bench migrations
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+bench: setup
+	$(PY) -m bench
+
+run: setup
+	$(VENV)/bin/ipledger run --embedded
+
+clean:
+	rm -rf $(VENV) $(CACHE) .mypy_cache .ruff_cache .pytest_cache
