@@ -1,0 +1,60 @@
+"""Ports: the protocols the allocator, sync worker and API depend on.
+
+Every port has an in-memory adapter in ``service.adapters.memory`` and one contract test suite in
+``tests/contract`` that each adapter (memory, PostgreSQL, Kafka) must pass. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One record of the append-only event log, as read back.
+
+    ``offset`` is dense and strictly increasing within a partition: a reader that has consumed
+    offset ``n`` continues at ``n + 1`` and never skips a record that was committed before it.
+    """
+
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    timestamp_ms: int | None
+
+
+class EventLog(Protocol):
+    """The append-only log of events, the source of truth.
+
+    Records with the same key (the event's cluster) go to the same partition, so each cluster's
+    events have one total order.
+    """
+
+    async def partitions(self) -> Sequence[int]:
+        """The partition numbers of the log."""
+        ...
+
+    async def append(self, items: Sequence[tuple[bytes | None, bytes]]) -> Sequence[Record]:
+        """Durably append ``(key, value)`` pairs in order; return them with their positions."""
+        ...
+
+    async def read(
+        self, partition: int, start: int, max_records: int, max_wait_s: float
+    ) -> Sequence[Record]:
+        """Records of ``partition`` with offset >= ``start``, in order, at most ``max_records``.
+
+        Waits up to ``max_wait_s`` for the first record when none is available yet, then
+        returns what it has (possibly nothing).
+        """
+        ...
+
+    async def end_offset(self, partition: int) -> int:
+        """The offset the next appended record of ``partition`` will get."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections; the log object is unusable afterwards."""
+        ...
