@@ -1,0 +1,445 @@
+"""The allocation rules: ``apply(state, event) -> Decision``.
+
+This is the deterministic heart of ipledger. The allocator service, ``ipledger simulate`` and
+audit replay all call ``apply`` (or ``apply_record`` for raw log records) in log order; the same
+log always gives the same state and the same decisions, bit for bit. Nothing here does I/O, reads
+a clock, draws a random number or depends on hash iteration order.
+
+``apply`` mutates ``state`` in place (rebuilding millions of addresses per event is not an
+option) and returns what it did. A rejected event leaves the state exactly as it was. ``apply``
+never raises: a bug surfaces as a decision whose error starts with ``internal error``.
+
+Behaviour follows Cilium v1.16's cluster-pool IPAM and its error strings, with the deliberate
+improvements written down in docs/allocation.md.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from service.domain import events
+from service.domain.pool import (
+    FAMILY_NAMES,
+    IPV4,
+    IPV6,
+    Network,
+    NodeCidr,
+    PoolConfigError,
+    commit_change,
+    plan_change,
+)
+from service.domain.state import Address, ClusterState, IpChange, Node, PodRange, State, format_ip
+
+ALLOCATOR_FULL = "allocator full"
+RANGE_FULL = "range is full"
+_FAMILY_BY_NAME = {"ipv4": IPV4, "ipv6": IPV6}
+_NO_IPS: tuple[str, ...] = ()
+
+
+def apply_record(state: State, raw: bytes | str) -> tuple[events.Decision, events.AnyEvent | None]:
+    """Decode one log record and apply it. Never raises; malformed input is a rejection."""
+    event = events.decode(raw)
+    if isinstance(event, events.DecodeFailure):
+        return (
+            events.Decision(
+                id=event.id, type=event.type, cluster=event.cluster, error=event.reason
+            ),
+            None,
+        )
+    return apply(state, event), event
+
+
+def apply(state: State, event: events.AnyEvent) -> events.Decision:
+    """Apply one decoded event to ``state`` and return its decision."""
+    handler = _HANDLERS[type(event)]
+    try:
+        return handler(state, event)
+    except Exception as exc:
+        return _reject(event, f"internal error: {type(exc).__name__}: {exc}")
+
+
+# --- pool ------------------------------------------------------------------------------------
+
+
+def _pool_configured(state: State, event: events.PoolConfigured) -> events.Decision:
+    cluster = state.clusters.get(event.cluster) or ClusterState(event.cluster, state.track_changes)
+    try:
+        change = plan_change(
+            cluster.pools,
+            {IPV4: event.ipv4_cidrs, IPV6: event.ipv6_cidrs},
+            {IPV4: event.ipv4_mask, IPV6: event.ipv6_mask},
+        )
+    except PoolConfigError as exc:
+        return _reject(event, str(exc))
+    state.clusters.setdefault(cluster.name, cluster)
+    if commit_change(cluster.pools, change):
+        _mark_pool(cluster)
+        enabled = cluster.enabled_families()
+        for node in cluster.nodes.values():
+            _refresh_conflict(cluster, node)
+            if not node.pinned and any(f not in node.ranges for f in enabled):
+                cluster.waiting.setdefault(node.name, None)
+        _serve_waiting(cluster)
+    return events.Decision(id=event.id, type=event.type, cluster=event.cluster, error=None)
+
+
+# --- nodes -----------------------------------------------------------------------------------
+
+
+def _node_added(state: State, event: events.NodeAdded) -> events.Decision:
+    addresses = _parse_addresses(event.addresses)
+    if isinstance(addresses, str):
+        return _reject_node(event, addresses)
+    cluster = state.cluster(event.cluster)
+    node = cluster.nodes.get(event.node)
+    if node is not None:
+        # A retry, or new addresses: nothing else changes, so producers may repeat freely.
+        _set_addresses(cluster, node, addresses)
+        return _node_decision(event, node)
+    node = cluster.nodes[event.node] = Node(name=event.node)
+    _set_addresses(cluster, node, addresses)
+    _mark_node(cluster, node)
+    if not _allocate_missing(cluster, node):
+        cluster.waiting[node.name] = None
+    return _node_decision(event, node)
+
+
+def _node_adopted(state: State, event: events.NodeAdopted) -> events.Decision:
+    addresses = _parse_addresses(event.addresses)
+    if isinstance(addresses, str):
+        return _reject_node(event, addresses)
+    requested: dict[int, Network] = {}
+    for text in event.pod_cidrs:
+        try:
+            network = ipaddress.ip_network(text, strict=True)
+        except ValueError as exc:
+            return _reject_node(event, f"invalid CIDR {text!r}: {exc}")
+        if network.version in requested:
+            return _reject_node(event, f"more than one {FAMILY_NAMES[network.version]} CIDR")
+        requested[network.version] = network
+    if not requested:
+        return _reject_node(event, "podCIDRs is empty")
+
+    cluster = state.cluster(event.cluster)
+    node = cluster.nodes.get(event.node)
+    if node is not None and node.ranges:
+        held = {f: r.cidr for f, r in node.ranges.items()}
+        if any(f in held and held[f].network != n for f, n in requested.items()):
+            have = " ".join(str(c) for c in node.pod_cidrs())
+            want = " ".join(str(n) for n in requested.values())
+            return _reject_node(
+                event,
+                f"node has CIDRs allocated ([{have}]) that conflict with requested CIDRs [{want}]",
+            )
+
+    # Find every requested block before touching anything, so a failure changes nothing.
+    claims: list[tuple[int, Any, int]] = []
+    error: str | None = None
+    for family, network in sorted(requested.items()):
+        if node is not None and family in node.ranges:
+            continue  # already holds exactly this one
+        located = cluster.pools[family].locate(network)
+        if located is None:
+            error = f"allocator not configured for the requested CIDR {network}"
+            break
+        element, slot = located
+        if not element.slots.is_free(slot):
+            error = f"requested CIDR ({network}) is already allocated"
+            break
+        claims.append((family, element, slot))
+
+    if error is not None and node is not None and node.ranges:
+        return _reject_node(event, error)
+    if node is None:
+        node = cluster.nodes[event.node] = Node(name=event.node)
+    _mark_node(cluster, node)
+    if error is not None:
+        # The node keeps asking for exactly these CIDRs: it is not handed different ones.
+        node.pinned = True
+        node.error = error
+        cluster.waiting.pop(node.name, None)
+        _set_addresses(cluster, node, addresses)
+        return _node_decision(event, node)
+
+    for family, element, slot in claims:
+        element.slots.occupy(slot)
+        pod_range = node.ranges[family] = PodRange(element.cidr_at(slot))
+        pod_range.reserve_addresses(addresses)
+    if claims:
+        _mark_pool(cluster)
+    node.pinned = False
+    node.error = None
+    _set_addresses(cluster, node, addresses)
+    if _allocate_missing(cluster, node):
+        cluster.waiting.pop(node.name, None)
+    else:
+        cluster.waiting[node.name] = None
+    return _node_decision(event, node)
+
+
+def _node_deleted(state: State, event: events.NodeDeleted) -> events.Decision:
+    cluster = state.clusters.get(event.cluster)
+    node = cluster.nodes.get(event.node) if cluster is not None else None
+    if cluster is None or node is None:
+        return _reject_node(event, f"unknown node {event.node}")
+    released = node.pod_cidr_texts()
+    changes = cluster.changes
+    for family, pod_range in node.ranges.items():
+        if changes is not None:
+            base = pod_range.cidr.base
+            changes.ips.extend(
+                IpChange(node.name, family, base + offset, owner, held=False)
+                for offset, owner in sorted(pod_range.owner_of.items())
+            )
+        cluster.pools[family].release(pod_range.cidr)
+    if node.ranges:
+        _mark_pool(cluster)
+    del cluster.nodes[node.name]
+    cluster.waiting.pop(node.name, None)
+    _mark_node(cluster, node)
+    _serve_waiting(cluster)
+    return events.Decision(
+        id=event.id,
+        type=event.type,
+        cluster=event.cluster,
+        error=None,
+        pod_cidrs=released,
+        conflict=None,
+    )
+
+
+# --- pod addresses ---------------------------------------------------------------------------
+
+
+def _ip_requested(state: State, event: events.IpRequested) -> events.Decision:
+    cluster = state.clusters.get(event.cluster)
+    node = cluster.nodes.get(event.node) if cluster is not None else None
+    if cluster is None or node is None:
+        return _reject_ips(event, f"unknown node {event.node}")
+    if event.family is None:
+        # IPv6 first, as Cilium's agent does; all families or none.
+        families: Iterable[int] = [f for f in (IPV6, IPV4) if cluster.pools[f].elements]
+        if not families:
+            return _reject_ips(event, f"no pool configured for cluster {cluster.name}")
+    else:
+        family = _FAMILY_BY_NAME[event.family]
+        if not cluster.pools[family].elements:
+            return _reject_ips(event, f"{event.family} is not enabled in the pool")
+        families = (family,)
+
+    owner = event.owner
+    taken: list[tuple[PodRange, int, int]] = []  # range, offset, cursor before
+    ips: list[str] = []
+    for family in families:
+        pod_range = node.ranges.get(family)
+        if pod_range is None:
+            _undo(taken)
+            return _reject_ips(event, f"node {node.name} has no {FAMILY_NAMES[family]} pod CIDR")
+        offset = pod_range.by_owner.get(owner)
+        if offset is None:
+            cursor = pod_range.slots.cursor
+            offset = pod_range.slots.take_next()
+            if offset is None:
+                _undo(taken)
+                return _reject_ips(event, RANGE_FULL)
+            taken.append((pod_range, offset, cursor))
+        ips.append(format_ip(family, pod_range.cidr.base + offset))
+
+    if taken:
+        changes = cluster.changes
+        for pod_range, offset, _ in taken:
+            pod_range.owner_of[offset] = owner
+            pod_range.by_owner[owner] = offset
+            if changes is not None:
+                cidr = pod_range.cidr
+                changes.ips.append(
+                    IpChange(node.name, cidr.family, cidr.base + offset, owner, True)
+                )
+        _mark_node(cluster, node)
+    return events.Decision(
+        id=event.id, type=event.type, cluster=event.cluster, error=None, ips=tuple(ips)
+    )
+
+
+def _ip_released(state: State, event: events.IpReleased) -> events.Decision:
+    cluster = state.clusters.get(event.cluster)
+    node = cluster.nodes.get(event.node) if cluster is not None else None
+    if cluster is None or node is None:
+        return _reject_ips(event, f"unknown node {event.node}")
+    owner = event.owner
+    targets: list[tuple[PodRange, int]] = []
+    if event.ip is not None:
+        try:
+            address = ipaddress.ip_address(event.ip)
+        except ValueError as exc:
+            return _reject_ips(event, f"invalid ip {event.ip!r}: {exc}")
+        pod_range = node.ranges.get(address.version)
+        offset = pod_range.offset_of(int(address)) if pod_range is not None else None
+        if pod_range is None or offset is None or pod_range.owner_of.get(offset) != owner:
+            return _reject_ips(event, f"{address} is not held by {owner} on node {node.name}")
+        targets.append((pod_range, offset))
+    else:
+        for family in (IPV6, IPV4):
+            pod_range = node.ranges.get(family)
+            if pod_range is not None and (offset := pod_range.by_owner.get(owner)) is not None:
+                targets.append((pod_range, offset))
+        if not targets:
+            return _reject_ips(event, f"{owner} holds no address on node {node.name}")
+
+    ips = []
+    changes = cluster.changes
+    for pod_range, offset in targets:
+        del pod_range.owner_of[offset]
+        del pod_range.by_owner[owner]
+        pod_range.slots.release(offset)
+        cidr = pod_range.cidr
+        ips.append(format_ip(cidr.family, cidr.base + offset))
+        if changes is not None:
+            changes.ips.append(IpChange(node.name, cidr.family, cidr.base + offset, owner, False))
+    _mark_node(cluster, node)
+    return events.Decision(
+        id=event.id, type=event.type, cluster=event.cluster, error=None, ips=tuple(ips)
+    )
+
+
+# --- shared steps ----------------------------------------------------------------------------
+
+
+def _allocate_missing(cluster: ClusterState, node: Node) -> bool:
+    """Give ``node`` a CIDR for every enabled family it lacks: all of them or none.
+
+    On failure every CIDR taken here is released and every cursor put back, so the pool is as it
+    was; the node records why it waits.
+    """
+    enabled = cluster.enabled_families()
+    if not enabled:
+        node.error = f"no pool configured for cluster {cluster.name}"
+        return False
+    taken: list[tuple[int, NodeCidr, int]] = []
+    for family in enabled:
+        if family in node.ranges:
+            continue
+        pool = cluster.pools[family]
+        cursors = [e.slots.cursor for e in pool.elements]
+        cidr = pool.allocate()
+        if cidr is None:
+            for fam, got, cursor in taken:
+                element = cluster.pools[fam].elements[got.element]
+                element.slots.release(got.slot)
+                element.slots.cursor = cursor
+            if node.error != ALLOCATOR_FULL:
+                node.error = ALLOCATOR_FULL
+                _mark_node(cluster, node)
+            return False
+        taken.append((family, cidr, cursors[cidr.element]))
+    for family, cidr, _ in taken:
+        pod_range = node.ranges[family] = PodRange(cidr)
+        pod_range.reserve_addresses(node.addresses)
+    if taken:
+        _mark_pool(cluster)
+    node.error = None
+    _mark_node(cluster, node)
+    return True
+
+
+def _serve_waiting(cluster: ClusterState) -> None:
+    """Serve waiting nodes in arrival order, as far as the pool now allows."""
+    if not cluster.waiting or not cluster.enabled_families():
+        return
+    for name in list(cluster.waiting):
+        if _allocate_missing(cluster, cluster.nodes[name]):
+            del cluster.waiting[name]
+
+
+def _set_addresses(cluster: ClusterState, node: Node, addresses: tuple[Address, ...]) -> None:
+    if addresses != node.addresses:
+        node.addresses = addresses
+        for pod_range in node.ranges.values():
+            pod_range.reserve_addresses(addresses)
+        _mark_node(cluster, node)
+    _refresh_conflict(cluster, node)
+
+
+def _refresh_conflict(cluster: ClusterState, node: Node) -> None:
+    """Flag a node whose own address lies inside the pod pool (Cilium: breaks connectivity)."""
+    conflict = None
+    for address in node.addresses:
+        element = cluster.pools[address.version].contains_address(int(address))
+        if element is not None:
+            conflict = f"node address {address} is inside the pod CIDR pool {element}"
+            break
+    if conflict != node.conflict:
+        node.conflict = conflict
+        _mark_node(cluster, node)
+
+
+def _parse_addresses(texts: tuple[str, ...]) -> tuple[Address, ...] | str:
+    out: list[Address] = []
+    for text in texts:
+        try:
+            address = ipaddress.ip_address(text)
+        except ValueError as exc:
+            return f"invalid address {text!r}: {exc}"
+        if address not in out:
+            out.append(address)
+    return tuple(out)
+
+
+def _undo(taken: list[tuple[PodRange, int, int]]) -> None:
+    for pod_range, offset, cursor in reversed(taken):
+        pod_range.slots.release(offset)
+        pod_range.slots.cursor = cursor
+
+
+def _mark_node(cluster: ClusterState, node: Node) -> None:
+    if cluster.changes is not None:
+        cluster.changes.nodes.add(node.name)
+
+
+def _mark_pool(cluster: ClusterState) -> None:
+    if cluster.changes is not None:
+        cluster.changes.pool = True
+
+
+def _node_decision(event: events.AnyEvent, node: Node) -> events.Decision:
+    return events.Decision(
+        id=event.id,
+        type=event.type,
+        cluster=event.cluster,
+        error=node.error,
+        pod_cidrs=node.pod_cidr_texts(),
+        conflict=node.conflict,
+    )
+
+
+def _reject(event: events.AnyEvent, reason: str) -> events.Decision:
+    return events.Decision(id=event.id, type=event.type, cluster=event.cluster, error=reason)
+
+
+def _reject_node(event: events.AnyEvent, reason: str) -> events.Decision:
+    return events.Decision(
+        id=event.id,
+        type=event.type,
+        cluster=event.cluster,
+        error=reason,
+        pod_cidrs=(),
+        conflict=None,
+    )
+
+
+def _reject_ips(event: events.AnyEvent, reason: str) -> events.Decision:
+    return events.Decision(
+        id=event.id, type=event.type, cluster=event.cluster, error=reason, ips=_NO_IPS
+    )
+
+
+_HANDLERS: dict[type[events.Event], Callable[[State, Any], events.Decision]] = {
+    events.PoolConfigured: _pool_configured,
+    events.NodeAdded: _node_added,
+    events.NodeAdopted: _node_adopted,
+    events.NodeDeleted: _node_deleted,
+    events.IpRequested: _ip_requested,
+    events.IpReleased: _ip_released,
+}

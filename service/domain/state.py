@@ -1,0 +1,140 @@
+"""The allocation state: clusters, their pools, nodes, node CIDRs and the pod addresses in them.
+
+Mutated only by ``service.domain.allocation.apply``; read by ``service.domain.document`` (state
+document and digest) and by the projection code that persists it. Pure data plus the small
+operations that keep its indexes consistent; the allocation rules live in ``allocation``.
+
+Addresses are integers inside: a pod address is stored as its offset from the node CIDR's network
+address, which keeps a /24's offsets among Python's cached small integers and the memory for
+millions of addresses low.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+from service.domain.pool import FAMILIES, IPV4, FamilyPool, NodeCidr
+from service.domain.slots import NextFitSlots
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def format_ip(family: int, value: int) -> str:
+    """Canonical text of an address (dotted quad, or RFC 5952 compressed IPv6)."""
+    if family == IPV4:
+        return f"{value >> 24}.{(value >> 16) & 255}.{(value >> 8) & 255}.{value & 255}"
+    return ipaddress.IPv6Address(value).compressed
+
+
+class PodRange:
+    """Pod addresses inside one node CIDR: network+1 .. last-1, next-fit.
+
+    The node's own addresses are occupied in ``slots`` and listed in ``reserved`` so that they
+    are never handed out and are not mistaken for pods.
+    """
+
+    __slots__ = ("by_owner", "cidr", "owner_of", "reserved", "slots")
+
+    def __init__(self, cidr: NodeCidr) -> None:
+        self.cidr = cidr
+        self.slots = NextFitSlots(1, cidr.size - 1)
+        self.owner_of: dict[int, str] = {}
+        self.by_owner: dict[str, int] = {}
+        self.reserved: set[int] = set()
+
+    def offset_of(self, value: int) -> int | None:
+        offset = value - self.cidr.base
+        return offset if 0 <= offset < self.cidr.size else None
+
+    def reserve_addresses(self, addresses: tuple[Address, ...]) -> None:
+        """Make the reserved set match the node addresses that fall inside this CIDR."""
+        wanted = {
+            offset
+            for address in addresses
+            if address.version == self.cidr.family
+            and (offset := self.offset_of(int(address))) is not None
+        }
+        for offset in self.reserved - wanted:
+            self.slots.release(offset)
+        # An address already held by a pod stays with the pod; it is not reserved twice.
+        self.reserved = {o for o in wanted if o in self.reserved or self.slots.occupy(o)}
+
+
+@dataclass(slots=True)
+class Node:
+    """A registered node. ``pinned`` nodes (failed adoption) are not served automatically."""
+
+    name: str
+    addresses: tuple[Address, ...] = ()
+    ranges: dict[int, PodRange] = field(default_factory=dict)
+    error: str | None = None
+    conflict: str | None = None
+    pinned: bool = False
+
+    def pod_cidrs(self) -> tuple[NodeCidr, ...]:
+        """IPv4 first, then IPv6, as Cilium's operator writes ``spec.ipam.podCIDRs``."""
+        return tuple(self.ranges[f].cidr for f in FAMILIES if f in self.ranges)
+
+    def pod_cidr_texts(self) -> tuple[str, ...]:
+        return tuple(str(r.cidr) for f in FAMILIES if (r := self.ranges.get(f)) is not None)
+
+
+@dataclass(frozen=True, slots=True)
+class IpChange:
+    """One pod address handed out (``held``) or given back, for the projection's history."""
+
+    node: str
+    family: int
+    address: int
+    owner: str
+    held: bool
+
+
+@dataclass(slots=True)
+class Changes:
+    """What a run of ``apply`` calls touched, drained by the allocator once per batch."""
+
+    nodes: set[str] = field(default_factory=set)
+    pool: bool = False
+    ips: list[IpChange] = field(default_factory=list)
+
+
+class ClusterState:
+    """Everything one cluster (one allocation domain with its own pool and order) holds."""
+
+    __slots__ = ("changes", "name", "nodes", "pools", "waiting")
+
+    def __init__(self, name: str, track_changes: bool) -> None:
+        self.name = name
+        self.pools: dict[int, FamilyPool] = {f: FamilyPool(f) for f in FAMILIES}
+        self.nodes: dict[str, Node] = {}
+        # Insertion-ordered set: nodes without a CIDR for every enabled family, in arrival order.
+        self.waiting: dict[str, None] = {}
+        self.changes: Changes | None = Changes() if track_changes else None
+
+    def enabled_families(self) -> tuple[int, ...]:
+        return tuple(f for f in FAMILIES if self.pools[f].elements)
+
+    def take_changes(self) -> Changes:
+        changes = self.changes
+        if changes is None:
+            raise RuntimeError("this state does not track changes")
+        self.changes = Changes()
+        return changes
+
+
+class State:
+    """All clusters. ``track_changes`` keeps a journal for the projection (off for simulate)."""
+
+    __slots__ = ("clusters", "track_changes")
+
+    def __init__(self, *, track_changes: bool = False) -> None:
+        self.clusters: dict[str, ClusterState] = {}
+        self.track_changes = track_changes
+
+    def cluster(self, name: str) -> ClusterState:
+        cluster = self.clusters.get(name)
+        if cluster is None:
+            cluster = self.clusters[name] = ClusterState(name, self.track_changes)
+        return cluster
