@@ -1,0 +1,445 @@
+"""The Kafka adapter of the ``EventLog`` port: the event log as one Kafka topic.
+
+The composition root builds a ``KafkaEventLog`` for the events topic after ``ensure_topics`` has
+made sure the topic exists and keeps its records forever; the allocator appends and reads through
+it. Records are keyed by the event's cluster, so Kafka's default partitioner (murmur2 of the key)
+keeps each cluster in one partition, which gives each cluster's events one total order.
+
+Appends go through an idempotent producer with ``acks="all"``: an append returns only once the
+in-sync replicas have the records, and producer retries cannot duplicate or reorder them.
+Reads use one consumer with manual partition assignment and explicit seeks; a consumer group is
+only used, when configured, to publish the allocator's position for lag monitoring, never to decide
+where reading starts (the projection's stored offset does that).
+
+No aiokafka exception leaves this module: driver errors become ``KafkaLogError`` (a
+``service.errors.LogError``) and unsuitable topics ``service.errors.TopicConfigError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Mapping, Sequence
+
+import anyio
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
+from aiokafka.structs import ConsumerRecord, RecordMetadata
+
+from service import errors, ports
+
+# What "keep every event forever" means for a Kafka topic: no time or size limit, and deletion
+# (which never happens without limits) rather than compaction, which would drop all but the last
+# event of each cluster.
+REQUIRED_TOPIC_CONFIG: Mapping[str, str] = {
+    "retention.ms": "-1",
+    "retention.bytes": "-1",
+    "cleanup.policy": "delete",
+}
+
+# aiokafka reports failures as KafkaError subclasses, but lets socket errors and timeouts
+# (asyncio.TimeoutError is TimeoutError, an OSError) through from some code paths.
+_DRIVER_ERRORS = (KafkaError, OSError)
+_NO_TIMESTAMP = -1
+
+
+class KafkaLogError(errors.LogError):
+    """The Kafka event log could not be read or written."""
+
+
+async def ensure_topics(
+    bootstrap: str,
+    topic: str,
+    partitions: int,
+    *,
+    replication_factor: int = 1,
+    timeout_s: float = 30.0,
+) -> None:
+    """Create ``topic`` with unlimited retention, or check that the existing one has it.
+
+    Returns once every partition has a leader. Raises ``errors.TopicConfigError`` if the topic
+    exists with finite retention or compaction (the log is the source of truth: Kafka must never
+    delete an event), ``errors.ConfigurationError`` if it exists with another partition count
+    (clusters would move to other partitions), and ``KafkaLogError`` if Kafka fails.
+    """
+    if partitions < 1 or replication_factor < 1:
+        raise ValueError("partitions and replication_factor must be at least 1")
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap,
+        client_id="ipledger-admin",
+        request_timeout_ms=_milliseconds(timeout_s),
+    )
+    try:
+        await admin.start()
+        new_topic = NewTopic(
+            topic,
+            partitions,
+            replication_factor,
+            topic_configs=dict(REQUIRED_TOPIC_CONFIG),
+        )
+        response = await admin.create_topics([new_topic], timeout_ms=_milliseconds(timeout_s))
+        (result,) = response.to_object()["topic_errors"]
+        error = for_code(result["error_code"])
+        if error is TopicAlreadyExistsError:
+            await _check_existing_topic(admin, topic, partitions)
+        elif result["error_code"] != 0:
+            raise KafkaLogError(
+                f"creating topic {topic!r} failed: {error.__name__}: {result['error_message']}"
+            )
+        await _wait_for_leaders(admin, topic, deadline=time.monotonic() + timeout_s)
+    except _DRIVER_ERRORS as exc:
+        raise KafkaLogError(f"could not ensure topic {topic!r} on {bootstrap}: {exc!r}") from exc
+    finally:
+        await admin.close()
+
+
+async def _check_existing_topic(admin: AIOKafkaAdminClient, topic: str, partitions: int) -> None:
+    resource = ConfigResource(ConfigResourceType.TOPIC, topic, None)
+    (response,) = await admin.describe_configs([resource])
+    (described,) = response.to_object()["resources"]
+    if described["error_code"] != 0:
+        error = for_code(described["error_code"])
+        raise KafkaLogError(f"describing topic {topic!r} failed: {error.__name__}")
+    actual = {entry["config_names"]: entry["config_value"] for entry in described["config_entries"]}
+    wrong = {
+        name: actual.get(name)
+        for name, required in REQUIRED_TOPIC_CONFIG.items()
+        if actual.get(name) != required
+    }
+    if wrong:
+        found = ", ".join(f"{name}={value}" for name, value in sorted(wrong.items()))
+        wanted = ", ".join(f"{name}={value}" for name, value in REQUIRED_TOPIC_CONFIG.items())
+        raise errors.TopicConfigError(
+            f"topic {topic!r} exists but would not keep every event: it has {found}; "
+            f"the event log needs {wanted} (fix it with kafka-configs --alter, or use a new topic)"
+        )
+    (description,) = await admin.describe_topics([topic])
+    existing = len(description["partitions"])
+    if existing != partitions:
+        raise errors.ConfigurationError(
+            f"topic {topic!r} has {existing} partitions but {partitions} are configured; "
+            "changing the count would move clusters to other partitions"
+        )
+
+
+async def _wait_for_leaders(admin: AIOKafkaAdminClient, topic: str, deadline: float) -> None:
+    # A freshly created topic is in the controller's metadata before every partition has a
+    # leader; producing to it before then fails with NOT_LEADER / UNKNOWN_TOPIC.
+    while True:
+        (description,) = await admin.describe_topics([topic])
+        described = description["partitions"]
+        if (
+            description["error_code"] == 0
+            and described
+            and all(partition["leader"] >= 0 for partition in described)
+        ):
+            return
+        if time.monotonic() >= deadline:
+            raise KafkaLogError(f"topic {topic!r} has partitions without a leader")
+        await anyio.sleep(0.05)
+
+
+def _milliseconds(seconds: float) -> int:
+    return max(1, math.ceil(seconds * 1000))
+
+
+def _timestamp_ms(timestamp: int | None) -> int | None:
+    return None if timestamp is None or timestamp == _NO_TIMESTAMP else timestamp
+
+
+class KafkaEventLog:
+    """``EventLog`` over one Kafka topic, for one process (the allocator) at a time.
+
+    Use ``await KafkaEventLog.open(...)`` or ``async with KafkaEventLog(...)``; ``close()`` is
+    required. ``read`` calls are serialised (one consumer), appends may run concurrently with
+    reads. ``group_id`` enables ``commit_consumer_offset``; the group never chooses positions.
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        *,
+        group_id: str | None = None,
+        client_id: str = "ipledger",
+        request_timeout_s: float = 30.0,
+        linger_ms: int = 0,
+    ) -> None:
+        self._bootstrap = bootstrap
+        self._topic = topic
+        self._group_id = group_id
+        self._client_id = client_id
+        self._request_timeout_ms = _milliseconds(request_timeout_s)
+        self._linger_ms = linger_ms
+        self._producer: AIOKafkaProducer | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+        self._partitions: tuple[int, ...] | None = None
+        self._assigned: frozenset[int] = frozenset()
+        # Where the consumer will continue in each assigned partition, so that a reader going
+        # forward never pays for a seek (a seek drops the records already prefetched).
+        self._positions: dict[int, int] = {}
+        self._read_lock = anyio.Lock()
+        self._closed = False
+
+    @classmethod
+    async def open(
+        cls,
+        bootstrap: str,
+        topic: str,
+        *,
+        group_id: str | None = None,
+        client_id: str = "ipledger",
+        request_timeout_s: float = 30.0,
+        linger_ms: int = 0,
+    ) -> KafkaEventLog:
+        """A started log; see ``start()``."""
+        log = cls(
+            bootstrap,
+            topic,
+            group_id=group_id,
+            client_id=client_id,
+            request_timeout_s=request_timeout_s,
+            linger_ms=linger_ms,
+        )
+        await log.start()
+        return log
+
+    async def start(self) -> None:
+        """Connect the producer and the consumer and check that the topic exists.
+
+        Raises ``KafkaLogError`` when Kafka cannot be reached or the topic is missing (create it
+        with ``ensure_topics``); nothing is left open then.
+        """
+        if self._closed:
+            raise KafkaLogError("the Kafka event log is closed")
+        if self._producer is not None:
+            return
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=self._bootstrap,
+            client_id=self._client_id,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=self._linger_ms,
+            request_timeout_ms=self._request_timeout_ms,
+        )
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=self._bootstrap,
+            client_id=self._client_id,
+            group_id=self._group_id,
+            # The group only mirrors the position for monitoring; committing what was merely
+            # fetched would report events as processed before the projection has them.
+            enable_auto_commit=False,
+            # Never jump silently: a start beyond the log end is a bug, and with infinite
+            # retention there is nothing before the log start to fall back to.
+            auto_offset_reset="none",
+            request_timeout_ms=self._request_timeout_ms,
+        )
+        try:
+            await self._producer.start()
+            await self._consumer.start()
+            await self.partitions()
+        except BaseException as exc:
+            await self.close()
+            if isinstance(exc, _DRIVER_ERRORS):
+                raise KafkaLogError(
+                    f"could not connect to Kafka at {self._bootstrap}: {exc!r}"
+                ) from exc
+            raise
+
+    async def __aenter__(self) -> KafkaEventLog:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def partitions(self) -> Sequence[int]:
+        """The partition numbers of the topic (fetched once: they never change)."""
+        if self._partitions is None:
+            producer, consumer = self._clients()
+            try:
+                # Checked first because the producer would wait a full request timeout for a
+                # topic that does not exist before failing.
+                if self._topic not in await consumer.topics():
+                    raise KafkaLogError(
+                        f"topic {self._topic!r} does not exist on {self._bootstrap}; "
+                        "create it with ensure_topics"
+                    )
+                found: set[int] = await producer.partitions_for(self._topic)
+            except _DRIVER_ERRORS as exc:
+                raise KafkaLogError(f"could not list partitions of {self._topic!r}") from exc
+            self._partitions = tuple(sorted(found))
+        return self._partitions
+
+    async def append(self, items: Sequence[tuple[bytes | None, bytes]]) -> Sequence[ports.Record]:
+        """Append ``(key, value)`` pairs in order; return once all are acknowledged by all ISRs.
+
+        On ``KafkaLogError`` a prefix of the pairs of some partitions may have been appended:
+        the caller must re-read the log rather than assume none was.
+        """
+        if not items:
+            return []
+        producer, _ = self._clients()
+        # One explicit timestamp for the whole append: left to itself, aiokafka 0.14 reports the
+        # first record's CreateTime for every record of a batch, which then differs from what a
+        # reader gets back.
+        timestamp_ms = time.time_ns() // 1_000_000
+        pending: list[asyncio.Future[RecordMetadata]] = []
+        try:
+            for key, value in items:
+                # send() only queues the record; queueing all before awaiting lets the producer
+                # put them into as few batches as possible. Per partition, queue order is log
+                # order, and idempotence keeps it through retries.
+                future = await producer.send(
+                    self._topic, value=value, key=key, timestamp_ms=timestamp_ms
+                )
+                pending.append(future)
+            acknowledged = await asyncio.gather(*pending)
+        except _DRIVER_ERRORS as exc:
+            # Collect the other outcomes too, so no failed future is left unobserved.
+            await asyncio.gather(*pending, return_exceptions=True)
+            raise KafkaLogError(
+                f"appending {len(items)} records to {self._topic!r} failed: {exc!r}"
+            ) from exc
+        return [
+            ports.Record(
+                partition=metadata.partition,
+                offset=metadata.offset,
+                key=key,
+                value=value,
+                timestamp_ms=_timestamp_ms(metadata.timestamp),
+            )
+            for (key, value), metadata in zip(items, acknowledged, strict=True)
+        ]
+
+    async def read(
+        self, partition: int, start: int, max_records: int, max_wait_s: float
+    ) -> Sequence[ports.Record]:
+        """Up to ``max_records`` records of ``partition`` from offset ``start`` on, in order.
+
+        Waits up to ``max_wait_s`` for the first record, then returns what it has, possibly
+        nothing. Reading on from the last record returned costs no seek. A ``start`` beyond
+        the end of the partition raises ``KafkaLogError``.
+        """
+        if start < 0 or max_records < 1 or max_wait_s < 0:
+            raise ValueError("need start >= 0, max_records >= 1 and max_wait_s >= 0")
+        await self._check_partition(partition)
+        _, consumer = self._clients()
+        tp = TopicPartition(self._topic, partition)
+        async with self._read_lock:
+            try:
+                self._assign_with(partition)
+                if self._positions.get(partition) != start:
+                    consumer.seek(tp, start)
+                    self._positions[partition] = start
+                fetched = await consumer.getmany(
+                    tp, timeout_ms=_milliseconds(max_wait_s), max_records=max_records
+                )
+            except _DRIVER_ERRORS as exc:
+                # The consumer's position after a failed fetch is unknown: seek next time.
+                self._positions.pop(partition, None)
+                raise KafkaLogError(
+                    f"reading {self._topic!r} partition {partition} from offset {start} "
+                    f"failed: {exc!r}"
+                ) from exc
+            records = [self._record(message) for message in fetched.get(tp, ())]
+            if records:
+                self._positions[partition] = records[-1].offset + 1
+            return records
+
+    async def end_offset(self, partition: int) -> int:
+        """The offset the next record appended to ``partition`` will get (its high watermark)."""
+        await self._check_partition(partition)
+        _, consumer = self._clients()
+        tp = TopicPartition(self._topic, partition)
+        try:
+            offsets: dict[TopicPartition, int] = await consumer.end_offsets([tp])
+        except _DRIVER_ERRORS as exc:
+            raise KafkaLogError(
+                f"could not get the end offset of {self._topic!r} partition {partition}"
+            ) from exc
+        return offsets[tp]
+
+    async def commit_consumer_offset(self, partition: int, offset: int) -> None:
+        """Publish ``offset`` (the next offset to process) as the group's position, for lag.
+
+        Monitoring only: consumer lag is ``end_offset - offset``. Needs ``group_id``. The
+        allocator's real position is the one stored with its projection.
+        """
+        if self._group_id is None:
+            raise KafkaLogError("commit_consumer_offset needs a KafkaEventLog with a group_id")
+        if offset < 0:
+            raise ValueError("offset must be >= 0")
+        await self._check_partition(partition)
+        _, consumer = self._clients()
+        async with self._read_lock:
+            try:
+                # Kafka only takes commits for assigned partitions.
+                if partition not in self._assigned:
+                    self._assign_with(partition)
+                    consumer.seek(TopicPartition(self._topic, partition), offset)
+                    self._positions[partition] = offset
+                await consumer.commit({TopicPartition(self._topic, partition): offset})
+            except _DRIVER_ERRORS as exc:
+                raise KafkaLogError(
+                    f"committing offset {offset} of {self._topic!r} partition {partition} "
+                    f"for group {self._group_id!r} failed: {exc!r}"
+                ) from exc
+
+    async def close(self) -> None:
+        """Stop the producer (after flushing) and the consumer; safe to call twice."""
+        self._closed = True
+        producer, self._producer = self._producer, None
+        consumer, self._consumer = self._consumer, None
+        try:
+            if producer is not None:
+                await producer.stop()
+        except _DRIVER_ERRORS as exc:
+            raise KafkaLogError(f"closing the producer of {self._topic!r} failed") from exc
+        finally:
+            if consumer is not None:
+                await consumer.stop()
+
+    def _clients(self) -> tuple[AIOKafkaProducer, AIOKafkaConsumer]:
+        if self._producer is None or self._consumer is None:
+            state = "closed" if self._closed else "not started"
+            raise KafkaLogError(f"the Kafka event log of {self._topic!r} is {state}")
+        return self._producer, self._consumer
+
+    async def _check_partition(self, partition: int) -> None:
+        if partition not in await self.partitions():
+            raise ValueError(f"topic {self._topic!r} has no partition {partition}")
+
+    def _assign_with(self, partition: int) -> None:
+        # Assignment grows only as partitions are first read, so the consumer never fetches a
+        # partition nobody positioned. assign() replaces the whole assignment and forgets every
+        # position, so the known ones are restored at once (before any await lets the fetcher
+        # run).
+        if partition in self._assigned:
+            return
+        _, consumer = self._clients()
+        assigned = self._assigned | {partition}
+        consumer.assign([TopicPartition(self._topic, p) for p in sorted(assigned)])
+        self._assigned = assigned
+        for known, position in self._positions.items():
+            consumer.seek(TopicPartition(self._topic, known), position)
+
+    def _record(self, message: ConsumerRecord) -> ports.Record:
+        partition: int = message.partition
+        offset: int = message.offset
+        value: bytes | None = message.value
+        if value is None:
+            raise KafkaLogError(
+                f"{self._topic!r} partition {partition} offset {offset} has no value "
+                "(a tombstone); the event log never writes those"
+            )
+        return ports.Record(
+            partition=partition,
+            offset=offset,
+            key=message.key,
+            value=value,
+            timestamp_ms=_timestamp_ms(message.timestamp),
+        )
