@@ -48,12 +48,25 @@ export GOFLAGS="-mod=readonly -modcacherw -buildvcs=false -trimpath"
 mkdir -p "$bin_dir"
 cd "$here"
 started=$SECONDS
+# Stamp the apiserver like Kubernetes' own build does (hack/lib/version.sh), so `/version` says
+# v1.36.x instead of v0.0.0-master and clients that gate features on the server version behave as
+# against a real cluster. apiextensions-apiserver v0.N.P is released with Kubernetes v1.N.P.
+k8s_module_version="$(go list -m -f '{{.Version}}' k8s.io/apiextensions-apiserver)"
+k8s_version="v1.${k8s_module_version#v0.}"
+k8s_minor="${k8s_version#v1.}"
+k8s_minor="${k8s_minor%%.*}"
+declare -A ldflags=([etcd]="-s -w")
+ldflags[apiextensions-apiserver]="-s -w"
+for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ldflags[apiextensions-apiserver]+=" -X $pkg.gitVersion=$k8s_version -X $pkg.gitMajor=1"
+    ldflags[apiextensions-apiserver]+=" -X $pkg.gitMinor=$k8s_minor -X $pkg.gitTreeState=clean"
+done
 for name in "${!packages[@]}"; do
     # Built next to the target and renamed, so an interrupted build never leaves a half-written
     # binary that the freshness check above would accept.
     tmp="$(mktemp "$bin_dir/.$name.XXXXXX")"
     trap 'rm -f "$tmp"' EXIT
-    go build -ldflags="-s -w" -o "$tmp" "${packages[$name]}"
+    go build -ldflags="${ldflags[$name]}" -o "$tmp" "${packages[$name]}"
     chmod 0755 "$tmp"
     mv -f "$tmp" "$bin_dir/$name"
     trap - EXIT
