@@ -16,7 +16,7 @@ dependency_plugin="org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
 
 classpath_is_current() {
     [[ -s "$classpath" && "$classpath" -nt "$pom" ]] || return 1
-    local jar
+    local jar jars
     IFS=: read -r -a jars <"$classpath"
     for jar in "${jars[@]}"; do
         [[ -f "$jar" ]] || return 1
@@ -39,11 +39,17 @@ mkdir -p "$out_dir"
 # that the freshness check above would accept.
 tmp="$(mktemp "$out_dir/classpath.XXXXXX")"
 trap 'rm -f "$tmp"' EXIT
-mvn -q -B -f "$pom" \
+echo "fetch.sh: resolving the Kafka broker jars with Maven into $cache/m2"
+# Output is kept for failures only: even with -q -B, Debian's Maven 3.8 writes stray ANSI resets.
+if ! output="$(mvn -q -B -Dstyle.color=never -f "$pom" \
     -Dmaven.repo.local="$cache/m2" \
     "$dependency_plugin:build-classpath" \
     -Dmdep.includeScope=runtime \
-    -Dmdep.outputFile="$tmp"
+    -Dmdep.outputFile="$tmp" 2>&1)"; then
+    printf '%s\n' "$output" >&2
+    echo "fetch.sh: Maven could not resolve compose/kafka/pom.xml (see above)" >&2
+    exit 1
+fi
 if [[ ! -s "$tmp" ]]; then
     echo "fetch.sh: Maven produced an empty classpath" >&2
     exit 1

@@ -37,6 +37,7 @@ LOG4J2_CONFIG = REPO_ROOT / "compose" / "kafka" / "log4j2.properties"
 NODE_ID = 1
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
+FORMAT_TIMEOUT_S = 60.0
 
 # One node is the whole cluster, so every replication factor and min ISR is 1; internal topics get
 # one partition because creating 50 of them makes the first consumer-group commit take seconds.
@@ -357,13 +358,18 @@ class KafkaBroker:
             str(properties),
             "--ignore-formatted",
         ]
-        result = subprocess.run(
-            command,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=self._ready_timeout_s,
-            check=False,
-        )
+        try:
+            result = subprocess.run(
+                command,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=FORMAT_TIMEOUT_S,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise KafkaBrokerError(
+                f"kafka.tools.StorageTool format took over {FORMAT_TIMEOUT_S:.0f} s"
+            ) from exc
         if result.returncode != 0:
             output = (result.stdout + result.stderr).decode(errors="replace").strip()
             raise KafkaBrokerError(

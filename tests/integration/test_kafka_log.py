@@ -251,6 +251,7 @@ class TestEnsureTopics:
             ({"retention.ms": "-1", "retention.bytes": "1048576"}, "retention.bytes=1048576"),
             ({"retention.ms": "-1", "cleanup.policy": "compact"}, "cleanup.policy=compact"),
         ],
+        ids=["finite-time", "finite-size", "compacted"],
     )
     async def test_refuses_a_topic_that_would_lose_events(
         self, kafka_broker: KafkaBroker, topic_name: str, config: dict[str, str], complaint: str
