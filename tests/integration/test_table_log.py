@@ -282,7 +282,7 @@ async def test_acknowledged_appends_survive_a_killed_server(
     pg_server: embedded.EmbeddedPostgres, pg_dsn: str, log: tl.PostgresTableLog
 ) -> None:
     appended = await log.append([(None, b"%d" % n) for n in range(50)])
-    assert await log.read(0, 0, 100, max_wait_s=0) == appended  # and is listening
+    assert await log.read(0, 0, 100, max_wait_s=0.01) == appended  # and now listens
 
     await anyio.to_thread.run_sync(pg_server.kill)
     await anyio.to_thread.run_sync(pg_server.start)
@@ -292,8 +292,8 @@ async def test_acknowledged_appends_survive_a_killed_server(
     async def read_everything() -> Sequence[ports.Record]:
         for _ in range(3):
             with contextlib.suppress(tl.TableLogError):
-                return await log.read(0, 0, 100, max_wait_s=0)
-        return await log.read(0, 0, 100, max_wait_s=0)
+                return await log.read(0, 0, 100, max_wait_s=0.01)
+        return await log.read(0, 0, 100, max_wait_s=0.01)
 
     assert await read_everything() == appended
     assert [r.offset for r in await log.append([(None, b"after")])] == [50]

@@ -180,7 +180,10 @@ class PostgresTableLog:
         await self._check_heads()
         deadline = anyio.current_time() + max_wait_s
         while True:
-            await self._ensure_listening()
+            if self._closed:
+                raise TableLogError("the table log was closed while reading")
+            if max_wait_s > 0:
+                await self._ensure_listening()
             # Registered before the query, so a notification between the query and the wait
             # is not lost: it sets this event and the wait returns at once.
             wakeup = self._wakeups.setdefault(partition, anyio.Event())
