@@ -298,6 +298,12 @@ def _ip_released(state: State, event: events.IpReleased) -> events.Decision:
         ips.append(format_ip(cidr.family, cidr.base + offset))
         if changes is not None:
             changes.ips.append(IpChange(node.name, cidr.family, cidr.base + offset, owner, False))
+    if node.conflict is not None:
+        # A pod may have just given back an address the node claimed meanwhile: keep it off
+        # the market from now on.
+        for pod_range, _ in targets:
+            pod_range.reserve_addresses(node.addresses)
+        _refresh_conflict(cluster, node)
     _mark_node(cluster, node)
     return events.Decision(
         id=event.id, type=event.type, cluster=event.cluster, error=None, ips=tuple(ips)
@@ -363,13 +369,25 @@ def _set_addresses(cluster: ClusterState, node: Node, addresses: tuple[Address, 
 
 
 def _refresh_conflict(cluster: ClusterState, node: Node) -> None:
-    """Flag a node whose own address lies inside the pod pool (Cilium: breaks connectivity)."""
-    conflict = None
+    """Flag a node whose own address lies inside the pod pool (Cilium: breaks connectivity).
+
+    Worst first: an address a pod already holds (the node claimed it after it was handed out;
+    the pod keeps it), then any address inside a pool element.
+    """
+    inside: str | None = None
     for address in node.addresses:
-        element = cluster.pools[address.version].contains_address(int(address))
-        if element is not None:
-            conflict = f"node address {address} is inside the pod CIDR pool {element}"
+        value = int(address)
+        pod_range = node.ranges.get(address.version)
+        offset = pod_range.offset_of(value) if pod_range is not None else None
+        if pod_range is not None and offset is not None and offset in pod_range.owner_of:
+            conflict = f"node address {address} is held by {pod_range.owner_of[offset]}"
             break
+        if inside is None:
+            element = cluster.pools[address.version].contains_address(value)
+            if element is not None:
+                inside = f"node address {address} is inside the pod CIDR pool {element}"
+    else:
+        conflict = inside
     if conflict != node.conflict:
         node.conflict = conflict
         _mark_node(cluster, node)

@@ -33,8 +33,14 @@ class Ledger:
         out: dict[str, Any] = json.loads(events.encode_decision(decision))
         return out
 
-    def pool(self, v4: list[str] | None = None, m4: int | None = None, v6: list[str] | None = None,
-             m6: int | None = None, **kw: Any) -> dict[str, Any]:
+    def pool(
+        self,
+        v4: list[str] | None = None,
+        m4: int | None = None,
+        v6: list[str] | None = None,
+        m6: int | None = None,
+        **kw: Any,
+    ) -> dict[str, Any]:
         fields: dict[str, Any] = dict(kw)
         if v4 is not None:
             fields["clusterPoolIPv4PodCIDRList"] = v4

@@ -69,9 +69,10 @@ def test_adopting_one_family_in_a_dual_stack_pool_allocates_the_other(ledger: Le
 def test_malformed_adoptions_are_rejected(ledger: Ledger) -> None:
     ledger.pool(["10.0.0.0/8"], 24)
     assert "invalid CIDR" in ledger("node.adopted", node="a", podCIDRs=["10.0.3.1/24"])["error"]
-    assert "more than one ipv4" in ledger(
-        "node.adopted", node="a", podCIDRs=["10.0.3.0/24", "10.0.4.0/24"]
-    )["error"]
+    assert (
+        "more than one ipv4"
+        in ledger("node.adopted", node="a", podCIDRs=["10.0.3.0/24", "10.0.4.0/24"])["error"]
+    )
     assert ledger("node.adopted", node="a", podCIDRs=[])["error"] == "podCIDRs is empty"
     assert "a" not in ledger.state.clusters["default"].nodes
 
@@ -91,7 +92,9 @@ def test_pool_growth_over_a_node_network_flags_the_node(ledger: Ledger) -> None:
     ledger.pool(["10.0.0.0/16"], 24)
     assert ledger("node.added", node="a", addresses=["10.9.0.1"])["conflict"] is None
     ledger.pool(["10.0.0.0/16", "10.9.0.0/16"], 24)
-    assert ledger.node("a").conflict == "node address 10.9.0.1 is inside the pod CIDR pool 10.9.0.0/16"
+    assert (
+        ledger.node("a").conflict == "node address 10.9.0.1 is inside the pod CIDR pool 10.9.0.0/16"
+    )
     # Moving the node off the pool clears the flag.
     assert ledger("node.added", node="a", addresses=["192.0.2.1"])["conflict"] is None
 

@@ -37,7 +37,7 @@ def test_unknown_type_is_rejected_with_its_name_echoing_id_and_cluster() -> None
         (b'{"type":"node.added","id":"a","node":"n","time":"yesterday"}', "$.time"),
         (b"[1,2]", "Expected `object`"),
         (b'{"type":"node.added",', "truncated"),
-        ("{\"type\":\"node.added\",\"id\":\"" + "x" * 129 + "\",\"node\":\"n\"}", "$.id"),
+        ('{"type":"node.added","id":"' + "x" * 129 + '","node":"n"}', "$.id"),
     ],
 )
 def test_malformed_events_are_rejected_with_a_clear_reason(
@@ -69,8 +69,14 @@ def test_time_is_accepted_in_rfc3339_and_never_changes_the_decision() -> None:
 def test_json_schema_describes_every_event_type_with_wire_names() -> None:
     schema = events.json_schema()
     text = json.dumps(schema)
-    for tag in ("pool.configured", "node.added", "node.adopted", "node.deleted", "ip.requested",
-                "ip.released"):
+    for tag in (
+        "pool.configured",
+        "node.added",
+        "node.adopted",
+        "node.deleted",
+        "ip.requested",
+        "ip.released",
+    ):
         assert f'"{tag}"' in text
     for name in ("clusterPoolIPv4PodCIDRList", "clusterPoolIPv6MaskSize", "podCIDRs", "owner"):
         assert f'"{name}"' in text
