@@ -375,6 +375,7 @@ def _refresh_conflict(cluster: ClusterState, node: Node) -> None:
     the pod keeps it), then any address inside a pool element.
     """
     inside: str | None = None
+    conflict: str | None
     for address in node.addresses:
         value = int(address)
         pod_range = node.ranges.get(address.version)

@@ -1,4 +1,4 @@
-"""Node CIDR allocation from the cluster pool (Cilium v1.16 cluster-pool behaviour, plus BETTERs)."""
+"""Node CIDRs from the cluster pool: Cilium v1.16 cluster-pool behaviour, plus the BETTERs."""
 
 from __future__ import annotations
 

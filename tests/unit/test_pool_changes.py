@@ -1,4 +1,4 @@
-"""Pool configuration: validation and the append-only rule (changes Cilium accepts and then misbehaves on)."""
+"""Pool configuration: validation and the append-only rule (Cilium accepts such changes)."""
 
 from __future__ import annotations
 
