@@ -139,6 +139,10 @@ def _kill_quietly(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
+def _remove_tree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
 async def _cluster_answers(bootstrap: str, timeout_s: float) -> bool:
     admin = AIOKafkaAdminClient(
         bootstrap_servers=bootstrap,
@@ -196,9 +200,12 @@ class KafkaBroker:
         ready_timeout_s: float = READY_TIMEOUT_S,
         properties: Mapping[str, str] | None = None,
     ) -> None:
-        self._owns_workdir = workdir is None
         self._workdir = (
             Path(tempfile.mkdtemp(prefix="ipledger-kafka-")) if workdir is None else workdir
+        )
+        # Also runs at interpreter exit, after the JVM's finaliser (finalisers run newest first).
+        self._remove_workdir = (
+            weakref.finalize(self, _remove_tree, self._workdir) if workdir is None else None
         )
         self._heap = heap
         self._ready_timeout_s = ready_timeout_s
@@ -237,7 +244,8 @@ class KafkaBroker:
 
         Formats the storage on first use. Raises ``KafkaBrokerError`` with the tail of the
         broker's log if the JVM exits or the broker does not answer within the ready timeout;
-        the JVM is stopped then.
+        the JVM is stopped then. Blocks for seconds: from async code, run it in a worker thread
+        (``anyio.to_thread.run_sync(broker.start)``) so the event loop keeps serving clients.
         """
         if self.running:
             return
@@ -288,8 +296,8 @@ class KafkaBroker:
     def close(self) -> None:
         """Stop the broker and remove its directory if this object created it."""
         self.stop()
-        if self._owns_workdir:
-            shutil.rmtree(self._workdir, ignore_errors=True)
+        if self._remove_workdir is not None:
+            self._remove_workdir()
 
     def log_tail(self, lines: int = 40) -> str:
         """The last ``lines`` lines of ``broker.log``, for error messages."""

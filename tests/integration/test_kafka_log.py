@@ -186,15 +186,29 @@ class TestAppendAndRead:
     ) -> None:
         assert list(await event_log.partitions()) == [0, 1, 2]
 
-    async def test_read_beyond_the_end_is_an_error_not_a_silent_jump(
+    async def test_read_beyond_the_end_waits_like_an_empty_read_and_never_jumps(
         self, event_log: kafka_log.KafkaEventLog
     ) -> None:
-        (appended,) = await event_log.append([(b"cluster-x", b"only")])
+        # Kafka itself rejects such a fetch (OFFSET_OUT_OF_RANGE); the port says "nothing yet".
+        (first,) = await event_log.append([(b"cluster-x", b"0")])
+        partition = first.partition
 
-        with pytest.raises(kafka_log.KafkaLogError):
-            await event_log.read(appended.partition, appended.offset + 5, 10, max_wait_s=5.0)
-        # The log stays usable after the error.
-        assert await event_log.read(appended.partition, appended.offset, 10, 5.0) == [appended]
+        began = time.monotonic()
+        early = await event_log.read(partition, 3, 10, max_wait_s=0.5)
+        elapsed = time.monotonic() - began
+        rest = await event_log.append([(b"cluster-x", b"%d" % i) for i in range(1, 5)])
+
+        assert early == []
+        assert 0.4 <= elapsed < 5.0
+        assert await read_until(event_log, partition, 3, 2) == rest[2:]
+
+    async def test_an_unknown_partition_is_refused(
+        self, event_log: kafka_log.KafkaEventLog
+    ) -> None:
+        with pytest.raises(errors.LogError, match="no partition 7"):
+            await event_log.read(7, 0, 10, 0.1)
+        with pytest.raises(errors.LogError, match="no partition 7"):
+            await event_log.end_offset(7)
 
     async def test_append_of_nothing_is_nothing(self, event_log: kafka_log.KafkaEventLog) -> None:
         assert await event_log.append([]) == []

@@ -26,7 +26,12 @@ import anyio
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
+from aiokafka.errors import (
+    KafkaError,
+    OffsetOutOfRangeError,
+    TopicAlreadyExistsError,
+    for_code,
+)
 from aiokafka.structs import ConsumerRecord, RecordMetadata
 
 from service import errors, ports
@@ -44,6 +49,7 @@ REQUIRED_TOPIC_CONFIG: Mapping[str, str] = {
 # (asyncio.TimeoutError is TimeoutError, an OSError) through from some code paths.
 _DRIVER_ERRORS = (KafkaError, OSError)
 _NO_TIMESTAMP = -1
+_BEYOND_END_POLL_S = 0.1
 
 
 class KafkaLogError(errors.LogError):
@@ -66,7 +72,9 @@ async def ensure_topics(
     (clusters would move to other partitions), and ``KafkaLogError`` if Kafka fails.
     """
     if partitions < 1 or replication_factor < 1:
-        raise ValueError("partitions and replication_factor must be at least 1")
+        raise errors.ConfigurationError(
+            f"topic {topic!r} needs partitions >= 1 and replication_factor >= 1"
+        )
     admin = AIOKafkaAdminClient(
         bootstrap_servers=bootstrap,
         client_id="ipledger-admin",
@@ -321,34 +329,49 @@ class KafkaEventLog:
         """Up to ``max_records`` records of ``partition`` from offset ``start`` on, in order.
 
         Waits up to ``max_wait_s`` for the first record, then returns what it has, possibly
-        nothing. Reading on from the last record returned costs no seek. A ``start`` beyond
-        the end of the partition raises ``KafkaLogError``.
+        nothing; a ``start`` beyond the end of the partition counts as "nothing yet". Reading on
+        from the last record returned costs no seek.
         """
         if start < 0 or max_records < 1 or max_wait_s < 0:
-            raise ValueError("need start >= 0, max_records >= 1 and max_wait_s >= 0")
+            raise KafkaLogError(
+                f"cannot read {max_records} records from offset {start} waiting {max_wait_s} s"
+            )
         await self._check_partition(partition)
         _, consumer = self._clients()
         tp = TopicPartition(self._topic, partition)
+        deadline = anyio.current_time() + max_wait_s
         async with self._read_lock:
-            try:
-                self._assign_with(partition)
-                if self._positions.get(partition) != start:
-                    consumer.seek(tp, start)
-                    self._positions[partition] = start
-                fetched = await consumer.getmany(
-                    tp, timeout_ms=_milliseconds(max_wait_s), max_records=max_records
-                )
-            except _DRIVER_ERRORS as exc:
-                # The consumer's position after a failed fetch is unknown: seek next time.
-                self._positions.pop(partition, None)
-                raise KafkaLogError(
-                    f"reading {self._topic!r} partition {partition} from offset {start} "
-                    f"failed: {exc!r}"
-                ) from exc
-            records = [self._record(message) for message in fetched.get(tp, ())]
-            if records:
-                self._positions[partition] = records[-1].offset + 1
-            return records
+            while True:
+                try:
+                    self._assign_with(partition)
+                    if self._positions.get(partition) != start:
+                        consumer.seek(tp, start)
+                        self._positions[partition] = start
+                    remaining = max(0.0, deadline - anyio.current_time())
+                    fetched = await consumer.getmany(
+                        tp, timeout_ms=_milliseconds(remaining), max_records=max_records
+                    )
+                except OffsetOutOfRangeError as exc:
+                    # The consumer's position after a failed fetch is unknown: seek next time.
+                    self._positions.pop(partition, None)
+                    await self._check_not_deleted(tp, start, exc)
+                    remaining = deadline - anyio.current_time()
+                    if remaining <= 0:
+                        return []
+                    # Kafka answers a fetch beyond the end with OFFSET_OUT_OF_RANGE instead of
+                    # waiting for the offset to exist, so poll for it until time is up.
+                    await anyio.sleep(min(remaining, _BEYOND_END_POLL_S))
+                    continue
+                except _DRIVER_ERRORS as exc:
+                    self._positions.pop(partition, None)
+                    raise KafkaLogError(
+                        f"reading {self._topic!r} partition {partition} from offset {start} "
+                        f"failed: {exc!r}"
+                    ) from exc
+                records = [self._record(message) for message in fetched.get(tp, ())]
+                if records:
+                    self._positions[partition] = records[-1].offset + 1
+                return records
 
     async def end_offset(self, partition: int) -> int:
         """The offset the next record appended to ``partition`` will get (its high watermark)."""
@@ -372,7 +395,7 @@ class KafkaEventLog:
         if self._group_id is None:
             raise KafkaLogError("commit_consumer_offset needs a KafkaEventLog with a group_id")
         if offset < 0:
-            raise ValueError("offset must be >= 0")
+            raise KafkaLogError(f"cannot commit the negative offset {offset}")
         await self._check_partition(partition)
         _, consumer = self._clients()
         async with self._read_lock:
@@ -411,7 +434,24 @@ class KafkaEventLog:
 
     async def _check_partition(self, partition: int) -> None:
         if partition not in await self.partitions():
-            raise ValueError(f"topic {self._topic!r} has no partition {partition}")
+            raise KafkaLogError(
+                f"no partition {partition}: topic {self._topic!r} has partitions "
+                f"{list(await self.partitions())}"
+            )
+
+    async def _check_not_deleted(
+        self, tp: TopicPartition, start: int, cause: OffsetOutOfRangeError
+    ) -> None:
+        _, consumer = self._clients()
+        try:
+            beginnings: dict[TopicPartition, int] = await consumer.beginning_offsets([tp])
+        except _DRIVER_ERRORS as exc:
+            raise KafkaLogError(f"could not get the start offset of {tp}") from exc
+        if start < beginnings[tp]:
+            raise KafkaLogError(
+                f"offset {start} of {self._topic!r} partition {tp.partition} is gone: the "
+                f"partition now starts at {beginnings[tp]} (was retention changed?)"
+            ) from cause
 
     def _assign_with(self, partition: int) -> None:
         # Assignment grows only as partitions are first read, so the consumer never fetches a
