@@ -58,3 +58,19 @@ class EventLog(Protocol):
     async def close(self) -> None:
         """Release connections; the log object is unusable afterwards."""
         ...
+
+
+class DecisionSink(Protocol):
+    """Where committed decisions are published (the decisions topic), in order, at least once.
+
+    Each item is ``(key, value)``: key = the event id, value = the decision JSON carrying its log
+    partition and offset, so consumers can de-duplicate redeliveries.
+    """
+
+    async def publish(self, items: Sequence[tuple[bytes, bytes]]) -> None:
+        """Durably publish the items in order; raise ``LogError`` if that cannot be done."""
+        ...
+
+    async def close(self) -> None:
+        """Flush and release connections."""
+        ...
