@@ -9,6 +9,7 @@ to it; nothing else defines a ``MetaData``. This module only declares: it opens 
 from __future__ import annotations
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import INET
 
 # Constraint and index names are part of the schema that migrations must reproduce exactly, so
 # they are derived from a convention instead of left to the database's defaults.
@@ -55,4 +56,156 @@ log_record = sa.Table(
     sa.Column("value", sa.LargeBinary, nullable=False),
     sa.Column("appended_at", sa.DateTime(timezone=True), nullable=False),
     sa.CheckConstraint('"offset" >= 0', name="offset_not_negative"),
+)
+
+
+# --- The projection (service.adapters.postgres.projection) ---------------------------------------
+#
+# Written only by the allocator, one transaction per batch, together with the consumed offset:
+# the projection never runs ahead of or behind the offset it claims. ``version`` of a node is
+# the log offset of the batch that last changed it, so versions only grow (a cluster lives on
+# one partition) and the sync worker can compare them with what it has mirrored.
+
+# The single-writer lease per log partition. ``token`` grows with every takeover; each batch
+# commit checks it (fencing), so a writer that lost the role cannot commit.
+writer_lease = sa.Table(
+    "writer_lease",
+    metadata,
+    sa.Column("partition", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("holder", sa.Text, nullable=False),
+    sa.Column("token", sa.BigInteger, nullable=False),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+# The truth about how far the log has been applied: the next offset to read, per partition.
+consumer_offset = sa.Table(
+    "consumer_offset",
+    metadata,
+    sa.Column("partition", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("log", sa.Text, nullable=False),
+    sa.Column("next_offset", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+# Per cluster: the pool in force and the allocator's own state (cursors, waiting queue).
+cluster = sa.Table(
+    "cluster",
+    metadata,
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("partition", sa.Integer, nullable=False),
+    sa.Column("ipv4_cidrs", sa.ARRAY(sa.Text), nullable=False),
+    sa.Column("ipv4_mask", sa.Integer, nullable=True),
+    sa.Column("ipv6_cidrs", sa.ARRAY(sa.Text), nullable=False),
+    sa.Column("ipv6_mask", sa.Integer, nullable=True),
+    # {"ipv4": [cursor per element], "ipv6": [...]}: IPv6 slots exceed bigint, JSON keeps them.
+    sa.Column("cursors", sa.JSON, nullable=False),
+    sa.Column("waiting", sa.ARRAY(sa.Text), nullable=False),
+    sa.Column("version", sa.BigInteger, nullable=False),
+)
+
+node = sa.Table(
+    "node",
+    metadata,
+    sa.Column("cluster", sa.Text, primary_key=True),
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("pod_cidrs", sa.ARRAY(sa.Text), nullable=False),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("conflict", sa.Text, nullable=True),
+    sa.Column("addresses", sa.ARRAY(sa.Text), nullable=False),
+    sa.Column("pinned", sa.Boolean, nullable=False),
+    # Next-fit cursor of each pod range, IPv4 first, as pod_cidrs.
+    sa.Column("cursors", sa.ARRAY(sa.BigInteger), nullable=False),
+    # A deleted node keeps a tombstone row so the sync worker learns of the deletion.
+    sa.Column("deleted", sa.Boolean, nullable=False),
+    sa.Column("version", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_node_version", "cluster", "version"),
+)
+
+# Current pod addresses: one row per held address.
+pod_ip = sa.Table(
+    "pod_ip",
+    metadata,
+    sa.Column("cluster", sa.Text, primary_key=True),
+    sa.Column("address", INET, primary_key=True),
+    sa.Column("node", sa.Text, nullable=False),
+    sa.Column("owner", sa.Text, nullable=False),
+    sa.Column("since_offset", sa.BigInteger, nullable=False),
+    sa.Column("since_time", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_pod_ip_node", "cluster", "node"),
+    sa.Index("ix_pod_ip_owner", "cluster", "owner"),
+)
+
+# Every holding of an address, closed when it was given back: "who held X at time T, and why".
+ip_history = sa.Table(
+    "ip_history",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+    sa.Column("cluster", sa.Text, nullable=False),
+    sa.Column("address", INET, nullable=False),
+    sa.Column("node", sa.Text, nullable=False),
+    sa.Column("owner", sa.Text, nullable=False),
+    sa.Column("partition", sa.Integer, nullable=False),
+    sa.Column("from_offset", sa.BigInteger, nullable=False),
+    sa.Column("from_time", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("to_offset", sa.BigInteger, nullable=True),
+    sa.Column("to_time", sa.DateTime(timezone=True), nullable=True),
+    sa.Index("ix_ip_history_address_time", "cluster", "address", "from_time"),
+    sa.Index("ix_ip_history_owner", "cluster", "owner", "from_time"),
+    sa.Index("ix_ip_history_node", "cluster", "node", "from_time"),
+    sa.Index(
+        "ix_ip_history_open",
+        "cluster",
+        "address",
+        unique=True,
+        postgresql_where=sa.text("to_offset IS NULL"),
+    ),
+)
+
+# What each log record did: the audit trail and the outbox of the decisions topic.
+decision = sa.Table(
+    "decision",
+    metadata,
+    sa.Column("partition", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("offset", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("cluster", sa.Text, nullable=False),
+    sa.Column("event_id", sa.Text, nullable=True),
+    sa.Column("type", sa.Text, nullable=True),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("body", sa.LargeBinary, nullable=False),
+    sa.Column("event_time", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("log_time", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("applied_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_decision_event_id", "cluster", "event_id"),
+)
+
+# Records that were not valid events, kept raw with the reason (nothing is dropped silently).
+rejection = sa.Table(
+    "rejection",
+    metadata,
+    sa.Column("partition", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("offset", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("key", sa.LargeBinary, nullable=True),
+    sa.Column("raw", sa.LargeBinary, nullable=False),
+    sa.Column("rejected_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+# How far the decisions outbox has been published, per partition.
+outbox_offset = sa.Table(
+    "outbox_offset",
+    metadata,
+    sa.Column("partition", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("next_offset", sa.BigInteger, nullable=False),
+)
+
+# The sync worker's durable progress: the node version last mirrored onto its CiliumNode.
+node_sync = sa.Table(
+    "node_sync",
+    metadata,
+    sa.Column("cluster", sa.Text, primary_key=True),
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("synced_version", sa.BigInteger, nullable=False),
+    sa.Column("synced_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("error", sa.Text, nullable=True),
 )
