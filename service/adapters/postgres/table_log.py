@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import datetime
 import logging
-import zlib
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -29,6 +28,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from service import errors, ports
+from service.adapters.partitioning import partition_for
 from service.adapters.postgres import schema
 
 _log = logging.getLogger(__name__)
@@ -40,17 +40,6 @@ _MILLISECOND = datetime.timedelta(milliseconds=1)
 
 class TableLogError(errors.LogError):
     """The PostgreSQL table log could not be read or written."""
-
-
-def partition_for(key: bytes | None, partitions: int) -> int:
-    """The partition of ``key``: CRC-32 of the key modulo ``partitions``; no key goes to 0.
-
-    Stable across processes and Python versions (unlike ``hash``), because a key must land in
-    the same partition for as long as the log exists.
-    """
-    if key is None:
-        return 0
-    return zlib.crc32(key) % partitions
 
 
 class PostgresTableLog:
