@@ -108,6 +108,21 @@ class NextFitSlots:
         self.used -= 1
         return True
 
+    def restore_cursor(self, cursor: int) -> None:
+        """Set the cursor of a rebuilt range (slots occupied first), keeping ``cursor < hwm``.
+
+        Free slots between the high-water mark and the cursor move into ``freed``: they lie
+        behind the cursor now and are only reached again after wrapping.
+        """
+        if cursor >= self.hwm:
+            above = self.above or set()
+            self.freed.extend(s for s in range(self.hwm, cursor + 1) if s not in above)
+            self.freed.sort()
+            if above:
+                self.above = {s for s in above if s > cursor} or None
+            self.hwm = cursor + 1
+        self.cursor = cursor
+
     def used_slots(self) -> list[int]:
         """Every used slot, ascending. Costs O(hwm - lo): for canonical dumps, not hot paths."""
         freed = set(self.freed)

@@ -1,0 +1,151 @@
+"""The allocation state as rows, and back: what the PostgreSQL projection stores and loads.
+
+``cluster_row``, ``node_row`` and ``pod_ips`` give the plain values the projection writes after a
+batch. When an allocator starts, the projection reads clusters, nodes and pod addresses and hands
+them to ``restore_cluster``, ``restore_node``, ``restore_pod_ip`` and ``finish``, in that order. The rebuilt state decides exactly as the one
+that was persisted: the next-fit cursors, the waiting queue and the pinned flags come back too, so
+its digest equals the digest of the state that wrote the rows. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from service.domain.pool import FAMILIES, IPV4, IPV6, commit_change, plan_change
+from service.domain.state import ClusterState, Node, PodRange, State, format_ip
+
+
+class RestoreError(ValueError):
+    """The persisted rows do not describe a consistent state."""
+
+
+def restore_cluster(
+    state: State,
+    name: str,
+    *,
+    ipv4_cidrs: Sequence[str],
+    ipv4_mask: int | None,
+    ipv6_cidrs: Sequence[str],
+    ipv6_mask: int | None,
+    cursors: dict[str, list[int]],
+    waiting: Sequence[str],
+) -> ClusterState:
+    cluster = state.cluster(name)
+    change = plan_change(
+        cluster.pools,
+        {IPV4: ipv4_cidrs, IPV6: ipv6_cidrs},
+        {IPV4: ipv4_mask, IPV6: ipv6_mask},
+    )
+    commit_change(cluster.pools, change)
+    for family, key in ((IPV4, "ipv4"), (IPV6, "ipv6")):
+        elements = cluster.pools[family].elements
+        values = cursors.get(key, [])
+        if len(values) != len(elements):
+            raise RestoreError(f"cluster {name}: {len(values)} {key} cursors for {len(elements)}")
+        for element, cursor in zip(elements, values, strict=True):
+            element.slots.cursor = cursor  # made consistent by finish()
+    cluster.waiting = dict.fromkeys(waiting)
+    return cluster
+
+
+def restore_node(
+    cluster: ClusterState,
+    name: str,
+    *,
+    pod_cidrs: Sequence[str],
+    error: str | None,
+    conflict: str | None,
+    addresses: Sequence[str],
+    pinned: bool,
+    cursors: Sequence[int],
+) -> Node:
+    node = cluster.nodes[name] = Node(
+        name=name,
+        addresses=tuple(ipaddress.ip_address(a) for a in addresses),
+        error=error,
+        conflict=conflict,
+        pinned=pinned,
+    )
+    if len(cursors) != len(pod_cidrs):
+        raise RestoreError(f"node {name}: {len(cursors)} cursors for {len(pod_cidrs)} CIDRs")
+    for text, cursor in zip(pod_cidrs, cursors, strict=True):
+        network = ipaddress.ip_network(text)
+        located = cluster.pools[network.version].locate(network)
+        if located is None or not located[0].slots.occupy(located[1]):
+            raise RestoreError(f"node {name}: {text} is outside the pool or held twice")
+        element, slot = located
+        pod_range = node.ranges[network.version] = PodRange(element.cidr_at(slot))
+        pod_range.slots.cursor = cursor  # made consistent by finish()
+    return node
+
+
+def restore_pod_ip(
+    cluster: ClusterState, node_name: str, family: int, value: int, owner: str
+) -> None:
+    """Re-occupy one held pod address (``value`` is the address as an integer)."""
+    node = cluster.nodes.get(node_name)
+    pod_range = node.ranges.get(family) if node is not None else None
+    offset = pod_range.offset_of(value) if pod_range is not None else None
+    if pod_range is None or offset is None or not pod_range.slots.occupy(offset):
+        raise RestoreError(f"pod address {value} of {owner} does not fit node {node_name}")
+    pod_range.owner_of[offset] = owner
+    pod_range.by_owner[owner] = offset
+
+
+def finish(cluster: ClusterState) -> None:
+    """Complete a rebuilt cluster once every node and pod address is occupied.
+
+    Reserves the nodes' own addresses after the pods (a pod keeps an address it held first), and
+    only then settles the cursors: doing it before occupying would make every occupation search
+    the slots released behind the cursor.
+    """
+    for pool in cluster.pools.values():
+        for element in pool.elements:
+            element.slots.restore_cursor(element.slots.cursor)
+    for node in cluster.nodes.values():
+        for family in FAMILIES:
+            pod_range = node.ranges.get(family)
+            if pod_range is not None:
+                pod_range.reserve_addresses(node.addresses)
+                pod_range.slots.restore_cursor(pod_range.slots.cursor)
+
+
+def cluster_row(cluster: ClusterState) -> dict[str, Any]:
+    v4, v6 = cluster.pools[IPV4], cluster.pools[IPV6]
+    return {
+        "name": cluster.name,
+        "ipv4_cidrs": [str(e.network) for e in v4.elements],
+        "ipv4_mask": v4.mask,
+        "ipv6_cidrs": [str(e.network) for e in v6.elements],
+        "ipv6_mask": v6.mask,
+        "cursors": {
+            "ipv4": [e.slots.cursor for e in v4.elements],
+            "ipv6": [e.slots.cursor for e in v6.elements],
+        },
+        "waiting": list(cluster.waiting),
+    }
+
+
+def node_row(node: Node) -> dict[str, Any]:
+    ranges = [node.ranges[f] for f in FAMILIES if f in node.ranges]
+    return {
+        "name": node.name,
+        "pod_cidrs": [str(r.cidr) for r in ranges],
+        "error": node.error,
+        "conflict": node.conflict,
+        "addresses": [str(a) for a in node.addresses],
+        "pinned": node.pinned,
+        "cursors": [r.slots.cursor for r in ranges],
+    }
+
+
+def pod_ips(node: Node) -> Iterator[tuple[int, int, str, str]]:
+    """``(family, address as int, address text, owner)`` of every pod address on the node."""
+    for family in FAMILIES:
+        pod_range = node.ranges.get(family)
+        if pod_range is not None:
+            base = pod_range.cidr.base
+            for offset, owner in pod_range.owner_of.items():
+                yield family, base + offset, format_ip(family, base + offset), owner
