@@ -2,9 +2,10 @@
 
 ``cluster_row``, ``node_row`` and ``pod_ips`` give the plain values the projection writes after a
 batch. When an allocator starts, the projection reads clusters, nodes and pod addresses and hands
-them to ``restore_cluster``, ``restore_node``, ``restore_pod_ip`` and ``finish``, in that order. The rebuilt state decides exactly as the one
-that was persisted: the next-fit cursors, the waiting queue and the pinned flags come back too, so
-its digest equals the digest of the state that wrote the rows. Pure: no I/O.
+them to ``restore_cluster``, ``restore_node``, ``restore_pod_ip`` and ``finish``, in that order.
+The rebuilt state decides exactly as the one that was persisted: the next-fit cursors, the
+waiting queue and the pinned flags come back too, so its digest equals the digest of the state
+that wrote the rows. Pure: no I/O.
 """
 
 from __future__ import annotations
