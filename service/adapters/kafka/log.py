@@ -11,6 +11,9 @@ Reads use one consumer with manual partition assignment and explicit seeks; a co
 only used, when configured, to publish the allocator's position for lag monitoring, never to decide
 where reading starts (the projection's stored offset does that).
 
+``ensure_decisions_topic`` creates the decisions topic, which ``sink.KafkaDecisionSink``
+writes; it keeps ordinary retention, being a feed derived from the log.
+
 No aiokafka exception leaves this module: driver errors become ``KafkaLogError`` (a
 ``service.errors.LogError``) and unsuitable topics ``service.errors.TopicConfigError``.
 """
@@ -20,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import anyio
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -75,6 +78,59 @@ async def ensure_topics(
         raise errors.ConfigurationError(
             f"topic {topic!r} needs partitions >= 1 and replication_factor >= 1"
         )
+    new_topic = NewTopic(
+        topic,
+        partitions,
+        replication_factor,
+        topic_configs=dict(REQUIRED_TOPIC_CONFIG),
+    )
+
+    async def check_existing(admin: AIOKafkaAdminClient) -> None:
+        await _check_existing_topic(admin, topic, partitions)
+
+    await _create_topic(bootstrap, topic, new_topic, check_existing, timeout_s)
+
+
+async def ensure_decisions_topic(
+    bootstrap: str,
+    topic: str,
+    partitions: int = 1,
+    *,
+    replication_factor: int = 1,
+    retention_ms: int | None = None,
+    timeout_s: float = 30.0,
+) -> None:
+    """Create the decisions topic ``topic`` (for ``sink.KafkaDecisionSink``) unless it exists.
+
+    Unlike the events topic, the decisions topic keeps ordinary, finite retention: it is a feed
+    for consumers, not the source of truth. Every decision follows from the event log (the same
+    log always gives the same decisions), and the projection in PostgreSQL holds their result,
+    so a decision Kafka has deleted can be recomputed by replay. ``retention_ms`` sets the
+    topic's ``retention.ms``; ``None`` leaves the broker's default (7 days unless configured).
+
+    An existing topic is accepted as it is, whatever its retention and partition count: those
+    are the operator's to choose. Decisions are keyed by event id, so with several partitions
+    their order holds per partition only; consumers order and de-duplicate by the log partition
+    and offset each decision carries. Returns once every partition has a leader. Raises
+    ``errors.ConfigurationError`` for impossible arguments and ``KafkaLogError`` if Kafka fails.
+    """
+    if partitions < 1 or replication_factor < 1 or (retention_ms is not None and retention_ms < 1):
+        raise errors.ConfigurationError(
+            f"topic {topic!r} needs partitions >= 1, replication_factor >= 1 and a positive "
+            "retention_ms (or None)"
+        )
+    configs = {} if retention_ms is None else {"retention.ms": str(retention_ms)}
+    new_topic = NewTopic(topic, partitions, replication_factor, topic_configs=configs)
+    await _create_topic(bootstrap, topic, new_topic, None, timeout_s)
+
+
+async def _create_topic(
+    bootstrap: str,
+    topic: str,
+    new_topic: NewTopic,
+    check_existing: Callable[[AIOKafkaAdminClient], Awaitable[None]] | None,
+    timeout_s: float,
+) -> None:
     admin = AIOKafkaAdminClient(
         bootstrap_servers=bootstrap,
         client_id="ipledger-admin",
@@ -82,17 +138,12 @@ async def ensure_topics(
     )
     try:
         await admin.start()
-        new_topic = NewTopic(
-            topic,
-            partitions,
-            replication_factor,
-            topic_configs=dict(REQUIRED_TOPIC_CONFIG),
-        )
         response = await admin.create_topics([new_topic], timeout_ms=_milliseconds(timeout_s))
         (result,) = response.to_object()["topic_errors"]
         error = for_code(result["error_code"])
         if error is TopicAlreadyExistsError:
-            await _check_existing_topic(admin, topic, partitions)
+            if check_existing is not None:
+                await check_existing(admin)
         elif result["error_code"] != 0:
             raise KafkaLogError(
                 f"creating topic {topic!r} failed: {error.__name__}: {result['error_message']}"
