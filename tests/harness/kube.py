@@ -6,10 +6,13 @@ and a `system:masters` client certificate, writes a real kubeconfig, and install
 CiliumNode CRD unmodified from `<repo>/../shared/reference/` (or `$IPLEDGER_SHARED_DIR`).
 Clients then talk to it as to any cluster through `kubeconfig_path`.
 
-Only `/apis` is served: CRDs and custom resources. There is no legacy `/api` (no namespaces,
-events, leases), no admission webhooks, no priority-and-fairness, and `/readyz` never turns
-healthy (the core informers point at a port that refuses), so readiness is `/healthz` plus the
-CRD showing up in discovery.
+What it serves: CRDs, custom resources (with SSA, status subresource, watch) and per-group
+discovery (`/apis/cilium.io/v2`), `/version`, `/healthz`, `/livez`. What it does not: the legacy
+`/api` (no namespaces, events, leases), the `/apis` root discovery list, `/openapi/v2`, CRD schemas
+in `/openapi/v3`, admission webhooks, priority-and-fairness; and `/readyz` never passes (the core
+informers point at a port that refuses), so readiness here is `/healthz` plus the CRD showing up
+in its group's discovery. Clients that need the `/apis` root list for discovery (kubectl does)
+should be expected to fail; that was not tried.
 
 Users: the session fixture `kube_apiserver` (registered through `pytest_plugins` in
 tests/conftest.py) and benchmarks, which use the class directly or as a context manager. Both
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import atexit
 import base64
+import contextlib
 import datetime
 import ipaddress
 import json
@@ -110,6 +114,10 @@ class KubeAPIServer:
     clients use `kubeconfig_path` (client-certificate auth as `system:masters`) or `url`.
     `restart_apiserver()` restarts only the apiserver, on the same port and the same etcd, so
     stored objects survive. Not thread-safe; one instance per test session is the intent.
+
+    Upstream quirk worth knowing when timing things: for about two seconds after the CRD becomes
+    Established, every POST (create) of a CiliumNode is held for 2 s by the apiserver on purpose
+    (an HA safeguard in the CRD handler); server-side apply and other verbs are not delayed.
     """
 
     def __init__(
@@ -131,7 +139,7 @@ class KubeAPIServer:
         self._url = ""
         self._kubeconfig_path: Path | None = None
         self._served_path = ""
-        self._logs: list[IO[bytes]] = []
+        self._logs: dict[str, IO[bytes]] = {}
 
     @property
     def url(self) -> str:
@@ -203,7 +211,7 @@ class KubeAPIServer:
             if process is not None:
                 _terminate(process)
         self._apiserver = self._etcd = None
-        for log in self._logs:
+        for log in self._logs.values():
             log.close()
         self._logs.clear()
         if self._workdir is not None:
@@ -227,7 +235,7 @@ class KubeAPIServer:
 
     def _start_etcd(self, deadline: float) -> None:
         assert self._workdir is not None
-        client_port, peer_port = _free_port(), _free_port()
+        client_port, peer_port = _free_ports(2)
         self._etcd_url = f"http://127.0.0.1:{client_port}"
         peer_url = f"http://127.0.0.1:{peer_port}"
         data_dir = self._workdir / "etcd"
@@ -260,7 +268,7 @@ class KubeAPIServer:
     def _prepare_apiserver(self) -> None:
         assert self._workdir is not None and self._credentials is not None
         credentials = self._credentials
-        port = _free_port()
+        (port,) = _free_ports(1)
         self._url = f"https://127.0.0.1:{port}"
         fake_kubeconfig = self._workdir / "unused.kubeconfig"
         fake_kubeconfig.write_text(json.dumps(_kubeconfig(server=_REFUSING_URL)))
@@ -298,11 +306,11 @@ class KubeAPIServer:
 
     def _start_apiserver(self, deadline: float) -> None:
         self._apiserver = self._spawn("apiserver", self._apiserver_args)
-        apiserver = self._apiserver
+        context = self._ssl_context()
         self._poll(
             "apiserver /healthz",
-            lambda: _get(f"{self._url}/healthz", self._ssl_context()) == b"ok",
-            apiserver,
+            lambda: _get(f"{self._url}/healthz", context) == b"ok",
+            self._apiserver,
             deadline,
         )
 
@@ -345,8 +353,9 @@ class KubeAPIServer:
 
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
         assert self._workdir is not None
-        log = (self._workdir / f"{name}.log").open("ab")
-        self._logs.append(log)
+        if name not in self._logs:
+            self._logs[name] = (self._workdir / f"{name}.log").open("ab")
+        log = self._logs[name]
         # Own session: a Ctrl-C aimed at pytest must not kill the servers before the fixture's
         # teardown has had a chance to stop them in order.
         return subprocess.Popen(
@@ -382,7 +391,7 @@ class KubeAPIServer:
 
     def _log_tails(self) -> str:
         tails = []
-        for log in self._logs:
+        for log in self._logs.values():
             log.flush()
             with open(log.name, "rb") as reader:
                 reader.seek(max(0, os.fstat(reader.fileno()).st_size - _LOG_TAIL_BYTES))
@@ -418,11 +427,17 @@ def _terminate(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+def _free_ports(count: int) -> list[int]:
+    # All bound at once so the kernel cannot hand out the same port twice; the servers bind them
+    # a moment later, a race that is accepted for loopback test ports.
+    with contextlib.ExitStack() as stack:
+        sockets = [
+            stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            for _ in range(count)
+        ]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
 
 
 def _request(
