@@ -6,9 +6,13 @@ Every port has an in-memory adapter in ``service.adapters.memory`` and one contr
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
+
+from service.domain import events
+from service.domain import state as domain
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,3 +78,51 @@ class DecisionSink(Protocol):
     async def close(self) -> None:
         """Flush and release connections."""
         ...
+
+
+@dataclass(slots=True)
+class AppliedRecord:
+    """One log record and what applying it decided.
+
+    ``body`` is the decision as published (JSON); ``rejected`` is set when the record was not a
+    valid event at all (it is then kept raw with the reason in the rejections table).
+    """
+
+    record: Record
+    decision: events.Decision
+    body: bytes
+    event_time: datetime.datetime | None
+    rejected: bool
+
+
+@dataclass(slots=True)
+class Batch:
+    """Everything one allocator batch did to one partition, committed as one transaction.
+
+    ``changes`` are the clusters' change journals for the batch; ``ip_times`` gives, for each
+    entry of a cluster's ``changes.ips``, the log offset and time of the event that caused it.
+    """
+
+    partition: int
+    token: int
+    next_offset: int
+    state: domain.State
+    applied: list[AppliedRecord] = field(default_factory=list)
+    changes: dict[str, domain.Changes] = field(default_factory=dict)
+    ip_times: dict[str, list[tuple[int, datetime.datetime]]] = field(default_factory=dict)
+
+
+class Projection(Protocol):
+    """The allocator's durable state, its log position and its single-writer lease."""
+
+    async def try_acquire(self, partition: int) -> int | None: ...
+
+    async def renew(self, partition: int, token: int) -> None: ...
+
+    async def release(self, partition: int, token: int) -> None: ...
+
+    async def next_offset(self, partition: int) -> int: ...
+
+    async def commit(self, batch: Batch) -> None: ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,527 @@
+"""The PostgreSQL projection: the allocator's durable state, its log position and its lease.
+
+Written by ``service.allocator`` (one transaction per batch: decisions, rejections, node rows,
+pod addresses, their history and the consumed offset, all or nothing) and read when an allocator
+starts (``load``), by ``ipledger state`` and by the decisions outbox relay. The tables are declared
+in ``schema``; Alembic builds them.
+
+Single writer per log partition: ``try_acquire`` takes a time-bound lease with a fencing token,
+and every ``commit`` re-checks that token inside its own transaction and extends the lease. A
+writer that was paused past its lease (SIGSTOP, a long GC, a partition) finds the token changed
+and its commit rolled back: it can never write after losing the role. Times come from the
+database clock (``clock_timestamp()``), so writers on different hosts need no clock agreement.
+
+The hot path talks to asyncpg directly (COPY and pipelined executemany) through the SQLAlchemy
+pool; asyncpg exceptions are translated to ``errors.ProjectionError`` here and go no further.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from service import errors, ports
+from service.domain import restore, state
+from service.domain.pool import IPV4
+
+UTC = datetime.UTC
+NODES_CHANNEL = "ipledger_nodes"
+DECISIONS_CHANNEL = "ipledger_decisions"
+# A writer connection stuck in a transaction (its process paused) is cut off by the server, so
+# its row locks cannot stall the writer that takes over.
+WRITER_SESSION_SETTINGS = {"idle_in_transaction_session_timeout": "5000"}
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """What an allocator starts from: the rebuilt state and the next offset to read."""
+
+    state: state.State
+    next_offset: int
+
+
+@contextlib.contextmanager
+def _translate(doing: str) -> Iterator[None]:
+    try:
+        yield
+    except errors.IpledgerError:
+        raise
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, sa.exc.SQLAlchemyError, OSError) as exc:
+        raise errors.ProjectionError(f"{doing}: {type(exc).__name__}: {exc}") from exc
+
+
+class PostgresProjection:
+    """The projection and lease for one deployment's log (``log_name`` guards against mixing)."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        log_name: str,
+        holder: str,
+        lease_ttl_s: float = 6.0,
+        owns_engine: bool = False,
+    ) -> None:
+        self._engine = engine
+        self.log_name = log_name
+        self.holder = holder
+        self.lease_ttl_s = lease_ttl_s
+        self._owns_engine = owns_engine
+
+    @classmethod
+    def from_dsn(
+        cls, dsn: str, *, log_name: str, holder: str, lease_ttl_s: float = 6.0, pool_size: int = 4
+    ) -> PostgresProjection:
+        engine = create_async_engine(
+            sa.make_url(dsn).set(drivername="postgresql+asyncpg"),
+            pool_size=pool_size,
+            pool_pre_ping=True,
+            connect_args={"server_settings": WRITER_SESSION_SETTINGS},
+        )
+        return cls(
+            engine, log_name=log_name, holder=holder, lease_ttl_s=lease_ttl_s, owns_engine=True
+        )
+
+    async def close(self) -> None:
+        if self._owns_engine:
+            await self._engine.dispose()
+
+    @contextlib.asynccontextmanager
+    async def _driver(self, doing: str, *, transaction: bool) -> AsyncIterator[Any]:
+        """An asyncpg connection from the pool, in a transaction if asked; errors translated."""
+        with _translate(doing):
+            async with self._engine.connect() as connection:
+                try:
+                    raw = await connection.get_raw_connection()
+                    driver: Any = raw.driver_connection
+                    if transaction:
+                        async with driver.transaction():
+                            yield driver
+                    else:
+                        yield driver
+                except BaseException:
+                    await _discard(connection)
+                    raise
+
+    # --- the lease ------------------------------------------------------------------------------
+
+    async def try_acquire(self, partition: int) -> int | None:
+        """Take the partition's writer lease if it is free or expired; the new token, or None."""
+        ttl = datetime.timedelta(seconds=self.lease_ttl_s)
+        async with self._driver("acquiring the writer lease", transaction=True) as db:
+            await db.execute(
+                "INSERT INTO writer_lease (partition, holder, token, expires_at) "
+                "VALUES ($1, '', 0, '-infinity') ON CONFLICT (partition) DO NOTHING",
+                partition,
+            )
+            token: int | None = await db.fetchval(
+                "UPDATE writer_lease SET holder = $2, token = token + 1, "
+                "expires_at = clock_timestamp() + $3::interval "
+                "WHERE partition = $1 AND expires_at < clock_timestamp() RETURNING token",
+                partition,
+                self.holder,
+                ttl,
+            )
+            return token
+
+    async def renew(self, partition: int, token: int) -> None:
+        """Extend the lease; raise FencedError if it was lost."""
+        async with self._driver("renewing the writer lease", transaction=True) as db:
+            await self._fence(db, partition, token)
+
+    async def release(self, partition: int, token: int) -> None:
+        """Give the lease up at once (clean shutdown), so a standby need not wait for expiry."""
+        async with self._driver("releasing the writer lease", transaction=True) as db:
+            await db.execute(
+                "UPDATE writer_lease SET expires_at = '-infinity' "
+                "WHERE partition = $1 AND token = $2",
+                partition,
+                token,
+            )
+
+    async def _fence(self, db: Any, partition: int, token: int) -> None:
+        ok = await db.fetchval(
+            "UPDATE writer_lease SET expires_at = clock_timestamp() + $3::interval "
+            "WHERE partition = $1 AND token = $2 AND expires_at > clock_timestamp() "
+            "RETURNING true",
+            partition,
+            token,
+            datetime.timedelta(seconds=self.lease_ttl_s),
+        )
+        if not ok:
+            raise errors.FencedError(
+                f"partition {partition}: writer lease {token} lost; another allocator took over"
+            )
+
+    # --- loading --------------------------------------------------------------------------------
+
+    async def next_offset(self, partition: int) -> int:
+        async with self._driver("reading the consumed offset", transaction=False) as db:
+            return await self._next_offset(db, partition)
+
+    async def _next_offset(self, db: Any, partition: int) -> int:
+        row = await db.fetchrow(
+            "SELECT log, next_offset FROM consumer_offset WHERE partition = $1", partition
+        )
+        if row is None:
+            return 0
+        if row["log"] != self.log_name:
+            raise errors.ConfigurationError(
+                f"partition {partition} of this database was fed by log {row['log']!r}, "
+                f"not {self.log_name!r}"
+            )
+        return int(row["next_offset"])
+
+    async def load(self, partitions: Sequence[int] | None = None) -> Loaded:
+        """Rebuild the state of the clusters on ``partitions`` (all when None).
+
+        With one partition, also returns where to continue reading it.
+        """
+        current = state.State(track_changes=True)
+        async with self._driver("loading the projection", transaction=True) as db:
+            await db.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            next_offset = (
+                await self._next_offset(db, partitions[0])
+                if partitions and len(partitions) == 1
+                else 0
+            )
+            where, args = (
+                ("WHERE partition = ANY($1::int[])", [list(partitions)]) if partitions else ("", [])
+            )
+            clusters = await db.fetch(f"SELECT * FROM cluster {where} ORDER BY name", *args)
+            for row in clusters:
+                cluster = restore.restore_cluster(
+                    current,
+                    row["name"],
+                    ipv4_cidrs=row["ipv4_cidrs"],
+                    ipv4_mask=row["ipv4_mask"],
+                    ipv6_cidrs=row["ipv6_cidrs"],
+                    ipv6_mask=row["ipv6_mask"],
+                    cursors=json.loads(row["cursors"]),
+                    waiting=row["waiting"],
+                )
+                nodes = await db.fetch(
+                    "SELECT * FROM node WHERE cluster = $1 AND NOT deleted ORDER BY name",
+                    cluster.name,
+                )
+                for node in nodes:
+                    restore.restore_node(
+                        cluster,
+                        node["name"],
+                        pod_cidrs=node["pod_cidrs"],
+                        error=node["error"],
+                        conflict=node["conflict"],
+                        addresses=node["addresses"],
+                        pinned=node["pinned"],
+                        cursors=node["cursors"],
+                    )
+                # IPv4 as integers straight from the server: parsing 7 M address strings in
+                # Python would dominate the start-up time.
+                async for ip in db.cursor(
+                    "SELECT node, owner, family(address) AS family, "
+                    "CASE WHEN family(address) = 4 THEN address - '0.0.0.0'::inet END AS v4, "
+                    "CASE WHEN family(address) = 6 THEN host(address) END AS v6 "
+                    "FROM pod_ip WHERE cluster = $1 ORDER BY address",
+                    cluster.name,
+                    prefetch=20_000,
+                ):
+                    family = ip["family"]
+                    value = ip["v4"] if family == IPV4 else int(_ipv6(ip["v6"]))
+                    restore.restore_pod_ip(cluster, ip["node"], family, value, ip["owner"])
+                restore.finish(cluster)
+        return Loaded(state=current, next_offset=next_offset)
+
+    # --- committing a batch ---------------------------------------------------------------------
+
+    async def commit(self, batch: ports.Batch) -> None:
+        """Write everything one batch did, and its offset, in one transaction (or nothing)."""
+        now = datetime.datetime.now(UTC)
+        async with self._driver("committing a batch", transaction=True) as db:
+            await self._fence(db, batch.partition, batch.token)
+            await _write_decisions(db, batch, now)
+            for cluster_name, changes in batch.changes.items():
+                cluster = batch.state.clusters[cluster_name]
+                await _write_cluster(db, cluster, batch, changes)
+                await _write_nodes(db, cluster, batch, changes, now)
+                if changes.ips:
+                    await _write_ips(db, cluster_name, batch, changes, batch.ip_times[cluster_name])
+            await db.execute(
+                "INSERT INTO consumer_offset (partition, log, next_offset, updated_at) "
+                "VALUES ($1, $2, $3, $4) ON CONFLICT (partition) DO UPDATE "
+                "SET next_offset = EXCLUDED.next_offset, updated_at = EXCLUDED.updated_at",
+                batch.partition,
+                self.log_name,
+                batch.next_offset,
+                now,
+            )
+            # Delivered on commit only: the sync worker and the outbox relay wake up.
+            if any(changes.nodes for changes in batch.changes.values()):
+                await db.execute("SELECT pg_notify($1, $2)", NODES_CHANNEL, str(batch.partition))
+            await db.execute("SELECT pg_notify($1, $2)", DECISIONS_CHANNEL, str(batch.partition))
+
+    # --- reading for the outbox relay and the CLI -------------------------------------------------
+
+    async def decisions_after(
+        self, partition: int, start: int, limit: int
+    ) -> list[tuple[int, str | None, bytes]]:
+        """``(offset, event id, decision JSON)`` of committed decisions from ``start`` on."""
+        async with self._driver("reading decisions", transaction=False) as db:
+            rows = await db.fetch(
+                'SELECT "offset", event_id, body FROM decision '
+                'WHERE partition = $1 AND "offset" >= $2 ORDER BY "offset" LIMIT $3',
+                partition,
+                start,
+                limit,
+            )
+        return [(r["offset"], r["event_id"], bytes(r["body"])) for r in rows]
+
+    async def outbox_offset(self, partition: int) -> int:
+        async with self._driver("reading the outbox position", transaction=False) as db:
+            value = await db.fetchval(
+                "SELECT next_offset FROM outbox_offset WHERE partition = $1", partition
+            )
+        return int(value or 0)
+
+    async def advance_outbox(self, partition: int, token: int, next_offset: int) -> None:
+        async with self._driver("advancing the outbox", transaction=True) as db:
+            await self._fence(db, partition, token)
+            await db.execute(
+                "INSERT INTO outbox_offset (partition, next_offset) VALUES ($1, $2) "
+                "ON CONFLICT (partition) DO UPDATE SET next_offset = EXCLUDED.next_offset",
+                partition,
+                next_offset,
+            )
+
+    async def consumed_offsets(self) -> dict[int, int]:
+        async with self._driver("reading consumed offsets", transaction=False) as db:
+            rows = await db.fetch("SELECT partition, next_offset FROM consumer_offset")
+        return {r["partition"]: r["next_offset"] for r in rows}
+
+    async def rejection_count(self) -> int:
+        async with self._driver("counting rejections", transaction=False) as db:
+            return int(await db.fetchval("SELECT count(*) FROM rejection"))
+
+
+def _ipv6(text: str) -> Any:
+    import ipaddress  # noqa: PLC0415 - only IPv6 rows need it
+
+    return ipaddress.IPv6Address(text)
+
+
+async def _write_decisions(db: Any, batch: ports.Batch, now: datetime.datetime) -> None:
+    partition = batch.partition
+    rows = []
+    rejected = []
+    for applied in batch.applied:
+        record, decision = applied.record, applied.decision
+        log_time = (
+            datetime.datetime.fromtimestamp(record.timestamp_ms / 1000, UTC)
+            if record.timestamp_ms is not None
+            else None
+        )
+        rows.append(
+            (
+                partition,
+                record.offset,
+                decision.cluster,
+                decision.id,
+                decision.type,
+                decision.error,
+                applied.body,
+                applied.event_time,
+                log_time,
+                now,
+            )
+        )
+        if applied.rejected:
+            rejected.append(
+                (partition, record.offset, decision.error or "", record.key, record.value, now)
+            )
+    await db.copy_records_to_table(
+        "decision",
+        records=rows,
+        columns=[
+            "partition",
+            "offset",
+            "cluster",
+            "event_id",
+            "type",
+            "error",
+            "body",
+            "event_time",
+            "log_time",
+            "applied_at",
+        ],
+    )
+    if rejected:
+        await db.copy_records_to_table(
+            "rejection",
+            records=rejected,
+            columns=["partition", "offset", "reason", "key", "raw", "rejected_at"],
+        )
+
+
+async def _write_cluster(
+    db: Any, cluster: state.ClusterState, batch: ports.Batch, changes: state.Changes
+) -> None:
+    row = restore.cluster_row(cluster)
+    await db.execute(
+        "INSERT INTO cluster (name, partition, ipv4_cidrs, ipv4_mask, ipv6_cidrs, ipv6_mask, "
+        "cursors, waiting, version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) "
+        "ON CONFLICT (name) DO UPDATE SET partition = EXCLUDED.partition, "
+        "ipv4_cidrs = EXCLUDED.ipv4_cidrs, ipv4_mask = EXCLUDED.ipv4_mask, "
+        "ipv6_cidrs = EXCLUDED.ipv6_cidrs, ipv6_mask = EXCLUDED.ipv6_mask, "
+        "cursors = EXCLUDED.cursors, waiting = EXCLUDED.waiting, version = EXCLUDED.version",
+        row["name"],
+        batch.partition,
+        row["ipv4_cidrs"],
+        row["ipv4_mask"],
+        row["ipv6_cidrs"],
+        row["ipv6_mask"],
+        json.dumps(row["cursors"]),
+        row["waiting"],
+        batch.next_offset - 1,
+    )
+
+
+async def _write_nodes(
+    db: Any,
+    cluster: state.ClusterState,
+    batch: ports.Batch,
+    changes: state.Changes,
+    now: datetime.datetime,
+) -> None:
+    if not changes.nodes:
+        return
+    version = batch.next_offset - 1
+    rows: list[tuple[Any, ...]] = []
+    for name in sorted(changes.nodes):
+        node = cluster.nodes.get(name)
+        if node is None:
+            rows.append((cluster.name, name, [], None, None, [], False, [], True, version, now))
+            continue
+        row = restore.node_row(node)
+        rows.append(
+            (
+                cluster.name,
+                name,
+                row["pod_cidrs"],
+                row["error"],
+                row["conflict"],
+                row["addresses"],
+                row["pinned"],
+                row["cursors"],
+                False,
+                version,
+                now,
+            )
+        )
+    await db.executemany(
+        "INSERT INTO node (cluster, name, pod_cidrs, error, conflict, addresses, pinned, cursors, "
+        "deleted, version, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) "
+        "ON CONFLICT (cluster, name) DO UPDATE SET pod_cidrs = EXCLUDED.pod_cidrs, "
+        "error = EXCLUDED.error, conflict = EXCLUDED.conflict, addresses = EXCLUDED.addresses, "
+        "pinned = EXCLUDED.pinned, cursors = EXCLUDED.cursors, deleted = EXCLUDED.deleted, "
+        "version = EXCLUDED.version, updated_at = EXCLUDED.updated_at",
+        rows,
+    )
+
+
+async def _write_ips(
+    db: Any,
+    cluster_name: str,
+    batch: ports.Batch,
+    changes: state.Changes,
+    times: Sequence[tuple[int, datetime.datetime]],
+) -> None:
+    """Current holders and history for every address the batch touched, in log order."""
+    partition = batch.partition
+    final: dict[str, tuple[str, str, int, datetime.datetime] | None] = {}
+    opened: dict[str, list[Any]] = {}  # history rows opened in this batch, still open
+    history: list[list[Any]] = []
+    close_text: list[str] = []
+    close_offset: list[int] = []
+    close_time: list[datetime.datetime] = []
+    for change, (offset, moment) in zip(changes.ips, times, strict=True):
+        text = state.format_ip(change.family, change.address)
+        if change.held:
+            final[text] = (change.node, change.owner, offset, moment)
+            row = [
+                cluster_name,
+                text,
+                change.node,
+                change.owner,
+                partition,
+                offset,
+                moment,
+                None,
+                None,
+            ]
+            opened[text] = row
+            history.append(row)
+        else:
+            final[text] = None
+            row_open = opened.pop(text, None)
+            if row_open is not None:
+                row_open[7], row_open[8] = offset, moment
+            else:
+                close_text.append(text)
+                close_offset.append(offset)
+                close_time.append(moment)
+    touched = list(final)
+    await db.execute(
+        "DELETE FROM pod_ip WHERE cluster = $1 AND address = ANY($2::inet[])", cluster_name, touched
+    )
+    holders = [
+        (cluster_name, text, held[0], held[1], held[2], held[3])
+        for text, held in final.items()
+        if held is not None
+    ]
+    if holders:
+        await db.copy_records_to_table(
+            "pod_ip",
+            records=holders,
+            columns=["cluster", "address", "node", "owner", "since_offset", "since_time"],
+        )
+    if close_text:
+        # Before inserting new open rows: an address may be given back and handed out again
+        # in one batch, and only one open row per address may exist.
+        await db.execute(
+            "UPDATE ip_history h SET to_offset = c.o, to_time = c.t "
+            "FROM unnest($2::inet[], $3::bigint[], $4::timestamptz[]) AS c(a, o, t) "
+            "WHERE h.cluster = $1 AND h.address = c.a AND h.to_offset IS NULL",
+            cluster_name,
+            close_text,
+            close_offset,
+            close_time,
+        )
+    if history:
+        await db.copy_records_to_table(
+            "ip_history",
+            records=[tuple(r) for r in history],
+            columns=[
+                "cluster",
+                "address",
+                "node",
+                "owner",
+                "partition",
+                "from_offset",
+                "from_time",
+                "to_offset",
+                "to_time",
+            ],
+        )
+
+
+async def _discard(connection: AsyncConnection) -> None:
+    """Drop a connection that may be broken instead of returning it to the pool."""
+    with contextlib.suppress(sa.exc.SQLAlchemyError, OSError):
+        await connection.invalidate()
