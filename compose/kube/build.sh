@@ -55,8 +55,10 @@ k8s_module_version="$(go list -m -f '{{.Version}}' k8s.io/apiextensions-apiserve
 k8s_version="v1.${k8s_module_version#v0.}"
 k8s_minor="${k8s_version#v1.}"
 k8s_minor="${k8s_minor%%.*}"
-declare -A ldflags=([etcd]="-s -w")
-ldflags[apiextensions-apiserver]="-s -w"
+declare -A ldflags=(
+    [apiextensions-apiserver]="-s -w"
+    [etcd]="-s -w"
+)
 for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     ldflags[apiextensions-apiserver]+=" -X $pkg.gitVersion=$k8s_version -X $pkg.gitMajor=1"
     ldflags[apiextensions-apiserver]+=" -X $pkg.gitMinor=$k8s_minor -X $pkg.gitTreeState=clean"
