@@ -1,0 +1,91 @@
+"""ipledger benchmarks: what ``make bench`` (``python -m bench``) runs and the results it prints.
+
+Each benchmark is a module of this package with ``run(args) -> list[Result]`` and, optionally,
+``add_arguments(parser)`` for options of its own; ``bench.__main__`` lists them by name. This
+module holds what they share: the result row, pinning to one core, and a description of the
+machine for the report. Performance is measured here and only here, never in timed tests.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """One measured figure, and the target it is held against when there is one.
+
+    ``met`` is None for figures that have no target of their own (context for the others).
+    """
+
+    benchmark: str
+    name: str
+    value: float
+    unit: str
+    target: str = ""
+    met: bool | None = None
+    detail: str = ""
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+def percentile(sorted_values: Sequence[float], fraction: float) -> float:
+    """Nearest-rank percentile of already sorted values (no interpolation: a real sample)."""
+    if not sorted_values:
+        raise ValueError("no samples")
+    rank = max(1, -(-len(sorted_values) * fraction // 1))
+    return sorted_values[int(rank) - 1]
+
+
+def pin_to_one_core() -> int | None:
+    """Pin this process to one core (the last it may use); the core, or None where impossible.
+
+    The targets are per core, and a process that migrates between cores of a busy machine
+    measures the scheduler as much as the code.
+    """
+    if not hasattr(os, "sched_setaffinity"):
+        return None
+    cores = sorted(os.sched_getaffinity(0))
+    core = cores[-1]
+    os.sched_setaffinity(0, {core})
+    return core
+
+
+def machine() -> dict[str, str]:
+    """What the figures were measured on, for the report."""
+    model = "unknown"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    memory = "unknown"
+    try:
+        with open("/proc/meminfo", encoding="utf-8") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemTotal:"):
+                    memory = f"{int(line.split()[1]) / 1024**2:.1f} GiB"
+                    break
+    except OSError:
+        pass
+    load = "unknown"
+    if hasattr(os, "getloadavg"):
+        load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    return {
+        "cpus": str(os.cpu_count()),
+        "cpu model": model,
+        "memory": memory,
+        "python": f"{platform.python_implementation()} {sys.version.split()[0]}",
+        "platform": platform.platform(),
+        "load average": load,
+    }
