@@ -7,12 +7,28 @@ Sub-commands that need services build them through ``service.bootstrap``; ``simu
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import logging
+import signal
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from typing import BinaryIO
 
+import anyio
+
+from service import allocator, bootstrap, errors
 from service.domain import allocation, document, events, state
+from service.settings import Settings
+
+APPEND_CHUNK = 1000
+# Cilium's Helm defaults for cluster-pool IPAM, configured by `make run` on an empty log.
+HELM_DEFAULT_POOL = (
+    b'{"type":"pool.configured","id":"ipledger-helm-default-pool",'
+    b'"clusterPoolIPv4PodCIDRList":["10.0.0.0/8"],"clusterPoolIPv4MaskSize":24,'
+    b'"clusterPoolIPv6PodCIDRList":["fd00::/104"],"clusterPoolIPv6MaskSize":120}'
+)
 
 
 def _lines(stream: BinaryIO) -> Iterator[tuple[int, bytes]]:
@@ -48,6 +64,170 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = Settings.from_env()
+    overrides = {
+        name: value
+        for name in ("database_url", "log", "kafka_bootstrap", "partitions")
+        if (value := getattr(args, name, None)) is not None
+    }
+    settings = dataclasses.replace(settings, **overrides)
+    settings.validate()
+    return settings
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    """Create or upgrade the database schema and, with Kafka, the topics."""
+    settings = _settings(args)
+
+    async def init() -> None:
+        await bootstrap.migrate_database(settings)
+        await bootstrap.ensure_topics(settings)
+
+    anyio.run(init)
+    print("ipledger: database migrated" + (", topics ready" if settings.log == "kafka" else ""))
+    return 0
+
+
+def cmd_append(args: argparse.Namespace) -> int:
+    """Validate events and append the valid ones to the log, keyed by their cluster."""
+    settings = _settings(args)
+    valid: list[tuple[bytes | None, bytes]] = []
+    invalid = 0
+    with _open(args.events) as stream:
+        for number, line in _lines(stream):
+            event = events.decode(line)
+            if isinstance(event, events.DecodeFailure):
+                invalid += 1
+                print(f"line {number}: {event.reason} (not appended)", file=sys.stderr)
+                continue
+            valid.append((event.cluster.encode(), line))
+
+    async def append() -> int:
+        event_log = await bootstrap.open_log(settings)
+        try:
+            for start in range(0, len(valid), APPEND_CHUNK):
+                await event_log.append(valid[start : start + APPEND_CHUNK])
+        finally:
+            await event_log.close()
+        return len(valid)
+
+    appended = anyio.run(append) if valid else 0
+    print(f"ipledger: appended {appended} event(s), {invalid} invalid line(s) not appended")
+    return 1 if invalid else 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the allocator for every partition until SIGINT or SIGTERM."""
+    settings = _settings(args)
+    embedded = bootstrap.Embedded.for_settings(settings) if args.embedded else None
+    if embedded is not None:
+        embedded.start()
+    try:
+        anyio.run(_run, settings, args.embedded)
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    return 0
+
+
+async def _run(settings: Settings, embedded: bool) -> None:
+    log = logging.getLogger("ipledger")
+    await bootstrap.migrate_database(settings)
+    event_log = await bootstrap.open_log(settings)
+    projection = bootstrap.open_projection(settings)
+    sink = await bootstrap.open_sink(settings)
+    stop = anyio.Event()
+    metrics = allocator.Metrics()
+    try:
+        if embedded and all(
+            [await event_log.end_offset(p) == 0 for p in await event_log.partitions()]
+        ):
+            await event_log.append([(b"default", HELM_DEFAULT_POOL)])
+            log.info(
+                "empty log: configured Cilium's Helm default pool (10.0.0.0/8 /24, fd00::/104 /120)"
+            )
+        if embedded:
+            print(
+                "ipledger is running on the embedded PostgreSQL (data in "
+                f"{settings.data_dir}/). In another shell:\n"
+                "  .venv/bin/ipledger append examples/events.jsonl     # feed it events\n"
+                "  .venv/bin/ipledger state --wait-caught-up           # see the state\n"
+                "Ctrl-C stops it; running it again continues where it left off.",
+                flush=True,
+            )
+        loop = allocator.LoopSettings(
+            batch_max_records=settings.batch_max_records,
+            batch_max_wait_s=settings.batch_max_wait_ms / 1000,
+        )
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(_stop_on_signal, stop)
+            for partition in await event_log.partitions():
+                worker = allocator.PartitionAllocator(
+                    event_log, projection, partition, settings=loop, sink=sink, metrics=metrics
+                )
+                tasks.start_soon(worker.run, stop)
+            await stop.wait()
+            log.info("stopping: finishing the batch in flight")
+    finally:
+        if sink is not None:
+            await sink.close()
+        await projection.close()
+        await event_log.close()
+    log.info(
+        "stopped: %d records applied, %d rejected",
+        metrics.records_applied,
+        metrics.records_rejected,
+    )
+
+
+async def _stop_on_signal(stop: anyio.Event) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            stop.set()
+            return
+
+
+def cmd_state(args: argparse.Namespace) -> int:
+    """Print the projection as the same state document ``simulate`` prints."""
+    settings = _settings(args)
+
+    async def read() -> bytes:
+        projection = bootstrap.open_projection(settings)
+        try:
+            if args.wait_caught_up:
+                await _wait_caught_up(settings, projection, args.timeout)
+            loaded = await projection.load()
+        finally:
+            await projection.close()
+        return document.encode_document(document.state_document(loaded.state))
+
+    sys.stdout.buffer.write(anyio.run(read) + b"\n")
+    return 0
+
+
+async def _wait_caught_up(settings: Settings, projection: object, timeout: float) -> None:
+    """Wait until the allocator has applied everything appended so far."""
+    from service.adapters.postgres.projection import PostgresProjection  # noqa: PLC0415
+
+    assert isinstance(projection, PostgresProjection)
+    event_log = await bootstrap.open_log(settings)
+    try:
+        targets = {p: await event_log.end_offset(p) for p in await event_log.partitions()}
+    finally:
+        await event_log.close()
+    deadline = time.monotonic() + timeout
+    while True:
+        consumed = await projection.consumed_offsets()
+        if all(consumed.get(p, 0) >= end for p, end in targets.items()):
+            return
+        if time.monotonic() > deadline:
+            raise errors.IpledgerError(
+                f"not caught up after {timeout:.0f}s: applied {consumed}, log ends at {targets}"
+            )
+        await anyio.sleep(0.1)
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     """Print the JSON Schema of one log record."""
     print(json.dumps(events.json_schema(), indent=2, sort_keys=True))
@@ -72,17 +252,62 @@ def build_parser() -> argparse.ArgumentParser:
 
     schema = commands.add_parser("schema", help="print the JSON Schema of the event contract")
     schema.set_defaults(func=cmd_schema)
+
+    def service_options(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--database-url", help="PostgreSQL URL (env IPLEDGER_DATABASE_URL)")
+        sub.add_argument("--log", choices=["table", "kafka"], help="env IPLEDGER_LOG")
+        sub.add_argument("--kafka-bootstrap", help="host:port (env IPLEDGER_KAFKA_BOOTSTRAP)")
+        sub.add_argument("--partitions", type=int, help="env IPLEDGER_PARTITIONS")
+
+    init = commands.add_parser("init", help="migrate the database; create Kafka topics")
+    service_options(init)
+    init.set_defaults(func=cmd_init)
+
+    append = commands.add_parser("append", help="validate events and append them to the log")
+    append.add_argument("events", help="JSON-lines file of events, or - for standard input")
+    service_options(append)
+    append.set_defaults(func=cmd_append)
+
+    run = commands.add_parser("run", help="run the allocator (writer or hot standby)")
+    run.add_argument(
+        "--embedded",
+        action="store_true",
+        help="start the embedded PostgreSQL under the data dir (what `make run` does)",
+    )
+    service_options(run)
+    run.set_defaults(func=cmd_run)
+
+    show = commands.add_parser("state", help="print the state document from the projection")
+    show.add_argument(
+        "--wait-caught-up",
+        action="store_true",
+        help="first wait until everything appended so far has been applied",
+    )
+    show.add_argument("--timeout", type=float, default=60.0, help="seconds to wait at most")
+    service_options(show)
+    show.set_defaults(func=cmd_state)
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # aiokafka logs every failed reconnect at ERROR; the allocator reports failures itself.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:
         code: int = args.func(args)
     except FileNotFoundError as exc:
         print(f"ipledger: {exc}", file=sys.stderr)
         return 2
+    except errors.IpledgerError as exc:
+        print(f"ipledger: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     return code

@@ -125,7 +125,8 @@ class PostgresProjection:
             token: int | None = await db.fetchval(
                 "UPDATE writer_lease SET holder = $2, token = token + 1, "
                 "expires_at = clock_timestamp() + $3::interval "
-                "WHERE partition = $1 AND expires_at < clock_timestamp() RETURNING token",
+                "WHERE partition = $1 AND (expires_at < clock_timestamp() OR holder = $2) "
+                "RETURNING token",
                 partition,
                 self.holder,
                 ttl,

@@ -1,0 +1,118 @@
+"""The composition root: turns ``Settings`` into adapters and wires the processes.
+
+The only module that knows which adapter implements which port. Called by ``service.cli``;
+nothing here runs at import time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from service import errors, ports
+from service.adapters.kafka import log as kafka_log
+from service.adapters.kafka import sink as kafka_sink
+from service.adapters.postgres import embedded, migrate, projection, table_log
+from service.settings import Settings, redacted_url
+
+log = logging.getLogger("ipledger")
+EMBEDDED_STATE_FILE = "postgres.json"
+
+
+def holder_id() -> str:
+    """A name for this process in the writer lease: host, pid and a random part."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+@dataclass(slots=True)
+class Embedded:
+    """The embedded PostgreSQL of ``make run``: data and port kept under the data dir."""
+
+    server: embedded.EmbeddedPostgres
+    state_file: Path
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> Embedded:
+        root = settings.data_dir.resolve()
+        root.mkdir(parents=True, exist_ok=True)
+        root.chmod(0o755)  # the server runs as an unprivileged account when we are root
+        state_file = root / EMBEDDED_STATE_FILE
+        port = None
+        if state_file.exists():
+            port = int(json.loads(state_file.read_text())["port"])
+        server = embedded.EmbeddedPostgres(root / "postgres", port=port)
+        return cls(server=server, state_file=state_file)
+
+    def start(self) -> str:
+        self.server.start()
+        self.state_file.write_text(json.dumps({"port": self.server.port, "dsn": self.server.dsn}))
+        return self.server.dsn
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+def database_url(settings: Settings) -> str:
+    """The configured URL, or the DSN of the running embedded server."""
+    if settings.database_url:
+        return settings.database_url
+    state_file = settings.data_dir.resolve() / EMBEDDED_STATE_FILE
+    if not state_file.exists():
+        raise errors.ConfigurationError(
+            "no database: set IPLEDGER_DATABASE_URL, or start the embedded one with `make run`"
+        )
+    dsn: str = json.loads(state_file.read_text())["dsn"]
+    return dsn
+
+
+async def migrate_database(settings: Settings) -> None:
+    url = database_url(settings)
+    log.info("migrating %s", redacted_url(url))
+    await migrate.upgrade(url)
+
+
+async def open_log(settings: Settings) -> ports.EventLog:
+    if settings.log == "kafka":
+        assert settings.kafka_bootstrap is not None
+        return await kafka_log.KafkaEventLog.open(
+            settings.kafka_bootstrap, settings.events_topic, group_id="ipledger-allocator"
+        )
+    return table_log.PostgresTableLog.from_dsn(
+        database_url(settings), partitions=settings.partitions
+    )
+
+
+async def ensure_topics(settings: Settings) -> None:
+    """``ipledger init`` for Kafka: the events topic kept forever, and the decisions topic."""
+    if settings.log != "kafka":
+        return
+    assert settings.kafka_bootstrap is not None
+    await kafka_log.ensure_topics(
+        settings.kafka_bootstrap, settings.events_topic, settings.partitions
+    )
+    await kafka_log.ensure_decisions_topic(
+        settings.kafka_bootstrap, settings.decisions_topic, settings.partitions
+    )
+
+
+async def open_sink(settings: Settings) -> ports.DecisionSink | None:
+    if settings.log != "kafka":
+        return None
+    assert settings.kafka_bootstrap is not None
+    return await kafka_sink.KafkaDecisionSink.open(
+        settings.kafka_bootstrap, settings.decisions_topic
+    )
+
+
+def open_projection(settings: Settings) -> projection.PostgresProjection:
+    return projection.PostgresProjection.from_dsn(
+        database_url(settings),
+        log_name=settings.log_name,
+        holder=holder_id(),
+        lease_ttl_s=settings.lease_ttl_s,
+    )
