@@ -206,7 +206,7 @@ class PostgresProjection:
                     ipv4_mask=row["ipv4_mask"],
                     ipv6_cidrs=row["ipv6_cidrs"],
                     ipv6_mask=row["ipv6_mask"],
-                    cursors=json.loads(row["cursors"]),
+                    cursors=_json(row["cursors"]),
                     waiting=row["waiting"],
                 )
                 nodes = await db.fetch(
@@ -309,6 +309,11 @@ class PostgresProjection:
     async def rejection_count(self) -> int:
         async with self._driver("counting rejections", transaction=False) as db:
             return int(await db.fetchval("SELECT count(*) FROM rejection"))
+
+
+def _json(value: Any) -> Any:
+    # SQLAlchemy's pool installs a JSON codec on its asyncpg connections; a bare one has none.
+    return json.loads(value) if isinstance(value, str | bytes) else value
 
 
 def _ipv6(text: str) -> Any:

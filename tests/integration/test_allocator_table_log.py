@@ -1,0 +1,193 @@
+"""The allocator against real PostgreSQL with the table log: projection, decisions, rejections.
+
+Each test gets a fresh migrated database. The allocator runs in-process here; the crash and
+standby tests in tests/e2e run it as real processes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+import anyio
+import asyncpg
+import pytest
+
+from service import allocator, errors
+from service.adapters.postgres import projection as pg_projection
+from service.adapters.postgres import table_log
+from service.domain import allocation, document, state
+from tests.streams import key_of, mixed_stream
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def simulate(records: list[bytes]) -> state.State:
+    oracle = state.State()
+    for record in records:
+        allocation.apply_record(oracle, record)
+    return oracle
+
+
+@pytest.fixture
+async def log(pg_dsn: str) -> AsyncIterator[table_log.PostgresTableLog]:
+    event_log = table_log.PostgresTableLog.from_dsn(pg_dsn)
+    yield event_log
+    await event_log.close()
+
+
+def open_projection(
+    dsn: str, holder: str = "test", ttl: float = 6.0
+) -> pg_projection.PostgresProjection:
+    return pg_projection.PostgresProjection.from_dsn(
+        dsn, log_name="table", holder=holder, lease_ttl_s=ttl
+    )
+
+
+async def run_until(worker: allocator.PartitionAllocator, end: int, timeout: float = 60.0) -> None:
+    """Run the allocator until it has committed everything below ``end``, then stop it."""
+    stop = anyio.Event()
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(worker.run, stop)
+        with anyio.fail_after(timeout):
+            while worker.metrics.next_offset.get(worker.partition, -1) < end:
+                await anyio.sleep(0.02)
+        stop.set()
+
+
+async def test_projection_matches_simulate_and_every_record_has_a_decision(
+    log: table_log.PostgresTableLog, pg_dsn: str
+) -> None:
+    records = mixed_stream(3000)
+    for start in range(0, len(records), 500):
+        chunk = records[start : start + 500]
+        await log.append([(key_of(r), r) for r in chunk])
+    projection = open_projection(pg_dsn)
+    worker = allocator.PartitionAllocator(
+        log, projection, 0, settings=allocator.LoopSettings(batch_max_records=700)
+    )
+    await run_until(worker, len(records))
+    loaded = await projection.load()
+    await projection.close()
+    assert document.digest(loaded.state) == document.digest(simulate(records))
+    assert document.state_document(loaded.state) == document.state_document(simulate(records))
+
+    db = await asyncpg.connect(pg_dsn)
+    try:
+        offsets = [r["offset"] for r in await db.fetch('SELECT "offset" FROM decision ORDER BY 1')]
+        assert offsets == list(range(len(records)))
+        held = await db.fetchval("SELECT count(*) FROM pod_ip")
+        open_history = await db.fetchval("SELECT count(*) FROM ip_history WHERE to_offset IS NULL")
+        assert held == open_history > 0
+        assert await db.fetchval("SELECT next_offset FROM consumer_offset") == len(records)
+        rejected = await db.fetch('SELECT "offset", reason, raw FROM rejection ORDER BY 1')
+        assert rejected
+        for row in rejected:
+            assert bytes(row["raw"]) == records[row["offset"]]
+            assert row["reason"].startswith("invalid event:")
+    finally:
+        await db.close()
+    assert worker.metrics.records_rejected == len(rejected)
+
+
+async def test_bad_input_is_rejected_with_reasons_and_the_offset_advances(
+    log: table_log.PostgresTableLog, pg_dsn: str
+) -> None:
+    pool = (
+        b'{"type":"pool.configured","id":"p","clusterPoolIPv4PodCIDRList":["10.0.0.0/8"],'
+        b'"clusterPoolIPv4MaskSize":24}'
+    )
+    items: list[tuple[bytes | None, bytes]] = [
+        (b"default", pool),
+        (b"default", b"{not json"),
+        (b"default", b'{"type":"node.exploded","id":"u"}'),
+        (b"default", b'{"type":"node.adopted","id":"c","node":"n","podCIDRs":["10.0.0.300/24"]}'),
+        (b"default", b'{"type":"node.added","id":"big","node":"n","pad":"' + b"x" * 70_000 + b'"}'),
+        (b"default", b'{"type":"ip.requested","id":"u2","node":"ghost","owner":"o"}'),
+        (b"east", b'{"type":"node.added","id":"k","node":"n"}'),
+        (None, b'{"type":"node.added","id":"k2","node":"n"}'),
+        (b"default", b'{"type":"node.added","id":"ok","node":"n"}'),
+    ]
+    await log.append(items)
+    projection = open_projection(pg_dsn)
+    worker = allocator.PartitionAllocator(log, projection, 0)
+    await run_until(worker, len(items))
+    await projection.close()
+    db = await asyncpg.connect(pg_dsn)
+    try:
+        decisions = {
+            r["offset"]: (r["error"], json.loads(r["body"]))
+            for r in await db.fetch('SELECT "offset", error, body FROM decision')
+        }
+        rejections = {
+            r["offset"]: r["reason"]
+            for r in await db.fetch('SELECT "offset", reason FROM rejection')
+        }
+    finally:
+        await db.close()
+    assert decisions[0][0] is None
+    assert decisions[1][0].startswith("invalid event: JSON is malformed")
+    assert decisions[2][0] == "invalid event: unknown event type 'node.exploded'"
+    assert decisions[3][0].startswith("invalid CIDR '10.0.0.300/24'")
+    assert decisions[4][0] == f"record is {len(items[4][1])} bytes, over the 65536-byte limit"
+    assert decisions[5][0] == "unknown node ghost"
+    assert decisions[6][0] == "record key 'east' does not match the event's cluster 'default'"
+    assert decisions[7][0] == "record key None does not match the event's cluster 'default'"
+    assert decisions[8][0] is None and decisions[8][1]["podCIDRs"] == ["10.0.0.0/24"]
+    # Records that are not events at all, or break the keying contract, are kept raw.
+    assert set(rejections) == {1, 2, 4, 6, 7}
+    assert worker.metrics.records_rejected == 5
+    assert worker.metrics.decisions_with_error == 2
+
+
+async def test_a_writer_that_lost_its_lease_cannot_commit(
+    log: table_log.PostgresTableLog, pg_dsn: str
+) -> None:
+    first = open_projection(pg_dsn, holder="first", ttl=1.0)
+    second = open_projection(pg_dsn, holder="second", ttl=30.0)
+    try:
+        token = await first.try_acquire(0)
+        assert token is not None
+        assert await second.try_acquire(0) is None
+        records = mixed_stream(50)
+        appended = await log.append([(key_of(r), r) for r in records])
+        loaded = await first.load([0])
+        batch = allocator.apply_records(loaded.state, appended, 0, token)
+        # The first writer stalls past its lease; the second takes over.
+        with anyio.fail_after(10):
+            while (taken := await second.try_acquire(0)) is None:
+                await anyio.sleep(0.1)
+        assert taken > token
+        with pytest.raises(errors.FencedError):
+            await first.commit(batch)
+        with pytest.raises(errors.FencedError):
+            await first.renew(0, token)
+        assert await second.next_offset(0) == 0
+        await second.commit(
+            allocator.apply_records((await second.load([0])).state, appended, 0, taken)
+        )
+        assert await second.next_offset(0) == len(records)
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_restart_continues_from_the_stored_offset_without_reapplying(
+    log: table_log.PostgresTableLog, pg_dsn: str
+) -> None:
+    records = mixed_stream(1200, seed=11)
+    await log.append([(key_of(r), r) for r in records[:600]])
+    projection = open_projection(pg_dsn)
+    await run_until(allocator.PartitionAllocator(log, projection, 0), 600)
+    await log.append([(key_of(r), r) for r in records[600:]])
+    worker = allocator.PartitionAllocator(log, projection, 0)
+    await run_until(worker, len(records))
+    loaded = await projection.load()
+    await projection.close()
+    assert worker.metrics.records_applied == 600
+    assert document.digest(loaded.state) == document.digest(simulate(records))
