@@ -26,7 +26,10 @@ Where the adapters differ, and so what is deliberately *not* asserted:
   PostgreSQL, but wherever Kafka's producer puts it.
 - How much one ``read`` returns: memory and PostgreSQL return everything available up to
   ``max_records``; Kafka returns what its fetches have brought in, possibly fewer, so these
-  tests read until they have what they expect, with a deadline.
+  tests read until they have what they expect, with a deadline. In particular a Kafka read with
+  ``max_wait_s=0`` returns nothing until a fetch has completed (measured: about 50 ms of
+  repeated zero-wait reads after a seek), although the records exist; memory and PostgreSQL
+  return them at once.
 - Atomicity of a failed ``append``: memory and PostgreSQL append all pairs or none; Kafka may
   have appended a prefix of some partitions (see ``KafkaEventLog.append``).
 - ``partitions()`` after ``close``: Kafka still answers from its cache, the others refuse.
