@@ -1,0 +1,83 @@
+"""Helpers for end-to-end tests: real ``ipledger`` processes against real services."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import asyncpg
+import pytest
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class Allocators:
+    """Starts ``ipledger run`` processes and makes sure none outlives the test."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def start(self, env: dict[str, str], name: str = "allocator") -> subprocess.Popen[bytes]:
+        with (self.tmp_path / f"{name}-{len(self.processes)}.log").open("wb") as log_file:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "service.cli", "run"],
+                env={**os.environ, **env},
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
+        self.processes.append(process)
+        return process
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}"
+            for p in sorted(self.tmp_path.glob("*.log"))
+        )
+
+    def close(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                os.kill(process.pid, signal.SIGCONT)
+                process.kill()
+                process.wait(timeout=10)
+
+
+@pytest.fixture
+def allocators(tmp_path: Path) -> Iterator[Allocators]:
+    procs = Allocators(tmp_path)
+    try:
+        yield procs
+    finally:
+        procs.close()
+
+
+async def consumed(dsn: str) -> int:
+    db = await asyncpg.connect(dsn)
+    try:
+        return int(await db.fetchval("SELECT coalesce(max(next_offset), 0) FROM consumer_offset"))
+    finally:
+        await db.close()
+
+
+async def wait_consumed(
+    dsn: str, target: int, timeout: float, allocators: Allocators | None = None
+) -> float:
+    """Wait until the projection has consumed ``target`` records; return the seconds taken."""
+    started = anyio.current_time()
+    with anyio.move_on_after(timeout):
+        while await consumed(dsn) < target:
+            await anyio.sleep(0.05)
+        return anyio.current_time() - started
+    raise AssertionError(
+        f"not caught up to {target} within {timeout}s (at {await consumed(dsn)})\n"
+        + (allocators.logs() if allocators else "")
+    )

@@ -1,0 +1,76 @@
+"""Exactly-once under ``kill -9``: real allocator processes killed at random points.
+
+The log is pre-filled; allocator processes are started and SIGKILLed again and again while they
+work through it in small batches. At the end the projection's digest must equal ``simulate``
+over the same log, and every offset must have exactly one decision.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+
+import anyio
+import asyncpg
+import pytest
+
+from service.adapters.postgres import projection as pg_projection
+from service.adapters.postgres import table_log
+from service.domain import allocation, document, state
+from tests.e2e.conftest import Allocators, consumed, wait_consumed
+from tests.streams import key_of, mixed_stream
+
+pytestmark = pytest.mark.anyio
+KILLS = 20
+
+
+async def test_kill_9_at_random_points_loses_nothing_and_applies_nothing_twice(
+    pg_dsn: str, allocators: Allocators
+) -> None:
+    records = mixed_stream(12000, seed=3)
+    event_log = table_log.PostgresTableLog.from_dsn(pg_dsn)
+    try:
+        for start in range(0, len(records), 1000):
+            await event_log.append([(key_of(r), r) for r in records[start : start + 1000]])
+    finally:
+        await event_log.close()
+    env = {
+        "IPLEDGER_DATABASE_URL": pg_dsn,
+        "IPLEDGER_BATCH_MAX_RECORDS": "10",
+        "IPLEDGER_LEASE_TTL_S": "1",
+    }
+    rng = random.Random(20261126)
+    kills = 0
+    while kills < KILLS:
+        before = await consumed(pg_dsn)
+        if before >= len(records):
+            break
+        process = allocators.start(env)
+        # Let it make some progress first, so that kills land mid-stream, not during start-up.
+        await wait_consumed(pg_dsn, before + 1, 60, allocators)
+        await anyio.sleep(rng.uniform(0.0, 0.3))
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=10)
+        kills += 1
+    assert kills == KILLS, f"the log was consumed after only {kills} kills; lengthen it"
+
+    allocators.start(env)
+    await wait_consumed(pg_dsn, len(records), 120, allocators)
+
+    oracle = state.State()
+    for record in records:
+        allocation.apply_record(oracle, record)
+    projection = pg_projection.PostgresProjection.from_dsn(pg_dsn, log_name="table", holder="t")
+    try:
+        loaded = await projection.load()
+    finally:
+        await projection.close()
+    assert document.digest(loaded.state) == document.digest(oracle)
+    db = await asyncpg.connect(pg_dsn)
+    try:
+        count, low, high = await db.fetchrow(
+            'SELECT count(*), min("offset"), max("offset") FROM decision'
+        )
+    finally:
+        await db.close()
+    assert (count, low, high) == (len(records), 0, len(records) - 1)
