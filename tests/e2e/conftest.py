@@ -37,6 +37,11 @@ class Allocators:
         self.processes.append(process)
         return process
 
+    def log_of(self, process: subprocess.Popen[bytes]) -> str:
+        index = self.processes.index(process)
+        (path,) = self.tmp_path.glob(f"*-{index}.log")
+        return path.read_text(errors="replace")
+
     def logs(self) -> str:
         return "\n".join(
             f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}"
