@@ -37,3 +37,36 @@ class FencedError(ProjectionError):
 
 class ClusterApiError(IpledgerError):
     """The Kubernetes API refused or failed a request."""
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        #: The HTTP status code, when the server answered at all.
+        self.status = status
+        #: Seconds the server asked the client to wait (``Retry-After``), when it did.
+        self.retry_after = retry_after
+
+
+class ClusterApiUnavailable(ClusterApiError):
+    """The Kubernetes API could not serve the request now (5xx, timeout, no connection)."""
+
+
+class ClusterApiThrottled(ClusterApiUnavailable):
+    """The Kubernetes API asked the client to slow down (429 Too Many Requests)."""
+
+
+class ClusterApiNotFound(ClusterApiError):
+    """The Kubernetes object does not exist."""
+
+
+class ClusterApiRejected(ClusterApiError):
+    """The Kubernetes API refused the request as it is (invalid, forbidden): retrying cannot help."""
+
+
+class ClusterApiConflict(ClusterApiRejected):
+    """The Kubernetes API reported a conflict with another writer of the object."""

@@ -7,7 +7,8 @@ Every port has an in-memory adapter in ``service.adapters.memory`` and one contr
 from __future__ import annotations
 
 import datetime
-from collections.abc import Sequence
+import ipaddress
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -126,3 +127,106 @@ class Projection(Protocol):
     async def commit(self, batch: Batch) -> None: ...
 
     async def close(self) -> None: ...
+
+
+# --- The Kubernetes side: what the sync worker (service.sync) reads and writes -----------------
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@dataclass(frozen=True, slots=True)
+class NodeIntent:
+    """What one node's CiliumNode must hold according to the projection, at one node version.
+
+    ``version`` is the node's version in the projection (the log offset of the batch that last
+    changed it; it only grows). ``pod_cidrs`` are IPv4 first, then IPv6, as Cilium's operator
+    writes them; ``error`` is None when the node has none. ``pod_ips`` (address -> owner) is
+    filled only when the worker mirrors pod addresses, else None. A ``deleted`` node is a
+    tombstone: its other fields mean nothing.
+    """
+
+    name: str
+    version: int
+    deleted: bool = False
+    pod_cidrs: tuple[Network, ...] = ()
+    error: str | None = None
+    pod_ips: Mapping[Address, str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ObservedNode:
+    """The parts of one CiliumNode that ipledger owns or reads, as the API server holds them.
+
+    Values are the stored text, not parsed: anyone with access may have written these fields.
+    ``error`` (``status.ipam.operator-status.error``), ``pool`` (``spec.ipam.pool``, IPv4 address
+    -> owner) and ``ipv6_pool`` (``spec.ipam.ipv6-pool``) are None when absent. ``addresses`` are
+    the node's own addresses (``spec.addresses[].ip``); ``pod_cidrs_managers`` are the field
+    managers that own ``spec.ipam.podCIDRs``, filled by listings (to say who edited a field).
+    """
+
+    name: str
+    pod_cidrs: tuple[str, ...] = ()
+    error: str | None = None
+    pool: Mapping[str, str] | None = None
+    ipv6_pool: Mapping[str, str] | None = None
+    addresses: tuple[str, ...] = ()
+    pod_cidrs_managers: tuple[str, ...] = ()
+    resource_version: str = ""
+
+
+class ClusterClient(Protocol):
+    """The CiliumNode objects (cilium.io/v2, cluster-scoped) of one Kubernetes cluster.
+
+    Writes are server-side applies under ipledger's own field manager that take ownership of
+    exactly the fields named (forcing conflicts: they are ipledger's fields once it runs the
+    cluster's IPAM), and return the object as stored afterwards. Failures raise
+    ``errors.ClusterApiError`` subclasses: ``ClusterApiUnavailable`` (and ``ClusterApiThrottled``)
+    when retrying later may help, with the server's ``retry_after`` when it sent one;
+    ``ClusterApiRejected`` when it cannot; ``ClusterApiNotFound`` for a missing object.
+    In-memory adapter: ``service.adapters.kubernetes.memory.MemoryClusterClient``.
+    """
+
+    async def apply_pod_cidrs(
+        self,
+        name: str,
+        pod_cidrs: Sequence[Network],
+        *,
+        pod_ips: Mapping[Address, str] | None = None,
+    ) -> ObservedNode:
+        """Apply ``spec.ipam.podCIDRs`` (and, given ``pod_ips``, ``spec.ipam.pool`` and
+        ``spec.ipam.ipv6-pool``); creates the CiliumNode when it does not exist."""
+        ...
+
+    async def apply_status_error(self, name: str, error: str) -> ObservedNode:
+        """Apply ``status.ipam.operator-status.error`` through the status subresource ("" = none).
+
+        Raises ``ClusterApiNotFound`` when the CiliumNode does not exist.
+        """
+        ...
+
+    async def get_node(self, name: str) -> ObservedNode | None:
+        """The CiliumNode, or None when it does not exist."""
+        ...
+
+    async def list_nodes(self) -> Sequence[ObservedNode]:
+        """Every CiliumNode of the cluster."""
+        ...
+
+    async def delete_node(self, name: str) -> bool:
+        """Delete the CiliumNode; False when it did not exist."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections; the client is unusable afterwards."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterPool:
+    """A cluster's configured pool as the projection holds it (for ``ipledger adopt``)."""
+
+    ipv4_cidrs: tuple[ipaddress.IPv4Network, ...] = ()
+    ipv4_mask: int | None = None
+    ipv6_cidrs: tuple[ipaddress.IPv6Network, ...] = ()
+    ipv6_mask: int | None = None

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from service import errors
 
@@ -33,6 +33,20 @@ class Settings:
     batch_max_wait_ms: int = 50
     lease_ttl_s: float = 6.0
     metrics_port: int | None = None
+    # --- the Kubernetes sync worker (`ipledger sync`, `ipledger adopt`; docs/sync.md) ---
+    # With no per-cluster mapping, `sync_cluster` is mirrored into the cluster `kubeconfig` and
+    # `kube_context` point at (None: in-cluster config, else $KUBECONFIG or ~/.kube/config).
+    kubeconfig: Path | None = None
+    kube_context: str | None = None
+    kube_clusters: Mapping[str, KubeTarget] = field(default_factory=dict)
+    sync_cluster: str = "default"
+    sync_qps: float = 20.0  # 0: no limit
+    sync_burst: int = 40
+    sync_concurrency: int = 8
+    resync_interval_s: float = 300.0
+    create_missing: bool = True
+    delete_orphans: bool = False
+    mirror_pod_ips: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -66,6 +80,7 @@ class Settings:
             batch_max_wait_ms=integer("IPLEDGER_BATCH_MAX_WAIT_MS", defaults.batch_max_wait_ms),
             lease_ttl_s=float(integer("IPLEDGER_LEASE_TTL_S", int(defaults.lease_ttl_s))),
             metrics_port=int(metrics) if metrics else None,
+            **_sync_settings(env),
         )
         settings.validate()
         return settings
@@ -79,6 +94,23 @@ class Settings:
             raise errors.ConfigurationError("IPLEDGER_BATCH_MAX_RECORDS must be 1..100000")
         if self.lease_ttl_s < 1:
             raise errors.ConfigurationError("IPLEDGER_LEASE_TTL_S must be at least 1")
+        self._validate_sync()
+
+    def _validate_sync(self) -> None:
+        if self.sync_qps < 0:
+            raise errors.ConfigurationError("IPLEDGER_SYNC_QPS must be 0 (no limit) or more")
+        if self.sync_burst < 1:
+            raise errors.ConfigurationError("IPLEDGER_SYNC_BURST must be at least 1")
+        if not 1 <= self.sync_concurrency <= 256:
+            raise errors.ConfigurationError("IPLEDGER_SYNC_CONCURRENCY must be 1..256")
+        if self.resync_interval_s <= 0:
+            raise errors.ConfigurationError("IPLEDGER_RESYNC_INTERVAL_S must be positive")
+
+    def kube_targets(self) -> dict[str, KubeTarget]:
+        """ipledger cluster name -> the Kubernetes cluster its CiliumNodes live in."""
+        if self.kube_clusters:
+            return dict(self.kube_clusters)
+        return {self.sync_cluster: KubeTarget(kubeconfig=self.kubeconfig, context=self.kube_context)}
 
     @property
     def log_name(self) -> str:
@@ -86,6 +118,79 @@ class Settings:
         if self.log == "kafka":
             return f"kafka:{self.events_topic}"
         return "table"
+
+
+@dataclass(frozen=True, slots=True)
+class KubeTarget:
+    """Where one Kubernetes cluster is reached: a kubeconfig file and a context in it.
+
+    None means the default: in-cluster config, else ``$KUBECONFIG`` or ``~/.kube/config``; and
+    that file's current context.
+    """
+
+    kubeconfig: Path | None = None
+    context: str | None = None
+
+
+def parse_kube_clusters(text: str) -> dict[str, KubeTarget]:
+    """``IPLEDGER_KUBECONFIGS``: ``east=/path/a,west=/path/b#context,north=#context``."""
+    targets: dict[str, KubeTarget] = {}
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        name, sep, where = item.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise errors.ConfigurationError(
+                f"IPLEDGER_KUBECONFIGS: {item!r} is not cluster=kubeconfig[#context]"
+            )
+        if name in targets:
+            raise errors.ConfigurationError(f"IPLEDGER_KUBECONFIGS names cluster {name!r} twice")
+        path, _, context = where.strip().partition("#")
+        targets[name] = KubeTarget(
+            kubeconfig=Path(path).expanduser() if path else None, context=context or None
+        )
+    return targets
+
+
+def _sync_settings(env: Mapping[str, str]) -> dict[str, Any]:
+    """The sync worker's fields of ``Settings.from_env``; absent variables keep the defaults."""
+    values: dict[str, Any] = {}
+
+    def number(name: str, field_name: str, kind: type[float] | type[int]) -> None:
+        value = env.get(name)
+        if value:
+            try:
+                values[field_name] = kind(value)
+            except ValueError:
+                raise errors.ConfigurationError(
+                    f"{name} must be a {kind.__name__}, not {value!r}"
+                ) from None
+
+    def flag(name: str, field_name: str) -> None:
+        value = env.get(name)
+        if value:
+            if value.lower() not in ("1", "true", "yes", "0", "false", "no"):
+                raise errors.ConfigurationError(f"{name} must be true or false, not {value!r}")
+            values[field_name] = value.lower() in ("1", "true", "yes")
+
+    if kubeconfig := env.get("IPLEDGER_KUBECONFIG"):
+        values["kubeconfig"] = Path(kubeconfig).expanduser()
+    if context := env.get("IPLEDGER_KUBE_CONTEXT"):
+        values["kube_context"] = context
+    if mapping := env.get("IPLEDGER_KUBECONFIGS"):
+        values["kube_clusters"] = parse_kube_clusters(mapping)
+    if cluster := env.get("IPLEDGER_SYNC_CLUSTER"):
+        values["sync_cluster"] = cluster
+    number("IPLEDGER_SYNC_QPS", "sync_qps", float)
+    number("IPLEDGER_SYNC_BURST", "sync_burst", int)
+    number("IPLEDGER_SYNC_CONCURRENCY", "sync_concurrency", int)
+    number("IPLEDGER_RESYNC_INTERVAL_S", "resync_interval_s", float)
+    flag("IPLEDGER_SYNC_CREATE_MISSING", "create_missing")
+    flag("IPLEDGER_SYNC_DELETE_ORPHANS", "delete_orphans")
+    flag("IPLEDGER_SYNC_MIRROR_POD_IPS", "mirror_pod_ips")
+    return values
 
 
 def redacted_url(url: str) -> str:
