@@ -16,7 +16,7 @@ improvements written down in docs/allocation.md.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 from service.domain import events
@@ -30,11 +30,19 @@ from service.domain.pool import (
     commit_change,
     plan_change,
 )
-from service.domain.state import Address, ClusterState, IpChange, Node, PodRange, State, format_ip
+from service.domain.state import Address, ClusterState, IpChange, Node, PodRange, State
 
 ALLOCATOR_FULL = "allocator full"
 RANGE_FULL = "range is full"
 _FAMILY_BY_NAME = {"ipv4": IPV4, "ipv6": IPV6}
+# Families an ip.requested without a family gets, by (IPv6 enabled, IPv4 enabled): IPv6 first,
+# as Cilium's agent does.
+_REQUEST_ORDER: dict[tuple[bool, bool], tuple[int, ...]] = {
+    (True, True): (IPV6, IPV4),
+    (True, False): (IPV6,),
+    (False, True): (IPV4,),
+    (False, False): (),
+}
 _NO_IPS: tuple[str, ...] = ()
 
 
@@ -218,34 +226,37 @@ def _ip_requested(state: State, event: events.IpRequested) -> events.Decision:
     node = cluster.nodes.get(event.node) if cluster is not None else None
     if cluster is None or node is None:
         return _reject_ips(event, f"unknown node {event.node}")
+    pools = cluster.pools
     if event.family is None:
-        # IPv6 first, as Cilium's agent does; all families or none.
-        families: Iterable[int] = [f for f in (IPV6, IPV4) if cluster.pools[f].elements]
+        # All enabled families or none.
+        families = _REQUEST_ORDER[bool(pools[IPV6].elements), bool(pools[IPV4].elements)]
         if not families:
             return _reject_ips(event, f"no pool configured for cluster {cluster.name}")
     else:
         family = _FAMILY_BY_NAME[event.family]
-        if not cluster.pools[family].elements:
+        if not pools[family].elements:
             return _reject_ips(event, f"{event.family} is not enabled in the pool")
         families = (family,)
 
     owner = event.owner
+    ranges = node.ranges
     taken: list[tuple[PodRange, int, int]] = []  # range, offset, cursor before
     ips: list[str] = []
     for family in families:
-        pod_range = node.ranges.get(family)
+        pod_range = ranges.get(family)
         if pod_range is None:
             _undo(taken)
             return _reject_ips(event, f"node {node.name} has no {FAMILY_NAMES[family]} pod CIDR")
         offset = pod_range.by_owner.get(owner)
         if offset is None:
-            cursor = pod_range.slots.cursor
-            offset = pod_range.slots.take_next()
+            slots = pod_range.slots
+            cursor = slots.cursor
+            offset = slots.take_next()
             if offset is None:
                 _undo(taken)
                 return _reject_ips(event, RANGE_FULL)
             taken.append((pod_range, offset, cursor))
-        ips.append(format_ip(family, pod_range.cidr.base + offset))
+        ips.append(pod_range.address_text(offset))
 
     if taken:
         changes = cluster.changes
@@ -257,7 +268,8 @@ def _ip_requested(state: State, event: events.IpRequested) -> events.Decision:
                 changes.ips.append(
                     IpChange(node.name, cidr.family, cidr.base + offset, owner, True)
                 )
-        _mark_node(cluster, node)
+        if changes is not None:
+            changes.nodes.add(node.name)
     return events.Decision(
         id=event.id, type=event.type, cluster=event.cluster, error=None, ips=tuple(ips)
     )
@@ -294,9 +306,9 @@ def _ip_released(state: State, event: events.IpReleased) -> events.Decision:
         del pod_range.owner_of[offset]
         del pod_range.by_owner[owner]
         pod_range.slots.release(offset)
-        cidr = pod_range.cidr
-        ips.append(format_ip(cidr.family, cidr.base + offset))
+        ips.append(pod_range.address_text(offset))
         if changes is not None:
+            cidr = pod_range.cidr
             changes.ips.append(IpChange(node.name, cidr.family, cidr.base + offset, owner, False))
     if node.conflict is not None:
         # A pod may have just given back an address the node claimed meanwhile: keep it off
@@ -304,7 +316,8 @@ def _ip_released(state: State, event: events.IpReleased) -> events.Decision:
         for pod_range, _ in targets:
             pod_range.reserve_addresses(node.addresses)
         _refresh_conflict(cluster, node)
-    _mark_node(cluster, node)
+    if changes is not None:
+        changes.nodes.add(node.name)
     return events.Decision(
         id=event.id, type=event.type, cluster=event.cluster, error=None, ips=tuple(ips)
     )

@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 
 from service.domain.pool import FAMILY_NAMES, IPV4, IPV6
-from service.domain.state import ClusterState, Node, State, format_ip
+from service.domain.state import ClusterState, Node, State
 
 _encoder = msgspec.json.Encoder()
 
@@ -35,9 +35,8 @@ def node_document(node: Node) -> dict[str, Any]:
     for family in (IPV4, IPV6):
         pod_range = node.ranges.get(family)
         if pod_range is not None:
-            base = pod_range.cidr.base
             for offset in sorted(pod_range.owner_of):
-                ips[format_ip(family, base + offset)] = pod_range.owner_of[offset]
+                ips[pod_range.address_text(offset)] = pod_range.owner_of[offset]
     return {
         "podCIDRs": list(node.pod_cidr_texts()),
         "error": node.error,

@@ -31,6 +31,13 @@ ADDRESS_BITS = {IPV4: 32, IPV6: 128}
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+def format_ip(family: int, value: int) -> str:
+    """Canonical text of an address (dotted quad, or RFC 5952 compressed IPv6)."""
+    if family == IPV4:
+        return f"{value >> 24}.{(value >> 16) & 255}.{(value >> 8) & 255}.{value & 255}"
+    return ipaddress.IPv6Address(value).compressed
+
+
 class PoolConfigError(ValueError):
     """The pool configuration is invalid or is not an append-only change of the current one."""
 
@@ -56,7 +63,9 @@ class NodeCidr:
         return ipaddress.IPv6Network((self.base, self.prefixlen))
 
     def __str__(self) -> str:
-        return str(self.network)
+        # The text of ``self.network`` without building an ipaddress network for it: node
+        # decisions spell their CIDRs out, and that construction was most of their cost.
+        return f"{format_ip(self.family, self.base)}/{self.prefixlen}"
 
 
 class PoolElement:
