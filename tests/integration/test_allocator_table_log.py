@@ -6,6 +6,7 @@ standby tests in tests/e2e run it as real processes.
 
 from __future__ import annotations
 
+import datetime
 import json
 from collections.abc import AsyncIterator
 
@@ -82,8 +83,11 @@ async def test_projection_matches_simulate_and_every_record_has_a_decision(
         offsets = [r["offset"] for r in await db.fetch('SELECT "offset" FROM decision ORDER BY 1')]
         assert offsets == list(range(len(records)))
         held = await db.fetchval("SELECT count(*) FROM pod_ip")
-        open_history = await db.fetchval("SELECT count(*) FROM ip_history WHERE to_offset IS NULL")
-        assert held == open_history > 0
+        open_holdings = await db.fetchval("SELECT count(*) FROM ip_holding WHERE to_offset IS NULL")
+        assert held == open_holdings > 0
+        finished = await db.fetch("SELECT from_offset, to_offset FROM ip_history")
+        assert finished
+        assert all(r["from_offset"] < r["to_offset"] < len(records) for r in finished)
         assert await db.fetchval("SELECT next_offset FROM consumer_offset") == len(records)
         rejected = await db.fetch('SELECT "offset", reason, raw FROM rejection ORDER BY 1')
         assert rejected
@@ -191,3 +195,50 @@ async def test_restart_continues_from_the_stored_offset_without_reapplying(
     await projection.close()
     assert worker.metrics.records_applied == 600
     assert document.digest(loaded.state) == document.digest(simulate(records))
+
+
+async def test_point_in_time_who_held_an_address_and_why(
+    log: table_log.PostgresTableLog, pg_dsn: str
+) -> None:
+    def event(body: str, at: str) -> tuple[bytes, bytes]:
+        return b"default", (body[:-1] + f',"time":"2026-11-{at}Z"}}').encode()
+
+    items = [
+        event(
+            '{"type":"pool.configured","id":"p","clusterPoolIPv4PodCIDRList":["10.4.0.0/16"],'
+            '"clusterPoolIPv4MaskSize":24}',
+            "17T09:00:00",
+        ),
+        event('{"type":"node.added","id":"n","node":"w1"}', "17T09:00:01"),
+        event('{"type":"ip.requested","id":"a","node":"w1","owner":"shop/cart-1"}', "17T10:00:00"),
+        event('{"type":"ip.released","id":"b","node":"w1","owner":"shop/cart-1"}', "17T12:00:00"),
+        event('{"type":"ip.requested","id":"c","node":"w1","owner":"ops/probe"}', "17T13:00:00"),
+        event('{"type":"ip.released","id":"d","node":"w1","owner":"ops/probe"}', "17T13:30:00"),
+        event('{"type":"ip.requested","id":"e","node":"w1","owner":"shop/cart-2"}', "17T14:00:00"),
+    ]
+    await log.append(items)
+    projection = open_projection(pg_dsn)
+    await run_until(allocator.PartitionAllocator(log, projection, 0), len(items))
+    await projection.close()
+
+    def at(text: str) -> datetime.datetime:
+        return datetime.datetime.fromisoformat(text)
+
+    db = await asyncpg.connect(pg_dsn)
+    query = (
+        "SELECT h.owner, h.node, d.event_id FROM ip_holding h "
+        'JOIN decision d ON d.partition = h.partition AND d."offset" = h.from_offset '
+        "WHERE h.cluster = 'default' AND h.address = $1::inet AND h.from_time <= $2::timestamptz "
+        "AND (h.to_time IS NULL OR h.to_time > $2::timestamptz)"
+    )
+    try:
+        at_11 = await db.fetch(query, "10.4.0.1", at("2026-11-17T11:00:00Z"))
+        at_13_15 = await db.fetch(query, "10.4.0.2", at("2026-11-17T13:15:00Z"))
+        at_12_30 = await db.fetch(query, "10.4.0.1", at("2026-11-17T12:30:00Z"))
+        now = await db.fetch(query, "10.4.0.3", at("2026-11-18T00:00:00Z"))
+    finally:
+        await db.close()
+    assert [tuple(r) for r in at_11] == [("shop/cart-1", "w1", "a")]
+    assert [tuple(r) for r in at_13_15] == [("ops/probe", "w1", "c")]
+    assert at_12_30 == []
+    assert [tuple(r) for r in now] == [("shop/cart-2", "w1", "e")]

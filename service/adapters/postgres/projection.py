@@ -448,71 +448,67 @@ async def _write_ips(
     changes: state.Changes,
     times: Sequence[tuple[int, datetime.datetime]],
 ) -> None:
-    """Current holders and history for every address the batch touched, in log order."""
+    """Current holders and finished holdings for every address the batch touched.
+
+    The holdings open before the batch come back from one ``DELETE ... RETURNING`` on the
+    primary key; the changes are then replayed in log order in memory, and what is still held
+    at the end goes back into ``pod_ip`` while every holding that ended goes into the
+    insert-only ``ip_history``. No statement scans or updates the history.
+    """
     partition = batch.partition
-    final: dict[str, tuple[str, str, int, datetime.datetime] | None] = {}
-    opened: dict[str, list[Any]] = {}  # history rows opened in this batch, still open
-    history: list[list[Any]] = []
-    close_text: list[str] = []
-    close_offset: list[int] = []
-    close_time: list[datetime.datetime] = []
-    for change, (offset, moment) in zip(changes.ips, times, strict=True):
-        text = state.format_ip(change.family, change.address)
-        if change.held:
-            final[text] = (change.node, change.owner, offset, moment)
-            row = [
-                cluster_name,
-                text,
-                change.node,
-                change.owner,
-                partition,
-                offset,
-                moment,
-                None,
-                None,
-            ]
-            opened[text] = row
-            history.append(row)
-        else:
-            final[text] = None
-            row_open = opened.pop(text, None)
-            if row_open is not None:
-                row_open[7], row_open[8] = offset, moment
-            else:
-                close_text.append(text)
-                close_offset.append(offset)
-                close_time.append(moment)
-    touched = list(final)
-    await db.execute(
-        "DELETE FROM pod_ip WHERE cluster = $1 AND address = ANY($2::inet[])", cluster_name, touched
+    texts = [state.format_ip(c.family, c.address) for c in changes.ips]
+    previous = await db.fetch(
+        "DELETE FROM pod_ip WHERE cluster = $1 AND address = ANY($2::inet[]) "
+        "RETURNING host(address) AS address, node, owner, partition, since_offset, since_time",
+        cluster_name,
+        list(dict.fromkeys(texts)),
     )
-    holders = [
-        (cluster_name, text, held[0], held[1], held[2], held[3])
-        for text, held in final.items()
-        if held is not None
-    ]
-    if holders:
+    holding: dict[str, tuple[str, str, int, int, datetime.datetime] | None] = {
+        r["address"]: (r["node"], r["owner"], r["partition"], r["since_offset"], r["since_time"])
+        for r in previous
+    }
+    finished: list[tuple[Any, ...]] = []
+    for change, text, when in zip(changes.ips, texts, times, strict=True):
+        offset, moment = when
+        if change.held:
+            holding[text] = (change.node, change.owner, partition, offset, moment)
+            continue
+        held = holding.get(text)
+        if held is not None:
+            node, owner, since_partition, since_offset, since_time = held
+            finished.append(
+                (
+                    cluster_name,
+                    text,
+                    node,
+                    owner,
+                    since_partition,
+                    since_offset,
+                    since_time,
+                    offset,
+                    moment,
+                )
+            )
+        holding[text] = None
+    current = [(cluster_name, text, *held) for text, held in holding.items() if held is not None]
+    if current:
         await db.copy_records_to_table(
             "pod_ip",
-            records=holders,
-            columns=["cluster", "address", "node", "owner", "since_offset", "since_time"],
+            records=current,
+            columns=[
+                "cluster",
+                "address",
+                "node",
+                "owner",
+                "partition",
+                "since_offset",
+                "since_time",
+            ],
         )
-    if close_text:
-        # Before inserting new open rows: an address may be given back and handed out again
-        # in one batch, and only one open row per address may exist.
-        await db.execute(
-            "UPDATE ip_history h SET to_offset = c.o, to_time = c.t "
-            "FROM unnest($2::inet[], $3::bigint[], $4::timestamptz[]) AS c(a, o, t) "
-            "WHERE h.cluster = $1 AND h.address = c.a AND h.to_offset IS NULL",
-            cluster_name,
-            close_text,
-            close_offset,
-            close_time,
-        )
-    if history:
+    if finished:
         await db.copy_records_to_table(
             "ip_history",
-            records=[tuple(r) for r in history],
+            records=finished,
             columns=[
                 "cluster",
                 "address",

@@ -130,13 +130,17 @@ pod_ip = sa.Table(
     sa.Column("address", INET, primary_key=True),
     sa.Column("node", sa.Text, nullable=False),
     sa.Column("owner", sa.Text, nullable=False),
+    sa.Column("partition", sa.Integer, nullable=False),
     sa.Column("since_offset", sa.BigInteger, nullable=False),
     sa.Column("since_time", sa.DateTime(timezone=True), nullable=False),
     sa.Index("ix_pod_ip_node", "cluster", "node"),
     sa.Index("ix_pod_ip_owner", "cluster", "owner"),
 )
 
-# Every holding of an address, closed when it was given back: "who held X at time T, and why".
+# Every finished holding of an address: "who held X at time T, and why". A holding still in
+# progress lives in ``pod_ip`` (its ``since_*``) and moves here when the address is given back,
+# so this table is insert-only: the allocator never updates or scans it on its hot path. The
+# view ``ip_holding`` (migrations) is the union of both, for point-in-time queries.
 ip_history = sa.Table(
     "ip_history",
     metadata,
@@ -148,18 +152,11 @@ ip_history = sa.Table(
     sa.Column("partition", sa.Integer, nullable=False),
     sa.Column("from_offset", sa.BigInteger, nullable=False),
     sa.Column("from_time", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("to_offset", sa.BigInteger, nullable=True),
-    sa.Column("to_time", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("to_offset", sa.BigInteger, nullable=False),
+    sa.Column("to_time", sa.DateTime(timezone=True), nullable=False),
     sa.Index("ix_ip_history_address_time", "cluster", "address", "from_time"),
     sa.Index("ix_ip_history_owner", "cluster", "owner", "from_time"),
     sa.Index("ix_ip_history_node", "cluster", "node", "from_time"),
-    sa.Index(
-        "ix_ip_history_open",
-        "cluster",
-        "address",
-        unique=True,
-        postgresql_where=sa.text("to_offset IS NULL"),
-    ),
 )
 
 # What each log record did: the audit trail and the outbox of the decisions topic.
