@@ -14,10 +14,11 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from service import errors, ports
+from service import errors, ports, sync
 from service.adapters.kafka import log as kafka_log
 from service.adapters.kafka import sink as kafka_sink
-from service.adapters.postgres import embedded, migrate, projection, table_log
+from service.adapters.kubernetes import client as kube_client
+from service.adapters.postgres import embedded, migrate, projection, sync_store, table_log
 from service.settings import Settings, redacted_url
 
 log = logging.getLogger("ipledger")
@@ -115,4 +116,38 @@ def open_projection(settings: Settings) -> projection.PostgresProjection:
         log_name=settings.log_name,
         holder=holder_id(),
         lease_ttl_s=settings.lease_ttl_s,
+    )
+
+
+# --- the Kubernetes sync worker (`ipledger sync`, `ipledger adopt`) -----------------------------
+
+
+def open_cluster_clients(settings: Settings) -> dict[str, ports.ClusterClient]:
+    """One CiliumNode client per ipledger cluster, for the Kubernetes cluster it maps to.
+
+    ``IPLEDGER_KUBECONFIGS`` maps clusters to kubeconfig files and contexts; without it, the one
+    cluster ``sync_cluster`` uses ``kubeconfig``/``kube_context``, else in-cluster config or the
+    current context. No connection is opened until the first request.
+    """
+    clients: dict[str, ports.ClusterClient] = {}
+    for cluster, target in settings.kube_targets().items():
+        client = kube_client.KubernetesClusterClient.connect(target.kubeconfig, target.context)
+        log.info("cluster %s: CiliumNodes of %s", cluster, client.description)
+        clients[cluster] = client
+    return clients
+
+
+def open_sync_store(settings: Settings) -> sync_store.PostgresSyncStore:
+    return sync_store.PostgresSyncStore.from_dsn(database_url(settings))
+
+
+def sync_settings(settings: Settings) -> sync.SyncSettings:
+    return sync.SyncSettings(
+        qps=settings.sync_qps,
+        burst=settings.sync_burst,
+        concurrency=settings.sync_concurrency,
+        resync_interval_s=settings.resync_interval_s,
+        create_missing=settings.create_missing,
+        delete_orphans=settings.delete_orphans,
+        mirror_pod_ips=settings.mirror_pod_ips,
     )

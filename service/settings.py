@@ -110,7 +110,9 @@ class Settings:
         """ipledger cluster name -> the Kubernetes cluster its CiliumNodes live in."""
         if self.kube_clusters:
             return dict(self.kube_clusters)
-        return {self.sync_cluster: KubeTarget(kubeconfig=self.kubeconfig, context=self.kube_context)}
+        return {
+            self.sync_cluster: KubeTarget(kubeconfig=self.kubeconfig, context=self.kube_context)
+        }
 
     @property
     def log_name(self) -> str:
