@@ -18,7 +18,7 @@ from typing import BinaryIO
 
 import anyio
 
-from service import allocator, bootstrap, errors
+from service import allocator, bootstrap, errors, ports
 from service.domain import allocation, document, events, state
 from service.settings import Settings
 
@@ -134,12 +134,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 async def _run(settings: Settings, embedded: bool) -> None:
     log = logging.getLogger("ipledger")
     await bootstrap.migrate_database(settings)
+    # Like the schema, the topics are made sure of before anything reads them: an events topic
+    # that would not keep every event (finite retention, compaction) is refused here.
+    await bootstrap.ensure_topics(settings)
     event_log = await bootstrap.open_log(settings)
     projection = bootstrap.open_projection(settings)
-    sink = await bootstrap.open_sink(settings)
+    sink: ports.DecisionSink | None = None
     stop = anyio.Event()
     metrics = allocator.Metrics()
     try:
+        sink = await bootstrap.open_sink(settings)
         if embedded and all(
             [await event_log.end_offset(p) == 0 for p in await event_log.partitions()]
         ):
