@@ -16,6 +16,7 @@ from what is committed. The loop never raises on input: every record gets a deci
 from __future__ import annotations
 
 import datetime
+import gc
 import logging
 import math
 import random
@@ -27,7 +28,7 @@ from typing import Protocol, runtime_checkable
 import anyio
 
 from service import errors, ports
-from service.domain import allocation, events, state
+from service.domain import allocation, events, restore, state
 
 log = logging.getLogger("ipledger.allocator")
 UTC = datetime.UTC
@@ -106,7 +107,15 @@ def apply_records(
         name: len(c.changes.ips) for name, c in current.clusters.items() if c.changes is not None
     }
     fallback_time = datetime.datetime.now(UTC)
+    last_ms: int | None = None
+    log_time: datetime.datetime | None = None
     for record in records:
+        # Records appended together share a timestamp: convert each distinct one once.
+        if record.timestamp_ms != last_ms:
+            last_ms = record.timestamp_ms
+            log_time = (
+                None if last_ms is None else datetime.datetime.fromtimestamp(last_ms / 1000, UTC)
+            )
         event = events.decode(record.value)
         rejected = False
         if isinstance(event, events.DecodeFailure):
@@ -133,7 +142,7 @@ def apply_records(
                 held = len(cluster.changes.ips)
                 before = seen_ips.get(cluster.name, 0)
                 if held > before:
-                    when = event_time or _log_time(record) or fallback_time
+                    when = event_time or log_time or fallback_time
                     batch.ip_times.setdefault(cluster.name, []).extend(
                         [(record.offset, when)] * (held - before)
                     )
@@ -144,6 +153,7 @@ def apply_records(
                 decision=decision,
                 body=events.encode_decision(decision),
                 event_time=event_time,
+                log_time=log_time,
                 rejected=rejected,
             )
         )
@@ -152,13 +162,12 @@ def apply_records(
         if changes is not None and (changes.nodes or changes.pool or changes.ips):
             batch.changes[name] = cluster.take_changes()
             batch.ip_times.setdefault(name, [])
+            batch.cluster_rows[name] = restore.cluster_row(cluster)
+            batch.node_rows[name] = {
+                node: restore.node_row(cluster.nodes[node]) if node in cluster.nodes else None
+                for node in sorted(changes.nodes)
+            }
     return batch
-
-
-def _log_time(record: ports.Record) -> datetime.datetime | None:
-    if record.timestamp_ms is None:
-        return None
-    return datetime.datetime.fromtimestamp(record.timestamp_ms / 1000, UTC)
 
 
 class PartitionAllocator:
@@ -183,6 +192,7 @@ class PartitionAllocator:
         self.metrics = metrics or Metrics()
         self.on_commit = on_commit
         self._committed = anyio.Event()
+        self._last_renew = time.monotonic()
 
     async def run(self, stop: anyio.Event) -> None:
         """Lead or stand by until ``stop`` is set; never returns early on bad input."""
@@ -243,6 +253,10 @@ class PartitionAllocator:
     async def _lead(self, token: int, stop: anyio.Event) -> None:
         loaded = await self.projection.load([self.partition])
         current, next_offset = loaded.state, loaded.next_offset
+        # Millions of long-lived objects: keep the cyclic GC from rescanning them on the hot
+        # path (a full collection over a 7 M address state pauses for about a second).
+        gc.collect()
+        gc.freeze()
         self.metrics.next_offset[self.partition] = next_offset
         log.info("partition %d: state loaded, continuing at offset %d", self.partition, next_offset)
         last_renew = time.monotonic()
@@ -262,6 +276,15 @@ class PartitionAllocator:
         next_offset: int,
         last_renew: float,
     ) -> None:
+        """Read, apply and commit, with one commit in flight while the next batch is applied.
+
+        Applying is CPU in this process, committing is mostly waiting for PostgreSQL: doing
+        them side by side nearly halves the time per event. Commits still land strictly in
+        order, one at a time, and a failed commit fails the loop before anything after it is
+        committed (the in-memory state, now ahead of the database, is then reloaded).
+        """
+        self._last_renew = last_renew
+        inflight: _InFlight | None = None
         async with anyio.create_task_group() as tasks:
             if self.sink is not None:
                 tasks.start_soon(self._relay, token)
@@ -274,9 +297,12 @@ class PartitionAllocator:
                         self.settings.batch_max_wait_s,
                     )
                     if not records:
-                        if time.monotonic() - last_renew >= self.settings.renew_every_s:
+                        if inflight is not None:
+                            await inflight.result()
+                            inflight = None
+                        if time.monotonic() - self._last_renew >= self.settings.renew_every_s:
                             await self.projection.renew(self.partition, token)
-                            last_renew = time.monotonic()
+                            self._last_renew = time.monotonic()
                         continue
                     if records[0].offset != next_offset:
                         raise errors.LogError(
@@ -284,21 +310,34 @@ class PartitionAllocator:
                             f"the log returned {records[0].offset}"
                         )
                     batch = apply_records(current, records, self.partition, token)
-                    started = time.perf_counter()
-                    # A commit is never abandoned half way: either it lands with its offset,
-                    # or it fails and the state is reloaded.
-                    with anyio.CancelScope(shield=True):
-                        await self.projection.commit(batch)
-                    self._after_commit(batch, time.perf_counter() - started)
+                    if inflight is not None:
+                        await inflight.result()
+                    inflight = _InFlight()
+                    tasks.start_soon(self._commit, batch, inflight)
                     next_offset = batch.next_offset
-                    last_renew = time.monotonic()
-                    if isinstance(self.log, ReportsConsumerPosition):
-                        try:
-                            await self.log.commit_consumer_offset(self.partition, next_offset)
-                        except errors.LogError as exc:  # lag monitoring only
-                            log.debug("consumer group offset not committed: %s", exc)
+                if inflight is not None:
+                    await inflight.result()
             finally:
                 tasks.cancel_scope.cancel()
+
+    async def _commit(self, batch: ports.Batch, handle: _InFlight) -> None:
+        try:
+            started = time.perf_counter()
+            # A commit is never abandoned half way: either it lands with its offset, or it
+            # fails and the state is reloaded.
+            with anyio.CancelScope(shield=True):
+                await self.projection.commit(batch)
+            self._after_commit(batch, time.perf_counter() - started)
+            self._last_renew = time.monotonic()
+            if isinstance(self.log, ReportsConsumerPosition):
+                try:
+                    await self.log.commit_consumer_offset(self.partition, batch.next_offset)
+                except errors.LogError as exc:  # lag monitoring only
+                    log.debug("consumer group offset not committed: %s", exc)
+        except Exception as exc:  # handed to the loop, which decides
+            handle.error = exc
+        finally:
+            handle.done.set()
 
     def _after_commit(self, batch: ports.Batch, seconds: float) -> None:
         metrics = self.metrics
@@ -342,6 +381,19 @@ class PartitionAllocator:
                 continue
             with anyio.move_on_after(1.0):
                 await self._committed.wait()
+
+
+class _InFlight:
+    """The outcome of the one commit running beside the loop."""
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.error: Exception | None = None
+
+    async def result(self) -> None:
+        await self.done.wait()
+        if self.error is not None:
+            raise self.error
 
 
 def _published(partition: int, row: tuple[int, str | None, bytes]) -> tuple[bytes, bytes]:

@@ -10,7 +10,7 @@ import datetime
 import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from service.domain import events
 from service.domain import state as domain
@@ -93,6 +93,7 @@ class AppliedRecord:
     decision: events.Decision
     body: bytes
     event_time: datetime.datetime | None
+    log_time: datetime.datetime | None
     rejected: bool
 
 
@@ -102,6 +103,8 @@ class Batch:
 
     ``changes`` are the clusters' change journals for the batch; ``ip_times`` gives, for each
     entry of a cluster's ``changes.ips``, the log offset and time of the event that caused it.
+    ``cluster_rows`` and ``node_rows`` are snapshots taken when the batch was applied (None for
+    a deleted node), so the batch can be committed while the next one is already applied.
     """
 
     partition: int
@@ -111,6 +114,8 @@ class Batch:
     applied: list[AppliedRecord] = field(default_factory=list)
     changes: dict[str, domain.Changes] = field(default_factory=dict)
     ip_times: dict[str, list[tuple[int, datetime.datetime]]] = field(default_factory=dict)
+    cluster_rows: dict[str, dict[str, Any]] = field(default_factory=dict)
+    node_rows: dict[str, dict[str, dict[str, Any] | None]] = field(default_factory=dict)
 
 
 class Projection(Protocol):
