@@ -13,12 +13,13 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import BinaryIO
 
 import anyio
 
-from service import allocator, bootstrap, errors, ports
+from service import allocator, bootstrap, errors, ports, sync
 from service.domain import allocation, document, events, state
 from service.settings import Settings
 
@@ -238,6 +239,183 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- Kubernetes sync: `ipledger sync` and `ipledger adopt` (service.sync; docs/sync.md) ---------
+
+
+def _kube_settings(args: argparse.Namespace) -> Settings:
+    """The settings with the sync sub-commands' flags applied over the environment."""
+    settings = _settings(args)
+    overrides: dict[str, object] = {
+        name: value
+        for name in (
+            "kubeconfig",
+            "kube_context",
+            "sync_cluster",
+            "sync_qps",
+            "sync_burst",
+            "sync_concurrency",
+            "resync_interval_s",
+            "create_missing",
+            "delete_orphans",
+            "mirror_pod_ips",
+        )
+        if (value := getattr(args, name, None)) is not None
+    }
+    settings = dataclasses.replace(settings, **overrides)  # type: ignore[arg-type]
+    settings.validate()
+    return settings
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    """Mirror the projection onto CiliumNode objects until SIGINT or SIGTERM."""
+    anyio.run(_sync, _kube_settings(args))
+    return 0
+
+
+async def _sync(settings: Settings) -> None:
+    clients = bootstrap.open_cluster_clients(settings)
+    store = bootstrap.open_sync_store(settings)
+    config = bootstrap.sync_settings(settings)
+    workers = [
+        sync.ClusterSync(cluster, client, store, config) for cluster, client in clients.items()
+    ]
+    stop = anyio.Event()
+    try:
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(_stop_on_signal, stop)
+            await sync.run_clusters(workers, stop)
+            tasks.cancel_scope.cancel()
+    finally:
+        for client in clients.values():
+            await client.close()
+        await store.close()
+    for worker in workers:
+        metrics = worker.metrics
+        logging.getLogger("ipledger.sync").info(
+            "cluster %s: stopped: %d nodes mirrored, %d requests, %d retries, %d drift repairs",
+            worker.cluster,
+            metrics.nodes_mirrored,
+            metrics.requests,
+            metrics.retries,
+            metrics.drift_repairs,
+        )
+
+
+def cmd_adopt(args: argparse.Namespace) -> int:
+    """Append ``node.adopted`` events for the CIDRs existing CiliumNodes already have."""
+    settings = _kube_settings(args)
+
+    async def adopt() -> list[sync.AdoptionPlan]:
+        clients = bootstrap.open_cluster_clients(settings)
+        store = bootstrap.open_sync_store(settings)
+        plans = []
+        try:
+            for cluster, client in clients.items():
+                pool = await store.pool(cluster)
+                if pool is None:
+                    raise errors.ConfigurationError(
+                        f"cluster {cluster} has no pool yet: append its pool.configured event "
+                        "and let the allocator apply it before adopting"
+                    )
+                listed = await client.list_nodes()
+                known = await store.node_pod_cidrs(cluster)
+                plans.append(sync.plan_adoption(cluster, listed, pool, known))
+        finally:
+            for client in clients.values():
+                await client.close()
+            await store.close()
+        adopted = [e for plan in plans for e in plan.events]
+        if adopted and not args.dry_run:
+            event_log = await bootstrap.open_log(settings)
+            try:
+                items = [(e.cluster.encode(), events.encode_event(e)) for e in adopted]
+                for start in range(0, len(items), APPEND_CHUNK):
+                    await event_log.append(items[start : start + APPEND_CHUNK])
+            finally:
+                await event_log.close()
+        return plans
+
+    plans = anyio.run(adopt)
+    refused = 0
+    verb = "would append" if args.dry_run else "appended"
+    for plan in plans:
+        print(
+            f"ipledger: cluster {plan.cluster}: {verb} {len(plan.events)} node.adopted event(s); "
+            f"{len(plan.already)} already adopted, {len(plan.empty)} without podCIDRs, "
+            f"{len(plan.refused)} refused"
+        )
+        for name, reason in plan.refused:
+            print(f"  refused {name}: {reason}")
+        for name in plan.empty:
+            print(f"  no podCIDRs (allocated when its node.added arrives): {name}")
+        refused += len(plan.refused)
+    if refused:
+        print(f"ipledger: {refused} CiliumNode(s) not adopted, see above", file=sys.stderr)
+    return 1 if refused else 0
+
+
+def add_sync_commands(
+    commands: argparse._SubParsersAction,  # type: ignore[type-arg]
+    service_options: Callable[[argparse.ArgumentParser], None],
+) -> None:
+    """Register ``sync`` and ``adopt`` (called by ``build_parser``)."""
+
+    def kube_options(sub: argparse.ArgumentParser) -> None:
+        service_options(sub)
+        sub.add_argument("--kubeconfig", type=Path, help="env IPLEDGER_KUBECONFIG")
+        sub.add_argument("--context", dest="kube_context", help="env IPLEDGER_KUBE_CONTEXT")
+        sub.add_argument(
+            "--cluster",
+            dest="sync_cluster",
+            help="the ipledger cluster when no IPLEDGER_KUBECONFIGS mapping is set "
+            "(env IPLEDGER_SYNC_CLUSTER, default 'default')",
+        )
+
+    mirror = commands.add_parser(
+        "sync", help="mirror the allocations onto CiliumNode objects (one instance at a time)"
+    )
+    kube_options(mirror)
+    mirror.add_argument("--qps", dest="sync_qps", type=float, help="env IPLEDGER_SYNC_QPS (20)")
+    mirror.add_argument("--burst", dest="sync_burst", type=int, help="env IPLEDGER_SYNC_BURST (40)")
+    mirror.add_argument(
+        "--concurrency", dest="sync_concurrency", type=int, help="env IPLEDGER_SYNC_CONCURRENCY (8)"
+    )
+    mirror.add_argument(
+        "--resync-interval", dest="resync_interval_s", type=float, help="seconds (300)"
+    )
+    mirror.add_argument(
+        "--create-missing",
+        action=argparse.BooleanOptionalAction,
+        help="create CiliumNodes that do not exist (default: yes)",
+    )
+    mirror.add_argument(
+        "--delete-orphans",
+        action=argparse.BooleanOptionalAction,
+        help="delete the CiliumNode of a deleted node (default: leave it to Kubernetes GC)",
+    )
+    mirror.add_argument(
+        "--mirror-pod-ips",
+        action=argparse.BooleanOptionalAction,
+        help="also write spec.ipam.pool / ipv6-pool with the pod addresses and owners",
+    )
+    mirror.set_defaults(func=cmd_sync)
+
+    adopt = commands.add_parser(
+        "adopt", help="append node.adopted events for the podCIDRs existing CiliumNodes have"
+    )
+    kube_options(adopt)
+    adopt.add_argument(
+        "--from-kubernetes",
+        action="store_true",
+        required=True,
+        help="read spec.ipam.podCIDRs of every CiliumNode (the only source so far)",
+    )
+    adopt.add_argument(
+        "--dry-run", action="store_true", help="report what would be appended; append nothing"
+    )
+    adopt.set_defaults(func=cmd_adopt)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ipledger",
@@ -290,6 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--timeout", type=float, default=60.0, help="seconds to wait at most")
     service_options(show)
     show.set_defaults(func=cmd_state)
+    add_sync_commands(commands, service_options)
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
     return parser
 
