@@ -2,36 +2,40 @@
 
 One structure serves both levels of allocation: the node CIDRs of a pool element (slot = the index
 of a /mask block inside the element) and the pod addresses of a node CIDR (slot = the offset of an
-address from the CIDR's network address). Used by ``service.domain.pool`` and
-``service.domain.state``; it knows nothing about addresses.
+address from the CIDR's network address). Used by ``service.domain.pool``,
+``service.domain.state`` and ``service.domain.restore``; it knows nothing about addresses.
 
-Why not a bitmap: an IPv6 pool such as fd00::/48 cut into /112 blocks has 2**64 slots. The free
-space is kept as a high-water mark plus the slots released below it, so memory follows what was
-allocated, never the size of the range.
+Why not a bitmap: an IPv6 pool such as fd00::/48 cut into /112 blocks has 2**64 slots, and each
+/112 node CIDR has 65,534 pod addresses. Why not a list of released slots: next-fit moves the
+cursor on at every request, so with pods coming and going a node's released addresses pile up
+behind it until the cursor wraps; in a /112 that is tens of thousands of entries per node. The
+free space is kept as runs of consecutive free slots instead. Runs are separated by used slots,
+so there are never more than ``used + 1`` of them (nor more than there are free slots): memory
+follows what is allocated, never the size of the range or its history.
 """
 
 from __future__ import annotations
 
-from bisect import bisect_right, insort
+from bisect import bisect_right
 
 
 class NextFitSlots:
     """Free/used bookkeeping for slots ``lo .. hi-1`` with a rotating next-fit cursor.
 
-    Invariant: a slot ``s`` is free iff ``s < hwm and s in freed`` or ``s >= hwm and s not in
-    above``. ``freed`` is a sorted list; ``above`` holds slots occupied out of order (adoption)
-    at or past the high-water mark. ``cursor`` is the last slot handed out by ``take_next``; the
-    next search starts one past it and wraps, which is Cilium's next-fit order.
+    ``bounds`` holds the free runs flattened, ``[start0, end0, start1, end1, ...]`` (ends
+    exclusive), strictly increasing: runs neither overlap nor touch. So a slot ``s`` in range is
+    free iff ``bisect_right(bounds, s)`` is odd. ``cursor`` is the last slot handed out by
+    ``take_next`` (or set by the caller to undo or restore); the next search starts one past it
+    and wraps, which is Cilium's next-fit order: the first free slot after the cursor, else the
+    lowest free slot.
     """
 
-    __slots__ = ("above", "cursor", "freed", "hi", "hwm", "lo", "used")
+    __slots__ = ("bounds", "cursor", "hi", "lo", "used")
 
     def __init__(self, lo: int, hi: int) -> None:
         self.lo = lo
         self.hi = hi
-        self.hwm = lo
-        self.freed: list[int] = []
-        self.above: set[int] | None = None
+        self.bounds: list[int] = [lo, hi] if lo < hi else []
         self.cursor = lo - 1
         self.used = 0
 
@@ -46,87 +50,88 @@ class NextFitSlots:
     def is_free(self, slot: int) -> bool:
         if slot < self.lo or slot >= self.hi:
             return False
-        if slot < self.hwm:
-            freed = self.freed
-            i = bisect_right(freed, slot)
-            return i > 0 and freed[i - 1] == slot
-        return self.above is None or slot not in self.above
+        return bisect_right(self.bounds, slot) & 1 == 1
 
     def take_next(self) -> int | None:
         """Occupy the first free slot after the cursor (wrapping); None when full."""
-        if self.used >= self.hi - self.lo:
+        bounds = self.bounds
+        if not bounds:
             return None
-        freed = self.freed
-        i = bisect_right(freed, self.cursor)
-        if i < len(freed):
-            slot = freed.pop(i)
-        else:
-            fresh = self._first_free_from_hwm()
-            # Everything past the cursor is taken: wrap to the lowest released slot.
-            slot = freed.pop(0) if fresh is None else fresh
+        slot = self.cursor + 1
+        i = bisect_right(bounds, slot)
+        if not i & 1:
+            # The slot after the cursor is used: take the start of the next run, or wrap to the
+            # first run.
+            if i == len(bounds):
+                i = 0
+            slot = bounds[i]
+            i += 1
+        self._take(slot, i - 1)
         self.cursor = slot
-        self.used += 1
         return slot
 
-    def _first_free_from_hwm(self) -> int | None:
-        slot = self.hwm
-        above = self.above
-        if above:
-            while slot in above:
-                above.discard(slot)
-                slot += 1
-        if slot >= self.hi:
-            self.hwm = slot
-            return None
-        self.hwm = slot + 1
-        return slot
+    def _take(self, slot: int, start: int) -> None:
+        """Remove ``slot`` from the free run that begins at ``bounds[start]``."""
+        bounds = self.bounds
+        if slot == bounds[start]:
+            if slot + 1 == bounds[start + 1]:
+                del bounds[start : start + 2]
+            else:
+                bounds[start] = slot + 1
+        elif slot + 1 == bounds[start + 1]:
+            bounds[start + 1] = slot
+        else:
+            bounds[start + 1 : start + 1] = (slot, slot + 1)
+        self.used += 1
 
     def occupy(self, slot: int) -> bool:
         """Mark a specific slot used (adoption, restore); False if it is not free."""
-        if not self.is_free(slot):
+        if slot < self.lo or slot >= self.hi:
             return False
-        if slot < self.hwm:
-            self.freed.remove(slot)
-        elif slot == self.hwm and not self.above:
-            self.hwm += 1
-        else:
-            if self.above is None:
-                self.above = set()
-            self.above.add(slot)
-        self.used += 1
+        i = bisect_right(self.bounds, slot)
+        if not i & 1:
+            return False
+        self._take(slot, i - 1)
         return True
 
     def release(self, slot: int) -> bool:
         """Free a used slot; False if it was not in use. The cursor does not move."""
-        if slot < self.lo or slot >= self.hi or self.is_free(slot):
+        if slot < self.lo or slot >= self.hi:
             return False
-        if slot < self.hwm:
-            insort(self.freed, slot)
+        bounds = self.bounds
+        i = bisect_right(bounds, slot)
+        if i & 1:
+            return False  # already free
+        # The slot lies in the gap between the run ending at bounds[i-1] and the one starting
+        # at bounds[i]: extend either, join both, or open a run of one.
+        joins_left = i > 0 and bounds[i - 1] == slot
+        joins_right = i < len(bounds) and bounds[i] == slot + 1
+        if joins_left and joins_right:
+            del bounds[i - 1 : i + 1]
+        elif joins_left:
+            bounds[i - 1] = slot + 1
+        elif joins_right:
+            bounds[i] = slot
         else:
-            assert self.above is not None
-            self.above.discard(slot)
+            bounds[i:i] = (slot, slot + 1)
         self.used -= 1
         return True
 
     def restore_cursor(self, cursor: int) -> None:
-        """Set the cursor of a rebuilt range (slots occupied first), keeping ``cursor < hwm``.
+        """Set the cursor of a rebuilt range, once its used slots are occupied.
 
-        Free slots between the high-water mark and the cursor move into ``freed``: they lie
-        behind the cursor now and are only reached again after wrapping.
+        Any order of occupying and setting the cursor gives the same structure here; the method
+        stays so that rebuilding code does not depend on that.
         """
-        if cursor >= self.hwm:
-            above = self.above or set()
-            self.freed.extend(s for s in range(self.hwm, cursor + 1) if s not in above)
-            self.freed.sort()
-            if above:
-                self.above = {s for s in above if s > cursor} or None
-            self.hwm = cursor + 1
         self.cursor = cursor
 
     def used_slots(self) -> list[int]:
-        """Every used slot, ascending. Costs O(hwm - lo): for canonical dumps, not hot paths."""
-        freed = set(self.freed)
-        out = [s for s in range(self.lo, self.hwm) if s not in freed]
-        if self.above:
-            out.extend(sorted(self.above))
+        """Every used slot, ascending: the gaps between the free runs. Costs O(used + runs)."""
+        out: list[int] = []
+        bounds = self.bounds
+        previous = self.lo
+        for i in range(0, len(bounds), 2):
+            out.extend(range(previous, bounds[i]))
+            previous = bounds[i + 1]
+        out.extend(range(previous, self.hi))
         return out
