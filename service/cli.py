@@ -20,6 +20,7 @@ from typing import BinaryIO
 import anyio
 
 from service import allocator, bootstrap, errors, ports, sync
+from service import metrics as metrics_endpoint
 from service.domain import allocation, document, events, state
 from service.settings import Settings
 
@@ -165,15 +166,20 @@ async def _run(settings: Settings, embedded: bool) -> None:
             batch_max_records=settings.batch_max_records,
             batch_max_wait_s=settings.batch_max_wait_ms / 1000,
         )
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(_stop_on_signal, stop)
-            for partition in await event_log.partitions():
-                worker = allocator.PartitionAllocator(
-                    event_log, projection, partition, settings=loop, sink=sink, metrics=metrics
-                )
-                tasks.start_soon(worker.run, stop)
-            await stop.wait()
-            log.info("stopping: finishing the batch in flight")
+        async with anyio.create_task_group() as endpoint:
+            if settings.metrics_port is not None:
+                endpoint.start_soon(metrics_endpoint.serve, metrics, settings.metrics_port)
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(_stop_on_signal, stop)
+                for partition in await event_log.partitions():
+                    worker = allocator.PartitionAllocator(
+                        event_log, projection, partition, settings=loop, sink=sink, metrics=metrics
+                    )
+                    tasks.start_soon(worker.run, stop)
+                await stop.wait()
+                log.info("stopping: finishing the batch in flight")
+            # The workers are done: only now may the metrics endpoint go.
+            endpoint.cancel_scope.cancel()
     finally:
         if sink is not None:
             await sink.close()
