@@ -4,6 +4,7 @@ that continues where the first stopped. Real processes, a real embedded PostgreS
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -41,10 +42,8 @@ def data_dir() -> Iterator[Path]:
         # A run that was killed leaves its embedded server behind: stop it too.
         pid_file = root / "data" / "postgres" / "postmaster.pid"
         if pid_file.exists():
-            try:
+            with contextlib.suppress(ProcessLookupError, ValueError, IndexError):
                 os.kill(int(pid_file.read_text().split()[0]), signal.SIGKILL)
-            except (ProcessLookupError, ValueError, IndexError):
-                pass
         shutil.rmtree(root, ignore_errors=True)
 
 
