@@ -52,21 +52,21 @@ class ClusterApiError(IpledgerError):
         self.retry_after = retry_after
 
 
-class ClusterApiUnavailable(ClusterApiError):
+class ClusterApiUnavailableError(ClusterApiError):
     """The Kubernetes API could not serve the request now (5xx, timeout, no connection)."""
 
 
-class ClusterApiThrottled(ClusterApiUnavailable):
+class ClusterApiThrottledError(ClusterApiUnavailableError):
     """The Kubernetes API asked the client to slow down (429 Too Many Requests)."""
 
 
-class ClusterApiNotFound(ClusterApiError):
+class ClusterApiNotFoundError(ClusterApiError):
     """The Kubernetes object does not exist."""
 
 
-class ClusterApiRejected(ClusterApiError):
-    """The Kubernetes API refused the request as it is (invalid, forbidden): retrying cannot help."""
+class ClusterApiRejectedError(ClusterApiError):
+    """The Kubernetes API refused the request (invalid, forbidden): retrying cannot help."""
 
 
-class ClusterApiConflict(ClusterApiRejected):
+class ClusterApiConflictError(ClusterApiRejectedError):
     """The Kubernetes API reported a conflict with another writer of the object."""

@@ -186,9 +186,10 @@ class ClusterClient(Protocol):
     Writes are server-side applies under ipledger's own field manager that take ownership of
     exactly the fields named (forcing conflicts: they are ipledger's fields once it runs the
     cluster's IPAM), and return the object as stored afterwards. Failures raise
-    ``errors.ClusterApiError`` subclasses: ``ClusterApiUnavailable`` (and ``ClusterApiThrottled``)
-    when retrying later may help, with the server's ``retry_after`` when it sent one;
-    ``ClusterApiRejected`` when it cannot; ``ClusterApiNotFound`` for a missing object.
+    ``errors.ClusterApiError`` subclasses: ``ClusterApiUnavailableError`` (and
+    ``ClusterApiThrottledError``) when retrying later may help, with the server's
+    ``retry_after`` when it sent one; ``ClusterApiRejectedError`` when it cannot;
+    ``ClusterApiNotFoundError`` for a missing object.
     In-memory adapter: ``service.adapters.kubernetes.memory.MemoryClusterClient``.
     """
 
@@ -206,7 +207,7 @@ class ClusterClient(Protocol):
     async def apply_status_error(self, name: str, error: str) -> ObservedNode:
         """Apply ``status.ipam.operator-status.error`` through the status subresource ("" = none).
 
-        Raises ``ClusterApiNotFound`` when the CiliumNode does not exist.
+        Raises ``ClusterApiNotFoundError`` when the CiliumNode does not exist.
         """
         ...
 

@@ -137,8 +137,8 @@ class KubeTarget:
 def parse_kube_clusters(text: str) -> dict[str, KubeTarget]:
     """``IPLEDGER_KUBECONFIGS``: ``east=/path/a,west=/path/b#context,north=#context``."""
     targets: dict[str, KubeTarget] = {}
-    for item in text.split(","):
-        item = item.strip()
+    for raw in text.split(","):
+        item = raw.strip()
         if not item:
             continue
         name, sep, where = item.partition("=")

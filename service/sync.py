@@ -106,6 +106,7 @@ class SyncMetrics:
     drift_repairs: int = 0
     resyncs: int = 0
     takeovers: int = 0
+    lock_waits: int = 0  # lock attempts that found another instance holding it
     fenced: int = 0
     request_seconds: float = 0.0
 
@@ -402,12 +403,12 @@ class Mirror:
                 self._room = anyio.Event()
             try:
                 outcome = await self._write(intent)
-            except errors.ClusterApiNotFound as exc:
+            except errors.ClusterApiNotFoundError as exc:
                 # Deleted between two requests: what was seen of it is wrong; start over.
                 self.observed.pop(intent.name, None)
                 self._retry(intent, exc)
                 continue
-            except errors.ClusterApiUnavailable as exc:
+            except errors.ClusterApiUnavailableError as exc:
                 self._retry(intent, exc)
                 continue
             except errors.ClusterApiError as exc:
@@ -506,7 +507,7 @@ class Mirror:
     def _retry(self, intent: ports.NodeIntent, exc: errors.ClusterApiError) -> None:
         self._failures += 1
         self.metrics.retries += 1
-        if isinstance(exc, errors.ClusterApiThrottled):
+        if isinstance(exc, errors.ClusterApiThrottledError):
             self.metrics.throttled += 1
         delay = backoff_delay(
             self._failures, exc.retry_after, self.settings, jitter=random.uniform(0.5, 1.0)
@@ -615,6 +616,7 @@ class ClusterSync:
         while not stop.is_set():
             if await self.store.try_lock(self.cluster):
                 return True
+            self.metrics.lock_waits += 1
             if not announced:
                 log.info("cluster %s: another sync worker holds the lock; waiting", self.cluster)
                 announced = True
@@ -738,11 +740,23 @@ class ClusterSync:
                 writers_started = True
             resynced, self._resynced = self._resynced, anyio.Event()
             resynced.set()
-            interval = self.settings.resync_interval_s
-            if mirror.waiting:
-                interval = min(interval, self.settings.waiting_recheck_s)
-            with anyio.move_on_after(interval):
+            await self._until_next_resync(mirror)
+
+    async def _until_next_resync(self, mirror: Mirror) -> None:
+        """Wait for a request, the interval, or (while nodes wait) the shorter recheck."""
+        settings = self.settings
+        last = time.monotonic()
+        # Nodes may start waiting at any time: look at the set again every recheck interval.
+        step = min(settings.resync_interval_s, settings.waiting_recheck_s)
+        while True:
+            with anyio.move_on_after(step):
                 await self._resync_requested.wait()
+                return
+            since = time.monotonic() - last
+            if since >= settings.resync_interval_s or (
+                mirror.waiting and since >= settings.waiting_recheck_s
+            ):
+                return
 
     async def _resync(self, mirror: Mirror) -> None:
         """List the CiliumNodes, compare them with every node, offer what differs."""

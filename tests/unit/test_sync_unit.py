@@ -334,7 +334,7 @@ async def test_a_429_pauses_every_request_for_its_retry_after(
 ) -> None:
     # The real API server does not answer 429 on demand, so the memory client injects it.
     mirror = new_mirror(client, concurrency=1)
-    client.faults.append(errors.ClusterApiThrottled("slow down", status=429, retry_after=0.3))
+    client.faults.append(errors.ClusterApiThrottledError("slow down", status=429, retry_after=0.3))
 
     await run_mirror(mirror, [intent(n, 1, "10.0.1.0/24") for n in ("a", "b", "c")], 3)
 
@@ -351,7 +351,7 @@ async def test_server_errors_back_off_exponentially_then_recover(
 ) -> None:
     mirror = new_mirror(client, concurrency=1, backoff_initial_s=0.04)
     for _ in range(3):
-        client.faults.append(errors.ClusterApiUnavailable("503", status=503))
+        client.faults.append(errors.ClusterApiUnavailableError("503", status=503))
 
     await run_mirror(mirror, [intent("a", 1, "10.0.1.0/24")], 1)
 
@@ -366,7 +366,7 @@ async def test_server_errors_back_off_exponentially_then_recover(
 
 async def test_a_rejected_write_is_recorded_and_not_retried(client: MemoryClusterClient) -> None:
     mirror = new_mirror(client)
-    client.faults.append(errors.ClusterApiRejected("422 Invalid", status=422))
+    client.faults.append(errors.ClusterApiRejectedError("422 Invalid", status=422))
 
     await run_mirror(mirror, [intent("a", 1, "10.0.1.0/24")], 1)
 

@@ -165,7 +165,7 @@ class KubernetesClusterClient:
         try:
             with _translate(f"reading CiliumNode {name}"):
                 found = await self._client.get(CiliumNode, name)
-        except errors.ClusterApiNotFound:
+        except errors.ClusterApiNotFoundError:
             return None
         return _observed(found)
 
@@ -180,7 +180,7 @@ class KubernetesClusterClient:
         try:
             with _translate(f"deleting CiliumNode {name}"):
                 await self._client.delete(CiliumNode, name)
-        except errors.ClusterApiNotFound:
+        except errors.ClusterApiNotFoundError:
             return False
         return True
 
@@ -196,7 +196,10 @@ def spec_body(
     """The apply body for ipledger's spec fields, and nothing else of the object.
 
     ``spec.ipam.pool`` holds IPv4 addresses and ``spec.ipam.ipv6-pool`` IPv6 ones (Cilium's CRD
-    says so), each ``{address: {"owner": owner}}``.
+    says so), each ``{address: {"owner": owner}}``. A family without addresses is left out, not
+    sent as ``{}``: SSA would store the map emptied of the keys ipledger owned as null, which
+    the schema rejects (422, the same upstream issue as for the status error); left out, the
+    field ipledger owned alone is removed.
     """
     ipam: dict[str, Any] = {"podCIDRs": [str(cidr) for cidr in pod_cidrs]}
     if pod_ips is not None:
@@ -204,8 +207,10 @@ def spec_body(
         ipv6_pool: dict[str, Any] = {}
         for address, owner in sorted(pod_ips.items(), key=lambda item: _address_key(item[0])):
             (pool if address.version == 4 else ipv6_pool)[str(address)] = {"owner": owner}
-        ipam["pool"] = pool
-        ipam["ipv6-pool"] = ipv6_pool
+        if pool:
+            ipam["pool"] = pool
+        if ipv6_pool:
+            ipam["ipv6-pool"] = ipv6_pool
     return {
         "apiVersion": API_VERSION,
         "kind": KIND,
@@ -283,11 +288,11 @@ def _translate(doing: str) -> Iterator[None]:
         response = exc.response
         raise _status_error(doing, response.status_code, response.text[:200], response) from exc
     except httpx2.TimeoutException as exc:
-        raise errors.ClusterApiUnavailable(
+        raise errors.ClusterApiUnavailableError(
             f"{doing}: timed out ({type(exc).__name__})", status=None
         ) from exc
     except httpx2.TransportError as exc:
-        raise errors.ClusterApiUnavailable(f"{doing}: {type(exc).__name__}: {exc}") from exc
+        raise errors.ClusterApiUnavailableError(f"{doing}: {type(exc).__name__}: {exc}") from exc
     except ValueError as exc:
         # lightkube builds its ApiError from the response body; a body that is not JSON (a
         # proxy's 429 or 503 page) fails that with a ValueError raised while handling the
@@ -306,15 +311,15 @@ def _status_error(
     text = f"{doing}: HTTP {code}: {message}".rstrip(": ")
     kind: type[errors.ClusterApiError]
     if code == 404:
-        kind = errors.ClusterApiNotFound
+        kind = errors.ClusterApiNotFoundError
     elif code == 409:
-        kind = errors.ClusterApiConflict
+        kind = errors.ClusterApiConflictError
     elif code == 429:
-        kind = errors.ClusterApiThrottled
+        kind = errors.ClusterApiThrottledError
     elif (code >= 500 and _TYPED_PATCH_FAILURE not in message) or code in _RETRYABLE_CLIENT_ERRORS:
-        kind = errors.ClusterApiUnavailable
+        kind = errors.ClusterApiUnavailableError
     else:
-        kind = errors.ClusterApiRejected
+        kind = errors.ClusterApiRejectedError
     return kind(text, status=code, retry_after=retry_after)
 
 

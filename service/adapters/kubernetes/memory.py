@@ -62,8 +62,9 @@ class MemoryClusterClient:
         current = self.nodes.get(name) or ports.ObservedNode(name=name)
         pool, ipv6_pool = current.pool, current.ipv6_pool
         if pod_ips is not None:
-            pool = {str(a): o for a, o in pod_ips.items() if a.version == 4}
-            ipv6_pool = {str(a): o for a, o in pod_ips.items() if a.version == 6}
+            # As the real adapter: a family without addresses is left out, so the field goes.
+            pool = {str(a): o for a, o in pod_ips.items() if a.version == 4} or None
+            ipv6_pool = {str(a): o for a, o in pod_ips.items() if a.version == 6} or None
         return self._store(
             dataclasses.replace(
                 current,
@@ -78,7 +79,7 @@ class MemoryClusterClient:
         await self._write("status", name)
         current = self.nodes.get(name)
         if current is None:
-            raise errors.ClusterApiNotFound(f"CiliumNode {name} not found", status=404)
+            raise errors.ClusterApiNotFoundError(f"CiliumNode {name} not found", status=404)
         return self._store(dataclasses.replace(current, error=error))
 
     async def get_node(self, name: str) -> ports.ObservedNode | None:
