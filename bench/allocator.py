@@ -17,6 +17,7 @@ import datetime
 import json
 import random
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -30,9 +31,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 import bench
 from service import allocator
 from service.adapters.kafka import log as kafka_log
-from service.adapters.postgres import embedded, migrate
+from service.adapters.postgres import embedded, migrate, table_log
 from service.adapters.postgres import projection as pg_projection
-from service.adapters.postgres import table_log
 from service.domain import allocation, restore, state
 from tests.harness.kafka import KafkaBroker
 
@@ -59,9 +59,7 @@ def workload(count: int, seed: int = 1) -> list[bytes]:
         b'"clusterPoolIPv4MaskSize":24}'
     ]
     nodes = max(16, count // 100)
-    out.extend(
-        b'{"type":"node.added","id":"n%d","node":"node-%d"}' % (i, i) for i in range(nodes)
-    )
+    out.extend(b'{"type":"node.added","id":"n%d","node":"node-%d"}' % (i, i) for i in range(nodes))
     live: list[tuple[int, int]] = []
     seq = 0
     while len(out) < count:
@@ -168,19 +166,23 @@ async def allocator_rate(bootstrap: str, topic: str, dsn: str, count: int) -> fl
 
 
 async def latency(bootstrap: str, topic: str, dsn: str, seconds: float, rate: int) -> list[float]:
-    """Offer ``rate`` events/s; the seconds from acknowledged append to committed decision."""
-    event_log = await kafka_log.KafkaEventLog.open(bootstrap, topic)
-    projection = pg_projection.PostgresProjection.from_dsn(dsn, log_name="bench", holder="bench")
-    appended_at: dict[int, float] = {}
+    """Offer ``rate`` events/s from another process; seconds from append to committed decision.
+
+    The producer runs in its own process (as producers do) and writes its send time, on the
+    system-wide monotonic clock, into each event id; the allocator process reads it back when
+    the decision is committed.
+    """
     samples: list[float] = []
 
     def on_commit(batch: Any) -> None:
-        now = time.perf_counter()
+        now = time.monotonic_ns()
         for applied in batch.applied:
-            sent = appended_at.pop(applied.record.offset, None)
-            if sent is not None:
-                samples.append(now - sent)
+            event_id = applied.decision.id or ""
+            if "@" in event_id:
+                samples.append((now - int(event_id.rsplit("@", 1)[1])) / 1e9)
 
+    event_log = await kafka_log.KafkaEventLog.open(bootstrap, topic)
+    projection = pg_projection.PostgresProjection.from_dsn(dsn, log_name="bench", holder="bench")
     worker = allocator.PartitionAllocator(
         event_log,
         projection,
@@ -188,37 +190,76 @@ async def latency(bootstrap: str, topic: str, dsn: str, seconds: float, rate: in
         on_commit=on_commit,
         settings=allocator.LoopSettings(batch_max_wait_s=0.005),
     )
-    records = workload(int(seconds * rate) + 100, seed=3)
+    head = workload(100, seed=3)
     stop = anyio.Event()
     try:
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(worker.run, stop)
-            # Warm up: the allocator leads and has applied the pool and the nodes.
-            head = records[:100]
-            for r in await event_log.append([(b"default", v) for v in head]):
-                appended_at[r.offset] = time.perf_counter()
+            await event_log.append([(b"default", v) for v in head])
             while worker.metrics.next_offset.get(0, -1) < len(head):
                 await anyio.sleep(0.01)
-            samples.clear()
-            tick = 0.01
-            per_tick = max(1, int(rate * tick))
-            started = time.perf_counter()
-            position = len(head)
-            while position < len(records):
-                chunk = records[position : position + per_tick]
-                for r in await event_log.append([(b"default", v) for v in chunk]):
-                    appended_at[r.offset] = time.perf_counter()
-                position += len(chunk)
-                ahead = started + (position - len(head)) / rate - time.perf_counter()
-                if ahead > 0:
-                    await anyio.sleep(ahead)
-            while worker.metrics.next_offset.get(0, -1) < len(records):
+            producer = await anyio.open_process(
+                [
+                    sys.executable,
+                    "-m",
+                    "bench.allocator",
+                    "produce",
+                    bootstrap,
+                    topic,
+                    str(rate),
+                    str(seconds),
+                ]
+            )
+            async with producer:
+                await producer.wait()
+            total = len(head) + int(seconds * rate)
+            while worker.metrics.next_offset.get(0, -1) < total:
                 await anyio.sleep(0.01)
             stop.set()
     finally:
         await projection.close()
         await event_log.close()
     return sorted(samples)
+
+
+def _steady_event(i: int) -> bytes:
+    """Requests and releases in turn, about 1,500 pods held over the 16 nodes of ``workload``."""
+    pod = i // 2
+    if i % 2 == 1 and pod >= 1500:
+        pod -= 1500
+        kind = b"ip.released"
+    else:
+        kind = b"ip.requested"
+    return b'{"type":"%s","id":"l%d@%d","node":"node-%d","owner":"ns/l-%d"}' % (
+        kind,
+        i,
+        time.monotonic_ns(),
+        pod % 16,
+        pod,
+    )
+
+
+async def produce(bootstrap: str, topic: str, rate: int, seconds: float) -> None:
+    """The load generator: ``rate`` events/s for ``seconds``, in 10 ms slices."""
+    count = int(rate * seconds)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    await producer.start()
+    try:
+        per_tick = max(1, rate // 100)
+        started = time.monotonic()
+        sent = 0
+        while sent < count:
+            futures = []
+            for _ in range(min(per_tick, count - sent)):
+                futures.append(await producer.send(topic, _steady_event(sent), key=b"default"))
+                sent += 1
+            for future in futures:
+                await future
+            ahead = started + sent / rate - time.monotonic()
+            if ahead > 0:
+                await anyio.sleep(ahead)
+    finally:
+        await producer.stop()
 
 
 def full_state(nodes: int, pods: int) -> state.State:
@@ -364,7 +405,9 @@ async def _run(args: argparse.Namespace) -> list[bench.Result]:
         ours: list[float] = []
         for _ in range(repeat):
             bare.append(await bare_consumer_rate(bootstrap, topic, count))
-            ours.append(await allocator_rate(bootstrap, topic, await services.fresh_database(), count))
+            ours.append(
+                await allocator_rate(bootstrap, topic, await services.fresh_database(), count)
+            )
         ratios = [o / b for o, b in zip(ours, bare, strict=True)]
         results += [
             bench.Result(
@@ -376,7 +419,9 @@ async def _run(args: argparse.Namespace) -> list[bench.Result]:
                 bench.median(ours) >= 30_000,
                 f"{count} events, runs: {', '.join(f'{v:,.0f}' for v in ours)}",
             ),
-            bench.Result(NAME, "bare aiokafka consumer, same topic", bench.median(bare), "events/s"),
+            bench.Result(
+                NAME, "bare aiokafka consumer, same topic", bench.median(bare), "events/s"
+            ),
             bench.Result(
                 NAME,
                 "allocator / bare consumer",
@@ -416,7 +461,9 @@ async def _run(args: argparse.Namespace) -> list[bench.Result]:
         ]
         loaded, caught_up, held = await restart_to_caught_up(dsn, tail)
         results += [
-            bench.Result(NAME, "restart: projection loaded", loaded, "s", detail=f"{held:,} addresses"),
+            bench.Result(
+                NAME, "restart: projection loaded", loaded, "s", detail=f"{held:,} addresses"
+            ),
             bench.Result(
                 NAME,
                 "restart -> caught up",
@@ -430,3 +477,10 @@ async def _run(args: argparse.Namespace) -> list[bench.Result]:
     finally:
         await anyio.to_thread.run_sync(services.stop)
     return results
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 6 and sys.argv[1] == "produce":
+        anyio.run(produce, sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5]))
+    else:
+        sys.exit("usage: python -m bench.allocator produce BOOTSTRAP TOPIC RATE SECONDS")
