@@ -4,8 +4,9 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-CACHE  ?= $(CURDIR)/.cache
-export IPLEDGER_CACHE := $(CACHE)
+# Downloads and builds (Kafka jars, the test API server): reused by every later run.
+IPLEDGER_CACHE ?= $(CURDIR)/.cache
+export IPLEDGER_CACHE
 
 .PHONY: setup test test-unit lint bench run services clean
 
@@ -42,4 +43,4 @@ run: setup
 	$(VENV)/bin/ipledger run --embedded
 
 clean:
-	rm -rf $(VENV) $(CACHE) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(IPLEDGER_CACHE) .mypy_cache .ruff_cache .pytest_cache
