@@ -646,9 +646,13 @@ class ClusterSync:
                 raise group.exceptions[0] from None
             raise
         finally:
-            # What was written is recorded even on the way out, so a successor skips it.
+            # What was written is recorded even on the way out, so a successor skips it; if
+            # that fails, the successor finds those objects true and records them itself.
             with anyio.CancelScope(shield=True), anyio.move_on_after(5):
-                await self._flush_once()
+                try:
+                    await self._flush_once()
+                except errors.IpledgerError as exc:
+                    log.info("cluster %s: last progress not recorded: %s", self.cluster, exc)
 
     # --- the feed ---------------------------------------------------------------------------
 

@@ -1,0 +1,356 @@
+"""The Kubernetes sync benchmark: 5,000 nodes allocated at once, mirrored onto CiliumNodes.
+
+Run by ``python -m bench`` (``--only sync``). Everything is real and on loopback: PostgreSQL
+(embedded, fsync on), the apiextensions-apiserver + etcd of tests/harness/kube.py serving
+Cilium's CRD, the allocator over the PostgreSQL table log, and ``service.sync.ClusterSync``
+through the lightkube adapter. The servers are processes of their own; the allocator and the
+sync worker share this one, as they would not in production (their CPU is told apart below).
+
+In each run the sync worker is running and idle (its first listing done) when the 5,000
+``node.added`` events are appended in one append; the allocator commits them in one batch and
+the worker mirrors them. The time is from the append until the worker has applied the last
+CiliumNode (the server's answer to it); a listing then checks every object against the
+projection, and a run that does not match is reported as not met.
+
+- **paced**: ``--sync-qps`` (default 200, so the run takes ~25 s; production default is 20)
+  and burst 40. Target: 5,000 / QPS + 10 s.
+- **no QPS limit**: ``--sync-concurrency`` writes in flight (default 16): writes per second.
+- **where the time goes**: the no-limit run again under cProfile, its own-time split into
+  buckets (HTTP client, TLS, JSON, lightkube, sync logic, allocator, PostgreSQL driver, event
+  loop, idle), beside the CPU seconds the apiserver, etcd and PostgreSQL used meanwhile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import cProfile
+import os
+import pstats
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+import anyio.to_thread
+import asyncpg
+from lightkube import AsyncClient, KubeConfig
+
+import bench
+from service import allocator, sync
+from service.adapters.kubernetes import client as kube_client
+from service.adapters.postgres import embedded, migrate, sync_store, table_log
+from service.adapters.postgres import projection as pg_projection
+from tests.harness.kube import KubeAPIServer
+
+NAME = "sync"
+CLUSTER = "default"
+POOL = (
+    b'{"type":"pool.configured","id":"pool","clusterPoolIPv4PodCIDRList":["10.0.0.0/8"],'
+    b'"clusterPoolIPv4MaskSize":24,"clusterPoolIPv6PodCIDRList":["fd00::/104"],'
+    b'"clusterPoolIPv6MaskSize":120}'
+)
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# Own time of functions whose file (or name, for builtins) contains the key, first match wins.
+BUCKETS: tuple[tuple[str, str], ...] = (
+    ("epoll", "idle: waiting for the servers"),
+    ("select", "idle: waiting for the servers"),
+    ("ssl", "TLS"),
+    # On loopback the sending syscall does the receiver's TCP work too.
+    ("_socket", "socket syscalls (kernel, loopback TCP)"),
+    ("httpx2", "HTTP client (httpx2, httpcore)"),
+    ("httpcore", "HTTP client (httpx2, httpcore)"),
+    ("h11", "HTTP client (httpx2, httpcore)"),
+    ("lightkube", "lightkube (requests, decoding)"),
+    ("msgspec", "JSON (msgspec)"),
+    ("json", "JSON (msgspec)"),
+    ("service/sync.py", "sync worker logic"),
+    ("service/adapters/kubernetes", "CiliumNode adapter (bodies, typed decoding)"),
+    ("service/adapters/postgres", "PostgreSQL adapters"),
+    ("asyncpg", "PostgreSQL driver (asyncpg, SQLAlchemy)"),
+    ("sqlalchemy", "PostgreSQL driver (asyncpg, SQLAlchemy)"),
+    ("service/domain", "allocator (core and loop)"),
+    ("service/allocator.py", "allocator (core and loop)"),
+    ("asyncio", "event loop (asyncio, anyio)"),
+    ("anyio", "event loop (asyncio, anyio)"),
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--sync-nodes", type=int, default=5000, help="nodes allocated at once")
+    parser.add_argument(
+        "--sync-qps", type=float, default=200.0, help="QPS of the paced run (burst 40)"
+    )
+    parser.add_argument(
+        "--sync-concurrency", type=int, default=16, help="writes in flight, no-limit run"
+    )
+
+
+@dataclass(slots=True)
+class Run:
+    """One timed run."""
+
+    nodes: int
+    seconds: float = 0.0
+    allocated_s: float = 0.0  # append -> the allocator committed the batch
+    requests: int = 0
+    retries: int = 0
+    mismatches: int = 0
+    own_cpu_s: float = 0.0
+    server_cpu_s: dict[str, float] = field(default_factory=dict)
+    profile: dict[str, float] = field(default_factory=dict)
+
+
+class Services:
+    """PostgreSQL and the Kubernetes API server for the whole benchmark."""
+
+    def __init__(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="ipledger-bench-sync-"))
+        self.root.chmod(0o755)
+        self.postgres = embedded.EmbeddedPostgres(self.root / "pg", fsync=True)
+        self.kube = KubeAPIServer()
+        self.databases = 0
+
+    def start(self) -> None:
+        self.postgres.start()
+        self.kube.start()
+
+    def stop(self) -> None:
+        self.kube.stop()
+        self.postgres.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    async def fresh_database(self) -> str:
+        self.databases += 1
+        name = f"bench_sync_{self.databases}"
+        db = await asyncpg.connect(self.postgres.dsn)
+        try:
+            await db.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await db.close()
+        dsn = self.postgres.dsn_for(name)
+        await migrate.upgrade(dsn)
+        return dsn
+
+
+def run(args: argparse.Namespace) -> list[bench.Result]:
+    return anyio.run(_run, args)
+
+
+async def _run(args: argparse.Namespace) -> list[bench.Result]:
+    nodes = 500 if args.quick else args.sync_nodes
+    qps = float(args.sync_qps)
+    services = Services()
+    await anyio.to_thread.run_sync(services.start)
+    try:
+        paced = await one_run(
+            services, nodes, sync.SyncSettings(qps=qps, burst=40, resync_interval_s=3600)
+        )
+        unlimited_settings = sync.SyncSettings(
+            qps=0, concurrency=args.sync_concurrency, resync_interval_s=3600
+        )
+        unlimited = await one_run(services, nodes, unlimited_settings)
+        profiled = await one_run(services, nodes, unlimited_settings, profile=True)
+    finally:
+        await anyio.to_thread.run_sync(services.stop)
+
+    bound = nodes / qps + 10
+    results = [
+        bench.Result(
+            NAME,
+            f"{nodes:,} nodes at QPS {qps:g}: all CiliumNodes correct",
+            paced.seconds,
+            "s",
+            f"<= {bound:.0f} ({nodes:,}/QPS + 10)",
+            paced.seconds <= bound and paced.mismatches == 0,
+            f"{paced.requests} requests, {paced.retries} retries, allocator committed after "
+            f"{paced.allocated_s:.2f} s, {paced.mismatches} objects wrong at the end",
+        ),
+        bench.Result(
+            NAME,
+            f"{nodes:,} nodes, no QPS limit ({args.sync_concurrency} in flight)",
+            unlimited.seconds,
+            "s",
+            detail=f"{unlimited.requests} requests, {unlimited.retries} retries, "
+            f"{unlimited.mismatches} objects wrong at the end",
+        ),
+        bench.Result(
+            NAME,
+            "writes per second, no QPS limit",
+            unlimited.requests / unlimited.seconds,
+            "writes/s",
+            met=False if unlimited.mismatches else None,
+        ),
+    ]
+    wall = unlimited.seconds
+    cpu = ", ".join(f"{name} {s:.1f} s" for name, s in sorted(unlimited.server_cpu_s.items()))
+    results.append(
+        bench.Result(
+            NAME,
+            "CPU per 1,000 writes, this process (allocator + sync worker)",
+            unlimited.own_cpu_s / unlimited.requests * 1000,
+            "s",
+            detail=f"wall {wall:.1f} s; CPU over the run: this process "
+            f"{unlimited.own_cpu_s:.1f} s, {cpu} ({os.cpu_count()} CPUs shared by all)",
+        )
+    )
+    total = sum(profiled.profile.values()) or 1.0
+    shares = sorted(profiled.profile.items(), key=lambda item: -item[1])
+    results.append(
+        bench.Result(
+            NAME,
+            "profile of the worker's process (no QPS limit)",
+            profiled.seconds,
+            "s",
+            detail="; ".join(f"{name} {100 * s / total:.0f} %" for name, s in shares if s > 0),
+        )
+    )
+    return results
+
+
+async def one_run(
+    services: Services, nodes: int, settings: sync.SyncSettings, *, profile: bool = False
+) -> Run:
+    """Allocate ``nodes`` at once with the worker idle, and time them onto CiliumNodes."""
+    result = Run(nodes=nodes)
+    dsn = await services.fresh_database()
+    kubeconfig = services.kube.kubeconfig_path
+    await _delete_all_ciliumnodes(kubeconfig)
+    event_log = table_log.PostgresTableLog.from_dsn(dsn)
+    projection = pg_projection.PostgresProjection.from_dsn(
+        dsn, log_name="table", holder="bench-allocator"
+    )
+    alloc = allocator.PartitionAllocator(
+        event_log, projection, 0, settings=allocator.LoopSettings(batch_max_records=nodes + 1)
+    )
+    client = kube_client.KubernetesClusterClient.connect(kubeconfig)
+    store = sync_store.PostgresSyncStore.from_dsn(dsn)
+    worker = sync.ClusterSync(CLUSTER, client, store, settings)
+    stop = anyio.Event()
+    try:
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(alloc.run, stop)
+            await event_log.append([(CLUSTER.encode(), POOL)])
+            await _until(lambda: alloc.metrics.next_offset.get(0, 0) >= 1)
+            tasks.start_soon(worker.run, stop)
+            await worker.resynced()
+            events = [
+                (
+                    CLUSTER.encode(),
+                    b'{"type":"node.added","id":"n%d","node":"node-%05d"}' % (i, i),
+                )
+                for i in range(nodes)
+            ]
+            profiler = cProfile.Profile() if profile else None
+            cpu_before, servers_before = time.process_time(), _server_cpu()
+            with _profiling(profiler):
+                started = time.monotonic()
+                await event_log.append(events)
+                await _until(lambda: alloc.metrics.next_offset.get(0, 0) >= nodes + 1)
+                result.allocated_s = time.monotonic() - started
+                await _until(lambda: worker.metrics.nodes_mirrored >= nodes, timeout=600)
+                result.seconds = time.monotonic() - started
+            result.own_cpu_s = time.process_time() - cpu_before
+            servers_after = _server_cpu()
+            result.server_cpu_s = {
+                name: servers_after.get(name, 0.0) - seconds
+                for name, seconds in servers_before.items()
+            }
+            result.requests = worker.metrics.requests
+            result.retries = worker.metrics.retries
+            if profiler is not None:
+                result.profile = _buckets(profiler)
+            stop.set()
+        result.mismatches = await _mismatches(dsn, client)
+    finally:
+        await client.close()
+        await store.close()
+        await projection.close()
+        await event_log.close()
+    return result
+
+
+async def _until(condition: Callable[[], bool], timeout: float = 120.0) -> None:
+    with anyio.fail_after(timeout):
+        while not condition():
+            await anyio.sleep(0.005)
+
+
+@contextlib.contextmanager
+def _profiling(profiler: cProfile.Profile | None) -> Iterator[None]:
+    if profiler is None:
+        yield
+        return
+    profiler.enable()
+    try:
+        yield
+    finally:
+        profiler.disable()
+
+
+def _buckets(profiler: cProfile.Profile) -> dict[str, float]:
+    """Own time of every profiled function, summed per bucket."""
+    totals: dict[str, float] = {}
+    stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
+    for (filename, _line, function), entry in stats.items():
+        own = entry[2]
+        where = f"{filename}:{function}"
+        bucket = next((label for key, label in BUCKETS if key in where), "other")
+        totals[bucket] = totals.get(bucket, 0.0) + own
+    return totals
+
+
+async def _delete_all_ciliumnodes(kubeconfig: Path) -> None:
+    client = AsyncClient(config=KubeConfig.from_file(kubeconfig))
+    try:
+        await client.deletecollection(kube_client.CiliumNode)
+        with anyio.fail_after(60):
+            while [n async for n in client.list(kube_client.CiliumNode)]:
+                await anyio.sleep(0.1)
+    finally:
+        await client.close()
+
+
+async def _mismatches(dsn: str, client: kube_client.KubernetesClusterClient) -> int:
+    db = await asyncpg.connect(dsn)
+    try:
+        rows = await db.fetch("SELECT name, pod_cidrs FROM node WHERE NOT deleted")
+    finally:
+        await db.close()
+    listed = {n.name: n.pod_cidrs for n in await client.list_nodes()}
+    return sum(1 for row in rows if listed.get(row["name"]) != tuple(row["pod_cidrs"]))
+
+
+def _server_cpu() -> dict[str, float]:
+    """CPU seconds used so far by each server this process started, with its children."""
+    children: dict[int, list[int]] = {}
+    names: dict[int, str] = {}
+    cpu: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="utf-8") as stat:
+                text = stat.read()
+        except OSError:
+            continue
+        pid = int(entry)
+        name = text[text.index("(") + 1 : text.rindex(")")]
+        fields = text[text.rindex(")") + 2 :].split()
+        children.setdefault(int(fields[1]), []).append(pid)
+        names[pid] = name
+        cpu[pid] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+    def tree(pid: int) -> float:
+        return cpu.get(pid, 0.0) + sum(tree(child) for child in children.get(pid, []))
+
+    totals: dict[str, float] = {}
+    for pid in children.get(os.getpid(), []):
+        label = {"apiextensions-a": "apiserver", "postgres": "PostgreSQL"}.get(
+            names[pid], names[pid]
+        )
+        totals[label] = totals.get(label, 0.0) + tree(pid)
+    return totals
