@@ -12,9 +12,11 @@ import ipaddress
 import itertools
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
 
 import anyio
 import pytest
+import yaml
 
 from service import errors, ports, sync
 from service.adapters.kubernetes.memory import MemoryClusterClient
@@ -22,6 +24,7 @@ from service.adapters.kubernetes.memory import MemoryClusterClient
 pytestmark = pytest.mark.anyio
 
 CLUSTER = "default"
+MANIFESTS = Path(__file__).resolve().parents[2] / "compose" / "kubernetes"
 
 
 @pytest.fixture
@@ -634,3 +637,33 @@ def test_a_family_the_pool_does_not_enable_is_refused() -> None:
 
     assert plan.events == []
     assert "does not enable" in dict(plan.refused)["a"]
+
+
+# --- the deployment manifests -------------------------------------------------------------------
+
+
+def test_rbac_grants_only_what_the_worker_uses() -> None:
+    documents = list(yaml.safe_load_all((MANIFESTS / "rbac.yaml").read_text()))
+    by_kind = {d["kind"]: d for d in documents}
+
+    rules = {
+        (group, resource): sorted(rule["verbs"])
+        for rule in by_kind["ClusterRole"]["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+    }
+    assert rules == {
+        ("cilium.io", "ciliumnodes"): sorted(["get", "list", "watch", "create", "patch"]),
+        ("cilium.io", "ciliumnodes/status"): ["patch"],
+    }
+    binding = by_kind["ClusterRoleBinding"]
+    account = by_kind["ServiceAccount"]["metadata"]
+    assert binding["roleRef"]["name"] == by_kind["ClusterRole"]["metadata"]["name"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": account["name"], "namespace": account["namespace"]}
+    ]
+    (deployment,) = yaml.safe_load_all((MANIFESTS / "deployment.yaml").read_text())
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == account["name"]
+    assert deployment["metadata"]["namespace"] == account["namespace"]
+    assert pod["containers"][0]["args"] == ["sync"]
