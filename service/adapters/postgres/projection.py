@@ -54,7 +54,15 @@ def _translate(doing: str) -> Iterator[None]:
         yield
     except errors.IpledgerError:
         raise
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, sa.exc.SQLAlchemyError, OSError) as exc:
+    # InternalClientError is asyncpg's own protocol state error, a subclass of neither of the
+    # others: a connection the server dropped while idle raises it on its next use.
+    except (
+        asyncpg.PostgresError,
+        asyncpg.InterfaceError,
+        asyncpg.InternalClientError,
+        sa.exc.SQLAlchemyError,
+        OSError,
+    ) as exc:
         raise errors.ProjectionError(f"{doing}: {type(exc).__name__}: {exc}") from exc
 
 

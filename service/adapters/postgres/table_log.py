@@ -88,7 +88,11 @@ class PostgresTableLog:
     ) -> PostgresTableLog:
         """A log with its own engine for ``dsn`` (``postgresql://...``); connects on first use."""
         engine = create_async_engine(
-            sa.make_url(dsn).set(drivername="postgresql+asyncpg"), pool_size=pool_size
+            sa.make_url(dsn).set(drivername="postgresql+asyncpg"),
+            pool_size=pool_size,
+            # Connections the server dropped (restart, pg_terminate_backend) wait in the pool
+            # otherwise, and each would fail one read and cost the allocator one backoff.
+            pool_pre_ping=True,
         )
         return cls(
             engine,
@@ -297,7 +301,13 @@ class PostgresTableLog:
             try:
                 await driver.remove_listener(self._channel, self._on_notify)
                 await connection.close()
-            except (sa.exc.SQLAlchemyError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+            except (
+                sa.exc.SQLAlchemyError,
+                asyncpg.PostgresError,
+                asyncpg.InterfaceError,
+                asyncpg.InternalClientError,
+                OSError,
+            ):
                 _log.debug("the listening connection broke while closing", exc_info=True)
             else:
                 return
@@ -314,7 +324,15 @@ class PostgresTableLog:
 def _translate_errors(doing: str) -> Iterator[None]:
     try:
         yield
-    except (sa.exc.SQLAlchemyError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+    # InternalClientError is asyncpg's own protocol state error, a subclass of neither of the
+    # others: a connection the server dropped while idle raises it on its next use.
+    except (
+        sa.exc.SQLAlchemyError,
+        asyncpg.PostgresError,
+        asyncpg.InterfaceError,
+        asyncpg.InternalClientError,
+        OSError,
+    ) as exc:
         raise TableLogError(f"{doing}: {exc}") from exc
 
 
