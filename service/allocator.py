@@ -199,6 +199,7 @@ class PartitionAllocator:
         failures = 0
         while not stop.is_set():
             token = None
+            committed = self.metrics.next_offset.get(self.partition)
             try:
                 token = await self._acquire(stop)
                 if token is None:
@@ -212,6 +213,10 @@ class PartitionAllocator:
                 self.metrics.fenced += 1
                 log.warning("partition %d: %s; standing by", self.partition, exc)
             except (errors.LogError, errors.ProjectionError) as exc:
+                if self.metrics.next_offset.get(self.partition) != committed:
+                    # It committed since the last failure: a new fault, not the same one lasting,
+                    # so the backoff starts short again instead of staying at its maximum.
+                    failures = 0
                 failures += 1
                 self.metrics.failures += 1
                 delay = min(
@@ -330,10 +335,13 @@ class PartitionAllocator:
             self._after_commit(batch, time.perf_counter() - started)
             self._last_renew = time.monotonic()
             if isinstance(self.log, ReportsConsumerPosition):
-                try:
-                    await self.log.commit_consumer_offset(self.partition, batch.next_offset)
-                except errors.LogError as exc:  # lag monitoring only
-                    log.debug("consumer group offset not committed: %s", exc)
+                # Lag monitoring only, so it may not hold the loop (and the lease renewed by
+                # commits) up: aiokafka retries a group commit for as long as the broker is away.
+                with anyio.move_on_after(self.settings.renew_every_s):
+                    try:
+                        await self.log.commit_consumer_offset(self.partition, batch.next_offset)
+                    except errors.LogError as exc:
+                        log.debug("consumer group offset not committed: %s", exc)
         except Exception as exc:  # handed to the loop, which decides
             handle.error = exc
         finally:
