@@ -17,8 +17,13 @@ import contextlib
 import itertools
 import json
 import logging
+import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -681,3 +686,43 @@ async def test_a_thousand_nodes_converge(
     assert worker.metrics.applies == 1000
     assert worker.metrics.nodes_mirrored == 1000
     print(f"1,000 CiliumNodes converged in {elapsed:.1f}s")
+
+
+async def test_ipledger_sync_runs_as_a_process_and_stops_cleanly_on_sigterm(
+    ledger: Ledger,
+    kube: KubernetesClusterClient,
+    kube_apiserver: KubeAPIServer,
+    pg_dsn: str,
+    tmp_path: Path,
+) -> None:
+    await ledger.append(pool(), added("node-a"))
+    env = {
+        **os.environ,
+        "IPLEDGER_DATABASE_URL": pg_dsn,
+        "IPLEDGER_KUBECONFIG": str(kube_apiserver.kubeconfig_path),
+        "IPLEDGER_SYNC_QPS": "0",
+    }
+    log_path = tmp_path / "sync.log"
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", "sync"],
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            await converged(pg_dsn, kube)
+            await ledger.append(added("node-b"))
+            await converged(pg_dsn, kube)
+            await eventually(
+                lambda: _all_recorded(pg_dsn, 2), what="the process to record its progress"
+            )
+            process.send_signal(signal.SIGTERM)
+            code = await anyio.to_thread.run_sync(lambda: process.wait(timeout=30))
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    output = log_path.read_text()
+    assert code == 0, output
+    assert "cluster default: stopped: 2 nodes mirrored" in output

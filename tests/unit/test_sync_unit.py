@@ -20,6 +20,7 @@ import yaml
 
 from service import errors, ports, sync
 from service.adapters.kubernetes.memory import MemoryClusterClient
+from service.settings import KubeTarget, Settings
 
 pytestmark = pytest.mark.anyio
 
@@ -667,3 +668,59 @@ def test_rbac_grants_only_what_the_worker_uses() -> None:
     assert pod["serviceAccountName"] == account["name"]
     assert deployment["metadata"]["namespace"] == account["namespace"]
     assert pod["containers"][0]["args"] == ["sync"]
+
+
+# --- settings ---------------------------------------------------------------------------------
+
+
+def test_each_cluster_maps_to_a_kubeconfig_and_context() -> None:
+    env = {"IPLEDGER_KUBECONFIGS": "east=/etc/kube/east, west=/etc/kube/all#west-admin,north=#n"}
+
+    targets = Settings.from_env(env).kube_targets()
+
+    assert targets == {
+        "east": KubeTarget(kubeconfig=Path("/etc/kube/east"), context=None),
+        "west": KubeTarget(kubeconfig=Path("/etc/kube/all"), context="west-admin"),
+        "north": KubeTarget(kubeconfig=None, context="n"),
+    }
+
+
+def test_one_cluster_uses_the_default_kubeconfig_unless_told() -> None:
+    assert Settings.from_env({}).kube_targets() == {"default": KubeTarget()}
+    told = Settings.from_env(
+        {
+            "IPLEDGER_SYNC_CLUSTER": "east",
+            "IPLEDGER_KUBECONFIG": "/k",
+            "IPLEDGER_KUBE_CONTEXT": "c",
+        }
+    )
+    assert told.kube_targets() == {"east": KubeTarget(kubeconfig=Path("/k"), context="c")}
+
+
+def test_sync_settings_are_read_and_checked() -> None:
+    settings = Settings.from_env(
+        {
+            "IPLEDGER_SYNC_QPS": "0",
+            "IPLEDGER_SYNC_BURST": "5",
+            "IPLEDGER_RESYNC_INTERVAL_S": "30",
+            "IPLEDGER_SYNC_CREATE_MISSING": "false",
+            "IPLEDGER_SYNC_DELETE_ORPHANS": "yes",
+            "IPLEDGER_SYNC_MIRROR_POD_IPS": "1",
+        }
+    )
+    assert (settings.sync_qps, settings.sync_burst, settings.resync_interval_s) == (0, 5, 30)
+    assert (settings.create_missing, settings.delete_orphans, settings.mirror_pod_ips) == (
+        False,
+        True,
+        True,
+    )
+    for bad in (
+        {"IPLEDGER_SYNC_QPS": "-1"},
+        {"IPLEDGER_SYNC_QPS": "fast"},
+        {"IPLEDGER_SYNC_BURST": "0"},
+        {"IPLEDGER_SYNC_CREATE_MISSING": "maybe"},
+        {"IPLEDGER_KUBECONFIGS": "east"},
+        {"IPLEDGER_KUBECONFIGS": "east=/a,east=/b"},
+    ):
+        with pytest.raises(errors.ConfigurationError):
+            Settings.from_env(bad)
