@@ -47,7 +47,7 @@ async def test_kill_9_at_random_points_loses_nothing_and_applies_nothing_twice(
             break
         process = allocators.start(env)
         # Let it make some progress first, so that kills land mid-stream, not during start-up.
-        await wait_consumed(pg_dsn, before + 1, 60, allocators)
+        await wait_consumed(pg_dsn, before + 1, 120, allocators)
         await anyio.sleep(rng.uniform(0.0, 0.3))
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=10)
