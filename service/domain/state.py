@@ -56,11 +56,9 @@ class PodRange:
         if cidr.prefixlen >= fixed:
             self._text_low = cidr.base & group_mask
             # An IPv6 last hextet that is not zero is never part of the "::" run, so base+1 up
-            # to its last colon is the prefix of every address but the network's own (unless
-            # ipaddress writes the range in dotted IPv4-mapped form, as newer Pythons do).
+            # to its last colon is the prefix of every address but the network's own.
             first = format_ip(cidr.family, cidr.base + 1)
-            if cidr.family == IPV4 or "." not in first:
-                self._text_prefix = first[: first.rfind(separator) + 1]
+            self._text_prefix = first[: first.rfind(separator) + 1]
 
     def offset_of(self, value: int) -> int | None:
         offset = value - self.cidr.base
