@@ -237,6 +237,11 @@ async def converged(dsn: str, kube: KubernetesClusterClient, timeout: float = 30
     await eventually(check, timeout, "every CiliumNode to match the projection")
 
 
+def sent_once(worker: sync.ClusterSync) -> int:
+    """Applies sent, not counting those repeated after a failure (a timeout on a busy machine)."""
+    return worker.metrics.applies - worker.metrics.retries
+
+
 def meta(obj: Any) -> ObjectMeta:
     assert obj.metadata is not None
     return obj.metadata
@@ -278,7 +283,7 @@ async def test_new_nodes_get_ciliumnodes_with_ipv4_then_ipv6_cidrs(
         ("ipledger", "Apply")
     }
     assert "status" not in a  # no error: nothing to write
-    assert worker.metrics.applies == 2
+    assert sent_once(worker) == 2
 
 
 async def _synced_at_versions(dsn: str, expected: dict[str, tuple[list[str], Any, int]]) -> bool:
@@ -562,7 +567,7 @@ async def test_a_restarted_worker_redoes_nothing_that_was_recorded(
     left = 100 - len(recorded)
     assert second.metrics.nodes_mirrored == left
     assert second.metrics.unchanged <= first.settings.concurrency
-    assert second.metrics.applies == left - second.metrics.unchanged
+    assert sent_once(second) == left - second.metrics.unchanged
 
 
 async def _all_recorded(dsn: str, count: int) -> bool:
@@ -598,12 +603,12 @@ async def test_one_instance_at_a_time_and_the_second_takes_over(
                         await anyio.sleep(0.01)
                 await ledger.append(added("node-c"))
                 await converged(pg_dsn, kube)
-                assert second.metrics.applies == 1
+                assert sent_once(second) == 1
     finally:
         for store in stores:
             await store.close()
     assert first.metrics.takeovers == second.metrics.takeovers == 1
-    assert first.metrics.applies == 2
+    assert sent_once(first) == 2
 
 
 async def test_adopt_takes_existing_pod_cidrs_and_reports_those_outside_the_pool(
@@ -683,7 +688,7 @@ async def test_a_thousand_nodes_converge(
             lambda: _all_recorded(pg_dsn, 1000), what="node_sync to record all 1,000 nodes"
         )
 
-    assert worker.metrics.applies == 1000
+    assert sent_once(worker) == 1000, worker.metrics
     assert worker.metrics.nodes_mirrored == 1000
     print(f"1,000 CiliumNodes converged in {elapsed:.1f}s")
 
