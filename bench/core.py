@@ -30,7 +30,7 @@ import resource
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,7 +45,9 @@ THROUGHPUT_TARGET = 200_000  # events/s
 MEMORY_TARGET = 2 * 1024**3  # bytes of resident memory for the IPv4 fill
 LATENCY_TARGET_US = 100.0  # p99 of one decision at 99.9 % pool use
 POOL_USE = 0.999
-CHURN_ROUNDS = 10  # rolling replacements of every node's oldest pod after a fill
+# Rolling replacements of every node's oldest pod after a fill. Enough for the steady state:
+# a dict of 110 pods that keeps losing and gaining keys doubles its table once, after ~60.
+CHURN_ROUNDS = 80
 
 
 @dataclass(frozen=True, slots=True)
@@ -364,7 +366,7 @@ def worker_fill(options: argparse.Namespace) -> dict[str, Any]:
     pods_seconds, pods_cpu = timed_chunks(current, pod_chunks())
     gc.collect()
     after_pods = resident_bytes()
-    peak = peak_resident_bytes()
+    filled_peak = peak_resident_bytes()
     addresses = sum(r.slots.used for n in cluster.nodes.values() for r in n.ranges.values())
     placed = sum(1 for n in cluster.nodes.values() if n.ranges and n.error is None)
 
@@ -402,7 +404,8 @@ def worker_fill(options: argparse.Namespace) -> dict[str, Any]:
         "after_nodes_rss": after_nodes,
         "after_pods_rss": after_pods,
         "after_churn_rss": after_churn,
-        "peak_rss": peak,
+        "filled_peak_rss": filled_peak,
+        "peak_rss": peak_resident_bytes(),  # fill and churn
     }
     if options.family == "ipv4":
         result.update(churn_at_full_pool(current, sizes, names, records))
@@ -502,6 +505,67 @@ def churn_at_full_pool(
     }
 
 
+def worker_long_churn(options: argparse.Namespace) -> dict[str, Any]:
+    """A few nodes whose pods are replaced until the next-fit cursor has gone round once.
+
+    The fills churn for a few rounds only; this shows what a node costs after months of pod
+    churn, when every address of its CIDR has been handed out at least once (254 requests for
+    a /24, 65,534 for a /112). Memory is traced allocations (tracemalloc), not RSS: the
+    difference is per node and small next to a whole interpreter.
+    """
+    import tracemalloc  # noqa: PLC0415 - only here: tracing slows everything else down
+
+    family = 4 if options.family == "ipv4" else 6
+    nodes = 4
+    records = Records()
+    current = state.State(track_changes=True)
+    pool = (
+        records.pool((FULL.v4_pool, V4_MASK), None)
+        if family == 4
+        else records.pool(None, (V6_POOL, V6_MASK))
+    )
+    apply_all(current, [pool], journal=True)
+    cluster = current.clusters["default"]
+    names = [node_name(i) for i in range(nodes)]
+    tracemalloc.start()
+    apply_all(current, [records.node_added(n, node_address(i)) for i, n in enumerate(names)], True)
+    for pod in range(options.pods):
+        apply_all(
+            current, [records.ip_requested(n, pod_owner(i, pod)) for i, n in enumerate(names)], True
+        )
+    gc.collect()
+    filled, _ = tracemalloc.get_traced_memory()
+    ranges = [cluster.nodes[n.decode()].ranges[family] for n in names]
+    wrap = ranges[0].slots.capacity
+    rounds = 0
+    cpu = 0.0
+    # --quick stops early: far enough to show a trend, not the whole 65,534 requests.
+    limit = 2_000 if options.quick else wrap
+    while rounds < limit and (ranges[0].slots.cursor < wrap - 1 or rounds < wrap - options.pods):
+        chunk = []
+        for i, name in enumerate(names):
+            oldest = next(iter(ranges[i].by_owner))
+            chunk.append(records.ip_released(name, oldest.encode()))
+            chunk.append(records.ip_requested(name, pod_owner(i, options.pods + rounds)))
+        began = time.process_time()
+        apply_all(current, chunk, journal=True)
+        cpu += time.process_time() - began
+        rounds += 1
+    gc.collect()
+    churned, _ = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return {
+        "family": options.family,
+        "nodes": nodes,
+        "rounds": rounds,
+        "events": 2 * rounds * nodes,
+        "cpu_seconds": cpu,
+        "filled_bytes": filled,
+        "churned_bytes": churned,
+        "held": sum(len(r.by_owner) for r in ranges),
+    }
+
+
 # --- parent side -----------------------------------------------------------------------------
 
 
@@ -569,11 +633,42 @@ def run(args: argparse.Namespace) -> list[bench.Result]:
     if args.core_skip_fill:
         return results
 
+    say("a node's pods churned until its cursor wraps, IPv4 and IPv6 (fresh processes)")
+    results.extend(
+        long_churn_results(
+            run_worker("long-churn", "--family", "ipv4", *quick),
+            run_worker("long-churn", "--family", "ipv6", *quick),
+        )
+    )
+
     say("IPv4 fill and churn (fresh process)")
     v4 = run_worker("fill", "--family", "ipv4", *quick)
     say("IPv6 fill (fresh process)")
     v6 = run_worker("fill", "--family", "ipv6", *quick)
     results.extend(fill_results(v4, v6, quick=bool(quick)))
+    return results
+
+
+def long_churn_results(v4: dict[str, Any], v6: dict[str, Any]) -> list[bench.Result]:
+    results: list[bench.Result] = []
+    growth: dict[str, float] = {}
+    for out, label in ((v4, "IPv4 /24"), (v6, "IPv6 /112")):
+        growth[out["family"]] = (out["churned_bytes"] - out["filled_bytes"]) / out["nodes"]
+        results.append(
+            bench.Result(
+                BENCHMARK,
+                f"{label}: memory growth per node, cursor gone round once",
+                growth[out["family"]],
+                "B",
+                detail=(
+                    f"{out['nodes']} nodes x 110 pods, oldest pod replaced {out['rounds']:,} "
+                    f"times ({out['events']:,} events, "
+                    f"{out['cpu_seconds'] / out['events'] * 1e6:.2f} µs CPU each); traced "
+                    f"{out['filled_bytes'] / out['nodes']:,.0f} B per node before, "
+                    f"{out['churned_bytes'] / out['nodes']:,.0f} B after"
+                ),
+            )
+        )
     return results
 
 
@@ -586,7 +681,10 @@ def fill_results(v4: dict[str, Any], v6: dict[str, Any], quick: bool) -> list[be
             f"pods = {out['addresses']:,} addresses; RSS baseline "
             f"{out['baseline_rss'] / 2**20:,.0f} MiB, after nodes "
             f"{out['after_nodes_rss'] / 2**20:,.0f} MiB, after pods "
-            f"{out['after_pods_rss'] / 2**20:,.0f} MiB; node adds {out['nodes_seconds']:.1f} s "
+            f"{out['after_pods_rss'] / 2**20:,.0f} MiB (peak so far "
+            f"{out['filled_peak_rss'] / 2**20:,.0f} MiB), after {out['churn_rounds']} churn "
+            f"rounds {out['after_churn_rss'] / 2**20:,.0f} MiB; "
+            f"node adds {out['nodes_seconds']:.1f} s "
             f"({out['nodes_cpu_seconds']:.1f} s CPU), pod requests {out['pods_seconds']:.1f} s "
             f"({out['pods_cpu_seconds']:.1f} s CPU)"
         )
@@ -604,7 +702,7 @@ def fill_results(v4: dict[str, Any], v6: dict[str, Any], quick: bool) -> list[be
         results.append(
             bench.Result(
                 BENCHMARK,
-                f"{label}: peak RSS, {out['addresses'] / 1e6:.1f} M addresses",
+                f"{label}: peak RSS, {out['addresses'] / 1e6:.1f} M addresses, fill + churn",
                 out["peak_rss"],
                 "B",
                 target=f"<= {MEMORY_TARGET:,}" if judged else "",
@@ -746,7 +844,7 @@ def fill_results(v4: dict[str, Any], v6: dict[str, Any], quick: bool) -> list[be
 
 def worker_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.core worker")
-    parser.add_argument("scenario", choices=("throughput", "fill"))
+    parser.add_argument("scenario", choices=sorted(WORKERS))
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--repeat", type=int, default=None)
     parser.add_argument("--journal", action="store_true")
@@ -756,10 +854,17 @@ def worker_main(argv: list[str]) -> int:
     parser.add_argument("--churn-rounds", type=int, default=CHURN_ROUNDS)
     options = parser.parse_args(argv)
     core = bench.pin_to_one_core()
-    out = worker_throughput(options) if options.scenario == "throughput" else worker_fill(options)
+    out = WORKERS[options.scenario](options)
     out["pinned_core"] = core
     json.dump(out, sys.stdout)
     return 0
+
+
+WORKERS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
+    "throughput": worker_throughput,
+    "fill": worker_fill,
+    "long-churn": worker_long_churn,
+}
 
 
 if __name__ == "__main__":
