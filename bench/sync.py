@@ -76,7 +76,9 @@ BUCKETS: tuple[tuple[str, str], ...] = (
     ("service/allocator.py", "allocator (core and loop)"),
     ("asyncio", "event loop (asyncio, anyio)"),
     ("anyio", "event loop (asyncio, anyio)"),
+    ("ipaddress", "addresses parsed and formatted (ipaddress)"),
 )
+OTHER = "other (builtins and the rest of the standard library)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -298,7 +300,7 @@ def _buckets(profiler: cProfile.Profile) -> dict[str, float]:
     for (filename, _line, function), entry in stats.items():
         own = entry[2]
         where = f"{filename}:{function}"
-        bucket = next((label for key, label in BUCKETS if key in where), "other")
+        bucket = next((label for key, label in BUCKETS if key in where), OTHER)
         totals[bucket] = totals.get(bucket, 0.0) + own
     return totals
 
