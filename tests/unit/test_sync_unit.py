@@ -569,7 +569,7 @@ async def test_a_second_worker_waits_for_the_lock(client: MemoryClusterClient) -
     stop = anyio.Event()
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(worker.run, stop)
-        await anyio.wait_all_tasks_blocked()
+        await until(lambda: worker.metrics.lock_waits >= 3)
         assert not worker.metrics.leader and client.requests == []
         store.holder = None
         await until(lambda: store.synced.get("a") == (1, None))
