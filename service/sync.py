@@ -257,7 +257,9 @@ class NodeQueue:
         flying = self._in_flight.get(name)
         if repair and (flying is not None or name in self._pending):
             return False
-        if flying is not None and intent.version < flying.version:
+        # The version in flight is being written already: the same one again would be a
+        # second write of the same state (the feed and the first resync both offer new nodes).
+        if flying is not None and intent.version <= flying.version:
             return False
         current = self._pending.get(name)
         if current is not None:

@@ -200,6 +200,19 @@ def test_a_node_in_flight_is_not_written_again_until_its_write_ends() -> None:
     assert queue.coalesced == 1
 
 
+def test_the_version_in_flight_is_not_queued_again() -> None:
+    queue = sync.NodeQueue()
+    queue.offer(intent("a", 1, "10.0.1.0/24"), repair=True)
+    flying = queue.take()
+    assert flying is not None
+
+    assert not queue.offer(intent("a", 1, "10.0.1.0/24"))
+    queue.done(flying)
+
+    assert queue.take() is None
+    assert len(queue) == 0
+
+
 def test_offers_older_than_what_was_written_are_stale() -> None:
     queue = sync.NodeQueue()
     queue.offer(intent("a", 5, "10.0.5.0/24"))
