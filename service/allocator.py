@@ -256,22 +256,34 @@ class PartitionAllocator:
             log.warning("partition %d: could not release the lease: %s", self.partition, exc)
 
     async def _lead(self, token: int, stop: anyio.Event) -> None:
-        loaded = await self.projection.load([self.partition])
-        current, next_offset = loaded.state, loaded.next_offset
-        # Millions of long-lived objects: keep the cyclic GC from rescanning them on the hot
-        # path (a full collection over a 7 M address state pauses for about a second).
-        gc.collect()
-        gc.freeze()
-        self.metrics.next_offset[self.partition] = next_offset
-        log.info("partition %d: state loaded, continuing at offset %d", self.partition, next_offset)
-        last_renew = time.monotonic()
         try:
-            await self._lead_batches(token, stop, current, next_offset, last_renew)
+            async with anyio.create_task_group() as tasks:
+                # Loading millions of addresses can outlast the lease: keep it alive meanwhile,
+                # or the first commit would find it expired and the writer would reload forever.
+                tasks.start_soon(self._renew_forever, token)
+                loaded = await self.projection.load([self.partition])
+                current, next_offset = loaded.state, loaded.next_offset
+                # Millions of long-lived objects: keep the cyclic GC from rescanning them on
+                # the hot path (a full collection over a 7 M address state pauses for ~1 s).
+                gc.collect()
+                gc.freeze()
+                tasks.cancel_scope.cancel()
+            await self.projection.renew(self.partition, token)
+            self.metrics.next_offset[self.partition] = next_offset
+            log.info(
+                "partition %d: state loaded, continuing at offset %d", self.partition, next_offset
+            )
+            await self._lead_batches(token, stop, current, next_offset, time.monotonic())
         except ExceptionGroup as group:
-            # The relay runs beside the loop in a task group; surface its one failure as is.
+            # Helpers run beside the loop in task groups; surface their one failure as is.
             if len(group.exceptions) == 1:
                 raise group.exceptions[0] from None
             raise
+
+    async def _renew_forever(self, token: int) -> None:
+        while True:
+            await anyio.sleep(self.settings.renew_every_s)
+            await self.projection.renew(self.partition, token)
 
     async def _lead_batches(
         self,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import anyio
 import asyncpg
@@ -242,3 +242,28 @@ async def test_point_in_time_who_held_an_address_and_why(
     assert [tuple(r) for r in at_13_15] == [("ops/probe", "w1", "c")]
     assert at_12_30 == []
     assert [tuple(r) for r in now] == [("shop/cart-2", "w1", "e")]
+
+
+class SlowLoadingProjection(pg_projection.PostgresProjection):
+    """A projection whose load outlasts the lease, as loading 7 M addresses does."""
+
+    async def load(self, partitions: Sequence[int] | None = None) -> pg_projection.Loaded:
+        await anyio.sleep(3 * self.lease_ttl_s)
+        return await super().load(partitions)
+
+
+async def test_the_lease_is_kept_alive_while_a_long_load_runs(
+    log: table_log.PostgresTableLog, pg_dsn: str
+) -> None:
+    records = mixed_stream(300, seed=2)
+    await log.append([(key_of(r), r) for r in records])
+    projection = SlowLoadingProjection.from_dsn(
+        pg_dsn, log_name="table", holder="slow", lease_ttl_s=1.0
+    )
+    worker = allocator.PartitionAllocator(
+        log, projection, 0, settings=allocator.LoopSettings(renew_every_s=0.3)
+    )
+    await run_until(worker, len(records))
+    await projection.close()
+    assert worker.metrics.fenced == 0
+    assert worker.metrics.takeovers == 1
