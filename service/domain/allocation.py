@@ -56,7 +56,12 @@ def apply_record(state: State, raw: bytes | str) -> tuple[events.Decision, event
             ),
             None,
         )
-    return apply(state, event), event
+    # ``apply`` inlined: one call less per record on the allocator's hot path.
+    handler = _HANDLERS[type(event)]
+    try:
+        return handler(state, event), event
+    except Exception as exc:
+        return _reject(event, f"internal error: {type(exc).__name__}: {exc}"), event
 
 
 def apply(state: State, event: events.AnyEvent) -> events.Decision:

@@ -59,14 +59,24 @@ class NextFitSlots:
             return None
         slot = self.cursor + 1
         i = bisect_right(bounds, slot)
-        if not i & 1:
+        if i & 1:
+            start = i - 1
+        else:
             # The slot after the cursor is used: take the start of the next run, or wrap to the
             # first run.
-            if i == len(bounds):
-                i = 0
-            slot = bounds[i]
-            i += 1
-        self._take(slot, i - 1)
+            start = 0 if i == len(bounds) else i
+            slot = bounds[start]
+        # As ``_take``, inlined: this runs for every pod address handed out.
+        if slot == bounds[start]:
+            if slot + 1 == bounds[start + 1]:
+                del bounds[start : start + 2]
+            else:
+                bounds[start] = slot + 1
+        elif slot + 1 == bounds[start + 1]:
+            bounds[start + 1] = slot
+        else:
+            bounds[start + 1 : start + 1] = (slot, slot + 1)
+        self.used += 1
         self.cursor = slot
         return slot
 
