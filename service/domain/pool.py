@@ -18,6 +18,8 @@ import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import msgspec
+
 from service.domain.slots import NextFitSlots
 
 IPV4 = 4
@@ -83,9 +85,12 @@ class PoolConfigError(ValueError):
     """The pool configuration is invalid or is not an append-only change of the current one."""
 
 
-@dataclass(frozen=True, slots=True)
-class NodeCidr:
-    """A node CIDR: which element and slot it occupies, and its network as integers."""
+class NodeCidr(msgspec.Struct, frozen=True, gc=False):
+    """A node CIDR: which element and slot it occupies, and its network as integers.
+
+    A msgspec struct rather than a frozen dataclass: one is made for every node, and this
+    constructs several times faster; ``gc=False`` as it holds only integers.
+    """
 
     family: int
     element: int
@@ -112,7 +117,7 @@ class NodeCidr:
 class PoolElement:
     """One entry of ``clusterPoolIPv{4,6}PodCIDRList``, cut into blocks of the mask size."""
 
-    __slots__ = ("base", "family", "index", "mask", "network", "slots", "step")
+    __slots__ = ("base", "end", "family", "index", "mask", "network", "slots", "step")
 
     def __init__(self, family: int, index: int, network: Network, mask: int) -> None:
         self.family = family
@@ -120,6 +125,7 @@ class PoolElement:
         self.network = network
         self.mask = mask
         self.base = int(network.network_address)
+        self.end = self.base + network.num_addresses  # first address past the element
         self.step = 1 << (ADDRESS_BITS[family] - mask)
         self.slots = NextFitSlots(0, 1 << (mask - network.prefixlen))
 
@@ -168,7 +174,7 @@ class FamilyPool:
 
     def contains_address(self, address: int) -> Network | None:
         for element in self.elements:
-            if element.base <= address < element.base + element.network.num_addresses:
+            if element.base <= address < element.end:
                 return element.network
         return None
 

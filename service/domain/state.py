@@ -83,6 +83,8 @@ class PodRange:
             if address.version == self.cidr.family
             and (offset := self.offset_of(int(address))) is not None
         }
+        if not wanted and not self.reserved:
+            return  # the usual case: node addresses outside the pod CIDR, nothing reserved
         for offset in self.reserved - wanted:
             self.slots.release(offset)
         # An address already held by a pod stays with the pod; it is not reserved twice.
@@ -146,7 +148,8 @@ class ClusterState:
         self.changes: Changes | None = Changes() if track_changes else None
 
     def enabled_families(self) -> tuple[int, ...]:
-        return tuple(f for f in FAMILIES if self.pools[f].elements)
+        pools = self.pools
+        return tuple([f for f in FAMILIES if pools[f].elements])
 
     def take_changes(self) -> Changes:
         changes = self.changes
