@@ -611,6 +611,36 @@ async def test_one_instance_at_a_time_and_the_second_takes_over(
     assert sent_once(first) == 2
 
 
+async def test_losing_the_database_session_loses_the_lock_and_the_worker_recovers(
+    ledger: Ledger,
+    kube: KubernetesClusterClient,
+    store: sync_store.PostgresSyncStore,
+    pg_dsn: str,
+) -> None:
+    await ledger.append(pool(), added("node-a"))
+    worker = sync.ClusterSync(CLUSTER, kube, store, settings(lock_check_s=0.1))
+
+    async with running(worker):
+        await converged(pg_dsn, kube)
+        db = await asyncpg.connect(pg_dsn)
+        try:
+            holder = await db.fetchval(
+                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted"
+            )
+            assert holder is not None
+            await db.execute("SELECT pg_terminate_backend($1)", holder)
+        finally:
+            await db.close()
+        with anyio.fail_after(10):
+            while worker.metrics.takeovers < 2:
+                await anyio.sleep(0.01)
+        await ledger.append(added("node-b"))
+        await converged(pg_dsn, kube)
+        await eventually(lambda: _all_recorded(pg_dsn, 2), what="node_sync to record node-b")
+
+    assert worker.metrics.fenced == 1
+
+
 async def test_adopt_takes_existing_pod_cidrs_and_reports_those_outside_the_pool(
     ledger: Ledger,
     kube: KubernetesClusterClient,

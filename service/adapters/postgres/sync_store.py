@@ -34,6 +34,15 @@ log = logging.getLogger("ipledger.sync")
 LOCK_NAMESPACE = "ipledger.sync/"
 
 _NODE_COLUMNS = "n.name, n.version, n.deleted, n.pod_cidrs, n.error"
+# asyncpg's own protocol state error is a subclass of neither of its other two: a connection the
+# server dropped while idle raises it on its next use.
+_DRIVER_ERRORS = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    sa.exc.SQLAlchemyError,
+    OSError,
+)
 # Every held pod address of the node with its owner, in address order (only when mirroring).
 _POD_IPS_JOIN = (
     "LEFT JOIN LATERAL (SELECT array_agg(host(p.address) ORDER BY p.address) AS ips, "
@@ -52,7 +61,7 @@ def _translate(doing: str) -> Iterator[None]:
         yield
     except errors.IpledgerError:
         raise
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, sa.exc.SQLAlchemyError, OSError) as exc:
+    except _DRIVER_ERRORS as exc:
         raise SyncStoreError(f"{doing}: {type(exc).__name__}: {exc}") from exc
 
 
@@ -214,7 +223,7 @@ class PostgresSyncStore:
                 # Returned to the pool, session-level advisory locks would outlive us.
                 await driver.execute("SELECT pg_advisory_unlock_all()")
                 await connection.close()
-            except (sa.exc.SQLAlchemyError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+            except _DRIVER_ERRORS:
                 log.debug("the sync session broke while closing", exc_info=True)
             else:
                 return
@@ -222,14 +231,20 @@ class PostgresSyncStore:
 
     @contextlib.contextmanager
     def _on_session(self, doing: str) -> Iterator[None]:
-        """Errors on the session: the connection (and every lock on it) is presumed lost."""
+        """Errors on the session; one that ended the session took every lock with it."""
         try:
             with _translate(doing):
                 yield
-        except SyncStoreError:
-            if not self._session_alive():
-                self._locked.clear()
-            raise
+        except SyncStoreError as exc:
+            if self._session_alive():
+                raise
+            lost = sorted(self._locked)
+            self._locked.clear()
+            if not lost:
+                raise
+            raise errors.FencedError(
+                f"the PostgreSQL session holding the sync lock of {', '.join(lost)} ended: {exc}"
+            ) from exc
 
     def _on_notify(self, _connection: object, _pid: int, _channel: str, _payload: str) -> None:
         self._notify()
