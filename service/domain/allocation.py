@@ -30,7 +30,16 @@ from service.domain.pool import (
     commit_change,
     plan_change,
 )
-from service.domain.state import Address, ClusterState, IpChange, Node, PodRange, State
+from service.domain.state import (
+    CACHED_INT_MAX,
+    Address,
+    ClusterState,
+    IpChange,
+    Node,
+    PodRange,
+    State,
+    shared_offset,
+)
 
 ALLOCATOR_FULL = "allocator full"
 RANGE_FULL = "range is full"
@@ -269,7 +278,8 @@ def _ip_requested(state: State, event: events.IpRequested) -> events.Decision:
 
     if taken:
         changes = cluster.changes
-        for pod_range, offset, _ in taken:
+        for pod_range, taken_offset, _ in taken:
+            offset = taken_offset if taken_offset <= CACHED_INT_MAX else shared_offset(taken_offset)
             pod_range.owner_of[offset] = owner
             pod_range.by_owner[owner] = offset
             if changes is not None:

@@ -26,6 +26,26 @@ Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 format_ip = pool.format_ip
 
 
+def shared_offset(offset: int) -> int:
+    """``offset`` itself, as an int object shared by every pod range that holds it.
+
+    A pod address is a key of ``owner_of`` and a value of ``by_owner``. Offsets up to 256 are
+    Python's cached small ints; above, each is an object of its own, 28 bytes per address held.
+    IPv4 /24 offsets never get there, but an IPv6 /112 node's do once its next-fit cursor has
+    moved past 256, which would make it dearer than an IPv4 node holding as many pods.
+    """
+    if offset <= CACHED_INT_MAX or offset >= _SHARED_OFFSETS:
+        return offset
+    if not _offset_objects:
+        _offset_objects.extend(range(_SHARED_OFFSETS))
+    return _offset_objects[offset]
+
+
+CACHED_INT_MAX = 256  # Python's small ints are shared objects up to here
+_SHARED_OFFSETS = 1 << 16  # a /112's addresses: 65,536 shared objects, about 2.3 MB
+_offset_objects: list[int] = []  # made on first use, so IPv4-only processes never pay
+
+
 # Per family: the prefix length from which a CIDR fixes every group of its addresses but the
 # last, the separator before that group, and the group's bits.
 _LAST_GROUP = {IPV4: (24, ".", 0xFF), IPV6: (112, ":", 0xFFFF)}
@@ -70,9 +90,9 @@ class PodRange:
         if prefix is not None:
             low = self._text_low + offset
             if self.cidr.family == IPV4:
-                return prefix + str(low)
+                return f"{prefix}{low}"
             if low:
-                return prefix + format(low, "x")
+                return f"{prefix}{low:x}"
         return format_ip(self.cidr.family, self.cidr.base + offset)
 
     def reserve_addresses(self, addresses: tuple[Address, ...]) -> None:
