@@ -527,6 +527,8 @@ def worker_long_churn(options: argparse.Namespace) -> dict[str, Any]:
     apply_all(current, [pool], journal=True)
     cluster = current.clusters["default"]
     names = [node_name(i) for i in range(nodes)]
+    # The shared offset objects are a fixed cost per process, not per node: made before tracing.
+    state.shared_offset(state.CACHED_INT_MAX + 1)
     tracemalloc.start()
     apply_all(current, [records.node_added(n, node_address(i)) for i, n in enumerate(names)], True)
     for pod in range(options.pods):
