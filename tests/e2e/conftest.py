@@ -6,12 +6,15 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import anyio
 import asyncpg
 import pytest
+
+from service.adapters.postgres import projection as pg_projection
+from service.domain import allocation, document, events, state
 
 
 @pytest.fixture
@@ -86,3 +89,30 @@ async def wait_consumed(
         f"not caught up to {target} within {timeout}s (at {await consumed(dsn)})\n"
         + (allocators.logs() if allocators else "")
     )
+
+
+def simulate(records: Sequence[bytes]) -> tuple[state.State, list[events.Decision]]:
+    """The oracle: the pure core over the same records, in memory."""
+    oracle = state.State()
+    decisions = [allocation.apply_record(oracle, record)[0] for record in records]
+    return oracle, decisions
+
+
+async def assert_projection_matches(dsn: str, log_name: str, records: Sequence[bytes]) -> None:
+    """The projection's digest equals simulate's, and every offset has exactly one decision."""
+    oracle, _ = simulate(records)
+    projection = pg_projection.PostgresProjection.from_dsn(dsn, log_name=log_name, holder="test")
+    try:
+        loaded = await projection.load()
+    finally:
+        await projection.close()
+    assert document.digest(loaded.state) == document.digest(oracle)
+    db = await asyncpg.connect(dsn)
+    try:
+        count, distinct, low, high = await db.fetchrow(
+            'SELECT count(*), count(DISTINCT "offset"), min("offset"), max("offset") '
+            "FROM decision WHERE partition = 0"
+        )
+    finally:
+        await db.close()
+    assert (count, distinct, low, high) == (len(records), len(records), 0, len(records) - 1)

@@ -11,13 +11,10 @@ import random
 import signal
 
 import anyio
-import asyncpg
 import pytest
 
-from service.adapters.postgres import projection as pg_projection
 from service.adapters.postgres import table_log
-from service.domain import allocation, document, state
-from tests.e2e.conftest import Allocators, consumed, wait_consumed
+from tests.e2e.conftest import Allocators, assert_projection_matches, consumed, wait_consumed
 from tests.streams import key_of, mixed_stream
 
 pytestmark = pytest.mark.anyio
@@ -57,20 +54,4 @@ async def test_kill_9_at_random_points_loses_nothing_and_applies_nothing_twice(
     allocators.start(env)
     await wait_consumed(pg_dsn, len(records), 120, allocators)
 
-    oracle = state.State()
-    for record in records:
-        allocation.apply_record(oracle, record)
-    projection = pg_projection.PostgresProjection.from_dsn(pg_dsn, log_name="table", holder="t")
-    try:
-        loaded = await projection.load()
-    finally:
-        await projection.close()
-    assert document.digest(loaded.state) == document.digest(oracle)
-    db = await asyncpg.connect(pg_dsn)
-    try:
-        count, low, high = await db.fetchrow(
-            'SELECT count(*), min("offset"), max("offset") FROM decision'
-        )
-    finally:
-        await db.close()
-    assert (count, low, high) == (len(records), 0, len(records) - 1)
+    await assert_projection_matches(pg_dsn, "table", records)

@@ -28,13 +28,8 @@ import asyncpg
 import pytest
 
 from service.adapters.postgres import embedded, migrate, table_log
-from tests.e2e.conftest import Allocators, consumed, wait_consumed
-from tests.e2e.test_kafka_allocator import (
-    Deployment,
-    assert_projection_matches,
-    assert_published,
-    read_published,
-)
+from tests.e2e.conftest import Allocators, assert_projection_matches, consumed, wait_consumed
+from tests.e2e.test_kafka_allocator import Deployment, assert_published, read_published
 from tests.harness.kafka import KafkaBroker, KafkaBrokerError, unavailable_reason
 from tests.streams import key_of, mixed_stream
 

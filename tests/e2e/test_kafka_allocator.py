@@ -28,9 +28,14 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from service.adapters.kafka import log as kafka_log
-from service.adapters.postgres import projection as pg_projection
-from service.domain import allocation, document, events, state
-from tests.e2e.conftest import Allocators, consumed, wait_consumed
+from service.domain import events
+from tests.e2e.conftest import (
+    Allocators,
+    assert_projection_matches,
+    consumed,
+    simulate,
+    wait_consumed,
+)
 from tests.harness.kafka import KafkaBroker
 from tests.streams import key_of, mixed_stream
 
@@ -91,33 +96,6 @@ class Deployment:
                 await event_log.append([(key_of(r), r) for r in part])
         finally:
             await event_log.close()
-
-
-def simulate(records: Sequence[bytes]) -> tuple[state.State, list[events.Decision]]:
-    """The oracle: the pure core over the same records, in memory."""
-    oracle = state.State()
-    decisions = [allocation.apply_record(oracle, record)[0] for record in records]
-    return oracle, decisions
-
-
-async def assert_projection_matches(dsn: str, log_name: str, records: Sequence[bytes]) -> None:
-    """The projection's digest equals simulate's, and every offset has exactly one decision."""
-    oracle, _ = simulate(records)
-    projection = pg_projection.PostgresProjection.from_dsn(dsn, log_name=log_name, holder="test")
-    try:
-        loaded = await projection.load()
-    finally:
-        await projection.close()
-    assert document.digest(loaded.state) == document.digest(oracle)
-    db = await asyncpg.connect(dsn)
-    try:
-        count, distinct, low, high = await db.fetchrow(
-            'SELECT count(*), count(DISTINCT "offset"), min("offset"), max("offset") '
-            "FROM decision WHERE partition = 0"
-        )
-    finally:
-        await db.close()
-    assert (count, distinct, low, high) == (len(records), len(records), 0, len(records) - 1)
 
 
 async def read_published(

@@ -10,10 +10,8 @@ import anyio
 import asyncpg
 import pytest
 
-from service.adapters.postgres import projection as pg_projection
 from service.adapters.postgres import table_log
-from service.domain import allocation, document, state
-from tests.e2e.conftest import Allocators, wait_consumed
+from tests.e2e.conftest import Allocators, assert_projection_matches, wait_consumed
 from tests.streams import key_of, mixed_stream
 
 pytestmark = pytest.mark.anyio
@@ -78,21 +76,7 @@ async def test_standby_takes_over_a_paused_then_a_killed_writer(
     finally:
         await event_log.close()
 
-    oracle = state.State()
-    for record in records:
-        allocation.apply_record(oracle, record)
-    projection = pg_projection.PostgresProjection.from_dsn(pg_dsn, log_name="table", holder="t")
-    try:
-        loaded = await projection.load()
-    finally:
-        await projection.close()
-    assert document.digest(loaded.state) == document.digest(oracle)
-    db = await asyncpg.connect(pg_dsn)
-    try:
-        count, high = await db.fetchrow('SELECT count(*), max("offset") FROM decision')
-    finally:
-        await db.close()
-    assert (count, high) == (len(records), len(records) - 1)
+    await assert_projection_matches(pg_dsn, "table", records)
 
 
 async def test_sigterm_finishes_the_batch_and_exits_cleanly(
