@@ -257,6 +257,27 @@ def _ip_requested(state: State, event: events.IpRequested) -> events.Decision:
         families = (family,)
 
     owner = event.owner
+    if len(families) == 1:
+        # The usual case, one family: nothing to put back if it fails.
+        pod_range = node.ranges.get(families[0])
+        if pod_range is None:
+            return _reject_ips(
+                event, f"node {node.name} has no {FAMILY_NAMES[families[0]]} pod CIDR"
+            )
+        offset = pod_range.by_owner.get(owner)
+        if offset is None:
+            offset = pod_range.slots.take_next()
+            if offset is None:
+                return _reject_ips(event, RANGE_FULL)
+            _hold(cluster, node, pod_range, offset, owner)
+        return events.Decision(
+            id=event.id,
+            type=event.type,
+            cluster=event.cluster,
+            error=None,
+            ips=(pod_range.address_text(offset),),
+        )
+
     ranges = node.ranges
     taken: list[tuple[PodRange, int, int]] = []  # range, offset, cursor before
     ips: list[str] = []
@@ -275,23 +296,24 @@ def _ip_requested(state: State, event: events.IpRequested) -> events.Decision:
                 return _reject_ips(event, RANGE_FULL)
             taken.append((pod_range, offset, cursor))
         ips.append(pod_range.address_text(offset))
-
-    if taken:
-        changes = cluster.changes
-        for pod_range, taken_offset, _ in taken:
-            offset = taken_offset if taken_offset <= CACHED_INT_MAX else shared_offset(taken_offset)
-            pod_range.owner_of[offset] = owner
-            pod_range.by_owner[owner] = offset
-            if changes is not None:
-                cidr = pod_range.cidr
-                changes.ips.append(
-                    IpChange(node.name, cidr.family, cidr.base + offset, owner, True)
-                )
-        if changes is not None:
-            changes.nodes.add(node.name)
+    for pod_range, offset, _ in taken:
+        _hold(cluster, node, pod_range, offset, owner)
     return events.Decision(
         id=event.id, type=event.type, cluster=event.cluster, error=None, ips=tuple(ips)
     )
+
+
+def _hold(cluster: ClusterState, node: Node, pod_range: PodRange, offset: int, owner: str) -> None:
+    """Record that ``owner`` holds the address at ``offset`` (taken from the range's slots)."""
+    if offset > CACHED_INT_MAX:
+        offset = shared_offset(offset)
+    pod_range.owner_of[offset] = owner
+    pod_range.by_owner[owner] = offset
+    changes = cluster.changes
+    if changes is not None:
+        cidr = pod_range.cidr
+        changes.ips.append(IpChange(node.name, cidr.family, cidr.base + offset, owner, True))
+        changes.nodes.add(node.name)
 
 
 def _ip_released(state: State, event: events.IpReleased) -> events.Decision:
