@@ -799,9 +799,10 @@ def fill_results(v4: dict[str, Any], v6: dict[str, Any], quick: bool) -> list[be
     context = (
         f"node CIDRs {v4['pool_use']:.2%} used, {v4['hot_nodes']:,} node ranges at "
         f"{v4['hot_range_use']:.1%}; {len(everything):,} decisions, rejected "
-        f"{v4['churn_errors']}; p99 by type: "
+        f"{v4['churn_errors']}; p50/p99 by type: "
         + ", ".join(
-            f"{kind} {bench.percentile(sorted(values), 0.99) / 1000:.1f} µs (n={len(values):,})"
+            f"{kind} {bench.percentile(sorted(values), 0.50) / 1000:.1f}/"
+            f"{bench.percentile(sorted(values), 0.99) / 1000:.1f} µs (n={len(values):,})"
             for kind, values in sorted(samples.items())
         )
     )
