@@ -33,6 +33,7 @@ from aiokafka.errors import (
     KafkaError,
     OffsetOutOfRangeError,
     TopicAlreadyExistsError,
+    UnknownTopicOrPartitionError,
     for_code,
 )
 from aiokafka.structs import ConsumerRecord, RecordMetadata
@@ -53,6 +54,7 @@ REQUIRED_TOPIC_CONFIG: Mapping[str, str] = {
 _DRIVER_ERRORS = (KafkaError, OSError)
 _NO_TIMESTAMP = -1
 _BEYOND_END_POLL_S = 0.1
+_METADATA_SETTLE_S = 10.0
 
 
 class KafkaLogError(errors.LogError):
@@ -157,11 +159,19 @@ async def _create_topic(
 
 async def _check_existing_topic(admin: AIOKafkaAdminClient, topic: str, partitions: int) -> None:
     resource = ConfigResource(ConfigResourceType.TOPIC, topic, None)
-    (response,) = await admin.describe_configs([resource])
-    (described,) = response.to_object()["resources"]
-    if described["error_code"] != 0:
+    # A topic created a moment ago (by someone else) can be known to the controller before the
+    # broker's metadata has it: "already exists" then "unknown topic" for a short while.
+    deadline = time.monotonic() + _METADATA_SETTLE_S
+    while True:
+        (response,) = await admin.describe_configs([resource])
+        (described,) = response.to_object()["resources"]
         error = for_code(described["error_code"])
-        raise KafkaLogError(f"describing topic {topic!r} failed: {error.__name__}")
+        if error is UnknownTopicOrPartitionError and time.monotonic() < deadline:
+            await anyio.sleep(0.1)
+            continue
+        if described["error_code"] != 0:
+            raise KafkaLogError(f"describing topic {topic!r} failed: {error.__name__}")
+        break
     actual = {entry["config_names"]: entry["config_value"] for entry in described["config_entries"]}
     wrong = {
         name: actual.get(name)
