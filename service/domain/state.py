@@ -68,8 +68,7 @@ class PodRange:
         self.reserved: set[int] = set()
         # Every decision on a pod address spells the address out. When the CIDR fixes all but
         # the last group of its addresses, their text is a constant prefix plus that group: one
-        # concatenation instead of formatting every group (for IPv6, via ipaddress, that costs
-        # more than the rest of the decision).
+        # concatenation instead of formatting every group (and, for IPv6, finding the "::").
         self._text_prefix: str | None = None
         self._text_low = 0
         fixed, separator, group_mask = _LAST_GROUP[cidr.family]
