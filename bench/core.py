@@ -1,21 +1,26 @@
 """Core benchmark: the pure allocation core (``service.domain``) in memory, no I/O.
 
-Run by ``python -m bench`` (``--only core``). Three scenarios, each against a target of the issue:
+Run by ``python -m bench`` (``--only core``); docs/benchmarks.md, section Core, has the figures.
+The scenarios, each against a target of the issue:
 
 - **mixed stream**: node adds and deletes, pod address requests and releases, each a raw JSON
-  record through ``allocation.apply_record`` (decode + decide), events per second, median of
-  several repetitions, with and without the change journal the allocator service drains per batch;
-- **IPv4 fill + churn**: 10.0.0.0/8 cut into /24s, one node per /24 (65,536) with 110 pods each
-  (7.2 M addresses held): peak resident memory and bytes per held address; then the pool is
-  brought to 99.9 % of its node CIDRs, 1,000 nodes' ranges are filled to 253 of 254 addresses,
-  and single decisions of a churn mix (node delete + add, pod release + request) are timed;
-- **IPv6 fill**: fd00::/48 cut into /112s, 100,000 nodes with 110 pods each, time and memory per
-  node set against the IPv4 fill of the same run.
+  record through ``allocation.apply_record`` (decode + decide); events per second, median of
+  several repetitions, with and without the change journal the allocator drains per batch;
+- **IPv4 fill**: 10.0.0.0/8 cut into /24s, one node per /24 (65,536) with 110 pods each (7.2 M
+  addresses held), then rounds of pod churn: peak resident memory, bytes per held address, time
+  and memory per node; then the pool is brought to 99.9 % of its node CIDRs, 1,000 nodes' ranges
+  are filled to 253 of 254 addresses, and single decisions of a churn mix (node delete + add, pod
+  release + request) are timed, before and after ``gc.freeze()``;
+- **IPv6 fill**: fd00::/48 cut into /112s, 100,000 nodes with 110 pods each and the same churn,
+  time and memory per node set against the IPv4 fill of the same run;
+- **long churn**: a few nodes whose pods are replaced until the next-fit cursor has gone round
+  the whole node CIDR, IPv4 /24 against IPv6 /112 (memory per node in the long run).
 
 Every scenario runs in a fresh subprocess (``python -m bench.core worker ...``) pinned to one
 core, so resident memory is that scenario's alone and the parent process is left unpinned for the
-benchmarks that follow. Streams are generated from a seeded ``random.Random``: the same sizes
-give the same records, hence the same decisions and digests, on every run.
+benchmarks that follow. Times are wall clock and, beside them, CPU time, which a shared machine
+disturbs less. Streams are generated from a seeded ``random.Random``: the same sizes give the
+same records, hence the same decisions and digests, on every run.
 """
 
 from __future__ import annotations
