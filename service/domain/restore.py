@@ -15,7 +15,14 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from service.domain.pool import FAMILIES, IPV4, IPV6, commit_change, plan_change
-from service.domain.state import ClusterState, Node, PodRange, State, format_ip
+from service.domain.state import (
+    ClusterState,
+    Node,
+    PodRange,
+    State,
+    format_ip,
+    shared_offset,
+)
 
 
 class RestoreError(ValueError):
@@ -91,6 +98,7 @@ def restore_pod_ip(
     offset = pod_range.offset_of(value) if pod_range is not None else None
     if pod_range is None or offset is None or not pod_range.slots.occupy(offset):
         raise RestoreError(f"pod address {value} of {owner} does not fit node {node_name}")
+    offset = shared_offset(offset)  # as the live allocator stores it: memory, not meaning
     pod_range.owner_of[offset] = owner
     pod_range.by_owner[owner] = offset
 
