@@ -10,10 +10,17 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
 import statistics
 import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+
+from service.adapters.postgres import embedded, migrate
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,3 +96,39 @@ def machine() -> dict[str, str]:
         "platform": platform.platform(),
         "load average": load,
     }
+
+
+class ScratchPostgres:
+    """A PostgreSQL server of the benchmark's own (fsync on), handing out migrated databases.
+
+    The data lives in a temporary directory that is readable by the account the server runs as
+    when the benchmark runs as root. ``start``/``stop`` block: call them from a thread in async
+    code.
+    """
+
+    def __init__(self, prefix: str) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix=prefix))
+        self.root.chmod(0o755)
+        self.server = embedded.EmbeddedPostgres(self.root / "pg", fsync=True)
+        self._prefix = prefix.strip("-").replace("-", "_")
+        self._databases = 0
+
+    def start(self) -> None:
+        self.server.start()
+
+    def stop(self) -> None:
+        self.server.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    async def fresh_database(self) -> str:
+        """The DSN of a new, fully migrated database."""
+        self._databases += 1
+        name = f"{self._prefix}_{self._databases}"
+        db = await asyncpg.connect(self.server.dsn)
+        try:
+            await db.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await db.close()
+        dsn = self.server.dsn_for(name)
+        await migrate.upgrade(dsn)
+        return dsn

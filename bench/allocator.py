@@ -16,12 +16,9 @@ import argparse
 import datetime
 import json
 import random
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -31,8 +28,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 import bench
 from service import allocator
 from service.adapters.kafka import log as kafka_log
-from service.adapters.postgres import embedded, migrate, table_log
 from service.adapters.postgres import projection as pg_projection
+from service.adapters.postgres import table_log
 from service.domain import allocation, restore, state
 from tests.harness.kafka import KafkaBroker
 
@@ -84,11 +81,8 @@ class Services:
     """One PostgreSQL server (fsync and synchronous_commit on) and one Kafka broker."""
 
     def __init__(self) -> None:
-        self.root = Path(tempfile.mkdtemp(prefix="ipledger-bench-"))
-        self.root.chmod(0o755)
-        self.postgres = embedded.EmbeddedPostgres(self.root / "pg", fsync=True)
-        self.kafka = KafkaBroker(self.root / "kafka", heap="1g")
-        self.databases = 0
+        self.postgres = bench.ScratchPostgres("ipledger-bench-")
+        self.kafka = KafkaBroker(self.postgres.root / "kafka", heap="1g")
 
     def start(self) -> None:
         self.postgres.start()
@@ -97,19 +91,9 @@ class Services:
     def stop(self) -> None:
         self.kafka.close()
         self.postgres.stop()
-        shutil.rmtree(self.root, ignore_errors=True)
 
     async def fresh_database(self) -> str:
-        self.databases += 1
-        name = f"bench_{self.databases}"
-        db = await asyncpg.connect(self.postgres.dsn)
-        try:
-            await db.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await db.close()
-        dsn = self.postgres.dsn_for(name)
-        await migrate.upgrade(dsn)
-        return dsn
+        return await self.postgres.fresh_database()
 
 
 async def fill_topic(bootstrap: str, topic: str, records: Sequence[bytes]) -> None:

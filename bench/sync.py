@@ -27,8 +27,6 @@ import contextlib
 import cProfile
 import os
 import pstats
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -42,8 +40,8 @@ from lightkube import AsyncClient, KubeConfig
 import bench
 from service import allocator, sync
 from service.adapters.kubernetes import client as kube_client
-from service.adapters.postgres import embedded, migrate, sync_store, table_log
 from service.adapters.postgres import projection as pg_projection
+from service.adapters.postgres import sync_store, table_log
 from tests.harness.kube import KubeAPIServer
 
 NAME = "sync"
@@ -110,11 +108,8 @@ class Services:
     """PostgreSQL and the Kubernetes API server for the whole benchmark."""
 
     def __init__(self) -> None:
-        self.root = Path(tempfile.mkdtemp(prefix="ipledger-bench-sync-"))
-        self.root.chmod(0o755)
-        self.postgres = embedded.EmbeddedPostgres(self.root / "pg", fsync=True)
+        self.postgres = bench.ScratchPostgres("ipledger-bench-sync-")
         self.kube = KubeAPIServer()
-        self.databases = 0
 
     def start(self) -> None:
         self.postgres.start()
@@ -123,19 +118,9 @@ class Services:
     def stop(self) -> None:
         self.kube.stop()
         self.postgres.stop()
-        shutil.rmtree(self.root, ignore_errors=True)
 
     async def fresh_database(self) -> str:
-        self.databases += 1
-        name = f"bench_sync_{self.databases}"
-        db = await asyncpg.connect(self.postgres.dsn)
-        try:
-            await db.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await db.close()
-        dsn = self.postgres.dsn_for(name)
-        await migrate.upgrade(dsn)
-        return dsn
+        return await self.postgres.fresh_database()
 
 
 def run(args: argparse.Namespace) -> list[bench.Result]:
