@@ -21,6 +21,7 @@ import anyio
 
 from service import allocator, bootstrap, errors, ports, sync
 from service import metrics as metrics_endpoint
+from service.adapters.postgres import projection as pg_projection
 from service.domain import allocation, document, events, state
 from service.settings import Settings
 
@@ -217,11 +218,10 @@ def cmd_state(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _wait_caught_up(settings: Settings, projection: object, timeout: float) -> None:
+async def _wait_caught_up(
+    settings: Settings, projection: pg_projection.PostgresProjection, timeout: float
+) -> None:
     """Wait until the allocator has applied everything appended so far."""
-    from service.adapters.postgres.projection import PostgresProjection  # noqa: PLC0415
-
-    assert isinstance(projection, PostgresProjection)
     event_log = await bootstrap.open_log(settings)
     try:
         targets = {p: await event_log.end_offset(p) for p in await event_log.partitions()}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -116,3 +117,22 @@ async def assert_projection_matches(dsn: str, log_name: str, records: Sequence[b
     finally:
         await db.close()
     assert (count, distinct, low, high) == (len(records), len(records), 0, len(records) - 1)
+
+
+async def kill_at_random_points(
+    dsn: str, allocators: Allocators, env: dict[str, str], total: int, kills: int, seed: int
+) -> None:
+    """Start an allocator and SIGKILL it ``kills`` times mid-stream, at random moments.
+
+    Each one first makes some progress, so the kill lands while it works, not during start-up.
+    Fails if the log was consumed before all the kills happened (the stream is too short).
+    """
+    rng = random.Random(seed)
+    for done in range(kills):
+        before = await consumed(dsn)
+        assert before < total, f"the log was consumed after only {done} kills; lengthen it"
+        process = allocators.start(env)
+        await wait_consumed(dsn, before + 1, 120, allocators)
+        await anyio.sleep(rng.uniform(0.0, 0.3))
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=10)

@@ -7,14 +7,15 @@ over the same log, and every offset must have exactly one decision.
 
 from __future__ import annotations
 
-import random
-import signal
-
-import anyio
 import pytest
 
 from service.adapters.postgres import table_log
-from tests.e2e.conftest import Allocators, assert_projection_matches, consumed, wait_consumed
+from tests.e2e.conftest import (
+    Allocators,
+    assert_projection_matches,
+    kill_at_random_points,
+    wait_consumed,
+)
 from tests.streams import key_of, mixed_stream
 
 pytestmark = pytest.mark.anyio
@@ -36,20 +37,7 @@ async def test_kill_9_at_random_points_loses_nothing_and_applies_nothing_twice(
         "IPLEDGER_BATCH_MAX_RECORDS": "10",
         "IPLEDGER_LEASE_TTL_S": "1",
     }
-    rng = random.Random(20261126)
-    kills = 0
-    while kills < KILLS:
-        before = await consumed(pg_dsn)
-        if before >= len(records):
-            break
-        process = allocators.start(env)
-        # Let it make some progress first, so that kills land mid-stream, not during start-up.
-        await wait_consumed(pg_dsn, before + 1, 120, allocators)
-        await anyio.sleep(rng.uniform(0.0, 0.3))
-        process.send_signal(signal.SIGKILL)
-        process.wait(timeout=10)
-        kills += 1
-    assert kills == KILLS, f"the log was consumed after only {kills} kills; lengthen it"
+    await kill_at_random_points(pg_dsn, allocators, env, len(records), KILLS, seed=20261126)
 
     allocators.start(env)
     await wait_consumed(pg_dsn, len(records), 120, allocators)

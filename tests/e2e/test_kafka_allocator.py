@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
-import signal
 import sys
 import uuid
 from collections.abc import Sequence
@@ -33,6 +31,7 @@ from tests.e2e.conftest import (
     Allocators,
     assert_projection_matches,
     consumed,
+    kill_at_random_points,
     simulate,
     wait_consumed,
 )
@@ -220,20 +219,7 @@ async def test_kill_9_at_random_points_with_kafka_loses_nothing_and_applies_noth
     await deployment.init()
     await deployment.append(records)
     env = deployment.env(IPLEDGER_BATCH_MAX_RECORDS="10", IPLEDGER_LEASE_TTL_S="1")
-    rng = random.Random(20261127)
-    kills = 0
-    while kills < KILLS:
-        before = await consumed(pg_dsn)
-        if before >= len(records):
-            break
-        process = allocators.start(env)
-        # Some progress first, so that the kill lands mid-stream rather than during start-up.
-        await wait_consumed(pg_dsn, before + 1, 60, allocators)
-        await anyio.sleep(rng.uniform(0.0, 0.3))
-        process.send_signal(signal.SIGKILL)
-        process.wait(timeout=10)
-        kills += 1
-    assert kills == KILLS, f"the log was consumed after only {kills} kills; lengthen it"
+    await kill_at_random_points(pg_dsn, allocators, env, len(records), KILLS, seed=20261127)
     assert await consumed(pg_dsn) < len(records)
 
     allocators.start(env)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import ipaddress
 import json
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
@@ -243,7 +244,7 @@ class PostgresProjection:
                     prefetch=20_000,
                 ):
                     family = ip["family"]
-                    value = ip["v4"] if family == IPV4 else int(_ipv6(ip["v6"]))
+                    value = ip["v4"] if family == IPV4 else int(ipaddress.IPv6Address(ip["v6"]))
                     restore.restore_pod_ip(cluster, ip["node"], family, value, ip["owner"])
                 restore.finish(cluster)
         return Loaded(state=current, next_offset=next_offset)
@@ -325,12 +326,6 @@ def _inet(family: int, value: int) -> int | bytes:
 def _json(value: Any) -> Any:
     # SQLAlchemy's pool installs a JSON codec on its asyncpg connections; a bare one has none.
     return json.loads(value) if isinstance(value, str | bytes) else value
-
-
-def _ipv6(text: str) -> Any:
-    import ipaddress  # noqa: PLC0415 - only IPv6 rows need it
-
-    return ipaddress.IPv6Address(text)
 
 
 async def _write_decisions(db: Any, batch: ports.Batch, now: datetime.datetime) -> None:
