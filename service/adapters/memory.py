@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 import anyio
 
 from service import errors, ports
-from service.adapters.partitioning import partition_for
+from service.domain import partitioning
 
 
 class MemoryLogError(errors.LogError):
@@ -36,7 +36,7 @@ def _wall_clock_ms() -> int:
 class MemoryEventLog:
     """``ports.EventLog`` held in lists, one per partition, for one event loop.
 
-    Keys choose partitions as in the PostgreSQL table log (``partitioning.partition_for``). An
+    Keys choose partitions as in Kafka and the table log (``partitioning.partition_for``). An
     append is atomic: every pair is checked before any is stored. ``clock_ms`` gives the records'
     timestamps (milliseconds since the epoch; the wall clock unless a test fixes it).
     """
@@ -78,7 +78,7 @@ class MemoryEventLog:
             timestamp_ms = self._clock_ms()
             appended: list[ports.Record] = []
             for key, value in items:
-                partition = partition_for(key, len(self._records))
+                partition = partitioning.partition_for(key, len(self._records))
                 records = self._records[partition]
                 record = ports.Record(
                     partition=partition,

@@ -21,9 +21,9 @@ What the port promises, and therefore what is asserted here for every adapter:
 
 Where the adapters differ, and so what is deliberately *not* asserted:
 
-- Which partition a key gets: CRC-32 (``service.adapters.partitioning``) for memory and
-  PostgreSQL, murmur2 for Kafka. A record without a key goes to partition 0 in memory and in
-  PostgreSQL, but wherever Kafka's producer puts it.
+- Where a record without a key goes: partition 0 in memory and in PostgreSQL, wherever Kafka's
+  producer puts it in Kafka. (A key gets the same partition in all three: Kafka's default
+  partitioner, ``service.domain.partitioning``; that is tested with the adapters.)
 - How much one ``read`` returns: memory and PostgreSQL return everything available up to
   ``max_records``; Kafka returns what its fetches have brought in, possibly fewer, so these
   tests read until they have what they expect, with a deadline. In particular a Kafka read with

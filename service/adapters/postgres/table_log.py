@@ -28,8 +28,8 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from service import errors, ports
-from service.adapters.partitioning import partition_for
 from service.adapters.postgres import schema
+from service.domain import partitioning
 
 _log = logging.getLogger(__name__)
 
@@ -46,8 +46,10 @@ class PostgresTableLog:
     """``ports.EventLog`` over the ``log_head`` and ``log_record`` tables.
 
     The partition count is fixed for the life of the database: the first log opened on it
-    creates that many ``log_head`` rows, and opening it later with another count fails, since
-    keys would move to other partitions. ``channel`` is the ``LISTEN``/``NOTIFY`` channel that
+    creates that many ``log_head`` rows, and using it later with another count raises
+    ``errors.ConfigurationError``, since keys would move to other partitions. A key goes where
+    Kafka's default partitioner would put it (``service.domain.partitioning``), so a cluster has
+    the same home partition in either log. ``channel`` is the ``LISTEN``/``NOTIFY`` channel that
     wakes readers; ``fallback_poll_s`` bounds how long a reader sleeps when a notification is
     lost (the listening connection broke). The engine is disposed by :meth:`close` only when
     ``owns_engine``, as for logs made by :meth:`from_dsn`.
@@ -118,7 +120,8 @@ class PostgresTableLog:
         await self._check_heads()
         by_partition: dict[int, list[int]] = {}
         for index, (key, _) in enumerate(items):
-            by_partition.setdefault(partition_for(key, self._partitions), []).append(index)
+            partition = partitioning.partition_for(key, self._partitions)
+            by_partition.setdefault(partition, []).append(index)
         records: list[ports.Record | None] = [None] * len(items)
         rows: list[dict[str, object]] = []
         head = schema.log_head
@@ -238,8 +241,11 @@ class PostgresTableLog:
                     .all()
                 )
         if list(found) != list(range(self._partitions)):
-            raise TableLogError(
-                f"the table log has partitions {list(found)}, but {self._partitions} are configured"
+            # The same refusal as the Kafka adapter's for a topic of another size: a cluster's
+            # home partition depends on the count, so changing it would move clusters.
+            raise errors.ConfigurationError(
+                f"the table log has {len(found)} partitions but {self._partitions} are "
+                "configured; changing the count would move clusters to other partitions"
             )
         self._heads_checked = True
 
