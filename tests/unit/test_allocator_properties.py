@@ -2,7 +2,8 @@
 
 A Hypothesis state machine drives several clusters through dual-stack pools small enough to run
 out, node adds, deletes and adoptions, pool growth, pod address requests and releases, and
-garbage records. After every step the invariants below must hold; at the end, replaying the same
+garbage records (the steps of ``tests.random_streams``, shared with the restart property in
+tests/integration). After every step the invariants below must hold; at the end, replaying the same
 records into a fresh state must give the same digest and the same decisions.
 """
 
@@ -13,38 +14,10 @@ import json
 from typing import Any
 
 from hypothesis import HealthCheck, assume, settings
-from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from service.domain import allocation, document, events, restore, state
-
-CLUSTERS = ("east", "west")
-NODES = ("n1", "n2", "n3", "n4")
-OWNERS = ("ns/a", "ns/b", "ns/c", "router", "health")
-# Append-only growth steps; each is a valid successor of the one before.
-POOLS: list[dict[str, Any]] = [
-    {"clusterPoolIPv4PodCIDRList": ["10.0.0.0/28"], "clusterPoolIPv4MaskSize": 30},
-    {
-        "clusterPoolIPv4PodCIDRList": ["10.0.0.0/28"],
-        "clusterPoolIPv4MaskSize": 30,
-        "clusterPoolIPv6PodCIDRList": ["fd00::/124"],
-        "clusterPoolIPv6MaskSize": 126,
-    },
-    {
-        "clusterPoolIPv4PodCIDRList": ["10.0.0.0/28", "10.1.0.0/29"],
-        "clusterPoolIPv4MaskSize": 30,
-        "clusterPoolIPv6PodCIDRList": ["fd00::/124", "fd00:1::/125"],
-        "clusterPoolIPv6MaskSize": 126,
-    },
-]
-BAD_POOLS: list[dict[str, Any]] = [
-    {"clusterPoolIPv4PodCIDRList": ["10.9.0.0/28"], "clusterPoolIPv4MaskSize": 30},
-    {"clusterPoolIPv4PodCIDRList": ["10.0.0.0/28"], "clusterPoolIPv4MaskSize": 29},
-    {"clusterPoolIPv4PodCIDRList": ["10.0.0.0/28", "10.0.0.8/29"], "clusterPoolIPv4MaskSize": 30},
-]
-ADDRESSES = ("10.0.0.5", "10.1.0.2", "192.168.0.1", "fd00::5", "2001:db8::1")
-ADOPT_CIDRS = ("10.0.0.4/30", "10.0.0.12/30", "10.1.0.0/30", "10.5.0.0/30", "fd00::4/126")
-IPS = ("10.0.0.1", "10.0.0.5", "10.1.0.2", "fd00::1", "fd00::6", "nonsense")
+from tests.random_streams import STEPS, Writer
 
 
 class AllocatorMachine(RuleBasedStateMachine):
@@ -53,105 +26,62 @@ class AllocatorMachine(RuleBasedStateMachine):
         self.state = state.State(track_changes=True)
         self.records: list[bytes] = []
         self.decisions: list[bytes] = []
-        self.pool_step = dict.fromkeys(CLUSTERS, -1)
-        self.seq = 0
+        self.writer = Writer()
 
-    def apply(self, body: dict[str, Any] | bytes) -> dict[str, Any]:
-        self.seq += 1
-        if isinstance(body, dict):
-            body = json.dumps({"id": f"e{self.seq}", **body}).encode()
-        decision, _ = allocation.apply_record(self.state, body)
+    def apply(self, record: bytes) -> dict[str, Any]:
+        decision, _ = allocation.apply_record(self.state, record)
         encoded = events.encode_decision(decision)
-        self.records.append(body)
+        self.records.append(record)
         self.decisions.append(encoded)
         out: dict[str, Any] = json.loads(encoded)
         assert not (out["error"] or "").startswith("internal error"), out
         return out
 
-    @rule(cluster=st.sampled_from(CLUSTERS))
+    @rule(**STEPS["grow_pool"])
     def grow_pool(self, cluster: str) -> None:
-        step = min(self.pool_step[cluster] + 1, len(POOLS) - 1)
-        self.pool_step[cluster] = step
-        assert (
-            self.apply({"type": "pool.configured", "cluster": cluster, **POOLS[step]})["error"]
-            is None
-        )
+        assert self.apply(self.writer.grow_pool(cluster))["error"] is None
 
-    @rule(cluster=st.sampled_from(CLUSTERS), bad=st.sampled_from(BAD_POOLS))
+    @rule(**STEPS["bad_pool"])
     def bad_pool(self, cluster: str, bad: dict[str, Any]) -> None:
-        # Each of these is only wrong as a successor of a configured pool.
-        assume(self.pool_step[cluster] >= 0)
+        assume(self.writer.has_pool(cluster))
         before = document.digest(self.state)
-        assert self.apply({"type": "pool.configured", "cluster": cluster, **bad})["error"]
+        assert self.apply(self.writer.bad_pool(cluster, bad))["error"]
         assert document.digest(self.state) == before
 
-    @rule(
-        cluster=st.sampled_from(CLUSTERS),
-        node=st.sampled_from(NODES),
-        addresses=st.lists(st.sampled_from(ADDRESSES), max_size=2),
-    )
+    @rule(**STEPS["add_node"])
     def add_node(self, cluster: str, node: str, addresses: list[str]) -> None:
-        self.apply({"type": "node.added", "cluster": cluster, "node": node, "addresses": addresses})
+        self.apply(self.writer.add_node(cluster, node, addresses))
 
-    @rule(
-        cluster=st.sampled_from(CLUSTERS),
-        node=st.sampled_from(NODES),
-        cidrs=st.lists(st.sampled_from(ADOPT_CIDRS), min_size=1, max_size=2, unique=True),
-    )
+    @rule(**STEPS["adopt_node"])
     def adopt_node(self, cluster: str, node: str, cidrs: list[str]) -> None:
-        self.apply({"type": "node.adopted", "cluster": cluster, "node": node, "podCIDRs": cidrs})
+        self.apply(self.writer.adopt_node(cluster, node, cidrs))
 
-    @rule(cluster=st.sampled_from(CLUSTERS), node=st.sampled_from(NODES))
+    @rule(**STEPS["delete_node"])
     def delete_node(self, cluster: str, node: str) -> None:
         known = node in self.state.clusters.get(cluster, state.ClusterState("x", False)).nodes
-        decision = self.apply({"type": "node.deleted", "cluster": cluster, "node": node})
+        decision = self.apply(self.writer.delete_node(cluster, node))
         assert (decision["error"] is None) == known
 
-    @rule(
-        cluster=st.sampled_from(CLUSTERS),
-        node=st.sampled_from(NODES),
-        owner=st.sampled_from(OWNERS),
-        family=st.sampled_from([None, "ipv4", "ipv6"]),
-    )
+    @rule(**STEPS["request_ip"])
     def request_ip(self, cluster: str, node: str, owner: str, family: str | None) -> None:
-        body: dict[str, Any] = {
-            "type": "ip.requested",
-            "cluster": cluster,
-            "node": node,
-            "owner": owner,
-        }
-        if family is not None:
-            body["family"] = family
-        first = self.apply(body)
+        first = self.apply(self.writer.request_ip(cluster, node, owner, family))
         if first["error"] is None:
             # Idempotent: asking again returns the same addresses and changes nothing.
             before = document.digest(self.state)
-            assert self.apply(body)["ips"] == first["ips"]
+            again = self.apply(self.writer.request_ip(cluster, node, owner, family))
+            assert again["ips"] == first["ips"]
             assert document.digest(self.state) == before
 
-    @rule(
-        cluster=st.sampled_from(CLUSTERS),
-        node=st.sampled_from(NODES),
-        owner=st.sampled_from(OWNERS),
-        ip=st.sampled_from([None, *IPS]),
-    )
+    @rule(**STEPS["release_ip"])
     def release_ip(self, cluster: str, node: str, owner: str, ip: str | None) -> None:
-        body: dict[str, Any] = {
-            "type": "ip.released",
-            "cluster": cluster,
-            "node": node,
-            "owner": owner,
-        }
-        if ip is not None:
-            body["ip"] = ip
         before = document.digest(self.state)
-        if self.apply(body)["error"] is not None:
+        if self.apply(self.writer.release_ip(cluster, node, owner, ip))["error"] is not None:
             assert document.digest(self.state) == before
 
-    @rule(junk=st.binary(max_size=64) | st.sampled_from([b"{}", b'{"type":"x","id":"y"}']))
+    @rule(**STEPS["garbage"])
     def garbage(self, junk: bytes) -> None:
         before = document.digest(self.state)
-        decision = self.apply(junk)
+        decision = self.apply(self.writer.garbage(junk))
         if decision["error"] is not None:
             assert document.digest(self.state) == before
 
