@@ -272,28 +272,31 @@ async def write_projection(dsn: str, current: state.State) -> None:
     try:
         row = restore.cluster_row(cluster)
         await db.execute(
-            "INSERT INTO cluster VALUES ($1, 0, $2, $3, $4, $5, $6, $7, 0)",
+            "INSERT INTO cluster (name, partition, ipv4_cidrs, ipv4_mask, ipv6_cidrs, ipv6_mask, "
+            "cursors, next_seq, version) VALUES ($1, 0, $2, $3, $4, $5, $6, $7, 0)",
             row["name"],
             row["ipv4_cidrs"],
             row["ipv4_mask"],
             row["ipv6_cidrs"],
             row["ipv6_mask"],
             json.dumps(row["cursors"]),
-            row["waiting"],
+            row["next_seq"],
         )
         nodes = []
         ips = []
         for node in cluster.nodes.values():
-            r = restore.node_row(node)
+            r = restore.node_row(cluster, node)
             nodes.append(
                 (
                     "default",
                     node.name,
+                    r["seq"],
                     r["pod_cidrs"],
                     r["error"],
                     r["conflict"],
                     r["addresses"],
                     r["pinned"],
+                    r["waiting"],
                     r["cursors"],
                     False,
                     0,
@@ -310,11 +313,13 @@ async def write_projection(dsn: str, current: state.State) -> None:
             columns=[
                 "cluster",
                 "name",
+                "seq",
                 "pod_cidrs",
                 "error",
                 "conflict",
                 "addresses",
                 "pinned",
+                "waiting",
                 "cursors",
                 "deleted",
                 "version",

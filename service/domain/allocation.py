@@ -15,11 +15,11 @@ improvements written down in docs/allocation.md.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Callable
 from typing import Any
 
-from service.domain import events
+from service.domain import addresses, events
+from service.domain.addresses import format_address, format_network
 from service.domain.pool import (
     FAMILY_NAMES,
     IPV4,
@@ -42,6 +42,7 @@ from service.domain.state import (
 )
 
 ALLOCATOR_FULL = "allocator full"
+NO_POOL = 0  # what _allocate_missing reports when no family is enabled at all
 RANGE_FULL = "range is full"
 _FAMILY_BY_NAME = {"ipv4": IPV4, "ipv6": IPV6}
 # Families an ip.requested without a family gets, by (IPv6 enabled, IPv4 enabled): IPv6 first,
@@ -96,14 +97,36 @@ def _pool_configured(state: State, event: events.PoolConfigured) -> events.Decis
     except PoolConfigError as exc:
         return _reject(event, str(exc))
     state.clusters.setdefault(cluster.name, cluster)
+    enabled_before = cluster.enabled_families()
     if commit_change(cluster.pools, change):
         _mark_pool(cluster)
-        enabled = cluster.enabled_families()
-        for node in cluster.nodes.values():
-            _refresh_conflict(cluster, node)
-            if not node.pinned and any(f not in node.ranges for f in enabled):
-                cluster.waiting.setdefault(node.name, None)
-        _serve_waiting(cluster)
+        if cluster.enabled_families() != enabled_before:
+            # A family was enabled: every node lacks it now, so each one changes (it gets a
+            # CIDR of it or waits), in arrival order.
+            for node in cluster.by_arrival():
+                _refresh_conflict(cluster, node)
+                if not node.pinned and (need := cluster.missing(node)):
+                    cluster.waiting.put(node, need)
+            _serve_waiting(cluster)
+            for name in cluster.waiting.names():
+                node = cluster.nodes[name]
+                if node.error != ALLOCATOR_FULL:
+                    node.error = ALLOCATOR_FULL  # what serving it would have said
+                    _mark_node(cluster, node)
+        else:
+            # Only elements appended: the waiting nodes still lack what they lacked, and only
+            # nodes with an address inside a new element can now be in conflict with the pool.
+            touched: dict[str, Node] = {}
+            for family, networks in change.appended.items():
+                for network in networks:
+                    start = int(network.network_address)
+                    for name in cluster.address_index.within(
+                        family, start, start + network.num_addresses
+                    ):
+                        touched[name] = cluster.nodes[name]
+            for node in sorted(touched.values(), key=_arrival):
+                _refresh_conflict(cluster, node)
+            _serve_waiting(cluster)
     return events.Decision(id=event.id, type=event.type, cluster=event.cluster, error=None)
 
 
@@ -111,31 +134,31 @@ def _pool_configured(state: State, event: events.PoolConfigured) -> events.Decis
 
 
 def _node_added(state: State, event: events.NodeAdded) -> events.Decision:
-    addresses = _parse_addresses(event.addresses)
-    if isinstance(addresses, str):
-        return _reject_node(event, addresses)
+    node_addresses = _parse_addresses(event.addresses)
+    if isinstance(node_addresses, str):
+        return _reject_node(event, node_addresses)
     cluster = state.cluster(event.cluster)
     node = cluster.nodes.get(event.node)
     if node is not None:
         # A retry, or new addresses: nothing else changes, so producers may repeat freely.
-        _set_addresses(cluster, node, addresses)
+        _set_addresses(cluster, node, node_addresses)
         return _node_decision(event, node)
-    node = cluster.nodes[event.node] = Node(name=event.node)
-    _set_addresses(cluster, node, addresses)
+    node = cluster.new_node(event.node)
+    _set_addresses(cluster, node, node_addresses)
     _mark_node(cluster, node)
-    if not _allocate_missing(cluster, node):
-        cluster.waiting[node.name] = None
+    if _allocate_missing(cluster, node) is not None:
+        cluster.waiting.put(node, cluster.missing(node))
     return _node_decision(event, node)
 
 
 def _node_adopted(state: State, event: events.NodeAdopted) -> events.Decision:
-    addresses = _parse_addresses(event.addresses)
-    if isinstance(addresses, str):
-        return _reject_node(event, addresses)
+    node_addresses = _parse_addresses(event.addresses)
+    if isinstance(node_addresses, str):
+        return _reject_node(event, node_addresses)
     requested: dict[int, Network] = {}
     for text in event.pod_cidrs:
         try:
-            network = ipaddress.ip_network(text, strict=True)
+            network = addresses.parse_network(text)
         except ValueError as exc:
             return _reject_node(event, f"invalid CIDR {text!r}: {exc}")
         if network.version in requested:
@@ -150,7 +173,7 @@ def _node_adopted(state: State, event: events.NodeAdopted) -> events.Decision:
         held = {f: r.cidr for f, r in node.ranges.items()}
         if any(f in held and held[f].network != n for f, n in requested.items()):
             have = " ".join(str(c) for c in node.pod_cidrs())
-            want = " ".join(str(n) for n in requested.values())
+            want = " ".join(format_network(n) for n in requested.values())
             return _reject_node(
                 event,
                 f"node has CIDRs allocated ([{have}]) that conflict with requested CIDRs [{want}]",
@@ -164,40 +187,40 @@ def _node_adopted(state: State, event: events.NodeAdopted) -> events.Decision:
             continue  # already holds exactly this one
         located = cluster.pools[family].locate(network)
         if located is None:
-            error = f"allocator not configured for the requested CIDR {network}"
+            error = f"allocator not configured for the requested CIDR {format_network(network)}"
             break
         element, slot = located
         if not element.slots.is_free(slot):
-            error = f"requested CIDR ({network}) is already allocated"
+            error = f"requested CIDR ({format_network(network)}) is already allocated"
             break
         claims.append((family, element, slot))
 
     if error is not None and node is not None and node.ranges:
         return _reject_node(event, error)
     if node is None:
-        node = cluster.nodes[event.node] = Node(name=event.node)
+        node = cluster.new_node(event.node)
     _mark_node(cluster, node)
     if error is not None:
         # The node keeps asking for exactly these CIDRs: it is not handed different ones.
         node.pinned = True
         node.error = error
-        cluster.waiting.pop(node.name, None)
-        _set_addresses(cluster, node, addresses)
+        cluster.waiting.discard(node)
+        _set_addresses(cluster, node, node_addresses)
         return _node_decision(event, node)
 
     for family, element, slot in claims:
         element.slots.occupy(slot)
         pod_range = node.ranges[family] = PodRange(element.cidr_at(slot))
-        pod_range.reserve_addresses(addresses)
+        pod_range.reserve_addresses(node_addresses)
     if claims:
         _mark_pool(cluster)
     node.pinned = False
     node.error = None
-    _set_addresses(cluster, node, addresses)
-    if _allocate_missing(cluster, node):
-        cluster.waiting.pop(node.name, None)
+    _set_addresses(cluster, node, node_addresses)
+    if _allocate_missing(cluster, node) is None:
+        cluster.waiting.discard(node)
     else:
-        cluster.waiting[node.name] = None
+        cluster.waiting.put(node, cluster.missing(node))
     return _node_decision(event, node)
 
 
@@ -223,7 +246,8 @@ def _node_deleted(state: State, event: events.NodeDeleted) -> events.Decision:
     if node.ranges:
         _mark_pool(cluster)
     del cluster.nodes[node.name]
-    cluster.waiting.pop(node.name, None)
+    cluster.waiting.discard(node)
+    cluster.address_index.remove(node.name, node.addresses)
     _mark_node(cluster, node)
     _serve_waiting(cluster)
     return events.Decision(
@@ -325,13 +349,15 @@ def _ip_released(state: State, event: events.IpReleased) -> events.Decision:
     targets: list[tuple[PodRange, int]] = []
     if event.ip is not None:
         try:
-            address = ipaddress.ip_address(event.ip)
+            address = addresses.parse_address(event.ip)
         except ValueError as exc:
             return _reject_ips(event, f"invalid ip {event.ip!r}: {exc}")
         pod_range = node.ranges.get(address.version)
         offset = pod_range.offset_of(int(address)) if pod_range is not None else None
         if pod_range is None or offset is None or pod_range.owner_of.get(offset) != owner:
-            return _reject_ips(event, f"{address} is not held by {owner} on node {node.name}")
+            return _reject_ips(
+                event, f"{format_address(address)} is not held by {owner} on node {node.name}"
+            )
         targets.append((pod_range, offset))
     else:
         for family in (IPV6, IPV4):
@@ -367,33 +393,30 @@ def _ip_released(state: State, event: events.IpReleased) -> events.Decision:
 # --- shared steps ----------------------------------------------------------------------------
 
 
-def _allocate_missing(cluster: ClusterState, node: Node) -> bool:
+def _allocate_missing(cluster: ClusterState, node: Node) -> int | None:
     """Give ``node`` a CIDR for every enabled family it lacks: all of them or none.
 
-    On failure every CIDR taken here is released and every cursor put back, so the pool is as it
-    was; the node records why it waits.
+    Returns None when the node has them all, else the family that had no room (``NO_POOL`` when
+    no family is enabled). On failure every CIDR taken here is given back and its element's
+    cursor put back, so the pool is as it was; the node records why it waits.
     """
     enabled = cluster.enabled_families()
     if not enabled:
         node.error = f"no pool configured for cluster {cluster.name}"
-        return False
+        return NO_POOL
     taken: list[tuple[int, NodeCidr, int]] = []
     for family in enabled:
         if family in node.ranges:
             continue
-        pool = cluster.pools[family]
-        cursors = [e.slots.cursor for e in pool.elements]
-        cidr = pool.allocate()
-        if cidr is None:
-            for fam, got, cursor in taken:
-                element = cluster.pools[fam].elements[got.element]
-                element.slots.release(got.slot)
-                element.slots.cursor = cursor
+        got = cluster.pools[family].allocate()
+        if got is None:
+            for fam, cidr, cursor in reversed(taken):
+                cluster.pools[fam].undo(cidr, cursor)
             if node.error != ALLOCATOR_FULL:
                 node.error = ALLOCATOR_FULL
                 _mark_node(cluster, node)
-            return False
-        taken.append((family, cidr, cursors[cidr.element]))
+            return family
+        taken.append((family, *got))
     for family, cidr, _ in taken:
         pod_range = node.ranges[family] = PodRange(cidr)
         pod_range.reserve_addresses(node.addresses)
@@ -401,23 +424,36 @@ def _allocate_missing(cluster: ClusterState, node: Node) -> bool:
         _mark_pool(cluster)
     node.error = None
     _mark_node(cluster, node)
-    return True
+    return None
 
 
 def _serve_waiting(cluster: ClusterState) -> None:
-    """Serve waiting nodes in arrival order, as far as the pool now allows."""
-    if not cluster.waiting or not cluster.enabled_families():
+    """Serve waiting nodes in arrival order, as far as the pool now allows.
+
+    Once a family is found full it stays full for the rest of the pass (nothing is released
+    while serving), so every later node that needs it would fail the same way and is skipped
+    without being tried: the pass costs what it serves plus at most one failure per family.
+    """
+    waiting = cluster.waiting
+    if not waiting or not cluster.enabled_families():
         return
-    for name in list(cluster.waiting):
-        if _allocate_missing(cluster, cluster.nodes[name]):
-            del cluster.waiting[name]
+    full: tuple[int, ...] = ()
+    while (name := waiting.first(full)) is not None:
+        node = cluster.nodes[name]
+        lacking = _allocate_missing(cluster, node)
+        if lacking is None:
+            waiting.discard(node)
+        else:
+            full = (*full, lacking)
 
 
-def _set_addresses(cluster: ClusterState, node: Node, addresses: tuple[Address, ...]) -> None:
-    if addresses != node.addresses:
-        node.addresses = addresses
+def _set_addresses(cluster: ClusterState, node: Node, new: tuple[Address, ...]) -> None:
+    if new != node.addresses:
+        cluster.address_index.remove(node.name, node.addresses)
+        cluster.address_index.add(node.name, new)
+        node.addresses = new
         for pod_range in node.ranges.values():
-            pod_range.reserve_addresses(addresses)
+            pod_range.reserve_addresses(new)
         _mark_node(cluster, node)
     _refresh_conflict(cluster, node)
 
@@ -435,12 +471,17 @@ def _refresh_conflict(cluster: ClusterState, node: Node) -> None:
         pod_range = node.ranges.get(address.version)
         offset = pod_range.offset_of(value) if pod_range is not None else None
         if pod_range is not None and offset is not None and offset in pod_range.owner_of:
-            conflict = f"node address {address} is held by {pod_range.owner_of[offset]}"
+            conflict = (
+                f"node address {format_address(address)} is held by {pod_range.owner_of[offset]}"
+            )
             break
         if inside is None:
-            element = cluster.pools[address.version].contains_address(value)
+            element = cluster.pools[address.version].element_at(value)
             if element is not None:
-                inside = f"node address {address} is inside the pod CIDR pool {element}"
+                inside = (
+                    f"node address {format_address(address)} is inside the pod CIDR pool "
+                    f"{element.text}"
+                )
     else:
         conflict = inside
     if conflict != node.conflict:
@@ -452,7 +493,7 @@ def _parse_addresses(texts: tuple[str, ...]) -> tuple[Address, ...] | str:
     out: list[Address] = []
     for text in texts:
         try:
-            address = _parse_address(text)
+            address = addresses.parse_address(text)
         except ValueError as exc:
             return f"invalid address {text!r}: {exc}"
         if address not in out:
@@ -460,29 +501,8 @@ def _parse_addresses(texts: tuple[str, ...]) -> tuple[Address, ...] | str:
     return tuple(out)
 
 
-def _parse_address(text: str) -> Address:
-    """``ipaddress.ip_address(text)``, with a shortcut for a plain dotted quad.
-
-    Every node event carries its addresses; ipaddress spends about ten Python calls on each.
-    The shortcut takes only what ipaddress accepts as an IPv4 address (four octets of one to
-    three ASCII digits, no leading zero, at most 255); anything else, including every error,
-    is left to ipaddress.
-    """
-    octets = text.split(".")
-    if len(octets) == 4:
-        value = 0
-        for octet in octets:
-            if not (0 < len(octet) < 4 and octet.isascii() and octet.isdigit()) or (
-                octet[0] == "0" and len(octet) > 1
-            ):
-                break
-            number = int(octet)
-            if number > 255:
-                break
-            value = value << 8 | number
-        else:
-            return ipaddress.IPv4Address(value)
-    return ipaddress.ip_address(text)
+def _arrival(node: Node) -> int:
+    return node.seq
 
 
 def _undo(taken: list[tuple[PodRange, int, int]]) -> None:

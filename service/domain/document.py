@@ -2,8 +2,11 @@
 
 ``ipledger simulate`` prints ``state_document``; ``ipledger state`` prints the same document built
 from the PostgreSQL projection; replay compares digests to prove they agree. The digest covers
-everything that influences future decisions (next-fit cursors, the waiting queue, pinned nodes),
-not just what the document shows, so two states with equal digests decide alike from then on.
+everything that influences future decisions (next-fit cursors, the nodes' arrival order, the
+waiting queue, pinned nodes), not just what the document shows, so two
+states with equal digests decide alike from then on. Every text in it is spelt by
+``service.domain.addresses``, never by ``str()`` of an ``ipaddress`` object, so the digest is the
+same on every Python version.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from typing import Any
 
 import msgspec
 
+from service.domain.addresses import format_address
 from service.domain.pool import FAMILY_NAMES, IPV4, IPV6
 from service.domain.state import ClusterState, Node, State
 
@@ -23,9 +27,9 @@ def pool_document(cluster: ClusterState) -> dict[str, Any]:
     """The four ``pool.configured`` fields as in force."""
     v4, v6 = cluster.pools[IPV4], cluster.pools[IPV6]
     return {
-        "clusterPoolIPv4PodCIDRList": [str(e.network) for e in v4.elements],
+        "clusterPoolIPv4PodCIDRList": list(v4.texts),
         "clusterPoolIPv4MaskSize": v4.mask,
-        "clusterPoolIPv6PodCIDRList": [str(e.network) for e in v6.elements],
+        "clusterPoolIPv6PodCIDRList": list(v6.texts),
         "clusterPoolIPv6MaskSize": v6.mask,
     }
 
@@ -41,7 +45,7 @@ def node_document(node: Node) -> dict[str, Any]:
         "podCIDRs": list(node.pod_cidr_texts()),
         "error": node.error,
         "conflict": node.conflict,
-        "addresses": [str(a) for a in node.addresses],
+        "addresses": [format_address(a) for a in node.addresses],
         "ips": ips,
     }
 
@@ -57,7 +61,10 @@ def _allocator_document(cluster: ClusterState) -> dict[str, Any]:
             name: [cluster.nodes[name].ranges[f].slots.cursor for f in sorted(node.ranges)]
             for name, node in sorted(cluster.nodes.items())
         },
-        "waiting": list(cluster.waiting),
+        # The order, not the numbers: states whose nodes arrived in the same order decide
+        # alike, whatever numbers a deleted node used up.
+        "arrival": [node.name for node in cluster.by_arrival()],
+        "waiting": cluster.waiting.names(),
         "pinned": sorted(n for n, node in cluster.nodes.items() if node.pinned),
     }
 

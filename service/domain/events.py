@@ -12,20 +12,32 @@ allocators can read newer producers' events.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 
+# Every pattern means the same to Python's ``re`` (msgspec validates with it) and to ECMA-262
+# (the published JSON Schema). Each ends with "no character follows" instead of ``$``, which in
+# Python also matches before a final newline: "worker-1\n" would pass as a name.
+_END = r"(?![\s\S])"
+# Kubernetes' DNS-1123 label and subdomain (node names are subdomains).
+_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+_SUBDOMAIN = rf"{_LABEL}(\.{_LABEL})*"
+# C0 and C1 control characters: PostgreSQL text cannot hold NUL, and none belongs in an id.
+_CONTROL = r"\x00-\x1f\x7f-\x9f"
+_NO_CONTROL = rf"^[^{_CONTROL}]*{_END}"
+
 # Size limits: every string and list on the wire is bounded so one record cannot exhaust memory.
-EventId = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
-ClusterName = Annotated[
-    str, msgspec.Meta(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9._]*[a-z0-9])?$")
-]
+EventId = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=_NO_CONTROL)]
+ClusterName = Annotated[str, msgspec.Meta(min_length=1, max_length=63, pattern=rf"^{_LABEL}{_END}")]
 NodeName = Annotated[
-    str, msgspec.Meta(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    str, msgspec.Meta(min_length=1, max_length=253, pattern=rf"^{_SUBDOMAIN}{_END}")
 ]
-Owner = Annotated[str, msgspec.Meta(min_length=1, max_length=512)]
+Owner = Annotated[str, msgspec.Meta(min_length=1, max_length=512, pattern=_NO_CONTROL)]
+# RFC 3339 requires the offset; a time without one would be read in the host's time zone.
+EventTime = Annotated[datetime, msgspec.Meta(tz=True)]
 Text = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 CidrList = Annotated[tuple[Text, ...], msgspec.Meta(max_length=1024)]
 AddressList = Annotated[tuple[Text, ...], msgspec.Meta(max_length=64)]
@@ -35,6 +47,9 @@ Family = Literal["ipv4", "ipv6"]
 
 DEFAULT_CLUSTER = "default"
 MAX_RECORD_BYTES = 64 * 1024
+# Objects and arrays inside one another. An event needs 2; unknown fields may nest deeper, but
+# not without bound: the JSON decoder recurses, and how deep it can go depends on the caller.
+MAX_DEPTH = 32
 
 
 class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", gc=False):
@@ -51,7 +66,7 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", gc=Fals
 
     id: EventId
     cluster: ClusterName = DEFAULT_CLUSTER
-    time: datetime | None = None
+    time: EventTime | None = None
 
 
 class PoolConfigured(Event, frozen=True, tag="pool.configured"):
@@ -121,7 +136,7 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True, gc=False):
 
     id: str | None
     type: str | None
-    cluster: str
+    cluster: str | None  # None: a rejected record that names no valid cluster
     error: str | None
     pod_cidrs: tuple[str, ...] | msgspec.UnsetType = msgspec.field(
         default=msgspec.UNSET, name="podCIDRs"
@@ -142,45 +157,97 @@ _TAGS = frozenset(str(t.__struct_config__.tag) for t in EVENT_TYPES)
 _decoder = msgspec.json.Decoder(AnyEvent)
 _envelope_decoder = msgspec.json.Decoder(_Envelope)
 _encoder = msgspec.json.Encoder()
+_CLUSTER_NAME = re.compile(_LABEL)
+_EVENT_ID = re.compile(f"[^{_CONTROL}]{{1,128}}")
+_UNKNOWN_TYPE = re.compile(f"[^{_CONTROL}]{{1,64}}")
+_BOM = b"\xef\xbb\xbf"
+# JSON strings, escapes included, so that brackets inside them are not counted as nesting.
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+# Control characters in text echoed into a reason, spelt as escapes so the reason is storable.
+_ESCAPES = {c: f"\\x{c:02x}" for c in [*range(0x20), *range(0x7F, 0xA0)]}
 
 
 class DecodeFailure(msgspec.Struct, frozen=True):
-    """A record that is not a valid event: what could be read of it, and why it was refused."""
+    """A record that is not a valid event: what could be read of it, and why it was refused.
+
+    ``id`` and ``type`` are echoed only when they are valid; ``cluster`` is the record's when it
+    is a valid cluster name, the default one when the record names none, and None when it names
+    an invalid one (never a cut-down name, which could be another cluster's).
+    """
 
     id: str | None
     type: str | None
-    cluster: str
+    cluster: str | None
     reason: str
 
 
 def decode(raw: bytes | str) -> AnyEvent | DecodeFailure:
-    """Decode one record; never raises."""
+    """Decode one record; never raises, whatever the bytes and whatever the caller's stack."""
+    if isinstance(raw, str):
+        raw = raw.encode("utf-8", "surrogatepass")  # a lone surrogate fails the check below
     if len(raw) > MAX_RECORD_BYTES:
-        return DecodeFailure(
-            id=None,
-            type=None,
-            cluster=DEFAULT_CLUSTER,
-            reason=f"record is {len(raw)} bytes, over the {MAX_RECORD_BYTES}-byte limit",
+        return _failure(f"record is {len(raw)} bytes, over the {MAX_RECORD_BYTES}-byte limit")
+    if raw.startswith(_BOM):
+        return _failure(
+            "record starts with a UTF-8 byte order mark (U+FEFF); write JSON without it"
         )
+    if not raw.isascii():
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return _failure(f"record is not valid UTF-8 (byte {exc.start})")
+    # Counting brackets is two C calls; only a record with many of them is measured properly.
+    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and _depth(raw) > MAX_DEPTH:
+        return _failure(f"record nests objects and arrays deeper than {MAX_DEPTH} levels")
     try:
         event: AnyEvent = _decoder.decode(raw)
     except msgspec.DecodeError as exc:
         reason = str(exc)
+    except Exception as exc:  # never expected: decode must not raise, whatever msgspec does
+        reason = f"{type(exc).__name__}: {exc}"
     else:
         return event
     try:
         envelope = _envelope_decoder.decode(raw)
-    except msgspec.DecodeError:
+    except Exception:
         envelope = _Envelope()
-    if isinstance(envelope.type, str) and envelope.type not in _TAGS:
-        reason = f"unknown event type {envelope.type!r}"
-    cluster = envelope.cluster if isinstance(envelope.cluster, str) else DEFAULT_CLUSTER
+    kind = envelope.type if isinstance(envelope.type, str) else None
+    if kind is not None and kind not in _TAGS:
+        reason = f"unknown event type {kind[:64]!r}"
+        if not _UNKNOWN_TYPE.fullmatch(kind):
+            kind = None  # echoed only when storable
+    cluster: str | None = DEFAULT_CLUSTER
+    if envelope.cluster is not None:
+        valid = isinstance(envelope.cluster, str) and len(envelope.cluster) <= 63
+        cluster = envelope.cluster if valid and _CLUSTER_NAME.fullmatch(envelope.cluster) else None
+    event_id = envelope.id
     return DecodeFailure(
-        id=envelope.id if isinstance(envelope.id, str) else None,
-        type=envelope.type if isinstance(envelope.type, str) else None,
-        cluster=cluster[:63],
-        reason=f"invalid event: {reason}",
+        id=event_id if isinstance(event_id, str) and _EVENT_ID.fullmatch(event_id) else None,
+        type=kind,
+        cluster=cluster,
+        reason=f"invalid event: {reason.translate(_ESCAPES)}",
     )
+
+
+def _failure(reason: str) -> DecodeFailure:
+    return DecodeFailure(id=None, type=None, cluster=None, reason=reason)
+
+
+def _depth(raw: bytes) -> int:
+    """How deep objects and arrays nest in ``raw`` (strings skipped; malformed JSON welcome)."""
+    brackets = _JSON_STRING.sub(b"", raw).translate(None, _NOT_BRACKETS)
+    depth = deepest = 0
+    for byte in brackets:
+        if byte in b"[{":
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+                if deepest > MAX_DEPTH:
+                    break  # enough to refuse it
+        else:
+            depth -= 1
+    return deepest
 
 
 def encode_event(event: AnyEvent) -> bytes:

@@ -10,75 +10,34 @@ Rules (Cilium v1.16 cluster-pool, plus the stricter pool-change rules of ipledge
 - a new configuration may only append elements; changing or removing an element, or changing
   the mask size, is refused and leaves the pool as it was;
 - node CIDRs come from the first element in list order that is not full, next-fit inside it.
+
+Costs (docs/allocation.md has the table): a pool may hold 1,024 elements per family, so nothing
+here walks them per decision. The elements that still have room sit in a heap by list position,
+lookups by address bisect the elements sorted by their first address, and a configuration that
+repeats the one in force is recognised by its text before anything is parsed.
 """
 
 from __future__ import annotations
 
+import heapq
 import ipaddress
-from collections.abc import Sequence
+import itertools
+from bisect import bisect_right
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import msgspec
 
+from service.domain import addresses
+from service.domain.addresses import ADDRESS_BITS, IPV4, IPV6, Network, format_ip
 from service.domain.slots import NextFitSlots
 
-IPV4 = 4
-IPV6 = 6
 FAMILIES = (IPV4, IPV6)
 FAMILY_NAMES = {IPV4: "ipv4", IPV6: "ipv6"}
 FAMILY_LABELS = {IPV4: "IPv4", IPV6: "IPv6"}
 MAX_MASK = {IPV4: 30, IPV6: 126}
-ADDRESS_BITS = {IPV4: 32, IPV6: 128}
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-def format_ip(family: int, value: int) -> str:
-    """Canonical text of an address (dotted quad, or RFC 5952 compressed IPv6).
-
-    The same text as ``str(ipaddress.ip_address(value))`` on Python 3.11, in under half the
-    time for IPv6: every node decision spells its CIDRs out.
-    """
-    if family == IPV4:
-        return f"{value >> 24}.{(value >> 16) & 255}.{(value >> 8) & 255}.{value & 255}"
-    text = (
-        f"{value >> 112:x}:{value >> 96 & 0xFFFF:x}:{value >> 80 & 0xFFFF:x}:"
-        f"{value >> 64 & 0xFFFF:x}:{value >> 48 & 0xFFFF:x}:{value >> 32 & 0xFFFF:x}:"
-        f"{value >> 16 & 0xFFFF:x}:{value & 0xFFFF:x}"
-    )
-    hextets = text.split(":")
-    zeros = 0
-    for hextet in hextets:
-        zeros = zeros << 1 | (hextet == "0")
-    start, end = _ZERO_RUN[zeros]
-    if start == end:
-        return text
-    return ":".join(hextets[:start]) + "::" + ":".join(hextets[end:])
-
-
-def _zero_runs() -> tuple[tuple[int, int], ...]:
-    """For each set of zero hextets (bit 7 = the first hextet), the run that "::" replaces.
-
-    RFC 5952 as ipaddress applies it: the longest run of two or more zero hextets, the first of
-    equally long ones; (0, 0) when there is none.
-    """
-    table = []
-    for zeros in range(256):
-        best_start = best_length = start = length = 0
-        for i in range(8):
-            if zeros >> (7 - i) & 1:
-                if length == 0:
-                    start = i
-                length += 1
-                if length > best_length:
-                    best_start, best_length = start, length
-            else:
-                length = 0
-        table.append((best_start, best_start + best_length) if best_length > 1 else (0, 0))
-    return tuple(table)
-
-
-_ZERO_RUN = _zero_runs()
+__all__ = ["ADDRESS_BITS", "FAMILIES", "IPV4", "IPV6", "Network", "format_ip"]
 
 
 class PoolConfigError(ValueError):
@@ -117,66 +76,138 @@ class NodeCidr(msgspec.Struct, frozen=True, gc=False):
 class PoolElement:
     """One entry of ``clusterPoolIPv{4,6}PodCIDRList``, cut into blocks of the mask size."""
 
-    __slots__ = ("base", "end", "family", "index", "mask", "network", "slots", "step")
+    __slots__ = (
+        "base",
+        "end",
+        "family",
+        "index",
+        "mask",
+        "network",
+        "open",
+        "slots",
+        "step",
+        "text",
+    )
 
     def __init__(self, family: int, index: int, network: Network, mask: int) -> None:
         self.family = family
         self.index = index
         self.network = network
+        self.text = addresses.format_network(network)
         self.mask = mask
         self.base = int(network.network_address)
         self.end = self.base + network.num_addresses  # first address past the element
         self.step = 1 << (ADDRESS_BITS[family] - mask)
         self.slots = NextFitSlots(0, 1 << (mask - network.prefixlen))
+        self.open = True  # listed in its pool's heap of elements with room
 
     def cidr_at(self, slot: int) -> NodeCidr:
         return NodeCidr(self.family, self.index, slot, self.base + slot * self.step, self.mask)
 
     def slot_of(self, network: Network) -> int | None:
         """The slot of ``network`` if it is exactly one block of this element, else None."""
-        if network.prefixlen != self.mask or not network.subnet_of(self.network):  # type: ignore[arg-type]
+        value = int(network.network_address)
+        if network.prefixlen != self.mask or not self.base <= value < self.end:
             return None
-        return (int(network.network_address) - self.base) // self.step
+        return (value - self.base) // self.step
 
 
 class FamilyPool:
-    """The elements of one address family, in list order, and their shared mask size."""
+    """The elements of one address family, in list order, and their shared mask size.
 
-    __slots__ = ("elements", "family", "mask")
+    ``_open`` is a heap of the list positions of elements that may have room: an element is
+    pushed when it is appended and when a release gives a full one room again, and dropped
+    lazily when found full. The first element in list order with room is so the heap's top,
+    in O(log k) amortised for k elements instead of a walk over the full ones.
+    """
+
+    __slots__ = ("_by_start", "_open", "_starts", "elements", "family", "mask", "texts")
 
     def __init__(self, family: int) -> None:
         self.family = family
         self.mask: int | None = None
         self.elements: list[PoolElement] = []
+        self.texts: tuple[str, ...] = ()  # the elements' canonical text, in list order
+        self._open: list[int] = []
+        self._starts: list[int] = []  # first address of each element, ascending
+        self._by_start: list[PoolElement] = []  # the elements in that order
 
     @property
     def enabled(self) -> bool:
         return bool(self.elements)
 
-    def allocate(self) -> NodeCidr | None:
-        """Next-fit in the first element that is not full; None when every element is full."""
-        for element in self.elements:
+    def append(self, network: Network, mask: int) -> None:
+        element = PoolElement(self.family, len(self.elements), network, mask)
+        self.mask = mask
+        self.elements.append(element)
+        self.texts = (*self.texts, element.text)
+        heapq.heappush(self._open, element.index)
+        at = bisect_right(self._starts, element.base)
+        self._starts.insert(at, element.base)
+        self._by_start.insert(at, element)
+
+    def allocate(self) -> tuple[NodeCidr, int] | None:
+        """Next-fit in the first element with room: the CIDR and that element's cursor before.
+
+        None when every element is full. Only the element that hands out a CIDR is touched, so
+        putting its cursor back undoes the allocation's effect on the order completely.
+        """
+        heap = self._open
+        elements = self.elements
+        while heap:
+            element = elements[heap[0]]
+            cursor = element.slots.cursor
             slot = element.slots.take_next()
             if slot is not None:
-                return element.cidr_at(slot)
+                return element.cidr_at(slot), cursor
+            heapq.heappop(heap)
+            element.open = False
         return None
 
     def release(self, cidr: NodeCidr) -> None:
-        self.elements[cidr.element].slots.release(cidr.slot)
+        element = self.elements[cidr.element]
+        element.slots.release(cidr.slot)
+        self.reopen(element)
+
+    def undo(self, cidr: NodeCidr, cursor: int) -> None:
+        """Give back a CIDR ``allocate`` just handed out and put the cursor where it was."""
+        self.release(cidr)
+        self.elements[cidr.element].slots.cursor = cursor
+
+    def reopen(self, element: PoolElement) -> None:
+        if not element.open:
+            element.open = True
+            heapq.heappush(self._open, element.index)
+
+    def element_at(self, value: int) -> PoolElement | None:
+        """The element that contains the address ``value``, if any."""
+        at = bisect_right(self._starts, value) - 1
+        if at < 0:
+            return None
+        element = self._by_start[at]
+        return element if value < element.end else None
 
     def locate(self, network: Network) -> tuple[PoolElement, int] | None:
         """The element and slot that ``network`` would occupy, if the pool covers it."""
-        for element in self.elements:
-            slot = element.slot_of(network)
-            if slot is not None:
-                return element, slot
-        return None
+        element = self.element_at(int(network.network_address))
+        if element is None:
+            return None
+        slot = element.slot_of(network)
+        return None if slot is None else (element, slot)
 
     def contains_address(self, address: int) -> Network | None:
-        for element in self.elements:
-            if element.base <= address < element.end:
-                return element.network
-        return None
+        element = self.element_at(address)
+        return None if element is None else element.network
+
+    def overlapping(self, network: Network) -> PoolElement | None:
+        """An element that shares an address with ``network``, if any."""
+        start = int(network.network_address)
+        end = start + network.num_addresses
+        at = bisect_right(self._starts, end - 1) - 1  # the last element starting inside
+        if at < 0:
+            return None
+        element = self._by_start[at]
+        return element if element.end > start else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,7 +221,7 @@ class PoolChange:
 def parse_network(text: str, family: int) -> Network:
     """Parse a pool element or node CIDR of the given family, with a reason on failure."""
     try:
-        network = ipaddress.ip_network(text, strict=True)
+        network = addresses.parse_network(text)
     except ValueError as exc:
         raise PoolConfigError(f"invalid CIDR {text!r}: {exc}") from None
     if network.version != family:
@@ -203,22 +234,35 @@ def plan_change(
     lists: dict[int, Sequence[str]],
     masks: dict[int, int | None],
 ) -> PoolChange:
-    """Check a requested configuration against the current one; raise PoolConfigError if bad."""
+    """Check a requested configuration against the current one; raise PoolConfigError if bad.
+
+    Costs O(k) string comparisons for the k elements in force when the request repeats them in
+    their canonical text (the usual case: a producer re-sending its configuration), plus
+    O(m log(k + m)) for m appended elements; only a request that spells the elements in force
+    differently parses them all.
+    """
     appended: dict[int, list[Network]] = {}
     for family in FAMILIES:
         pool = pools[family]
         name = FAMILY_LABELS[family]
-        requested = [parse_network(text, family) for text in lists[family]]
-        mask = masks[family]
-        current = [element.network for element in pool.elements]
-        if len(requested) < len(current) or requested[: len(current)] != current:
-            raise PoolConfigError(
-                f"clusterPool{name}PodCIDRList may only be appended to: "
-                f"in force {_fmt(current)}, requested {_fmt(requested)}"
-            )
-        if not requested:
+        texts = tuple(lists[family])
+        held = len(pool.texts)
+        if texts[:held] == pool.texts:
+            requested_new = [parse_network(text, family) for text in texts[held:]]
+        else:
+            requested = [parse_network(text, family) for text in texts]
+            current = [element.network for element in pool.elements]
+            if len(requested) < len(current) or requested[: len(current)] != current:
+                raise PoolConfigError(
+                    f"clusterPool{name}PodCIDRList may only be appended to: "
+                    f"in force {_fmt(pool.texts)}, "
+                    f"requested {_fmt(map(addresses.format_network, requested))}"
+                )
+            requested_new = requested[len(current) :]
+        if not texts:
             appended[family] = []
             continue
+        mask = masks[family]
         if mask is None:
             raise PoolConfigError(f"clusterPool{name}MaskSize is required with a {name} pool")
         if pool.mask is not None and mask != pool.mask:
@@ -230,31 +274,53 @@ def plan_change(
                 f"clusterPool{name}MaskSize {mask} leaves no pod address "
                 f"(at most {MAX_MASK[family]})"
             )
-        for i, network in enumerate(requested):
+        for network in requested_new:
             if mask < network.prefixlen:
                 raise PoolConfigError(
-                    f"clusterPool{name}MaskSize {mask} is shorter than the prefix of {network}"
+                    f"clusterPool{name}MaskSize {mask} is shorter than the prefix of "
+                    f"{addresses.format_network(network)}"
                 )
-            for other in requested[:i]:
-                if network.overlaps(other):
-                    raise PoolConfigError(f"pool elements {other} and {network} overlap")
-        appended[family] = requested[len(current) :]
+        _check_disjoint(pool, requested_new)
+        appended[family] = requested_new
     return PoolChange(appended=appended, masks=dict(masks))
+
+
+def _check_disjoint(pool: FamilyPool, new: list[Network]) -> None:
+    """Refuse appended elements that overlap an element in force or one another.
+
+    The elements in force are disjoint already, so each new one is bisected against them, and
+    the new ones are sorted by first address and compared with their neighbour only.
+    """
+    for network in new:
+        element = pool.overlapping(network)
+        if element is not None:
+            raise PoolConfigError(
+                f"pool elements {element.text} and {addresses.format_network(network)} overlap"
+            )
+    spans = sorted(
+        (int(n.network_address), int(n.network_address) + n.num_addresses, i)
+        for i, n in enumerate(new)
+    )
+    for (_, end, i), (start, _, j) in itertools.pairwise(spans):
+        if start < end:
+            first, second = sorted((i, j))
+            raise PoolConfigError(
+                f"pool elements {addresses.format_network(new[first])} and "
+                f"{addresses.format_network(new[second])} overlap"
+            )
 
 
 def commit_change(pools: dict[int, FamilyPool], change: PoolChange) -> bool:
     """Apply a planned change; True if any family gained elements."""
     grew = False
     for family, networks in change.appended.items():
-        pool = pools[family]
-        if networks:
-            pool.mask = change.masks[family]
-            grew = True
+        mask = change.masks[family]
         for network in networks:
-            assert pool.mask is not None
-            pool.elements.append(PoolElement(family, len(pool.elements), network, pool.mask))
+            assert mask is not None
+            pools[family].append(network, mask)
+            grew = True
     return grew
 
 
-def _fmt(networks: Sequence[object]) -> str:
-    return "[" + " ".join(str(n) for n in networks) + "]"
+def _fmt(texts: Iterable[str]) -> str:
+    return "[" + " ".join(texts) + "]"

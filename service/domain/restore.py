@@ -4,16 +4,17 @@
 batch. When an allocator starts, the projection reads clusters, nodes and pod addresses and hands
 them to ``restore_cluster``, ``restore_node``, ``restore_pod_ip`` and ``finish``, in that order.
 The rebuilt state decides exactly as the one that was persisted: the next-fit cursors, the
-waiting queue and the pinned flags come back too, so its digest equals the digest of the state
-that wrote the rows. Pure: no I/O.
+nodes' arrival numbers and the pinned flags come back too (the waiting queue is derived from
+them), so its digest equals the digest of the state that wrote the rows. Nothing here depends on
+the order the rows come in. Pure: no I/O.
 """
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from service.domain.addresses import format_address, parse_address, parse_network
 from service.domain.pool import FAMILIES, IPV4, IPV6, commit_change, plan_change
 from service.domain.state import (
     ClusterState,
@@ -38,7 +39,7 @@ def restore_cluster(
     ipv6_cidrs: Sequence[str],
     ipv6_mask: int | None,
     cursors: dict[str, list[int]],
-    waiting: Sequence[str],
+    next_seq: int,
 ) -> ClusterState:
     cluster = state.cluster(name)
     change = plan_change(
@@ -54,7 +55,7 @@ def restore_cluster(
             raise RestoreError(f"cluster {name}: {len(values)} {key} cursors for {len(elements)}")
         for element, cursor in zip(elements, values, strict=True):
             element.slots.cursor = cursor  # made consistent by finish()
-    cluster.waiting = dict.fromkeys(waiting)
+    cluster.next_seq = next_seq
     return cluster
 
 
@@ -62,6 +63,7 @@ def restore_node(
     cluster: ClusterState,
     name: str,
     *,
+    seq: int,
     pod_cidrs: Sequence[str],
     error: str | None,
     conflict: str | None,
@@ -69,9 +71,12 @@ def restore_node(
     pinned: bool,
     cursors: Sequence[int],
 ) -> Node:
+    if not 0 <= seq < cluster.next_seq:
+        raise RestoreError(f"node {name}: arrival {seq} outside 0..{cluster.next_seq - 1}")
     node = cluster.nodes[name] = Node(
         name=name,
-        addresses=tuple(ipaddress.ip_address(a) for a in addresses),
+        seq=seq,
+        addresses=tuple(parse_address(a) for a in addresses),
         error=error,
         conflict=conflict,
         pinned=pinned,
@@ -79,7 +84,7 @@ def restore_node(
     if len(cursors) != len(pod_cidrs):
         raise RestoreError(f"node {name}: {len(cursors)} cursors for {len(pod_cidrs)} CIDRs")
     for text, cursor in zip(pod_cidrs, cursors, strict=True):
-        network = ipaddress.ip_network(text)
+        network = parse_network(text)
         located = cluster.pools[network.version].locate(network)
         if located is None or not located[0].slots.occupy(located[1]):
             raise RestoreError(f"node {name}: {text} is outside the pool or held twice")
@@ -108,43 +113,53 @@ def finish(cluster: ClusterState) -> None:
 
     Reserves the nodes' own addresses after the pods (a pod keeps an address it held first), and
     only then settles the cursors: doing it before occupying would make every occupation search
-    the slots released behind the cursor.
+    the slots released behind the cursor. Derives the waiting queue and the address index.
     """
     for pool in cluster.pools.values():
         for element in pool.elements:
             element.slots.restore_cursor(element.slots.cursor)
-    for node in cluster.nodes.values():
+    if len({node.seq for node in cluster.nodes.values()}) != len(cluster.nodes):
+        raise RestoreError(f"cluster {cluster.name}: two nodes with one arrival number")
+    # Rebuilt in arrival order, so that even the dict's order is the live allocator's.
+    nodes = cluster.by_arrival()
+    cluster.nodes = {node.name: node for node in nodes}
+    for node in nodes:
         for family in FAMILIES:
             pod_range = node.ranges.get(family)
             if pod_range is not None:
                 pod_range.reserve_addresses(node.addresses)
                 pod_range.slots.restore_cursor(pod_range.slots.cursor)
+        cluster.address_index.add(node.name, node.addresses)
+        if not node.pinned and (need := cluster.missing(node)):
+            cluster.waiting.put(node, need)
 
 
 def cluster_row(cluster: ClusterState) -> dict[str, Any]:
     v4, v6 = cluster.pools[IPV4], cluster.pools[IPV6]
     return {
         "name": cluster.name,
-        "ipv4_cidrs": [str(e.network) for e in v4.elements],
+        "ipv4_cidrs": list(v4.texts),
         "ipv4_mask": v4.mask,
-        "ipv6_cidrs": [str(e.network) for e in v6.elements],
+        "ipv6_cidrs": list(v6.texts),
         "ipv6_mask": v6.mask,
         "cursors": {
             "ipv4": [e.slots.cursor for e in v4.elements],
             "ipv6": [e.slots.cursor for e in v6.elements],
         },
-        "waiting": list(cluster.waiting),
+        "next_seq": cluster.next_seq,
     }
 
 
-def node_row(node: Node) -> dict[str, Any]:
+def node_row(cluster: ClusterState, node: Node) -> dict[str, Any]:
     ranges = [node.ranges[f] for f in FAMILIES if f in node.ranges]
     return {
         "name": node.name,
+        "seq": node.seq,
+        "waiting": node.name in cluster.waiting,
         "pod_cidrs": [str(r.cidr) for r in ranges],
         "error": node.error,
         "conflict": node.conflict,
-        "addresses": [str(a) for a in node.addresses],
+        "addresses": [format_address(a) for a in node.addresses],
         "pinned": node.pinned,
         "cursors": [r.slots.cursor for r in ranges],
     }

@@ -11,19 +11,17 @@ millions of addresses low.
 
 from __future__ import annotations
 
-import ipaddress
+from bisect import bisect_left, insort
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import msgspec
 
-from service.domain import pool
+from service.domain.addresses import Address, format_ip
 from service.domain.pool import FAMILIES, IPV4, IPV6, FamilyPool, NodeCidr
 from service.domain.slots import NextFitSlots
 
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-# Defined beside NodeCidr, which spells its network with it; callers know it as state's.
-format_ip = pool.format_ip
+__all__ = ["Address", "format_ip"]
 
 
 def shared_offset(offset: int) -> int:
@@ -112,9 +110,14 @@ class PodRange:
 
 @dataclass(slots=True)
 class Node:
-    """A registered node. ``pinned`` nodes (failed adoption) are not served automatically."""
+    """A registered node. ``pinned`` nodes (failed adoption) are not served automatically.
+
+    ``seq`` is the node's arrival number in its cluster: every order among nodes that a decision
+    depends on (who is served first) is this order, never the order of a dict.
+    """
 
     name: str
+    seq: int
     addresses: tuple[Address, ...] = ()
     ranges: dict[int, PodRange] = field(default_factory=dict)
     error: str | None = None
@@ -153,22 +156,122 @@ class Changes:
     ips: list[IpChange] = field(default_factory=list)
 
 
+class WaitingQueue:
+    """The nodes that lack a CIDR of an enabled family, by arrival, grouped by what they lack.
+
+    Derived state: a node waits iff it is not pinned and lacks a CIDR of an enabled family, so a
+    rebuilt state derives it again. Waiting nodes are served in arrival order (``Node.seq``). The
+    grouping lets a deletion that freed only an IPv4 CIDR skip every node that also needs an
+    IPv6 one when IPv6 is full, without walking them: serving costs what it serves.
+    """
+
+    __slots__ = ("_need", "_queues")
+
+    def __init__(self) -> None:
+        self._need: dict[str, tuple[int, ...]] = {}
+        # Per need: (seq, name) ascending. Which need's queue is looked at first never matters:
+        # ``first`` takes the lowest seq over all of them.
+        self._queues: dict[tuple[int, ...], list[tuple[int, str]]] = {}
+
+    def __len__(self) -> int:
+        return len(self._need)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._need
+
+    def put(self, node: Node, need: tuple[int, ...]) -> None:
+        """Make ``node`` wait for the families in ``need`` (its place is its arrival)."""
+        old = self._need.get(node.name)
+        if old == need:
+            return
+        if old is not None:
+            self.discard(node)
+        self._need[node.name] = need
+        insort(self._queues.setdefault(need, []), (node.seq, node.name))
+
+    def discard(self, node: Node) -> None:
+        need = self._need.pop(node.name, None)
+        if need is not None:
+            queue = self._queues[need]
+            del queue[bisect_left(queue, (node.seq, node.name))]
+
+    def first(self, full: tuple[int, ...] = ()) -> str | None:
+        """The earliest arrival among waiting nodes that need none of the ``full`` families."""
+        best: tuple[int, str] | None = None
+        for need, queue in self._queues.items():
+            if queue and (best is None or queue[0] < best) and not any(f in full for f in need):
+                best = queue[0]
+        return None if best is None else best[1]
+
+    def names(self) -> list[str]:
+        """Every waiting node, in arrival order."""
+        return [name for _, name in sorted(e for q in self._queues.values() for e in q)]
+
+
+class AddressIndex:
+    """The nodes' own addresses, per family, sorted by value: which nodes have one in a range.
+
+    Pool growth must flag nodes whose addresses fall inside a new element; this finds them by
+    bisection instead of looking at every node of the cluster.
+    """
+
+    __slots__ = ("_entries",)
+
+    def __init__(self) -> None:
+        self._entries: dict[int, list[tuple[int, str]]] = {f: [] for f in FAMILIES}
+
+    def add(self, node: str, addresses: tuple[Address, ...]) -> None:
+        for address in addresses:
+            insort(self._entries[address.version], (int(address), node))
+
+    def remove(self, node: str, addresses: tuple[Address, ...]) -> None:
+        for address in addresses:
+            entries = self._entries[address.version]
+            at = bisect_left(entries, (int(address), node))
+            if at < len(entries) and entries[at] == (int(address), node):
+                del entries[at]
+
+    def within(self, family: int, start: int, end: int) -> Iterator[str]:
+        """Names of nodes with an address in ``start .. end-1`` (a node may come twice)."""
+        entries = self._entries[family]
+        at = bisect_left(entries, (start, ""))
+        while at < len(entries) and entries[at][0] < end:
+            yield entries[at][1]
+            at += 1
+
+
 class ClusterState:
     """Everything one cluster (one allocation domain with its own pool and order) holds."""
 
-    __slots__ = ("changes", "name", "nodes", "pools", "waiting")
+    __slots__ = ("address_index", "changes", "name", "next_seq", "nodes", "pools", "waiting")
 
     def __init__(self, name: str, track_changes: bool) -> None:
         self.name = name
         self.pools: dict[int, FamilyPool] = {f: FamilyPool(f) for f in FAMILIES}
         self.nodes: dict[str, Node] = {}
-        # Insertion-ordered set: nodes without a CIDR for every enabled family, in arrival order.
-        self.waiting: dict[str, None] = {}
+        self.next_seq = 0  # the arrival number the next new node gets
+        self.waiting = WaitingQueue()
+        self.address_index = AddressIndex()
         self.changes: Changes | None = Changes() if track_changes else None
 
     def enabled_families(self) -> tuple[int, ...]:
         pools = self.pools
         return tuple([f for f in FAMILIES if pools[f].elements])
+
+    def new_node(self, name: str) -> Node:
+        node = self.nodes[name] = Node(name=name, seq=self.next_seq)
+        self.next_seq += 1
+        return node
+
+    def by_arrival(self) -> list[Node]:
+        """Every node in arrival order: the order of anything done to all of them."""
+        return sorted(self.nodes.values(), key=_seq)
+
+    def missing(self, node: Node) -> tuple[int, ...]:
+        """The enabled families ``node`` has no CIDR of."""
+        ranges = node.ranges
+        pools = self.pools
+        return tuple([f for f in FAMILIES if pools[f].elements and f not in ranges])
 
     def take_changes(self) -> Changes:
         changes = self.changes
@@ -176,6 +279,10 @@ class ClusterState:
             raise RuntimeError("this state does not track changes")
         self.changes = Changes()
         return changes
+
+
+def _seq(node: Node) -> int:
+    return node.seq
 
 
 class State:

@@ -87,7 +87,7 @@ consumer_offset = sa.Table(
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
 )
 
-# Per cluster: the pool in force and the allocator's own state (cursors, waiting queue).
+# Per cluster: the pool in force and the allocator's own state (cursors, next arrival number).
 cluster = sa.Table(
     "cluster",
     metadata,
@@ -99,7 +99,8 @@ cluster = sa.Table(
     sa.Column("ipv6_mask", sa.Integer, nullable=True),
     # {"ipv4": [cursor per element], "ipv6": [...]}: IPv6 slots exceed bigint, JSON keeps them.
     sa.Column("cursors", sa.JSON, nullable=False),
-    sa.Column("waiting", sa.ARRAY(sa.Text), nullable=False),
+    # The arrival number the next new node of the cluster gets (node.seq).
+    sa.Column("next_seq", sa.BigInteger, nullable=False),
     sa.Column("version", sa.BigInteger, nullable=False),
 )
 
@@ -108,11 +109,16 @@ node = sa.Table(
     metadata,
     sa.Column("cluster", sa.Text, primary_key=True),
     sa.Column("name", sa.Text, primary_key=True),
+    # Arrival number in the cluster: the order the core serves nodes in, so the order they are
+    # loaded in (never reused; -1 on a tombstone).
+    sa.Column("seq", sa.BigInteger, nullable=False),
     sa.Column("pod_cidrs", sa.ARRAY(sa.Text), nullable=False),
     sa.Column("error", sa.Text, nullable=True),
     sa.Column("conflict", sa.Text, nullable=True),
     sa.Column("addresses", sa.ARRAY(sa.Text), nullable=False),
     sa.Column("pinned", sa.Boolean, nullable=False),
+    # Derived, for readers: not pinned and lacking a CIDR of an enabled family.
+    sa.Column("waiting", sa.Boolean, nullable=False),
     # Next-fit cursor of each pod range, IPv4 first, as pod_cidrs.
     sa.Column("cursors", sa.ARRAY(sa.BigInteger), nullable=False),
     # A deleted node keeps a tombstone row so the sync worker learns of the deletion.
@@ -165,7 +171,8 @@ decision = sa.Table(
     metadata,
     sa.Column("partition", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("offset", sa.BigInteger, primary_key=True, autoincrement=False),
-    sa.Column("cluster", sa.Text, nullable=False),
+    # NULL for a rejected record that names no valid cluster.
+    sa.Column("cluster", sa.Text, nullable=True),
     sa.Column("event_id", sa.Text, nullable=True),
     sa.Column("type", sa.Text, nullable=True),
     sa.Column("error", sa.Text, nullable=True),
