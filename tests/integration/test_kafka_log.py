@@ -236,6 +236,44 @@ class TestConsumerOffsetCommit:
         offsets = {tp.partition: meta.offset for tp, meta in committed.items()}
         assert offsets == {partition: 3, (partition + 1) % PARTITIONS: 0}
 
+    async def test_every_partition_reads_and_commits_for_a_group_just_made(
+        self, kafka_broker: KafkaBroker, topic: str
+    ) -> None:
+        # The allocator's start with several partitions: each partition's first read comes a
+        # moment after the previous one, while the new group's coordinator is being looked up.
+        # With one consumer whose assignment grew per partition, aiokafka's coordinator failed
+        # an assertion then, and every read after it raised "Unexpected error during
+        # coordination AssertionError()".
+        group = f"ipledger-test-{uuid.uuid4().hex[:8]}"
+        async with kafka_log.KafkaEventLog(kafka_broker.bootstrap, topic, group_id=group) as log:
+            appended = await log.append([(b"cluster-%d" % i, b"%d" % i) for i in range(40)])
+            expected = by_partition(appended)
+            assert sorted(expected) == list(range(PARTITIONS))
+            read: dict[int, list[Record]] = {}
+
+            async def follow(partition: int) -> None:
+                await log.read(partition, 0, 1, max_wait_s=0)
+                records = await read_until(log, partition, 0, len(expected[partition]))
+                await log.commit_consumer_offset(partition, len(records))
+                # Reading goes on after the commit, as the allocator's does.
+                assert await log.read(partition, len(records), 10, max_wait_s=0.2) == []
+                read[partition] = records
+
+            async with anyio.create_task_group() as tasks:
+                for partition in range(PARTITIONS):
+                    tasks.start_soon(follow, partition)
+
+        assert read == expected
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_broker.bootstrap)
+        try:
+            await admin.start()
+            committed = await admin.list_consumer_group_offsets(group)
+        finally:
+            await admin.close()
+        assert {tp.partition: meta.offset for tp, meta in committed.items()} == {
+            partition: len(records) for partition, records in expected.items()
+        }
+
     async def test_commit_without_a_group_is_refused(
         self, event_log: kafka_log.KafkaEventLog
     ) -> None:

@@ -7,9 +7,20 @@ keeps each cluster in one partition, which gives each cluster's events one total
 
 Appends go through an idempotent producer with ``acks="all"``: an append returns only once the
 in-sync replicas have the records, and producer retries cannot duplicate or reorder them.
-Reads use one consumer with manual partition assignment and explicit seeks; a consumer group is
-only used, when configured, to publish the allocator's position for lag monitoring, never to decide
-where reading starts (the projection's stored offset does that).
+Reads use one consumer per partition, assigned its one partition once (manual assignment) and
+positioned by explicit seeks; a consumer group is only used, when configured, to publish the
+allocator's position for lag monitoring, never to decide where reading starts (the projection's
+stored offset does that).
+
+Why not one consumer for every partition: aiokafka's group coordinator does not survive a
+consumer whose manual assignment changes while the coordinator is still being looked up (the
+first seconds of a group, or after the coordinator moved). Its background routine then fails an
+internal assertion for good, and every later fetch of that consumer raises
+``KafkaError('Unexpected error during coordination AssertionError()')``: with several partitions,
+growing the assignment as partitions were first read did exactly that, and no event was applied.
+A consumer that keeps the assignment it was given never meets that path, and the partitions'
+readers no longer wait for each other either. A reader whose consumer fails is replaced by a new
+one at the next read, so no sticky driver state outlives the error that caused it.
 
 ``ensure_decisions_topic`` creates the decisions topic, which ``sink.KafkaDecisionSink``
 writes; it keeps ordinary retention, being a feed derived from the log.
@@ -21,9 +32,11 @@ No aiokafka exception leaves this module: driver errors become ``KafkaLogError``
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import anyio
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -219,12 +232,24 @@ def _timestamp_ms(timestamp: int | None) -> int | None:
     return None if timestamp is None or timestamp == _NO_TIMESTAMP else timestamp
 
 
+@dataclass(slots=True)
+class _Reader:
+    """The consumer of one partition: assigned ``tp`` once, at its start, and never again."""
+
+    consumer: AIOKafkaConsumer
+    tp: TopicPartition
+    # Where the consumer continues, so that a reader going forward never pays for a seek (a
+    # seek drops the records already prefetched); None when unknown (after a failed fetch).
+    position: int | None
+
+
 class KafkaEventLog:
     """``EventLog`` over one Kafka topic, for one process (the allocator) at a time.
 
     Use ``await KafkaEventLog.open(...)`` or ``async with KafkaEventLog(...)``; ``close()`` is
-    required. ``read`` calls are serialised (one consumer), appends may run concurrently with
-    reads. ``group_id`` enables ``commit_consumer_offset``; the group never chooses positions.
+    required. Each partition is read by a consumer of its own, made at its first read: reads of
+    one partition are serialised, reads of different partitions and appends run side by side.
+    ``group_id`` enables ``commit_consumer_offset``; the group never chooses positions.
     """
 
     def __init__(
@@ -244,13 +269,11 @@ class KafkaEventLog:
         self._request_timeout_ms = _milliseconds(request_timeout_s)
         self._linger_ms = linger_ms
         self._producer: AIOKafkaProducer | None = None
+        # Metadata only (topics, offsets): it is assigned nothing and fetches nothing.
         self._consumer: AIOKafkaConsumer | None = None
         self._partitions: tuple[int, ...] | None = None
-        self._assigned: frozenset[int] = frozenset()
-        # Where the consumer will continue in each assigned partition, so that a reader going
-        # forward never pays for a seek (a seek drops the records already prefetched).
-        self._positions: dict[int, int] = {}
-        self._read_lock = anyio.Lock()
+        self._readers: dict[int, _Reader] = {}
+        self._reader_locks: dict[int, anyio.Lock] = {}
         self._closed = False
 
     @classmethod
@@ -297,13 +320,7 @@ class KafkaEventLog:
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=self._bootstrap,
             client_id=self._client_id,
-            group_id=self._group_id,
-            # The group only mirrors the position for monitoring; committing what was merely
-            # fetched would report events as processed before the projection has them.
             enable_auto_commit=False,
-            # Never jump silently: a start beyond the log end is a bug, and with infinite
-            # retention there is nothing before the log start to fall back to.
-            auto_offset_reset="none",
             request_timeout_ms=self._request_timeout_ms,
         )
         try:
@@ -398,24 +415,22 @@ class KafkaEventLog:
                 f"cannot read {max_records} records from offset {start} waiting {max_wait_s} s"
             )
         await self._check_partition(partition)
-        _, consumer = self._clients()
-        tp = TopicPartition(self._topic, partition)
         deadline = anyio.current_time() + max_wait_s
-        async with self._read_lock:
+        async with self._reader_lock(partition):
             while True:
+                reader = await self._reader(partition, start)
                 try:
-                    self._assign_with(partition)
-                    if self._positions.get(partition) != start:
-                        consumer.seek(tp, start)
-                        self._positions[partition] = start
+                    if reader.position != start:
+                        reader.consumer.seek(reader.tp, start)
+                        reader.position = start
                     remaining = max(0.0, deadline - anyio.current_time())
-                    fetched = await consumer.getmany(
-                        tp, timeout_ms=_milliseconds(remaining), max_records=max_records
+                    fetched = await reader.consumer.getmany(
+                        reader.tp, timeout_ms=_milliseconds(remaining), max_records=max_records
                     )
                 except OffsetOutOfRangeError as exc:
                     # The consumer's position after a failed fetch is unknown: seek next time.
-                    self._positions.pop(partition, None)
-                    await self._check_not_deleted(tp, start, exc)
+                    reader.position = None
+                    await self._check_not_deleted(reader.tp, start, exc)
                     remaining = deadline - anyio.current_time()
                     if remaining <= 0:
                         return []
@@ -424,14 +439,14 @@ class KafkaEventLog:
                     await anyio.sleep(min(remaining, _BEYOND_END_POLL_S))
                     continue
                 except _DRIVER_ERRORS as exc:
-                    self._positions.pop(partition, None)
+                    await self._drop_reader(partition)
                     raise KafkaLogError(
                         f"reading {self._topic!r} partition {partition} from offset {start} "
                         f"failed: {exc!r}"
                     ) from exc
-                records = [self._record(message) for message in fetched.get(tp, ())]
+                records = [self._record(message) for message in fetched.get(reader.tp, ())]
                 if records:
-                    self._positions[partition] = records[-1].offset + 1
+                    reader.position = records[-1].offset + 1
                 return records
 
     async def end_offset(self, partition: int) -> int:
@@ -458,32 +473,35 @@ class KafkaEventLog:
         if offset < 0:
             raise KafkaLogError(f"cannot commit the negative offset {offset}")
         await self._check_partition(partition)
-        _, consumer = self._clients()
-        async with self._read_lock:
-            try:
-                # Kafka only takes commits for assigned partitions.
-                if partition not in self._assigned:
-                    self._assign_with(partition)
-                    consumer.seek(TopicPartition(self._topic, partition), offset)
-                    self._positions[partition] = offset
-                await consumer.commit({TopicPartition(self._topic, partition): offset})
-            except _DRIVER_ERRORS as exc:
-                raise KafkaLogError(
-                    f"committing offset {offset} of {self._topic!r} partition {partition} "
-                    f"for group {self._group_id!r} failed: {exc!r}"
-                ) from exc
+        # Kafka only takes commits for assigned partitions: the partition's reader commits. Not
+        # under the reader's lock, so a read waiting for records does not hold the commit up.
+        reader = self._readers.get(partition)
+        if reader is None:
+            async with self._reader_lock(partition):
+                reader = await self._reader(partition, offset)
+        try:
+            await reader.consumer.commit({reader.tp: offset})
+        except _DRIVER_ERRORS as exc:
+            await self._drop_reader(partition, reader)
+            raise KafkaLogError(
+                f"committing offset {offset} of {self._topic!r} partition {partition} "
+                f"for group {self._group_id!r} failed: {exc!r}"
+            ) from exc
 
     async def close(self) -> None:
         """Stop the producer (after flushing) and the consumer; safe to call twice."""
         self._closed = True
         producer, self._producer = self._producer, None
         consumer, self._consumer = self._consumer, None
+        readers, self._readers = list(self._readers.values()), {}
         try:
             if producer is not None:
                 await producer.stop()
         except _DRIVER_ERRORS as exc:
             raise KafkaLogError(f"closing the producer of {self._topic!r} failed") from exc
         finally:
+            for reader in readers:
+                await reader.consumer.stop()
             if consumer is not None:
                 await consumer.stop()
 
@@ -514,19 +532,60 @@ class KafkaEventLog:
                 f"partition now starts at {beginnings[tp]} (was retention changed?)"
             ) from cause
 
-    def _assign_with(self, partition: int) -> None:
-        # Assignment grows only as partitions are first read, so the consumer never fetches a
-        # partition nobody positioned. assign() replaces the whole assignment and forgets every
-        # position, so the known ones are restored at once (before any await lets the fetcher
-        # run).
-        if partition in self._assigned:
+    def _reader_lock(self, partition: int) -> anyio.Lock:
+        return self._reader_locks.setdefault(partition, anyio.Lock())
+
+    async def _reader(self, partition: int, position: int) -> _Reader:
+        """The reader of ``partition``, made and positioned at ``position`` if there is none.
+
+        Call with the partition's reader lock held.
+        """
+        reader = self._readers.get(partition)
+        if reader is not None:
+            return reader
+        self._clients()  # refuses a log that is closed or not started
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self._bootstrap,
+            client_id=self._client_id,
+            group_id=self._group_id,
+            # The group only mirrors the position for monitoring; committing what was merely
+            # fetched would report events as processed before the projection has them.
+            enable_auto_commit=False,
+            # Never jump silently: a start beyond the log end is a bug, and with infinite
+            # retention there is nothing before the log start to fall back to.
+            auto_offset_reset="none",
+            request_timeout_ms=self._request_timeout_ms,
+        )
+        tp = TopicPartition(self._topic, partition)
+        try:
+            await consumer.start()
+            # Assigned once and positioned before any await lets its fetcher run, so it never
+            # fetches from a position of its own choosing; nothing ever re-assigns it.
+            consumer.assign([tp])
+            consumer.seek(tp, position)
+        except BaseException as exc:
+            await consumer.stop()
+            if isinstance(exc, _DRIVER_ERRORS):
+                raise KafkaLogError(
+                    f"could not start a consumer of {self._topic!r} partition {partition}: {exc!r}"
+                ) from exc
+            raise
+        if self._closed:
+            await consumer.stop()
+            raise KafkaLogError(f"the Kafka event log of {self._topic!r} is closed")
+        reader = _Reader(consumer=consumer, tp=tp, position=position)
+        self._readers[partition] = reader
+        return reader
+
+    async def _drop_reader(self, partition: int, reader: _Reader | None = None) -> None:
+        """Stop the reader of ``partition`` (only if it is still ``reader``, when given)."""
+        current = self._readers.get(partition)
+        if current is None or (reader is not None and current is not reader):
             return
-        _, consumer = self._clients()
-        assigned = self._assigned | {partition}
-        consumer.assign([TopicPartition(self._topic, p) for p in sorted(assigned)])
-        self._assigned = assigned
-        for known, position in self._positions.items():
-            consumer.seek(TopicPartition(self._topic, known), position)
+        del self._readers[partition]
+        # It failed already; a new reader is made at the next read either way.
+        with contextlib.suppress(*_DRIVER_ERRORS):
+            await current.consumer.stop()
 
     def _record(self, message: ConsumerRecord) -> ports.Record:
         partition: int = message.partition
