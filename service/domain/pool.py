@@ -121,13 +121,17 @@ class FamilyPool:
     in O(log k) amortised for k elements instead of a walk over the full ones.
     """
 
-    __slots__ = ("_by_start", "_open", "_starts", "elements", "family", "mask", "texts")
+    __slots__ = ("_by_start", "_open", "_starts", "elements", "family", "mask", "spelt", "texts")
 
     def __init__(self, family: int) -> None:
         self.family = family
         self.mask: int | None = None
         self.elements: list[PoolElement] = []
         self.texts: tuple[str, ...] = ()  # the elements' canonical text, in list order
+        # The elements as the last accepted configuration spelt them (a producer may write
+        # fd00:0::/64 for fd00::/64): a cache that lets a repeat skip parsing, never state. It
+        # only ever names the elements in force, so it cannot change a decision.
+        self.spelt: tuple[str, ...] = ()
         self._open: list[int] = []
         self._starts: list[int] = []  # first address of each element, ascending
         self._by_start: list[PoolElement] = []  # the elements in that order
@@ -141,6 +145,7 @@ class FamilyPool:
         self.mask = mask
         self.elements.append(element)
         self.texts = (*self.texts, element.text)
+        self.spelt = (*self.spelt, element.text)
         heapq.heappush(self._open, element.index)
         at = bisect_right(self._starts, element.base)
         self._starts.insert(at, element.base)
@@ -216,6 +221,7 @@ class PoolChange:
 
     appended: dict[int, list[Network]]
     masks: dict[int, int | None]
+    spelt: dict[int, tuple[str, ...]]  # each family's list as the request spelt it
 
 
 def parse_network(text: str, family: int) -> Network:
@@ -247,7 +253,7 @@ def plan_change(
         name = FAMILY_LABELS[family]
         texts = tuple(lists[family])
         held = len(pool.texts)
-        if texts[:held] == pool.texts:
+        if texts[:held] == pool.spelt or texts[:held] == pool.texts:
             requested_new = [parse_network(text, family) for text in texts[held:]]
         else:
             requested = [parse_network(text, family) for text in texts]
@@ -282,7 +288,8 @@ def plan_change(
                 )
         _check_disjoint(pool, requested_new)
         appended[family] = requested_new
-    return PoolChange(appended=appended, masks=dict(masks))
+    spelt = {family: tuple(lists[family]) for family in FAMILIES}
+    return PoolChange(appended=appended, masks=dict(masks), spelt=spelt)
 
 
 def _check_disjoint(pool: FamilyPool, new: list[Network]) -> None:
@@ -319,6 +326,7 @@ def commit_change(pools: dict[int, FamilyPool], change: PoolChange) -> bool:
             assert mask is not None
             pools[family].append(network, mask)
             grew = True
+        pools[family].spelt = change.spelt[family]
     return grew
 
 
