@@ -43,7 +43,17 @@ def _lines(stream: BinaryIO) -> Iterator[tuple[int, bytes]]:
 
 
 def _open(path: str) -> BinaryIO:
-    return sys.stdin.buffer if path == "-" else open(path, "rb")
+    """The events file (``-``: standard input), or ``CommandError`` saying why it cannot be read."""
+    if path == "-":
+        return sys.stdin.buffer
+    try:
+        return open(path, "rb")
+    except OSError as exc:  # a directory, a missing file, no permission
+        raise CommandError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+class CommandError(Exception):
+    """A command cannot run as asked; ``main`` prints the message and exits 2."""
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -167,20 +177,33 @@ async def _run(settings: Settings, embedded: bool) -> None:
             batch_max_records=settings.batch_max_records,
             batch_max_wait_s=settings.batch_max_wait_ms / 1000,
         )
-        async with anyio.create_task_group() as endpoint:
-            if settings.metrics_port is not None:
-                endpoint.start_soon(metrics_endpoint.serve, metrics, settings.metrics_port)
-            async with anyio.create_task_group() as tasks:
-                tasks.start_soon(_stop_on_signal, stop)
-                for partition in await event_log.partitions():
-                    worker = allocator.PartitionAllocator(
-                        event_log, projection, partition, settings=loop, sink=sink, metrics=metrics
-                    )
-                    tasks.start_soon(worker.run, stop)
-                await stop.wait()
-                log.info("stopping: finishing the batch in flight")
-            # The workers are done: only now may the metrics endpoint go.
-            endpoint.cancel_scope.cancel()
+        # Each worker checks it too; checked here first so that a changed partition count is
+        # refused before any partition is led.
+        await allocator.check_partition_count(event_log, projection)
+        try:
+            async with anyio.create_task_group() as endpoint:
+                if settings.metrics_port is not None:
+                    endpoint.start_soon(metrics_endpoint.serve, metrics, settings.metrics_port)
+                async with anyio.create_task_group() as tasks:
+                    tasks.start_soon(_stop_on_signal, stop)
+                    for partition in await event_log.partitions():
+                        worker = allocator.PartitionAllocator(
+                            event_log,
+                            projection,
+                            partition,
+                            settings=loop,
+                            sink=sink,
+                            metrics=metrics,
+                        )
+                        tasks.start_soon(worker.run, stop)
+                    await stop.wait()
+                    log.info("stopping: finishing the batch in flight")
+                # The workers are done: only now may the metrics endpoint go.
+                endpoint.cancel_scope.cancel()
+        except* errors.ConfigurationError as refused:
+            # A worker refused to lead (a cluster found off its home partition): report that
+            # as such, not as a task group's traceback.
+            raise _first_leaf(refused) from None
     finally:
         if sink is not None:
             await sink.close()
@@ -191,6 +214,11 @@ async def _run(settings: Settings, embedded: bool) -> None:
         metrics.records_applied,
         metrics.records_rejected,
     )
+
+
+def _first_leaf(group: ExceptionGroup[errors.ConfigurationError]) -> errors.ConfigurationError:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, ExceptionGroup) else first
 
 
 async def _stop_on_signal(stop: anyio.Event) -> None:
@@ -491,7 +519,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:
         code: int = args.func(args)
-    except FileNotFoundError as exc:
+    except (CommandError, FileNotFoundError) as exc:
         print(f"ipledger: {exc}", file=sys.stderr)
         return 2
     except errors.IpledgerError as exc:

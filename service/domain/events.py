@@ -36,8 +36,15 @@ NodeName = Annotated[
     str, msgspec.Meta(min_length=1, max_length=253, pattern=rf"^{_SUBDOMAIN}{_END}")
 ]
 Owner = Annotated[str, msgspec.Meta(min_length=1, max_length=512, pattern=_NO_CONTROL)]
-# RFC 3339 requires the offset; a time without one would be read in the host's time zone.
-EventTime = Annotated[datetime, msgspec.Meta(tz=True)]
+# RFC 3339's date-time, as Go's time.RFC3339 reads it: "T", an offset (a time without one would
+# be read in the host's time zone), at most nanoseconds. Calendar ranges are checked on decode.
+_RFC3339 = (
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?"
+    rf"(Z|[+-][0-9]{{2}}:[0-9]{{2}}){_END}"
+)
+EventTime = Annotated[
+    str, msgspec.Meta(max_length=35, pattern=_RFC3339, extra_json_schema={"format": "date-time"})
+]
 Text = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 CidrList = Annotated[tuple[Text, ...], msgspec.Meta(max_length=1024)]
 AddressList = Annotated[tuple[Text, ...], msgspec.Meta(max_length=64)]
@@ -67,6 +74,17 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", gc=Fals
     id: EventId
     cluster: ClusterName = DEFAULT_CLUSTER
     time: EventTime | None = None
+
+    def __post_init__(self) -> None:
+        if self.time is not None:
+            try:
+                datetime.fromisoformat(self.time)
+            except ValueError as exc:  # Feb 30: msgspec turns it into a refused record
+                raise ValueError(f"`time` {self.time!r} is not a date-time: {exc}") from None
+
+    def moment(self) -> datetime | None:
+        """``time`` as an aware datetime, or None when the event has none."""
+        return None if self.time is None else datetime.fromisoformat(self.time)
 
 
 class PoolConfigured(Event, frozen=True, tag="pool.configured"):
@@ -150,7 +168,7 @@ class _Envelope(msgspec.Struct):
 
     id: Any = None
     type: Any = None
-    cluster: Any = None
+    cluster: Any = msgspec.UNSET
 
 
 _TAGS = frozenset(str(t.__struct_config__.tag) for t in EVENT_TYPES)
@@ -199,11 +217,13 @@ def decode(raw: bytes | str) -> AnyEvent | DecodeFailure:
             return _failure(f"record is not valid UTF-8 (byte {exc.start})")
     # Counting brackets is two C calls; only a record with many of them is measured properly.
     if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and _depth(raw) > MAX_DEPTH:
-        return _failure(f"record nests objects and arrays deeper than {MAX_DEPTH} levels")
+        return _failure(
+            f"record nests objects and arrays deeper than the depth limit of {MAX_DEPTH} levels"
+        )
     try:
         event: AnyEvent = _decoder.decode(raw)
     except msgspec.DecodeError as exc:
-        reason = str(exc)
+        reason = _PATTERN_ERROR.sub(_explain_pattern, str(exc))
     except Exception as exc:  # never expected: decode must not raise, whatever msgspec does
         reason = f"{type(exc).__name__}: {exc}"
     else:
@@ -218,7 +238,7 @@ def decode(raw: bytes | str) -> AnyEvent | DecodeFailure:
         if not _UNKNOWN_TYPE.fullmatch(kind):
             kind = None  # echoed only when storable
     cluster: str | None = DEFAULT_CLUSTER
-    if envelope.cluster is not None:
+    if envelope.cluster is not msgspec.UNSET:
         valid = isinstance(envelope.cluster, str) and len(envelope.cluster) <= 63
         cluster = envelope.cluster if valid and _CLUSTER_NAME.fullmatch(envelope.cluster) else None
     event_id = envelope.id
@@ -228,6 +248,22 @@ def decode(raw: bytes | str) -> AnyEvent | DecodeFailure:
         cluster=cluster,
         reason=f"invalid event: {reason.translate(_ESCAPES)}",
     )
+
+
+# msgspec names the regex a string failed; the reason names the rule instead.
+_PATTERN_ERROR = re.compile(r"Expected `str` matching regex '.*' - at `\$\.(\w+)`", re.DOTALL)
+_RULES = {
+    "id": "text without control characters",
+    "owner": "text without control characters",
+    "cluster": "a DNS-1123 label (a-z, 0-9 and '-', alphanumeric at both ends)",
+    "node": "a DNS-1123 subdomain (labels of a-z, 0-9 and '-' joined by '.')",
+    "time": "an RFC 3339 date-time with an offset, e.g. 2026-11-26T08:00:00Z",
+}
+
+
+def _explain_pattern(match: re.Match[str]) -> str:
+    field = match.group(1)
+    return f"`{field}` must be {_RULES.get(field, 'well-formed')} - at `$.{field}`"
 
 
 def _failure(reason: str) -> DecodeFailure:
