@@ -15,6 +15,8 @@ from what is committed. The loop never raises on input: every record gets a deci
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import datetime
 import gc
 import logging
@@ -32,6 +34,8 @@ from service.domain import allocation, events, restore, state
 
 log = logging.getLogger("ipledger.allocator")
 UTC = datetime.UTC
+# The error of a record the projection could not store (followed by the database's reason).
+UNSTORABLE = "the projection could not store this record"
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +57,7 @@ class Metrics:
 
     records_applied: int = 0
     records_rejected: int = 0
+    records_unstorable: int = 0
     decisions_with_error: int = 0
     batches_committed: int = 0
     commit_seconds: float = 0.0
@@ -170,6 +175,67 @@ def apply_records(
     return batch
 
 
+def unstorable_record(record: ports.Record, reason: str | None) -> ports.AppliedRecord:
+    """``record`` rejected because the projection cannot store it, for ``reason`` (the
+    database's, already storable; None: a fixed reason only).
+
+    Nothing of the event goes into the decision: its id or type may hold the very text the
+    database refused. The cluster is the one ``events.decode`` reads from it: a valid cluster
+    name (the contract allows only storable ones), or None when the record names none.
+    """
+    decision = events.Decision(
+        id=None,
+        type=None,
+        cluster=events.decode(record.value).cluster,
+        error=UNSTORABLE if reason is None else f"{UNSTORABLE}: {reason}",
+    )
+    log_time = (
+        None
+        if record.timestamp_ms is None
+        else datetime.datetime.fromtimestamp(record.timestamp_ms / 1000, UTC)
+    )
+    return ports.AppliedRecord(
+        record=record,
+        decision=decision,
+        body=events.encode_decision(decision),
+        event_time=None,
+        log_time=log_time,
+        rejected=True,
+    )
+
+
+def _rejection_batch(
+    current: state.State, token: int, record: ports.Record, applied: ports.AppliedRecord
+) -> ports.Batch:
+    """A batch of one rejected record: its decision and rejection rows and the next offset."""
+    return ports.Batch(
+        partition=record.partition,
+        token=token,
+        next_offset=record.offset + 1,
+        state=current,
+        applied=[applied],
+    )
+
+
+def _ways(size: int, reload_s: float, commit_s: float) -> int:
+    """Into how many parts to split a failed part of ``size`` records.
+
+    Every part that fails costs a reload of the partition's state, every part a commit.
+    Bisecting costs the most reloads (one per halving), committing record by record the most
+    commits; so split into as many parts as commits fit into one reload: with a small state
+    that is about a bisection, with millions of addresses (a reload of ~30 s against commits
+    of milliseconds) a 5,000-record batch is taken apart in two or three levels.
+    """
+    if commit_s <= 0:
+        return 2
+    return max(2, min(size, math.ceil(reload_s / commit_s)))
+
+
+def _split(records: Sequence[ports.Record], ways: int) -> list[Sequence[ports.Record]]:
+    size = math.ceil(len(records) / ways)
+    return [records[start : start + size] for start in range(0, len(records), size)]
+
+
 class PartitionAllocator:
     """Writer (or standby) for one log partition."""
 
@@ -257,28 +323,48 @@ class PartitionAllocator:
 
     async def _lead(self, token: int, stop: anyio.Event) -> None:
         try:
-            async with anyio.create_task_group() as tasks:
-                # Loading millions of addresses can outlast the lease: keep it alive meanwhile,
-                # or the first commit would find it expired and the writer would reload forever.
-                tasks.start_soon(self._renew_forever, token)
-                loaded = await self.projection.load([self.partition])
-                current, next_offset = loaded.state, loaded.next_offset
-                # Millions of long-lived objects: keep the cyclic GC from rescanning them on
-                # the hot path (a full collection over a 7 M address state pauses for ~1 s).
-                gc.collect()
-                gc.freeze()
-                tasks.cancel_scope.cancel()
-            await self.projection.renew(self.partition, token)
-            self.metrics.next_offset[self.partition] = next_offset
+            current, next_offset = await self._load(token)
             log.info(
                 "partition %d: state loaded, continuing at offset %d", self.partition, next_offset
             )
-            await self._lead_batches(token, stop, current, next_offset, time.monotonic())
+            while True:
+                failed = await self._lead_batches(
+                    token, stop, current, next_offset, time.monotonic()
+                )
+                if failed is None:
+                    return
+                # The state is ahead of the database by the batch that failed (and maybe the
+                # one applied after it): drop it before reloading, or two full states would
+                # be held at once.
+                del current
+                found = await self._isolate(token, stop, failed)
+                if found is None:
+                    return
+                current, next_offset = found
         except ExceptionGroup as group:
             # Helpers run beside the loop in task groups; surface their one failure as is.
             if len(group.exceptions) == 1:
                 raise group.exceptions[0] from None
             raise
+
+    async def _load(self, token: int) -> tuple[state.State, int]:
+        """The committed state and the offset after it, with the lease kept alive meanwhile."""
+        async with anyio.create_task_group() as tasks:
+            # Loading millions of addresses can outlast the lease: keep it alive meanwhile,
+            # or the first commit would find it expired and the writer would reload forever.
+            tasks.start_soon(self._renew_forever, token)
+            loaded = await self.projection.load([self.partition])
+            # Millions of long-lived objects: keep the cyclic GC from rescanning them on
+            # the hot path (a full collection over a 7 M address state pauses for ~1 s).
+            # Unfreezing first lets the collection free a state this process loaded before.
+            gc.unfreeze()
+            gc.collect()
+            gc.freeze()
+            tasks.cancel_scope.cancel()
+        await self.projection.renew(self.partition, token)
+        self._last_renew = time.monotonic()
+        self.metrics.next_offset[self.partition] = loaded.next_offset
+        return loaded.state, loaded.next_offset
 
     async def _renew_forever(self, token: int) -> None:
         while True:
@@ -292,13 +378,14 @@ class PartitionAllocator:
         current: state.State,
         next_offset: int,
         last_renew: float,
-    ) -> None:
+    ) -> _FailedBatch | None:
         """Read, apply and commit, with one commit in flight while the next batch is applied.
 
         Applying is CPU in this process, committing is mostly waiting for PostgreSQL: doing
         them side by side nearly halves the time per event. Commits still land strictly in
         order, one at a time, and a failed commit fails the loop before anything after it is
-        committed (the in-memory state, now ahead of the database, is then reloaded).
+        committed (the in-memory state, now ahead of the database, is then reloaded). A commit
+        the database refused for its data is returned instead, to be taken apart.
         """
         self._last_renew = last_renew
         inflight: _InFlight | None = None
@@ -315,7 +402,8 @@ class PartitionAllocator:
                     )
                     if not records:
                         if inflight is not None:
-                            await inflight.result()
+                            if (reason := await inflight.refused()) is not None:
+                                return _FailedBatch(inflight.records, reason)
                             inflight = None
                         if time.monotonic() - self._last_renew >= self.settings.renew_every_s:
                             await self.projection.renew(self.partition, token)
@@ -327,15 +415,16 @@ class PartitionAllocator:
                             f"the log returned {records[0].offset}"
                         )
                     batch = apply_records(current, records, self.partition, token)
-                    if inflight is not None:
-                        await inflight.result()
-                    inflight = _InFlight()
+                    if inflight is not None and (reason := await inflight.refused()) is not None:
+                        return _FailedBatch(inflight.records, reason)
+                    inflight = _InFlight(records)
                     tasks.start_soon(self._commit, batch, inflight)
                     next_offset = batch.next_offset
-                if inflight is not None:
-                    await inflight.result()
+                if inflight is not None and (reason := await inflight.refused()) is not None:
+                    return _FailedBatch(inflight.records, reason)
             finally:
                 tasks.cancel_scope.cancel()
+        return None
 
     async def _commit(self, batch: ports.Batch, handle: _InFlight) -> None:
         try:
@@ -375,6 +464,111 @@ class PartitionAllocator:
         if self.on_commit is not None:
             self.on_commit(batch)
 
+    async def _isolate(
+        self, token: int, stop: anyio.Event, failed: _FailedBatch
+    ) -> tuple[state.State, int] | None:
+        """Commit a batch the database refused part by part, rejecting the records it cannot store.
+
+        Retrying the batch would fail the same way forever and stop every cluster of the
+        partition. Instead, from the committed state, the batch is split into parts committed
+        in log order: a part that lands is done, a part that fails is split again, and a single
+        record that fails is committed as a rejection that applies nothing (as a record that
+        does not decode). Commits here run one at a time and renew the lease as usual; the
+        reloads keep it alive as the first load does. Returns the state and next offset to
+        continue from, or None when ``stop`` was set meanwhile (the rest of the batch is
+        then taken apart again by the next writer: what was committed stays committed).
+        """
+        log.warning(
+            "partition %d: the projection refused the batch at offsets %d-%d (%s); "
+            "committing it in parts to find the records it cannot store",
+            self.partition,
+            failed.records[0].offset,
+            failed.records[-1].offset,
+            failed.reason,
+        )
+        # Each part with the database's reason when it has already failed.
+        pending: collections.deque[tuple[Sequence[ports.Record], str | None]] = collections.deque(
+            [(failed.records, failed.reason)]
+        )
+        current: state.State | None = None
+        committed = self.metrics.batches_committed
+        commit_s = self.metrics.commit_seconds / committed if committed else 0.0
+        while pending:
+            if stop.is_set():
+                return None
+            part, reason = pending.popleft()
+            if reason is None:
+                assert current is not None
+                started = time.perf_counter()
+                reason = await self._commit_now(apply_records(current, part, self.partition, token))
+                commit_s = time.perf_counter() - started
+                if reason is None:
+                    continue
+            # Ahead of the database by the part that failed: dropped before reloading, so
+            # that two full states are never held at once.
+            current = None
+            started = time.perf_counter()
+            current, next_offset = await self._load(token)
+            reload_s = time.perf_counter() - started
+            if next_offset != part[0].offset:
+                raise errors.ProjectionError(
+                    f"partition {self.partition}: the projection is at offset {next_offset}, "
+                    f"expected {part[0].offset}"
+                )
+            if len(part) == 1:
+                await self._commit_unstorable(current, token, part[0], reason)
+                continue
+            parts = _split(part, _ways(len(part), reload_s, commit_s))
+            pending.extendleft((piece, None) for piece in reversed(parts))
+        assert current is not None
+        return current, failed.records[-1].offset + 1
+
+    async def _commit_now(self, batch: ports.Batch) -> str | None:
+        """Commit without pipelining: None once it landed, the reason if the data was refused."""
+        handle = _InFlight([applied.record for applied in batch.applied])
+        await self._commit(batch, handle)
+        return await handle.refused()
+
+    async def _commit_unstorable(
+        self, current: state.State, token: int, record: ports.Record, reason: str
+    ) -> None:
+        log.error(
+            "partition %d: offset %d cannot be stored by the projection (%s); rejected",
+            self.partition,
+            record.offset,
+            reason,
+        )
+        refused = await self._commit_now(
+            _rejection_batch(current, token, record, unstorable_record(record, reason))
+        )
+        if refused is not None:
+            # Should not happen: nothing of the record's own is in that rejection but its key
+            # and bytes (bytea, which holds any bytes), the database's reason (escaped) and a
+            # printable ASCII cluster name. Try once more with the offset, the raw bytes and a
+            # fixed reason only. If even that is refused, the database refuses a row made of
+            # constants: the fault is the database's (a constraint or trigger added to the
+            # decision or rejection table), not the record's, and it is handled as a database
+            # outage: the loop backs off and retries from the committed state until it is
+            # fixed. Skipping the record instead would leave an offset without a decision and
+            # make the projection disagree with every replay of the log.
+            log.error(
+                "partition %d: offset %d: the projection refused its rejection too (%s); "
+                "storing the raw record with a fixed reason",
+                self.partition,
+                record.offset,
+                refused,
+            )
+            bare = dataclasses.replace(record, key=None)
+            refused = await self._commit_now(
+                _rejection_batch(current, token, bare, unstorable_record(bare, None))
+            )
+            if refused is not None:
+                raise errors.ProjectionError(
+                    f"partition {self.partition}: offset {record.offset} cannot be stored even "
+                    f"as a bare rejection ({refused}); the database refuses constant rows"
+                )
+        self.metrics.records_unstorable += 1
+
     async def _relay(self, token: int) -> None:
         """Publish committed decisions in offset order (transactional outbox, at least once)."""
         assert self.sink is not None
@@ -404,16 +598,32 @@ class PartitionAllocator:
 
 
 class _InFlight:
-    """The outcome of the one commit running beside the loop."""
+    """The outcome of the one commit running beside the loop, and the records it commits."""
 
-    def __init__(self) -> None:
+    def __init__(self, records: Sequence[ports.Record]) -> None:
+        self.records = records
         self.done = anyio.Event()
         self.error: Exception | None = None
 
-    async def result(self) -> None:
+    async def refused(self) -> str | None:
+        """Wait for the commit: None once it landed, the database's reason if it refused the
+        batch's data; any other failure is raised."""
         await self.done.wait()
-        if self.error is not None:
-            raise self.error
+        error, self.error = self.error, None
+        if isinstance(error, errors.ProjectionDataError):
+            # Only the text: the exception's traceback holds the batch, and so the whole state.
+            return error.reason
+        if error is not None:
+            raise error
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class _FailedBatch:
+    """A batch whose commit the database refused for the data in it, and the reason."""
+
+    records: Sequence[ports.Record]
+    reason: str
 
 
 def _published(partition: int, row: tuple[int, str | None, bytes]) -> tuple[bytes, bytes]:

@@ -35,6 +35,16 @@ class FencedError(ProjectionError):
     """Another allocator took over this cluster's log; this writer must stop committing."""
 
 
+class ProjectionDataError(ProjectionError):
+    """The PostgreSQL projection refused a value it was asked to store; retrying cannot help."""
+
+    def __init__(self, message: str | None = None, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        #: The database's (or the driver's) reason, as text PostgreSQL can store: the allocator
+        #: records it in the decision of the record it could not store.
+        self.reason = reason or str(self)
+
+
 class ClusterApiError(IpledgerError):
     """The Kubernetes API refused or failed a request."""
 

@@ -37,8 +37,14 @@ def render(metrics: allocator.Metrics) -> str:
     metric(
         "ipledger_records_rejected_total",
         "counter",
-        "Records that were not valid events (kept raw in the rejections table).",
+        "Records rejected: not valid events, or not storable (kept raw in the rejections table).",
         [("", metrics.records_rejected)],
+    )
+    metric(
+        "ipledger_records_unstorable_total",
+        "counter",
+        "Rejected records that PostgreSQL refused to store (reason in the rejections table).",
+        [("", metrics.records_unstorable)],
     )
     metric(
         "ipledger_decisions_with_error_total",

@@ -49,6 +49,16 @@ class Loaded:
     next_offset: int
 
 
+# SQLSTATE classes that blame the values written, not the server or the connection: data
+# exception (22: NUL in text, untranslatable character, number out of range), integrity
+# constraint violation (23) and program limit exceeded (54: index row too large). Writing the
+# same values again fails the same way. Everything else (lost connections, admin shutdown,
+# timeouts, serialization failures, lock timeouts) may pass when retried.
+DATA_SQLSTATE_CLASSES = frozenset({"22", "23", "54"})
+# The longest driver reason kept: the allocator stores it in a decision and a rejection.
+MAX_REASON_CHARS = 500
+
+
 @contextlib.contextmanager
 def _translate(doing: str) -> Iterator[None]:
     try:
@@ -64,7 +74,36 @@ def _translate(doing: str) -> Iterator[None]:
         sa.exc.SQLAlchemyError,
         OSError,
     ) as exc:
+        if (_sqlstate(exc) or "")[:2] in DATA_SQLSTATE_CLASSES:
+            reason = _reason(exc)
+            raise errors.ProjectionDataError(f"{doing}: {reason}", reason=reason) from exc
         raise errors.ProjectionError(f"{doing}: {type(exc).__name__}: {exc}") from exc
+    # COPY encodes its values in the client and raises Python's own errors, not asyncpg's, for
+    # a str holding a lone surrogate or an int beyond the column's range (a bound parameter of
+    # a statement raises asyncpg.DataError, SQLSTATE 22000, for the same values).
+    except (UnicodeEncodeError, OverflowError) as exc:
+        reason = _reason(exc)
+        raise errors.ProjectionDataError(f"{doing}: {reason}", reason=reason) from exc
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE of a driver error: asyncpg's own, or the one SQLAlchemy's wrapper carries."""
+    if isinstance(exc, sa.exc.DBAPIError):
+        exc = exc.orig if isinstance(exc.orig, BaseException) else exc
+    code = getattr(exc, "sqlstate", None)
+    return code if isinstance(code, str) else None
+
+
+def _reason(exc: BaseException) -> str:
+    """The driver's message as text PostgreSQL can store, without the server's DETAIL lines.
+
+    The message may quote the very value that could not be stored (asyncpg echoes a parameter
+    it could not encode), so NUL and lone surrogates are escaped; DETAIL is left out because it
+    echoes whole rows, times included, and the reason should depend on the record alone.
+    """
+    first_line = str(exc).split("\n", 1)[0]
+    text = f"{type(exc).__name__}: {first_line}".replace("\x00", "\\x00")
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")[:MAX_REASON_CHARS]
 
 
 class PostgresProjection:
