@@ -10,7 +10,9 @@ decision, rejection and the next offset in ONE PostgreSQL transaction. Because t
 only with the state it produced, a crash at any point (``kill -9``) loses nothing and applies
 nothing twice: the next writer loads the last committed state and continues after its offset.
 Any failure of the log or the database drops the in-memory state, backs off and starts again
-from what is committed. The loop never raises on input: every record gets a decision.
+from what is committed, except a commit the database refused for its data: that batch is
+committed in parts until the records it cannot store are found and rejected (``_isolate``).
+The loop never raises on input: every record gets a decision.
 """
 
 from __future__ import annotations
