@@ -255,16 +255,17 @@ class PostgresProjection:
                     ipv6_cidrs=row["ipv6_cidrs"],
                     ipv6_mask=row["ipv6_mask"],
                     cursors=_json(row["cursors"]),
-                    waiting=row["waiting"],
+                    next_seq=row["next_seq"],
                 )
                 nodes = await db.fetch(
-                    "SELECT * FROM node WHERE cluster = $1 AND NOT deleted ORDER BY name",
+                    "SELECT * FROM node WHERE cluster = $1 AND NOT deleted ORDER BY seq",
                     cluster.name,
                 )
                 for node in nodes:
                     restore.restore_node(
                         cluster,
                         node["name"],
+                        seq=node["seq"],
                         pod_cidrs=node["pod_cidrs"],
                         error=node["error"],
                         conflict=node["conflict"],
@@ -418,11 +419,11 @@ async def _write_decisions(db: Any, batch: ports.Batch, now: datetime.datetime) 
 async def _write_cluster(db: Any, row: dict[str, Any], batch: ports.Batch) -> None:
     await db.execute(
         "INSERT INTO cluster (name, partition, ipv4_cidrs, ipv4_mask, ipv6_cidrs, ipv6_mask, "
-        "cursors, waiting, version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) "
+        "cursors, next_seq, version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) "
         "ON CONFLICT (name) DO UPDATE SET partition = EXCLUDED.partition, "
         "ipv4_cidrs = EXCLUDED.ipv4_cidrs, ipv4_mask = EXCLUDED.ipv4_mask, "
         "ipv6_cidrs = EXCLUDED.ipv6_cidrs, ipv6_mask = EXCLUDED.ipv6_mask, "
-        "cursors = EXCLUDED.cursors, waiting = EXCLUDED.waiting, version = EXCLUDED.version",
+        "cursors = EXCLUDED.cursors, next_seq = EXCLUDED.next_seq, version = EXCLUDED.version",
         row["name"],
         batch.partition,
         row["ipv4_cidrs"],
@@ -430,7 +431,7 @@ async def _write_cluster(db: Any, row: dict[str, Any], batch: ports.Batch) -> No
         row["ipv6_cidrs"],
         row["ipv6_mask"],
         json.dumps(row["cursors"]),
-        row["waiting"],
+        row["next_seq"],
         batch.next_offset - 1,
     )
 
@@ -448,17 +449,21 @@ async def _write_nodes(
     rows: list[tuple[Any, ...]] = []
     for name, row in node_rows.items():
         if row is None:
-            rows.append((cluster, name, [], None, None, [], False, [], True, version, now))
+            rows.append(
+                (cluster, name, -1, [], None, None, [], False, False, [], True, version, now)
+            )
             continue
         rows.append(
             (
                 cluster,
                 name,
+                row["seq"],
                 row["pod_cidrs"],
                 row["error"],
                 row["conflict"],
                 row["addresses"],
                 row["pinned"],
+                row["waiting"],
                 row["cursors"],
                 False,
                 version,
@@ -466,12 +471,14 @@ async def _write_nodes(
             )
         )
     await db.executemany(
-        "INSERT INTO node (cluster, name, pod_cidrs, error, conflict, addresses, pinned, cursors, "
-        "deleted, version, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) "
-        "ON CONFLICT (cluster, name) DO UPDATE SET pod_cidrs = EXCLUDED.pod_cidrs, "
-        "error = EXCLUDED.error, conflict = EXCLUDED.conflict, addresses = EXCLUDED.addresses, "
-        "pinned = EXCLUDED.pinned, cursors = EXCLUDED.cursors, deleted = EXCLUDED.deleted, "
-        "version = EXCLUDED.version, updated_at = EXCLUDED.updated_at",
+        "INSERT INTO node (cluster, name, seq, pod_cidrs, error, conflict, addresses, pinned, "
+        "waiting, cursors, deleted, version, updated_at) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) "
+        "ON CONFLICT (cluster, name) DO UPDATE SET seq = EXCLUDED.seq, "
+        "pod_cidrs = EXCLUDED.pod_cidrs, error = EXCLUDED.error, conflict = EXCLUDED.conflict, "
+        "addresses = EXCLUDED.addresses, pinned = EXCLUDED.pinned, waiting = EXCLUDED.waiting, "
+        "cursors = EXCLUDED.cursors, deleted = EXCLUDED.deleted, version = EXCLUDED.version, "
+        "updated_at = EXCLUDED.updated_at",
         rows,
     )
 
