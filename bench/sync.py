@@ -65,7 +65,7 @@ BUCKETS: tuple[tuple[str, str], ...] = (
     ("lightkube", "lightkube (requests, decoding)"),
     ("msgspec", "JSON (msgspec)"),
     ("json", "JSON (msgspec)"),
-    ("service/sync.py", "sync worker logic"),
+    ("service/sync/", "sync worker logic"),
     ("service/adapters/kubernetes", "CiliumNode adapter (bodies, typed decoding)"),
     ("service/adapters/postgres", "PostgreSQL adapters"),
     ("asyncpg", "PostgreSQL driver (asyncpg, SQLAlchemy)"),
