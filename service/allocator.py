@@ -32,7 +32,7 @@ from typing import Protocol, runtime_checkable
 import anyio
 
 from service import errors, ports
-from service.domain import allocation, events, restore, state
+from service.domain import allocation, events, partitioning, restore, state
 
 log = logging.getLogger("ipledger.allocator")
 UTC = datetime.UTC
@@ -59,6 +59,8 @@ class Metrics:
 
     records_applied: int = 0
     records_rejected: int = 0
+    # Of the rejected: records on another partition than their cluster's home partition.
+    records_wrong_partition: int = 0
     records_unstorable: int = 0
     decisions_with_error: int = 0
     batches_committed: int = 0
@@ -89,6 +91,8 @@ class LoadableProjection(ports.Projection, Protocol):
 
     async def advance_outbox(self, partition: int, token: int, next_offset: int) -> None: ...
 
+    async def consumed_offsets(self) -> dict[int, int]: ...
+
 
 class _Loaded(Protocol):
     @property
@@ -99,17 +103,27 @@ class _Loaded(Protocol):
 
 
 def apply_records(
-    current: state.State, records: Sequence[ports.Record], partition: int, token: int
+    current: state.State,
+    records: Sequence[ports.Record],
+    partition: int,
+    token: int,
+    *,
+    partitions: int,
 ) -> ports.Batch:
-    """Apply ``records`` in order to ``current`` and collect what the projection must write.
+    """Apply ``records`` of ``partition`` (of ``partitions``) in order to ``current``, and collect
+    what the projection must write.
 
-    A record whose key is not the event's cluster is refused without being applied: keys place
-    a cluster's events on one partition, so a mismatch means the producer broke the ordering
-    contract.
+    Two kinds of valid event are refused without being applied, because the producer broke the
+    contract that gives each cluster one total order: a record whose key is not the event's
+    cluster, and a record on another partition than the cluster's home partition (Kafka's
+    default partitioner on the key, ``partitioning.home_partition``). Applying the latter would
+    build a second state of that cluster in another partition's writer.
     """
     batch = ports.Batch(
         partition=partition, token=token, next_offset=records[-1].offset + 1, state=current
     )
+    # Home partitions met in this batch: murmur2 is cheap, but not free on the hot path.
+    homes: dict[str, int] = {}
     seen_ips: dict[str, int] = {
         name: len(c.changes.ips) for name, c in current.clusters.items() if c.changes is not None
     }
@@ -124,7 +138,7 @@ def apply_records(
                 None if last_ms is None else datetime.datetime.fromtimestamp(last_ms / 1000, UTC)
             )
         event = events.decode(record.value)
-        rejected = False
+        rejected = wrong_partition = False
         if isinstance(event, events.DecodeFailure):
             decision = events.Decision(
                 id=event.id, type=event.type, cluster=event.cluster, error=event.reason
@@ -140,10 +154,23 @@ def apply_records(
                 error=f"record key {shown!r} does not match the event's cluster {event.cluster!r}",
             )
             rejected = True
-            event_time = event.time
+            event_time = event.moment()
+        elif partitions > 1 and (home := _home(homes, event.cluster, partitions)) != partition:
+            decision = events.Decision(
+                id=event.id,
+                type=event.type,
+                cluster=event.cluster,
+                error=(
+                    f"cluster {event.cluster!r} belongs to partition {home} of {partitions} "
+                    f"(murmur2 of the key); this record is on partition {partition}: the "
+                    "producer must use Kafka's default (murmur2) partitioner"
+                ),
+            )
+            rejected = wrong_partition = True
+            event_time = event.moment()
         else:
             decision = allocation.apply(current, event)
-            event_time = event.time
+            event_time = event.moment()
             cluster = current.clusters.get(event.cluster)
             if cluster is not None and cluster.changes is not None:
                 held = len(cluster.changes.ips)
@@ -162,6 +189,7 @@ def apply_records(
                 event_time=event_time,
                 log_time=log_time,
                 rejected=rejected,
+                wrong_partition=wrong_partition,
             )
         )
     for name, cluster in current.clusters.items():
@@ -171,10 +199,60 @@ def apply_records(
             batch.ip_times.setdefault(name, [])
             batch.cluster_rows[name] = restore.cluster_row(cluster)
             batch.node_rows[name] = {
-                node: restore.node_row(cluster.nodes[node]) if node in cluster.nodes else None
+                node: restore.node_row(cluster, cluster.nodes[node])
+                if node in cluster.nodes
+                else None
                 for node in sorted(changes.nodes)
             }
     return batch
+
+
+def _home(homes: dict[str, int], cluster: str, partitions: int) -> int:
+    home = homes.get(cluster)
+    if home is None:
+        home = homes[cluster] = partitioning.home_partition(cluster, partitions)
+    return home
+
+
+async def check_partition_count(log_: ports.EventLog, projection: LoadableProjection) -> int:
+    """The log's partition count, once it is known to be the one the projection was built with.
+
+    The count is fixed for a deployment: every cluster's home partition depends on it, so with
+    another count clusters would move to partitions whose writers know nothing of them. Raises
+    ``errors.ConfigurationError`` when the projection holds consumed offsets of a partition the
+    log does not have (the count went down); a count that went up shows in the clusters instead,
+    which ``check_homes`` finds when a partition's state is loaded.
+    """
+    partitions = list(await log_.partitions())
+    if partitions != list(range(len(partitions))):
+        raise errors.ConfigurationError(
+            f"the log's partitions are {partitions}, not 0 to {len(partitions) - 1}"
+        )
+    consumed = await projection.consumed_offsets()
+    beyond = sorted(p for p in consumed if p >= len(partitions))
+    if beyond:
+        raise errors.ConfigurationError(
+            f"the projection has consumed partitions up to {beyond[-1]}, so it was built from a "
+            f"log of at least {beyond[-1] + 1} partitions, but the log has {len(partitions)}; "
+            "the partition count cannot change (clusters would move to other partitions)"
+        )
+    return len(partitions)
+
+
+def check_homes(current: state.State, partition: int, partitions: int) -> None:
+    """Refuse a loaded state of ``partition`` holding a cluster whose home is elsewhere.
+
+    Clusters are only ever built on their home partition, so such a cluster means the partition
+    count changed since it was built: raises ``errors.ConfigurationError``.
+    """
+    for name in current.clusters:
+        home = partitioning.home_partition(name, partitions)
+        if home != partition:
+            raise errors.ConfigurationError(
+                f"cluster {name!r} was built on partition {partition}, but with {partitions} "
+                f"partitions its home is partition {home}: the partition count changed since; "
+                "it cannot change (clusters would move to other partitions)"
+            )
 
 
 def unstorable_record(record: ports.Record, reason: str | None) -> ports.AppliedRecord:
@@ -261,6 +339,8 @@ class PartitionAllocator:
         self.on_commit = on_commit
         self._committed = anyio.Event()
         self._last_renew = time.monotonic()
+        # The log's partition count, checked against the projection each time it leads.
+        self._partitions = 0
 
     async def run(self, stop: anyio.Event) -> None:
         """Lead or stand by until ``stop`` is set; never returns early on bad input."""
@@ -325,7 +405,10 @@ class PartitionAllocator:
 
     async def _lead(self, token: int, stop: anyio.Event) -> None:
         try:
+            # A ConfigurationError from these checks ends run(): retrying cannot fix it.
+            self._partitions = await check_partition_count(self.log, self.projection)
             current, next_offset = await self._load(token)
+            check_homes(current, self.partition, self._partitions)
             log.info(
                 "partition %d: state loaded, continuing at offset %d", self.partition, next_offset
             )
@@ -416,7 +499,9 @@ class PartitionAllocator:
                             f"partition {self.partition}: expected offset {next_offset}, "
                             f"the log returned {records[0].offset}"
                         )
-                    batch = apply_records(current, records, self.partition, token)
+                    batch = apply_records(
+                        current, records, self.partition, token, partitions=self._partitions
+                    )
                     if inflight is not None and (reason := await inflight.refused()) is not None:
                         return _FailedBatch(inflight.records, reason)
                     inflight = _InFlight(records)
@@ -458,6 +543,8 @@ class PartitionAllocator:
         for applied in batch.applied:
             if applied.rejected:
                 metrics.records_rejected += 1
+                if applied.wrong_partition:
+                    metrics.records_wrong_partition += 1
             elif applied.decision.error is not None:
                 metrics.decisions_with_error += 1
         metrics.next_offset[self.partition] = batch.next_offset
@@ -502,7 +589,9 @@ class PartitionAllocator:
             if reason is None:
                 assert current is not None
                 started = time.perf_counter()
-                reason = await self._commit_now(apply_records(current, part, self.partition, token))
+                reason = await self._commit_now(
+                    apply_records(current, part, self.partition, token, partitions=self._partitions)
+                )
                 commit_s = time.perf_counter() - started
                 if reason is None:
                     continue

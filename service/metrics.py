@@ -47,6 +47,13 @@ def render(metrics: allocator.Metrics) -> str:
         [("", metrics.records_unstorable)],
     )
     metric(
+        "ipledger_records_wrong_partition_total",
+        "counter",
+        "Rejected records that were on another partition than their cluster's home partition "
+        "(the producer did not use Kafka's default partitioner).",
+        [("", metrics.records_wrong_partition)],
+    )
+    metric(
         "ipledger_decisions_with_error_total",
         "counter",
         "Valid events whose decision carries an error (e.g. allocator full).",

@@ -85,8 +85,10 @@ class DecisionSink(Protocol):
 class AppliedRecord:
     """One log record and what applying it decided.
 
-    ``body`` is the decision as published (JSON); ``rejected`` is set when the record was not a
-    valid event at all (it is then kept raw with the reason in the rejections table).
+    ``body`` is the decision as published (JSON); ``rejected`` is set when the record was not
+    applied at all (it is then kept raw with the reason in the rejections table);
+    ``wrong_partition`` when that was because it sits on another partition than its cluster's
+    home partition.
     """
 
     record: Record
@@ -95,6 +97,7 @@ class AppliedRecord:
     event_time: datetime.datetime | None
     log_time: datetime.datetime | None
     rejected: bool
+    wrong_partition: bool = False
 
 
 @dataclass(slots=True)

@@ -161,7 +161,7 @@ async def test_a_writer_that_lost_its_lease_cannot_commit(
         records = mixed_stream(50)
         appended = await log.append([(key_of(r), r) for r in records])
         loaded = await first.load([0])
-        batch = allocator.apply_records(loaded.state, appended, 0, token)
+        batch = allocator.apply_records(loaded.state, appended, 0, token, partitions=1)
         # The first writer stalls past its lease; the second takes over.
         with anyio.fail_after(10):
             while (taken := await second.try_acquire(0)) is None:
@@ -173,7 +173,9 @@ async def test_a_writer_that_lost_its_lease_cannot_commit(
             await first.renew(0, token)
         assert await second.next_offset(0) == 0
         await second.commit(
-            allocator.apply_records((await second.load([0])).state, appended, 0, taken)
+            allocator.apply_records(
+                (await second.load([0])).state, appended, 0, taken, partitions=1
+            )
         )
         assert await second.next_offset(0) == len(records)
     finally:
