@@ -239,3 +239,106 @@ class ClusterPool:
     ipv4_mask: int | None = None
     ipv6_cidrs: tuple[ipaddress.IPv6Network, ...] = ()
     ipv6_mask: int | None = None
+
+
+class SyncStore(Protocol):
+    """What the sync worker reads and writes beside the projection: changed nodes, progress, a lock.
+
+    One store serves every cluster one process mirrors. It reads the nodes the allocator commits
+    (each at its version, which only grows; a deleted node stays as a tombstone) and writes only
+    the worker's progress (``node_sync``): per node, the version last mirrored onto its
+    CiliumNode and the error recorded with it. It never writes the projection.
+
+    - **One instance per cluster at a time.** The lock of a cluster belongs to one store's
+      *session* (in PostgreSQL: a session-level advisory lock on one dedicated connection). While
+      one store holds it, every other store's ``try_lock`` answers False, in this process or
+      another. ``unlock`` and ``close`` hand it over at once; the end of the session (a lost
+      connection, a killed process) frees it too, so a waiting instance takes over.
+    - **The session carries the progress.** ``record_synced`` writes through the session that
+      holds the lock and only while it does: once the lock is gone (unlocked, or its session
+      ended) the write raises ``errors.FencedError`` and writes nothing, so a worker that lost
+      its lock never records behind the back of the one that took over. ``check_lock`` raises
+      the same as soon as the lock is known to be gone. A fenced store may ``try_lock`` again
+      (on a new session).
+    - **Progress is durable and never goes back.** Once ``record_synced`` returns, what it wrote
+      is seen by every store of the same database, also after this one closed or died. A node's
+      recorded version only grows: an outcome older than the one recorded is ignored, one at the
+      same version replaces the recorded error. A node is *not mirrored* while it has no record
+      or one older than its version (whatever the recorded error); ``changed_nodes`` returns
+      exactly those, so a restarted worker redoes at most what was in flight or not recorded.
+    - **Changes wake the feed.** ``change_count`` / ``wait_for_change`` deliver the allocator's
+      commit notifications to a store whose session is open (one that holds a lock); waits may
+      also end early without a change (after a new session, when notifications may have been
+      lost), so callers always re-read, and the timeout is the fallback poll.
+    - Reads (``changed_nodes``, ``all_nodes``) need no lock. Names sort bytewise (PostgreSQL:
+      the database's C collation). Failures to reach the database raise ``errors.ProjectionError``
+      subclasses; no driver exception escapes.
+
+    Adapters: ``service.adapters.postgres.sync_store.PostgresSyncStore`` and, in memory,
+    ``service.adapters.memory.MemorySyncStore``; contract suite:
+    ``tests/contract/test_sync_store_contract.py``.
+    """
+
+    async def try_lock(self, cluster: str) -> bool:
+        """Become ``cluster``'s one sync worker unless another store is; True if this one is.
+
+        True again when this store holds it already (and its session is alive).
+        """
+        ...
+
+    async def unlock(self, cluster: str) -> None:
+        """Give ``cluster``'s lock up at once, so a waiting instance need not wait.
+
+        Does nothing when this store does not hold it; never raises.
+        """
+        ...
+
+    async def check_lock(self, cluster: str) -> None:
+        """Return if this store still holds ``cluster``'s lock, else raise ``FencedError``."""
+        ...
+
+    def change_count(self) -> int:
+        """How many change notifications arrived so far; pass it to :meth:`wait_for_change`."""
+        ...
+
+    async def wait_for_change(self, seen: int, timeout: float) -> None:
+        """Return once a notification arrived after ``seen`` was read, or after ``timeout``.
+
+        Returns at once when one arrived already; never raises on the timeout.
+        """
+        ...
+
+    async def record_synced(
+        self, cluster: str, outcomes: Sequence[tuple[str, int, str | None]]
+    ) -> None:
+        """Record ``(node, mirrored version, error or None)`` outcomes; fenced by the lock.
+
+        Within one call the last outcome of each node's highest version wins; against what was
+        recorded before, a lower version is ignored and the same version replaces the error.
+        Nothing is written when this raises.
+        """
+        ...
+
+    async def changed_nodes(
+        self, cluster: str, after: tuple[int, str], limit: int, *, with_pod_ips: bool
+    ) -> list[NodeIntent]:
+        """``cluster``'s nodes not mirrored at their version, after ``(version, name)``.
+
+        In ``(version, name)`` order, at most ``limit``, tombstones included, so a caller pages
+        with the last one's ``(version, name)`` and reads only what changed since its last call.
+        ``pod_ips`` is filled (possibly empty) only ``with_pod_ips``, and never on a tombstone.
+        """
+        ...
+
+    async def all_nodes(
+        self, cluster: str, *, with_pod_ips: bool
+    ) -> list[tuple[NodeIntent, int | None, str | None]]:
+        """Every node of ``cluster`` (tombstones too) by name, with its recorded version and error.
+
+        ``(None, None)`` for a node without a record; ``pod_ips`` as in :meth:`changed_nodes`.
+        """
+        ...
+
+    async def close(self) -> None:
+        """End the session, which gives up every lock of this store at once."""
+        ...

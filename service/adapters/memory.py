@@ -1,9 +1,10 @@
-"""In-memory adapters of the ports: the event log and the decision sink without any service.
+"""In-memory adapters of the ports: the event log, the decision sink and the sync store.
 
 ``MemoryEventLog`` and ``MemoryDecisionSink`` are what unit tests of the allocator loop (and any
-other test that needs a log but not its durability) wire in place of PostgreSQL and Kafka. They
-pass the same contract suites as the real adapters (``tests/contract``), so code tested against
-them behaves the same against the real ones, within the differences those suites document.
+other test that needs a log but not its durability) wire in place of PostgreSQL and Kafka;
+``MemorySyncStore`` is what the sync worker's unit tests wire in place of PostgreSQL. They pass
+the same contract suites as the real adapters (``tests/contract``), so code tested against them
+behaves the same against the real ones, within the differences those suites document.
 
 Everything lives in the process and dies with it: no I/O, no threads, only anyio primitives, so
 they run on any anyio backend. A waiting ``read`` sleeps on a condition that ``append`` and
@@ -12,6 +13,7 @@ they run on any anyio backend. A waiting ``read`` sleeps on a condition that ``a
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 
@@ -207,3 +209,148 @@ class MemoryDecisionSink:
     async def close(self) -> None:
         """Refuse further publishes; the published items stay readable. Safe to call twice."""
         self._closed = True
+
+
+class MemorySyncTables:
+    """What the stores of one in-memory "database" share: nodes, sync progress, the locks.
+
+    ``put`` does what the allocator's commit does for the sync worker: it stores a node at its
+    version (a deleted one as a tombstone) and notifies. ``progress`` and ``holder`` let a test
+    read ``node_sync`` and the lock table back.
+    """
+
+    def __init__(self) -> None:
+        self._nodes: dict[str, dict[str, ports.NodeIntent]] = {}
+        self._progress: dict[str, dict[str, tuple[int, str | None]]] = {}
+        self._holders: dict[str, MemorySyncStore] = {}
+        self._changes = 0
+        self._changed = anyio.Event()
+
+    def put(self, cluster: str, node: ports.NodeIntent) -> None:
+        """Store ``node`` of ``cluster`` as committed (replacing its older version) and notify."""
+        self._nodes.setdefault(cluster, {})[node.name] = node
+        self._changes += 1
+        # Set and replace: every waiter that saw the old event wakes, later ones wait anew.
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    def progress(self, cluster: str) -> dict[str, tuple[int, str | None]]:
+        """``cluster``'s recorded progress: node -> (mirrored version, error); a copy."""
+        return dict(self._progress.get(cluster, {}))
+
+    def holder(self, cluster: str) -> MemorySyncStore | None:
+        """The store holding ``cluster``'s lock, if any."""
+        return self._holders.get(cluster)
+
+
+class MemorySyncStore:
+    """``ports.SyncStore`` over ``MemorySyncTables``; one store is one session, as in PostgreSQL.
+
+    Stores over the same tables behave as processes sharing one database: one at a time holds a
+    cluster's lock and each reads what the others recorded. Without ``tables`` a store gets
+    tables of its own. ``drop_session`` does what a lost PostgreSQL connection does: this
+    store's locks are gone at once (another store may take them) and its next progress write is
+    fenced. Notifications reach every store, holding a lock or not; nothing else differs from
+    the PostgreSQL adapter.
+    """
+
+    def __init__(self, tables: MemorySyncTables | None = None) -> None:
+        self.tables = tables if tables is not None else MemorySyncTables()
+        self._locked: set[str] = set()
+
+    async def try_lock(self, cluster: str) -> bool:
+        """Become ``cluster``'s one sync worker unless another store is; True if this one is."""
+        holders = self.tables._holders
+        holder = holders.setdefault(cluster, self)
+        if holder is not self:
+            return False
+        self._locked.add(cluster)
+        return True
+
+    async def unlock(self, cluster: str) -> None:
+        """Give ``cluster``'s lock up at once; nothing when this store does not hold it."""
+        if cluster in self._locked:
+            self._locked.discard(cluster)
+            del self.tables._holders[cluster]
+
+    async def check_lock(self, cluster: str) -> None:
+        """Raise ``errors.FencedError`` unless this store holds ``cluster``'s lock."""
+        self._fence(cluster)
+
+    def change_count(self) -> int:
+        """How many nodes were put so far; pass it to :meth:`wait_for_change`."""
+        return self.tables._changes
+
+    async def wait_for_change(self, seen: int, timeout: float) -> None:
+        """Return once a node was put after ``seen`` was read, or after ``timeout``."""
+        if self.tables._changes != seen:
+            return
+        changed = self.tables._changed
+        with anyio.move_on_after(timeout):
+            await changed.wait()
+
+    async def record_synced(
+        self, cluster: str, outcomes: Sequence[tuple[str, int, str | None]]
+    ) -> None:
+        """Record ``(node, mirrored version, error)`` outcomes; a version never goes back."""
+        if not outcomes:
+            return
+        self._fence(cluster)
+        progress = self.tables._progress.setdefault(cluster, {})
+        for name, version, error in outcomes:
+            recorded = progress.get(name)
+            if recorded is None or recorded[0] <= version:
+                progress[name] = (version, error)
+
+    async def changed_nodes(
+        self, cluster: str, after: tuple[int, str], limit: int, *, with_pod_ips: bool
+    ) -> list[ports.NodeIntent]:
+        """Nodes not mirrored at their version, after ``(version, name)``, in that order.
+
+        Sorts every node of the cluster on each call: meant for tests, not for 100,000 nodes.
+        """
+        progress = self.tables._progress.get(cluster, {})
+        changed = sorted(
+            (
+                node
+                for node in self.tables._nodes.get(cluster, {}).values()
+                if (node.version, node.name) > after
+                and (node.name not in progress or progress[node.name][0] < node.version)
+            ),
+            key=lambda node: (node.version, node.name),
+        )
+        return [_as_read(node, with_pod_ips) for node in changed[:limit]]
+
+    async def all_nodes(
+        self, cluster: str, *, with_pod_ips: bool
+    ) -> list[tuple[ports.NodeIntent, int | None, str | None]]:
+        """Every node of ``cluster`` (tombstones too) by name, with its recorded progress."""
+        progress = self.tables._progress.get(cluster, {})
+        rows: list[tuple[ports.NodeIntent, int | None, str | None]] = []
+        for name, node in sorted(self.tables._nodes.get(cluster, {}).items()):
+            recorded = progress.get(name)
+            version, error = recorded if recorded is not None else (None, None)
+            rows.append((_as_read(node, with_pod_ips), version, error))
+        return rows
+
+    def drop_session(self) -> None:
+        """Lose the session, as a dropped PostgreSQL connection does: every lock goes with it."""
+        for cluster in self._locked:
+            del self.tables._holders[cluster]
+        self._locked.clear()
+
+    async def close(self) -> None:
+        """End the session, which gives up every lock of this store; safe to call twice."""
+        self.drop_session()
+
+    def _fence(self, cluster: str) -> None:
+        if cluster not in self._locked:
+            raise errors.FencedError(f"cluster {cluster}: this store does not hold the sync lock")
+
+
+def _as_read(node: ports.NodeIntent, with_pod_ips: bool) -> ports.NodeIntent:
+    """``node`` as the PostgreSQL store reads it back: pod addresses only when asked for."""
+    if node.deleted:
+        return ports.NodeIntent(name=node.name, version=node.version, deleted=True)
+    pod_ips = dict(node.pod_ips or {}) if with_pod_ips else None
+    return dataclasses.replace(node, pod_ips=pod_ips)

@@ -37,7 +37,7 @@ from service.sync.mirror import WAITING_FOR_CILIUMNODE, Mirror, error_matches, s
 from service.sync.pacing import TokenBucket, backoff_delay
 from service.sync.queue import NodeQueue
 from service.sync.settings import SyncMetrics, SyncSettings
-from service.sync.worker import ClusterSync, SyncStore, run_clusters
+from service.sync.worker import ClusterSync, run_clusters
 
 __all__ = [
     "WAITING_FOR_CILIUMNODE",
@@ -47,7 +47,6 @@ __all__ = [
     "NodeQueue",
     "SyncMetrics",
     "SyncSettings",
-    "SyncStore",
     "TokenBucket",
     "backoff_delay",
     "error_matches",

@@ -2,7 +2,7 @@
 
 Started by ``service.cli`` (``cmd_sync``) with adapters from ``service.bootstrap``: one
 ``ClusterSync`` per ipledger cluster, each bound to the Kubernetes cluster that cluster maps to,
-all sharing one ``SyncStore``. A ``ClusterSync`` waits for its cluster's lock, then leads:
+all sharing one ``ports.SyncStore``. A ``ClusterSync`` waits for its cluster's lock, then leads:
 
 - the **feed** reads the nodes whose version is newer than the one recorded in ``node_sync``
   (or that have no record), woken by the store's change notifications with a fallback poll, and
@@ -26,7 +26,6 @@ import logging
 import random
 import time
 from collections.abc import Sequence
-from typing import Protocol
 
 import anyio
 import anyio.abc
@@ -39,32 +38,6 @@ from service.sync import settings as sync_settings
 log = logging.getLogger("ipledger.sync")
 
 
-class SyncStore(Protocol):
-    """What the worker needs from PostgreSQL (``adapters.postgres.sync_store`` implements it)."""
-
-    async def try_lock(self, cluster: str) -> bool: ...
-
-    async def unlock(self, cluster: str) -> None: ...
-
-    async def check_lock(self, cluster: str) -> None: ...
-
-    def change_count(self) -> int: ...
-
-    async def wait_for_change(self, seen: int, timeout: float) -> None: ...
-
-    async def record_synced(
-        self, cluster: str, outcomes: Sequence[tuple[str, int, str | None]]
-    ) -> None: ...
-
-    async def changed_nodes(
-        self, cluster: str, after: tuple[int, str], limit: int, *, with_pod_ips: bool
-    ) -> list[ports.NodeIntent]: ...
-
-    async def all_nodes(
-        self, cluster: str, *, with_pod_ips: bool
-    ) -> list[tuple[ports.NodeIntent, int | None, str | None]]: ...
-
-
 class ClusterSync:
     """The sync worker of one ipledger cluster and the Kubernetes cluster it maps to."""
 
@@ -72,7 +45,7 @@ class ClusterSync:
         self,
         cluster: str,
         client: ports.ClusterClient,
-        store: SyncStore,
+        store: ports.SyncStore,
         settings: sync_settings.SyncSettings | None = None,
         *,
         metrics: sync_settings.SyncMetrics | None = None,

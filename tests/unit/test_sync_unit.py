@@ -1,9 +1,10 @@
 """The sync worker without services: pacing, coalescing, backoff, drift repair, adoption planning.
 
-Runs ``service.sync`` against the in-memory ``MemoryClusterClient`` and a small in-memory stand-in
-for the PostgreSQL sync store defined here. The real API server never answers 429 on demand, so
-the 429 / Retry-After and 5xx paths are exercised here, with faults queued in the memory client;
-tests/integration/test_sync.py covers the rest against the real server and database.
+Runs ``service.sync`` against the in-memory ``MemoryClusterClient`` and ``MemorySyncStore``, which
+pass the same contract suites as the lightkube client and the PostgreSQL store. The real API
+server never answers 429 on demand, so the 429 / Retry-After and 5xx paths are exercised here,
+with faults queued in the memory client; tests/integration/test_sync.py covers the rest against
+the real server and database.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import pytest
 import yaml
 
 from service import errors, ports, sync
+from service.adapters import memory
 from service.adapters.kubernetes.memory import MemoryClusterClient
 from service.settings import KubeTarget, Settings
 
@@ -463,81 +465,18 @@ async def test_the_rate_limit_spaces_requests(client: MemoryClusterClient) -> No
 # --- a whole cluster worker over an in-memory store ---------------------------------------------
 
 
-class MemorySyncStore:
-    """Enough of ``PostgresSyncStore`` for one process: nodes, progress, one lock."""
-
-    def __init__(self) -> None:
-        self.nodes: dict[str, ports.NodeIntent] = {}
-        self.synced: dict[str, tuple[int, str | None]] = {}
-        self.holder: object | None = None
-        self._changes = 0
-        self._changed = anyio.Event()
-
-    def put(self, node: ports.NodeIntent) -> None:
-        self.nodes[node.name] = node
-        self._changes += 1
-        self._changed.set()
-        self._changed = anyio.Event()
-
-    async def try_lock(self, cluster: str) -> bool:
-        if self.holder is None:
-            self.holder = cluster
-        return self.holder == cluster
-
-    async def unlock(self, cluster: str) -> None:
-        if self.holder == cluster:
-            self.holder = None
-
-    async def check_lock(self, cluster: str) -> None:
-        if self.holder != cluster:
-            raise errors.FencedError("lost")
-
-    def change_count(self) -> int:
-        return self._changes
-
-    async def wait_for_change(self, seen: int, timeout: float) -> None:
-        if self._changes != seen:
-            return
-        with anyio.move_on_after(timeout):
-            await self._changed.wait()
-
-    async def record_synced(
-        self, cluster: str, outcomes: Sequence[tuple[str, int, str | None]]
-    ) -> None:
-        for name, version, error in outcomes:
-            if self.synced.get(name, (-1, None))[0] <= version:
-                self.synced[name] = (version, error)
-
-    async def changed_nodes(
-        self, cluster: str, after: tuple[int, str], limit: int, *, with_pod_ips: bool
-    ) -> list[ports.NodeIntent]:
-        rows = sorted(
-            (n for n in self.nodes.values() if (n.version, n.name) > after),
-            key=lambda n: (n.version, n.name),
-        )
-        return [n for n in rows if n.version > self.synced.get(n.name, (-1, None))[0]][:limit]
-
-    async def all_nodes(
-        self, cluster: str, *, with_pod_ips: bool
-    ) -> list[tuple[ports.NodeIntent, int | None, str | None]]:
-        return [
-            (n, *self.synced.get(n.name, (None, None)))  # type: ignore[misc]
-            for n in sorted(self.nodes.values(), key=lambda n: n.name)
-        ]
-
-
 async def test_a_hand_edit_is_put_back_at_the_resync_and_logged(
     client: MemoryClusterClient, caplog: pytest.LogCaptureFixture
 ) -> None:
-    store = MemorySyncStore()
-    store.put(intent("a", 3, "10.0.1.0/24"))
+    store = memory.MemorySyncStore()
+    store.tables.put(CLUSTER, intent("a", 3, "10.0.1.0/24"))
     worker = sync.ClusterSync(
         CLUSTER, client, store, sync.SyncSettings(qps=0, poll_interval_s=0.05, flush_interval_s=0)
     )
     stop = anyio.Event()
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(worker.run, stop)
-        await until(lambda: store.synced.get("a") == (3, None))
+        await until(lambda: store.tables.progress(CLUSTER).get("a") == (3, None))
 
         client.edit("a", pod_cidrs=["10.9.9.0/24"], manager="kubectl")
         with caplog.at_level(logging.WARNING, logger="ipledger.sync"):
@@ -549,11 +488,11 @@ async def test_a_hand_edit_is_put_back_at_the_resync_and_logged(
     (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert "['10.9.9.0/24']" in warning.getMessage()
     assert "kubectl" in warning.getMessage()
-    assert store.holder is None  # released on the way out
+    assert store.tables.holder(CLUSTER) is None  # released on the way out
 
 
 async def test_a_change_notified_while_writing_is_picked_up(client: MemoryClusterClient) -> None:
-    store = MemorySyncStore()
+    store = memory.MemorySyncStore()
     worker = sync.ClusterSync(
         CLUSTER, client, store, sync.SyncSettings(qps=0, poll_interval_s=30, flush_interval_s=0)
     )
@@ -562,10 +501,10 @@ async def test_a_change_notified_while_writing_is_picked_up(client: MemoryCluste
         tasks.start_soon(worker.run, stop)
         await until(lambda: worker.metrics.resyncs == 1)
         for version in range(1, 6):
-            store.put(intent("a", version, f"10.0.{version}.0/24"))
-            store.put(intent(f"other-{version}", version, "10.1.0.0/24"))
+            store.tables.put(CLUSTER, intent("a", version, f"10.0.{version}.0/24"))
+            store.tables.put(CLUSTER, intent(f"other-{version}", version, "10.1.0.0/24"))
         # The fallback poll is 30 s away: only the notification can bring these in time.
-        await until(lambda: store.synced.get("a") == (5, None), timeout=3)
+        await until(lambda: store.tables.progress(CLUSTER).get("a") == (5, None), timeout=3)
         stop.set()
 
     assert client.nodes["a"].pod_cidrs == ("10.0.5.0/24",)
@@ -573,19 +512,20 @@ async def test_a_change_notified_while_writing_is_picked_up(client: MemoryCluste
 
 
 async def test_a_second_worker_waits_for_the_lock(client: MemoryClusterClient) -> None:
-    store = MemorySyncStore()
-    store.holder = "someone else"
+    store = memory.MemorySyncStore()
+    other = memory.MemorySyncStore(store.tables)
+    assert await other.try_lock(CLUSTER)
     worker = sync.ClusterSync(
         CLUSTER, client, store, sync.SyncSettings(qps=0, lock_poll_s=0.01, flush_interval_s=0)
     )
-    store.put(intent("a", 1, "10.0.1.0/24"))
+    store.tables.put(CLUSTER, intent("a", 1, "10.0.1.0/24"))
     stop = anyio.Event()
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(worker.run, stop)
         await until(lambda: worker.metrics.lock_waits >= 3)
         assert not worker.metrics.leader and client.requests == []
-        store.holder = None
-        await until(lambda: store.synced.get("a") == (1, None))
+        await other.unlock(CLUSTER)
+        await until(lambda: store.tables.progress(CLUSTER).get("a") == (1, None))
         stop.set()
     assert worker.metrics.takeovers == 1
 
