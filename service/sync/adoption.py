@@ -9,12 +9,14 @@ report. Pure: no I/O, no clock, no randomness; it never writes the projection or
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from service import ports
+from service import errors, ports
+from service.domain import adoption as domain_adoption
 from service.domain import events
+from service.domain import pool as domain_pool
+from service.domain.addresses import format_network
 
 
 @dataclass(slots=True)
@@ -43,20 +45,22 @@ def plan_adoption(
     """Turn CiliumNodes into ``node.adopted`` events for ``cluster``; pure.
 
     A node is adopted only if each of its CIDRs is valid, has the pool's mask size for its
-    family and lies inside one of the pool's CIDRs: the allocator would otherwise pin it with an
-    error, and the operator must decide first. ``known`` maps the nodes ipledger already holds
-    to their CIDRs.
+    family and lies inside one of the pool's CIDRs (``service.domain.adoption``, the core's own
+    checks): the allocator would otherwise pin it with an error, and the operator must decide
+    first. ``known`` maps the nodes ipledger already holds to their CIDRs. Raises
+    ``errors.ConfigurationError`` for a pool the core would not hold.
     """
+    pools = _family_pools(cluster, pool)
     plan = AdoptionPlan(cluster=cluster)
     for node in sorted(listed, key=lambda n: n.name):
         if not node.pod_cidrs:
             plan.empty.append(node.name)
             continue
-        networks, reason = _adoptable(node.pod_cidrs, pool)
+        networks, reason = domain_adoption.adoptable(node.pod_cidrs, pools)
         if reason is not None:
             plan.refused.append((node.name, reason))
             continue
-        texts = tuple(str(n) for n in networks)
+        texts = tuple(format_network(n) for n in networks)
         held = known.get(node.name)
         if held is not None:
             if tuple(held) == texts:
@@ -82,35 +86,16 @@ def plan_adoption(
     return plan
 
 
-def _adoptable(
-    texts: Sequence[str], pool: ports.ClusterPool
-) -> tuple[list[ports.Network], str | None]:
-    by_family: dict[int, ports.Network] = {}
-    for text in texts:
-        try:
-            network = ipaddress.ip_network(text, strict=True)
-        except ValueError as exc:
-            return [], f"invalid CIDR {text!r}: {exc}"
-        if network.version in by_family:
-            return [], f"more than one IPv{network.version} CIDR"
-        by_family[network.version] = network
-        elements: Sequence[ports.Network] = (
-            pool.ipv4_cidrs if network.version == 4 else pool.ipv6_cidrs
-        )
-        mask = pool.ipv4_mask if network.version == 4 else pool.ipv6_mask
-        if not elements:
-            return [], f"{network} is IPv{network.version}, which the pool does not enable"
-        if not any(_inside(network, element) for element in elements):
-            shown = ", ".join(str(e) for e in elements)
-            return [], f"{network} is outside the pool ({shown})"
-        if mask is not None and network.prefixlen != mask:
-            return [], f"{network} is a /{network.prefixlen}; the pool hands out /{mask}"
-    return [by_family[f] for f in sorted(by_family)], None
-
-
-def _inside(network: ports.Network, element: ports.Network) -> bool:
-    if isinstance(network, ipaddress.IPv4Network) and isinstance(element, ipaddress.IPv4Network):
-        return network.subnet_of(element)
-    if isinstance(network, ipaddress.IPv6Network) and isinstance(element, ipaddress.IPv6Network):
-        return network.subnet_of(element)
-    return False
+def _family_pools(cluster: str, pool: ports.ClusterPool) -> dict[int, domain_pool.FamilyPool]:
+    """``pool`` as the core holds it, built the way a ``pool.configured`` builds it."""
+    lists = {
+        domain_pool.IPV4: [format_network(n) for n in pool.ipv4_cidrs],
+        domain_pool.IPV6: [format_network(n) for n in pool.ipv6_cidrs],
+    }
+    masks = {domain_pool.IPV4: pool.ipv4_mask, domain_pool.IPV6: pool.ipv6_mask}
+    try:
+        return domain_adoption.family_pools(lists, masks)
+    except domain_pool.PoolConfigError as exc:
+        raise errors.ConfigurationError(
+            f"cluster {cluster}: the pool the projection holds is not one the core accepts: {exc}"
+        ) from exc
