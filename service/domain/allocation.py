@@ -147,7 +147,7 @@ def _node_added(state: State, event: events.NodeAdded) -> events.Decision:
     _set_addresses(cluster, node, node_addresses)
     _mark_node(cluster, node)
     if _allocate_missing(cluster, node) is not None:
-        cluster.waiting.put(node, cluster.missing(node))
+        _wait(cluster, node)
     return _node_decision(event, node)
 
 
@@ -220,7 +220,7 @@ def _node_adopted(state: State, event: events.NodeAdopted) -> events.Decision:
     if _allocate_missing(cluster, node) is None:
         cluster.waiting.discard(node)
     else:
-        cluster.waiting.put(node, cluster.missing(node))
+        _wait(cluster, node)
     return _node_decision(event, node)
 
 
@@ -425,6 +425,18 @@ def _allocate_missing(cluster: ClusterState, node: Node) -> int | None:
     node.error = None
     _mark_node(cluster, node)
     return None
+
+
+def _wait(cluster: ClusterState, node: Node) -> None:
+    """Queue a node that could not get what it lacks.
+
+    Without any pool there is nothing to wait for in particular: such nodes are queued when a
+    family is enabled, with every other node that lacks it, so the queue is always exactly the
+    nodes that are not pinned and lack a CIDR of an enabled family (what ``restore`` derives).
+    """
+    need = cluster.missing(node)
+    if need:
+        cluster.waiting.put(node, need)
 
 
 def _serve_waiting(cluster: ClusterState) -> None:

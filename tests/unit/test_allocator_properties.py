@@ -114,9 +114,14 @@ class AllocatorMachine(RuleBasedStateMachine):
             for family, pool in cluster.pools.items():
                 held = sum(1 for n in cluster.nodes.values() if family in n.ranges)
                 assert sum(e.slots.used for e in pool.elements) == held
-            for name in cluster.waiting:
-                assert name in cluster.nodes
-                assert not cluster.nodes[name].pinned
+            # A node waits exactly when it is not pinned and lacks a CIDR of an enabled family.
+            waiting = cluster.waiting.names()
+            assert waiting == [
+                n.name for n in cluster.by_arrival() if not n.pinned and cluster.missing(n)
+            ]
+            assert [cluster.nodes[name].seq for name in waiting] == sorted(
+                cluster.nodes[name].seq for name in waiting
+            )
 
     def teardown(self) -> None:
         replayed = state.State()
@@ -158,13 +163,15 @@ def round_trip(original: state.State) -> state.State:
             ipv6_cidrs=row["ipv6_cidrs"],
             ipv6_mask=row["ipv6_mask"],
             cursors=json.loads(json.dumps(row["cursors"])),
-            waiting=row["waiting"],
+            next_seq=row["next_seq"],
         )
-        for node in cluster.nodes.values():
-            nrow = restore.node_row(node)
+        # Rows in another order than the nodes arrived in: the rebuilt state must not care.
+        for name in sorted(cluster.nodes, reverse=True):
+            nrow = restore.node_row(cluster, cluster.nodes[name])
             restore.restore_node(
                 target,
                 nrow["name"],
+                seq=nrow["seq"],
                 pod_cidrs=nrow["pod_cidrs"],
                 error=nrow["error"],
                 conflict=nrow["conflict"],
