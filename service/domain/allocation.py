@@ -18,13 +18,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from service.domain import addresses, events
+from service.domain import addresses, adoption, events
 from service.domain.addresses import format_address, format_network
 from service.domain.pool import (
     FAMILY_NAMES,
     IPV4,
     IPV6,
-    Network,
     NodeCidr,
     PoolConfigError,
     commit_change,
@@ -155,15 +154,9 @@ def _node_adopted(state: State, event: events.NodeAdopted) -> events.Decision:
     node_addresses = _parse_addresses(event.addresses)
     if isinstance(node_addresses, str):
         return _reject_node(event, node_addresses)
-    requested: dict[int, Network] = {}
-    for text in event.pod_cidrs:
-        try:
-            network = addresses.parse_network(text)
-        except ValueError as exc:
-            return _reject_node(event, f"invalid CIDR {text!r}: {exc}")
-        if network.version in requested:
-            return _reject_node(event, f"more than one {FAMILY_NAMES[network.version]} CIDR")
-        requested[network.version] = network
+    requested = adoption.requested_cidrs(event.pod_cidrs)
+    if isinstance(requested, str):
+        return _reject_node(event, requested)
     if not requested:
         return _reject_node(event, "podCIDRs is empty")
 
