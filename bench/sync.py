@@ -71,7 +71,7 @@ BUCKETS: tuple[tuple[str, str], ...] = (
     ("asyncpg", "PostgreSQL driver (asyncpg, SQLAlchemy)"),
     ("sqlalchemy", "PostgreSQL driver (asyncpg, SQLAlchemy)"),
     ("service/domain", "allocator (core and loop)"),
-    ("service/allocator.py", "allocator (core and loop)"),
+    ("service/allocator/", "allocator (core and loop)"),
     ("asyncio", "event loop (asyncio, anyio)"),
     ("anyio", "event loop (asyncio, anyio)"),
     ("ipaddress", "addresses parsed and formatted (ipaddress)"),

@@ -10,7 +10,7 @@ import datetime
 import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from service.domain import events
 from service.domain import state as domain
@@ -121,20 +121,129 @@ class Batch:
     node_rows: dict[str, dict[str, dict[str, Any] | None]] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """What an allocator starts from: the state rebuilt from the committed rows, and where to
+    continue reading (the partition's committed next offset when one partition was loaded, else
+    0)."""
+
+    state: domain.State
+    next_offset: int
+
+
 class Projection(Protocol):
-    """The allocator's durable state, its log position and its single-writer lease."""
+    """The allocator's durable state, its log position and its single-writer lease, per partition.
 
-    async def try_acquire(self, partition: int) -> int | None: ...
+    Written by ``service.allocator`` only, one ``commit`` per batch; read when a writer starts
+    (``load``) and by the decisions outbox relay. The contract every adapter keeps:
 
-    async def renew(self, partition: int, token: int) -> None: ...
+    - **One writer per partition: the lease.** ``try_acquire`` takes the partition's lease when
+      it is free (never taken, released, or expired) or already held by this projection's own
+      holder, and returns a fencing token greater than every token handed out for that
+      partition before; otherwise None. Taking it again as the same holder also gives a new
+      token, which fences the old one. A lease lasts the projection's TTL from its last
+      extension, measured on the store's clock (PostgreSQL: the database's
+      ``clock_timestamp()``, so writers on different hosts need no clock agreement).
+      ``renew`` extends it; so do ``commit`` and ``advance_outbox``. ``release`` ends it at once,
+      so that a standby need not wait out the TTL; with a token that is no longer current it
+      does nothing, and it never raises ``FencedError``.
+    - **Fencing.** ``renew``, ``commit`` and ``advance_outbox`` check, inside the same
+      transaction as their writes, that the token is the partition's current one and unexpired.
+      If not they raise ``errors.FencedError`` and write nothing: a writer paused past its lease
+      (SIGSTOP, a long GC, a network partition) can never write after another one took over.
+      ``FencedError`` means "you are not the writer any more": drop the in-memory state and
+      stand by (``try_acquire`` again); retrying with the same token cannot succeed.
+    - **A batch and its offset are written together.** ``commit(batch)`` writes everything the
+      batch did (a decision for each of its offsets, the rejections, the changed cluster and
+      node rows with the batch's last offset as their version, a deleted node as a tombstone,
+      the held pod addresses and every holding that ended) and ``batch.next_offset`` as the
+      partition's next offset, in one transaction: all of it or nothing. The stored offset
+      therefore always matches the stored state, and restarting from it applies nothing twice.
+    - **Load.** ``load(partitions)`` rebuilds the state of the clusters on ``partitions`` (all
+      when None) as of the last committed offset, through ``service.domain.restore``; with
+      exactly one partition, ``Loaded.next_offset`` is its committed next offset. The order the
+      store returns rows in does not matter: nodes are restored in arrival order from their
+      stored arrival numbers, so the rebuilt state (its digest, its dict orders, its next
+      decisions) is the one that wrote the rows.
+    - **Offsets.** ``next_offset`` is the partition's committed next offset, 0 before its first
+      commit; it (and ``load`` of that one partition) raises ``errors.ConfigurationError`` when
+      the partition was fed by another log than this projection's (``log_name``).
+      ``consumed_offsets`` maps every partition that has a commit to its next offset.
+    - **Outbox.** ``decisions_after(partition, start, limit)`` returns committed decisions as
+      ``(offset, event id, decision JSON)`` with ``offset >= start``, in offset order, at most
+      ``limit``: the transactional outbox the relay publishes to the decisions topic from.
+      ``outbox_offset`` is the next offset to publish (0 at first); ``advance_outbox`` moves it,
+      fenced like a commit.
+    - **Failures.** ``errors.ProjectionDataError`` from ``commit``: the store refused the batch's
+      values (a text it cannot hold, a constraint); the same batch fails the same way again,
+      and the error's ``reason`` (storable text) says why; nothing was written. Any other
+      ``errors.ProjectionError``: the store could not be reached or gave up; retrying may pass,
+      and a ``commit`` that raised it may or may not have landed, so the caller reloads the
+      committed state before going on. No driver exception escapes.
 
-    async def release(self, partition: int, token: int) -> None: ...
+    Adapters: ``service.adapters.postgres.projection.PostgresProjection`` and, in memory,
+    ``service.adapters.memory.MemoryProjection``; contract suite:
+    ``tests/contract/test_projection_contract.py``.
+    """
 
-    async def next_offset(self, partition: int) -> int: ...
+    async def try_acquire(self, partition: int) -> int | None:
+        """Take the partition's lease if it is free, expired or this holder's: the new token."""
+        ...
 
-    async def commit(self, batch: Batch) -> None: ...
+    async def renew(self, partition: int, token: int) -> None:
+        """Extend the lease by its TTL; raise ``FencedError`` if ``token`` lost it."""
+        ...
 
-    async def close(self) -> None: ...
+    async def release(self, partition: int, token: int) -> None:
+        """End the lease now if ``token`` still holds it (clean shutdown); else nothing."""
+        ...
+
+    async def next_offset(self, partition: int) -> int:
+        """The partition's committed next offset (0 before any commit)."""
+        ...
+
+    async def load(self, partitions: Sequence[int] | None = None) -> Loaded:
+        """The state of the clusters on ``partitions`` (all when None) as last committed."""
+        ...
+
+    async def commit(self, batch: Batch) -> None:
+        """Write the batch and its next offset in one transaction, fenced by ``batch.token``."""
+        ...
+
+    async def decisions_after(
+        self, partition: int, start: int, limit: int
+    ) -> list[tuple[int, str | None, bytes]]:
+        """``(offset, event id, decision JSON)`` of committed decisions from ``start`` on."""
+        ...
+
+    async def outbox_offset(self, partition: int) -> int:
+        """The next offset the outbox relay publishes (0 before it published anything)."""
+        ...
+
+    async def advance_outbox(self, partition: int, token: int, next_offset: int) -> None:
+        """Record that decisions below ``next_offset`` were published; fenced like a commit."""
+        ...
+
+    async def consumed_offsets(self) -> dict[int, int]:
+        """Every partition with a commit, and its committed next offset."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections; the projection is unusable afterwards."""
+        ...
+
+
+@runtime_checkable
+class ReportsConsumerPosition(Protocol):
+    """An ``EventLog`` that can also record the consumed position for lag monitoring.
+
+    Kafka's consumer groups: the allocator commits the group offset after each batch, for the
+    tools that watch group lag. It is never read back: the projection's offset is the truth.
+    """
+
+    async def commit_consumer_offset(self, partition: int, offset: int) -> None:
+        """Record ``offset`` as the next one to consume on ``partition``; best effort."""
+        ...
 
 
 # --- The Kubernetes side: what the sync worker (service.sync) reads and writes -----------------

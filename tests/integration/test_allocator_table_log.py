@@ -14,7 +14,7 @@ import anyio
 import asyncpg
 import pytest
 
-from service import allocator, errors
+from service import allocator, errors, ports
 from service.adapters.postgres import projection as pg_projection
 from service.adapters.postgres import table_log
 from service.domain import allocation, document, state
@@ -249,7 +249,7 @@ async def test_point_in_time_who_held_an_address_and_why(
 class SlowLoadingProjection(pg_projection.PostgresProjection):
     """A projection whose load outlasts the lease, as loading 7 M addresses does."""
 
-    async def load(self, partitions: Sequence[int] | None = None) -> pg_projection.Loaded:
+    async def load(self, partitions: Sequence[int] | None = None) -> ports.Loaded:
         await anyio.sleep(3 * self.lease_ttl_s)
         return await super().load(partitions)
 

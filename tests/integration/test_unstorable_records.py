@@ -271,7 +271,7 @@ class SlowLoadingProjection(pg_projection.PostgresProjection):
 
     loads = 0
 
-    async def load(self, partitions: Sequence[int] | None = None) -> pg_projection.Loaded:
+    async def load(self, partitions: Sequence[int] | None = None) -> ports.Loaded:
         self.loads += 1
         await anyio.sleep(3 * self.lease_ttl_s)
         return await super().load(partitions)

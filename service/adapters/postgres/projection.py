@@ -2,8 +2,9 @@
 
 Written by ``service.allocator`` (one transaction per batch: decisions, rejections, node rows,
 pod addresses, their history and the consumed offset, all or nothing) and read when an allocator
-starts (``load``), by ``ipledger state`` and by the decisions outbox relay. The tables are declared
-in ``schema``; Alembic builds them.
+starts (``load``) and by the decisions outbox relay; ``restore_clusters`` rebuilds the state
+from the rows, for ``load`` and for the read side (``reader``). The tables are declared in
+``schema``; Alembic builds them.
 
 Single writer per log partition: ``try_acquire`` takes a time-bound lease with a fencing token,
 and every ``commit`` re-checks that token inside its own transaction and extends the lease. A
@@ -22,7 +23,6 @@ import datetime
 import ipaddress
 import json
 from collections.abc import AsyncIterator, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -39,14 +39,6 @@ DECISIONS_CHANNEL = "ipledger_decisions"
 # A writer connection stuck in a transaction (its process paused) is cut off by the server, so
 # its row locks cannot stall the writer that takes over.
 WRITER_SESSION_SETTINGS = {"idle_in_transaction_session_timeout": "5000"}
-
-
-@dataclass(frozen=True, slots=True)
-class Loaded:
-    """What an allocator starts from: the rebuilt state and the next offset to read."""
-
-    state: state.State
-    next_offset: int
 
 
 # SQLSTATE classes that blame the values written, not the server or the connection: data
@@ -229,7 +221,7 @@ class PostgresProjection:
             )
         return int(row["next_offset"])
 
-    async def load(self, partitions: Sequence[int] | None = None) -> Loaded:
+    async def load(self, partitions: Sequence[int] | None = None) -> ports.Loaded:
         """Rebuild the state of the clusters on ``partitions`` (all when None).
 
         With one partition, also returns where to continue reading it.
@@ -242,52 +234,8 @@ class PostgresProjection:
                 if partitions and len(partitions) == 1
                 else 0
             )
-            where, args = (
-                ("WHERE partition = ANY($1::int[])", [list(partitions)]) if partitions else ("", [])
-            )
-            clusters = await db.fetch(f"SELECT * FROM cluster {where} ORDER BY name", *args)
-            for row in clusters:
-                cluster = restore.restore_cluster(
-                    current,
-                    row["name"],
-                    ipv4_cidrs=row["ipv4_cidrs"],
-                    ipv4_mask=row["ipv4_mask"],
-                    ipv6_cidrs=row["ipv6_cidrs"],
-                    ipv6_mask=row["ipv6_mask"],
-                    cursors=_json(row["cursors"]),
-                    next_seq=row["next_seq"],
-                )
-                nodes = await db.fetch(
-                    "SELECT * FROM node WHERE cluster = $1 AND NOT deleted ORDER BY seq",
-                    cluster.name,
-                )
-                for node in nodes:
-                    restore.restore_node(
-                        cluster,
-                        node["name"],
-                        seq=node["seq"],
-                        pod_cidrs=node["pod_cidrs"],
-                        error=node["error"],
-                        conflict=node["conflict"],
-                        addresses=node["addresses"],
-                        pinned=node["pinned"],
-                        cursors=node["cursors"],
-                    )
-                # IPv4 as integers straight from the server: parsing 7 M address strings in
-                # Python would dominate the start-up time.
-                async for ip in db.cursor(
-                    "SELECT node, owner, family(address) AS family, "
-                    "CASE WHEN family(address) = 4 THEN address - '0.0.0.0'::inet END AS v4, "
-                    "CASE WHEN family(address) = 6 THEN host(address) END AS v6 "
-                    "FROM pod_ip WHERE cluster = $1 ORDER BY address",
-                    cluster.name,
-                    prefetch=20_000,
-                ):
-                    family = ip["family"]
-                    value = ip["v4"] if family == IPV4 else int(ipaddress.IPv6Address(ip["v6"]))
-                    restore.restore_pod_ip(cluster, ip["node"], family, value, ip["owner"])
-                restore.finish(cluster)
-        return Loaded(state=current, next_offset=next_offset)
+            await restore_clusters(db, current, partitions)
+        return ports.Loaded(state=current, next_offset=next_offset)
 
     # --- committing a batch ---------------------------------------------------------------------
 
@@ -354,9 +302,59 @@ class PostgresProjection:
             rows = await db.fetch("SELECT partition, next_offset FROM consumer_offset")
         return {r["partition"]: r["next_offset"] for r in rows}
 
-    async def rejection_count(self) -> int:
-        async with self._driver("counting rejections", transaction=False) as db:
-            return int(await db.fetchval("SELECT count(*) FROM rejection"))
+
+async def restore_clusters(db: Any, current: state.State, partitions: Sequence[int] | None) -> None:
+    """Rebuild into ``current`` the clusters on ``partitions`` (all when None) from their rows.
+
+    ``db`` is an asyncpg connection in a transaction (the pod address cursor needs one), at
+    REPEATABLE READ so that every cluster is read as of one commit. Shared by ``load`` and the
+    read side (``reader``), so both rebuild the state exactly alike.
+    """
+    where, args = (
+        ("WHERE partition = ANY($1::int[])", [list(partitions)]) if partitions else ("", [])
+    )
+    clusters = await db.fetch(f"SELECT * FROM cluster {where} ORDER BY name", *args)
+    for row in clusters:
+        cluster = restore.restore_cluster(
+            current,
+            row["name"],
+            ipv4_cidrs=row["ipv4_cidrs"],
+            ipv4_mask=row["ipv4_mask"],
+            ipv6_cidrs=row["ipv6_cidrs"],
+            ipv6_mask=row["ipv6_mask"],
+            cursors=_json(row["cursors"]),
+            next_seq=row["next_seq"],
+        )
+        nodes = await db.fetch(
+            "SELECT * FROM node WHERE cluster = $1 AND NOT deleted ORDER BY seq",
+            cluster.name,
+        )
+        for node in nodes:
+            restore.restore_node(
+                cluster,
+                node["name"],
+                seq=node["seq"],
+                pod_cidrs=node["pod_cidrs"],
+                error=node["error"],
+                conflict=node["conflict"],
+                addresses=node["addresses"],
+                pinned=node["pinned"],
+                cursors=node["cursors"],
+            )
+        # IPv4 as integers straight from the server: parsing 7 M address strings in
+        # Python would dominate the start-up time.
+        async for ip in db.cursor(
+            "SELECT node, owner, family(address) AS family, "
+            "CASE WHEN family(address) = 4 THEN address - '0.0.0.0'::inet END AS v4, "
+            "CASE WHEN family(address) = 6 THEN host(address) END AS v6 "
+            "FROM pod_ip WHERE cluster = $1 ORDER BY address",
+            cluster.name,
+            prefetch=20_000,
+        ):
+            family = ip["family"]
+            value = ip["v4"] if family == IPV4 else int(ipaddress.IPv6Address(ip["v6"]))
+            restore.restore_pod_ip(cluster, ip["node"], family, value, ip["owner"])
+        restore.finish(cluster)
 
 
 def _inet(family: int, value: int) -> int | bytes:

@@ -1,319 +1,41 @@
-"""The single-writer allocator loop: read a batch from the log, apply it, commit it with its offset.
+"""The single-writer allocator loop of one log partition: lead (or stand by), read, apply, commit.
 
-Run by ``ipledger run`` (wired in ``service.bootstrap``), one ``PartitionAllocator`` per log
-partition, so different partitions (and the clusters on them) can be spread over processes. Each
-one is either the writer of its partition or a hot standby waiting for the writer's lease.
+Run by ``ipledger run``, one ``PartitionAllocator`` per log partition, so different partitions
+(and the clusters on them) can be spread over processes. Each one is either the writer of its
+partition or a hot standby waiting for the writer's lease (``ports.Projection``: the lease, the
+fencing, a batch committed with its offset).
 
 As the writer it loads the state from the projection, then repeats: read up to N records (waiting
-at most T for the first), apply them in log order with the pure core, and commit every change,
-decision, rejection and the next offset in ONE PostgreSQL transaction. Because the offset moves
-only with the state it produced, a crash at any point (``kill -9``) loses nothing and applies
-nothing twice: the next writer loads the last committed state and continues after its offset.
-Any failure of the log or the database drops the in-memory state, backs off and starts again
-from what is committed, except a commit the database refused for its data: that batch is
-committed in parts until the records it cannot store are found and rejected (``_isolate``).
-The loop never raises on input: every record gets a decision.
+at most T for the first), apply them in log order with the pure core (``batch.apply_records``),
+and commit every change, decision, rejection and the next offset in ONE transaction. Because the
+offset moves only with the state it produced, a crash at any point (``kill -9``) loses nothing and
+applies nothing twice: the next writer loads the last committed state and continues after its
+offset. Any failure of the log or the database drops the in-memory state, backs off and starts
+again from what is committed, except a commit the database refused for its data: that batch is
+committed in parts until the records it cannot store are found and rejected (``_isolate``). The
+loop never raises on input: every record gets a decision.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
-import datetime
 import gc
 import logging
 import math
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass
 
 import anyio
 
 from service import errors, ports
-from service.domain import allocation, events, partitioning, restore, state
+from service.allocator import batch as batches
+from service.allocator.settings import LoopSettings, Metrics
+from service.domain import state
 
 log = logging.getLogger("ipledger.allocator")
-UTC = datetime.UTC
-# The error of a record the projection could not store (followed by the database's reason).
-UNSTORABLE = "the projection could not store this record"
-
-
-@dataclass(frozen=True, slots=True)
-class LoopSettings:
-    """How the loop batches, leases and retries."""
-
-    batch_max_records: int = 5000
-    batch_max_wait_s: float = 0.05
-    lease_poll_s: float = 1.0
-    renew_every_s: float = 2.0
-    backoff_initial_s: float = 0.2
-    backoff_max_s: float = 5.0
-    relay_batch: int = 2000
-
-
-@dataclass(slots=True)
-class Metrics:
-    """Counters of one allocator process (exported by the metrics endpoint)."""
-
-    records_applied: int = 0
-    records_rejected: int = 0
-    # Of the rejected: records on another partition than their cluster's home partition.
-    records_wrong_partition: int = 0
-    records_unstorable: int = 0
-    decisions_with_error: int = 0
-    batches_committed: int = 0
-    commit_seconds: float = 0.0
-    takeovers: int = 0
-    fenced: int = 0
-    failures: int = 0
-    decisions_published: int = 0
-    next_offset: dict[int, int] = field(default_factory=dict)
-    leader: dict[int, bool] = field(default_factory=dict)
-
-
-@runtime_checkable
-class ReportsConsumerPosition(Protocol):
-    """A log that can also record the consumed position for lag monitoring (Kafka groups)."""
-
-    async def commit_consumer_offset(self, partition: int, offset: int) -> None: ...
-
-
-class LoadableProjection(ports.Projection, Protocol):
-    async def load(self, partitions: Sequence[int] | None = None) -> _Loaded: ...
-
-    async def decisions_after(
-        self, partition: int, start: int, limit: int
-    ) -> list[tuple[int, str | None, bytes]]: ...
-
-    async def outbox_offset(self, partition: int) -> int: ...
-
-    async def advance_outbox(self, partition: int, token: int, next_offset: int) -> None: ...
-
-    async def consumed_offsets(self) -> dict[int, int]: ...
-
-
-class _Loaded(Protocol):
-    @property
-    def state(self) -> state.State: ...
-
-    @property
-    def next_offset(self) -> int: ...
-
-
-def apply_records(
-    current: state.State,
-    records: Sequence[ports.Record],
-    partition: int,
-    token: int,
-    *,
-    partitions: int,
-) -> ports.Batch:
-    """Apply ``records`` of ``partition`` (of ``partitions``) in order to ``current``, and collect
-    what the projection must write.
-
-    Two kinds of valid event are refused without being applied, because the producer broke the
-    contract that gives each cluster one total order: a record whose key is not the event's
-    cluster, and a record on another partition than the cluster's home partition (Kafka's
-    default partitioner on the key, ``partitioning.home_partition``). Applying the latter would
-    build a second state of that cluster in another partition's writer.
-    """
-    batch = ports.Batch(
-        partition=partition, token=token, next_offset=records[-1].offset + 1, state=current
-    )
-    # Home partitions met in this batch: murmur2 is cheap, but not free on the hot path.
-    homes: dict[str, int] = {}
-    seen_ips: dict[str, int] = {
-        name: len(c.changes.ips) for name, c in current.clusters.items() if c.changes is not None
-    }
-    fallback_time = datetime.datetime.now(UTC)
-    last_ms: int | None = None
-    log_time: datetime.datetime | None = None
-    for record in records:
-        # Records appended together share a timestamp: convert each distinct one once.
-        if record.timestamp_ms != last_ms:
-            last_ms = record.timestamp_ms
-            log_time = (
-                None if last_ms is None else datetime.datetime.fromtimestamp(last_ms / 1000, UTC)
-            )
-        event = events.decode(record.value)
-        rejected = wrong_partition = False
-        if isinstance(event, events.DecodeFailure):
-            decision = events.Decision(
-                id=event.id, type=event.type, cluster=event.cluster, error=event.reason
-            )
-            rejected = True
-            event_time = None
-        elif record.key != event.cluster.encode():
-            shown = record.key.decode("utf-8", "replace")[:64] if record.key is not None else None
-            decision = events.Decision(
-                id=event.id,
-                type=event.type,
-                cluster=event.cluster,
-                error=f"record key {shown!r} does not match the event's cluster {event.cluster!r}",
-            )
-            rejected = True
-            event_time = event.moment()
-        elif partitions > 1 and (home := _home(homes, event.cluster, partitions)) != partition:
-            decision = events.Decision(
-                id=event.id,
-                type=event.type,
-                cluster=event.cluster,
-                error=(
-                    f"cluster {event.cluster!r} belongs to partition {home} of {partitions} "
-                    f"(murmur2 of the key); this record is on partition {partition}: the "
-                    "producer must use Kafka's default (murmur2) partitioner"
-                ),
-            )
-            rejected = wrong_partition = True
-            event_time = event.moment()
-        else:
-            decision = allocation.apply(current, event)
-            event_time = event.moment()
-            cluster = current.clusters.get(event.cluster)
-            if cluster is not None and cluster.changes is not None:
-                held = len(cluster.changes.ips)
-                before = seen_ips.get(cluster.name, 0)
-                if held > before:
-                    when = event_time or log_time or fallback_time
-                    batch.ip_times.setdefault(cluster.name, []).extend(
-                        [(record.offset, when)] * (held - before)
-                    )
-                    seen_ips[cluster.name] = held
-        batch.applied.append(
-            ports.AppliedRecord(
-                record=record,
-                decision=decision,
-                body=events.encode_decision(decision),
-                event_time=event_time,
-                log_time=log_time,
-                rejected=rejected,
-                wrong_partition=wrong_partition,
-            )
-        )
-    for name, cluster in current.clusters.items():
-        changes = cluster.changes
-        if changes is not None and (changes.nodes or changes.pool or changes.ips):
-            batch.changes[name] = cluster.take_changes()
-            batch.ip_times.setdefault(name, [])
-            batch.cluster_rows[name] = restore.cluster_row(cluster)
-            batch.node_rows[name] = {
-                node: restore.node_row(cluster, cluster.nodes[node])
-                if node in cluster.nodes
-                else None
-                for node in sorted(changes.nodes)
-            }
-    return batch
-
-
-def _home(homes: dict[str, int], cluster: str, partitions: int) -> int:
-    home = homes.get(cluster)
-    if home is None:
-        home = homes[cluster] = partitioning.home_partition(cluster, partitions)
-    return home
-
-
-async def check_partition_count(log_: ports.EventLog, projection: LoadableProjection) -> int:
-    """The log's partition count, once it is known to be the one the projection was built with.
-
-    The count is fixed for a deployment: every cluster's home partition depends on it, so with
-    another count clusters would move to partitions whose writers know nothing of them. Raises
-    ``errors.ConfigurationError`` when the projection holds consumed offsets of a partition the
-    log does not have (the count went down); a count that went up shows in the clusters instead,
-    which ``check_homes`` finds when a partition's state is loaded.
-    """
-    partitions = list(await log_.partitions())
-    if partitions != list(range(len(partitions))):
-        raise errors.ConfigurationError(
-            f"the log's partitions are {partitions}, not 0 to {len(partitions) - 1}"
-        )
-    consumed = await projection.consumed_offsets()
-    beyond = sorted(p for p in consumed if p >= len(partitions))
-    if beyond:
-        raise errors.ConfigurationError(
-            f"the projection has consumed partitions up to {beyond[-1]}, so it was built from a "
-            f"log of at least {beyond[-1] + 1} partitions, but the log has {len(partitions)}; "
-            "the partition count cannot change (clusters would move to other partitions)"
-        )
-    return len(partitions)
-
-
-def check_homes(current: state.State, partition: int, partitions: int) -> None:
-    """Refuse a loaded state of ``partition`` holding a cluster whose home is elsewhere.
-
-    Clusters are only ever built on their home partition, so such a cluster means the partition
-    count changed since it was built: raises ``errors.ConfigurationError``.
-    """
-    for name in current.clusters:
-        home = partitioning.home_partition(name, partitions)
-        if home != partition:
-            raise errors.ConfigurationError(
-                f"cluster {name!r} was built on partition {partition}, but with {partitions} "
-                f"partitions its home is partition {home}: the partition count changed since; "
-                "it cannot change (clusters would move to other partitions)"
-            )
-
-
-def unstorable_record(record: ports.Record, reason: str | None) -> ports.AppliedRecord:
-    """``record`` rejected because the projection cannot store it, for ``reason`` (the
-    database's, already storable; None: a fixed reason only).
-
-    Nothing of the event goes into the decision: its id or type may hold the very text the
-    database refused. The cluster is the one ``events.decode`` reads from it: a valid cluster
-    name (the contract allows only storable ones), or None when the record names none.
-    """
-    decision = events.Decision(
-        id=None,
-        type=None,
-        cluster=events.decode(record.value).cluster,
-        error=UNSTORABLE if reason is None else f"{UNSTORABLE}: {reason}",
-    )
-    log_time = (
-        None
-        if record.timestamp_ms is None
-        else datetime.datetime.fromtimestamp(record.timestamp_ms / 1000, UTC)
-    )
-    return ports.AppliedRecord(
-        record=record,
-        decision=decision,
-        body=events.encode_decision(decision),
-        event_time=None,
-        log_time=log_time,
-        rejected=True,
-    )
-
-
-def _rejection_batch(
-    current: state.State, token: int, record: ports.Record, applied: ports.AppliedRecord
-) -> ports.Batch:
-    """A batch of one rejected record: its decision and rejection rows and the next offset."""
-    return ports.Batch(
-        partition=record.partition,
-        token=token,
-        next_offset=record.offset + 1,
-        state=current,
-        applied=[applied],
-    )
-
-
-def _ways(size: int, reload_s: float, commit_s: float) -> int:
-    """Into how many parts to split a failed part of ``size`` records.
-
-    Every part that fails costs a reload of the partition's state, every part a commit.
-    Bisecting costs the most reloads (one per halving), committing record by record the most
-    commits; so split into as many parts as commits fit into one reload: with a small state
-    that is about a bisection, with millions of addresses (a reload of ~30 s against commits
-    of milliseconds) a 5,000-record batch is taken apart in two or three levels.
-    """
-    if commit_s <= 0:
-        return 2
-    return max(2, min(size, math.ceil(reload_s / commit_s)))
-
-
-def _split(records: Sequence[ports.Record], ways: int) -> list[Sequence[ports.Record]]:
-    size = math.ceil(len(records) / ways)
-    return [records[start : start + size] for start in range(0, len(records), size)]
 
 
 class PartitionAllocator:
@@ -322,7 +44,7 @@ class PartitionAllocator:
     def __init__(
         self,
         log_: ports.EventLog,
-        projection: LoadableProjection,
+        projection: ports.Projection,
         partition: int,
         *,
         settings: LoopSettings | None = None,
@@ -406,9 +128,9 @@ class PartitionAllocator:
     async def _lead(self, token: int, stop: anyio.Event) -> None:
         try:
             # A ConfigurationError from these checks ends run(): retrying cannot fix it.
-            self._partitions = await check_partition_count(self.log, self.projection)
+            self._partitions = await batches.check_partition_count(self.log, self.projection)
             current, next_offset = await self._load(token)
-            check_homes(current, self.partition, self._partitions)
+            batches.check_homes(current, self.partition, self._partitions)
             log.info(
                 "partition %d: state loaded, continuing at offset %d", self.partition, next_offset
             )
@@ -499,7 +221,7 @@ class PartitionAllocator:
                             f"partition {self.partition}: expected offset {next_offset}, "
                             f"the log returned {records[0].offset}"
                         )
-                    batch = apply_records(
+                    batch = batches.apply_records(
                         current, records, self.partition, token, partitions=self._partitions
                     )
                     if inflight is not None and (reason := await inflight.refused()) is not None:
@@ -522,7 +244,7 @@ class PartitionAllocator:
                 await self.projection.commit(batch)
             self._after_commit(batch, time.perf_counter() - started)
             self._last_renew = time.monotonic()
-            if isinstance(self.log, ReportsConsumerPosition):
+            if isinstance(self.log, ports.ReportsConsumerPosition):
                 # Lag monitoring only, so it may not hold the loop (and the lease renewed by
                 # commits) up: aiokafka retries a group commit for as long as the broker is away.
                 with anyio.move_on_after(self.settings.renew_every_s):
@@ -590,7 +312,9 @@ class PartitionAllocator:
                 assert current is not None
                 started = time.perf_counter()
                 reason = await self._commit_now(
-                    apply_records(current, part, self.partition, token, partitions=self._partitions)
+                    batches.apply_records(
+                        current, part, self.partition, token, partitions=self._partitions
+                    )
                 )
                 commit_s = time.perf_counter() - started
                 if reason is None:
@@ -609,7 +333,7 @@ class PartitionAllocator:
             if len(part) == 1:
                 await self._commit_unstorable(current, token, part[0], reason)
                 continue
-            parts = _split(part, _ways(len(part), reload_s, commit_s))
+            parts = batches.split(part, batches.ways(len(part), reload_s, commit_s))
             pending.extendleft((piece, None) for piece in reversed(parts))
         assert current is not None
         return current, failed.records[-1].offset + 1
@@ -630,7 +354,9 @@ class PartitionAllocator:
             reason,
         )
         refused = await self._commit_now(
-            _rejection_batch(current, token, record, unstorable_record(record, reason))
+            batches.rejection_batch(
+                current, token, record, batches.unstorable_record(record, reason)
+            )
         )
         if refused is not None:
             # Should not happen: nothing of the record's own is in that rejection but its key
@@ -651,7 +377,7 @@ class PartitionAllocator:
             )
             bare = dataclasses.replace(record, key=None)
             refused = await self._commit_now(
-                _rejection_batch(current, token, bare, unstorable_record(bare, None))
+                batches.rejection_batch(current, token, bare, batches.unstorable_record(bare, None))
             )
             if refused is not None:
                 raise errors.ProjectionError(

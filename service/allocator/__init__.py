@@ -1,0 +1,36 @@
+"""The single-writer allocator: read a batch from the log, apply it, commit it with its offset.
+
+A package of three modules, imported downwards only (``.importlinter``):
+
+- ``loop``: ``PartitionAllocator``, the writer (or hot standby) of one log partition: the lease,
+  the read-apply-commit loop with one commit in flight, reloading after failures, isolating the
+  records a refused batch cannot store, and the decisions outbox relay;
+- ``batch``: ``apply_records`` (the pure core over a batch of records, collecting what the
+  projection writes), the partition-count checks, the rejection of an unstorable record, and
+  how a refused batch is split;
+- ``settings``: ``LoopSettings`` and ``Metrics``, plain values.
+
+Callers use the names re-exported here: ``allocator.PartitionAllocator``,
+``allocator.apply_records``, ``allocator.LoopSettings``, ``allocator.Metrics``.
+"""
+
+from service.allocator.batch import (
+    UNSTORABLE,
+    apply_records,
+    check_homes,
+    check_partition_count,
+    unstorable_record,
+)
+from service.allocator.loop import PartitionAllocator
+from service.allocator.settings import LoopSettings, Metrics
+
+__all__ = [
+    "UNSTORABLE",
+    "LoopSettings",
+    "Metrics",
+    "PartitionAllocator",
+    "apply_records",
+    "check_homes",
+    "check_partition_count",
+    "unstorable_record",
+]
