@@ -1,7 +1,10 @@
 """The one exception tree of ipledger; each class's docstring is its default message.
 
 Adapters translate driver exceptions (asyncpg, aiokafka, the Kubernetes client) into these at
-the edge (``raise ... from exc``), so nothing above ``service.adapters`` sees a driver exception.
+the edge (``raise ... from exc``), so nothing above ``service.adapters`` sees a driver exception;
+each adapter raises its own class here (``TableLogError``, ``KafkaSinkError``, ...), and callers
+catch the family it belongs to (``LogError``, ``ProjectionError``). Adapters define no exception
+classes of their own.
 The pure core never raises on input: bad events become rejected decisions, not exceptions.
 """
 
@@ -27,6 +30,26 @@ class TopicConfigError(LogError):
     """The events topic does not keep records forever (finite retention or compaction)."""
 
 
+class KafkaLogError(LogError):
+    """The Kafka event log could not be read or written."""
+
+
+class KafkaSinkError(LogError):
+    """The decisions could not be published to Kafka."""
+
+
+class TableLogError(LogError):
+    """The PostgreSQL table log could not be read or written."""
+
+
+class MemoryLogError(LogError):
+    """The in-memory event log could not be read or written."""
+
+
+class MemorySinkError(LogError):
+    """The in-memory decision sink could not publish."""
+
+
 class ProjectionError(IpledgerError):
     """The PostgreSQL projection could not be read or written."""
 
@@ -43,6 +66,18 @@ class ProjectionDataError(ProjectionError):
         #: The database's (or the driver's) reason, as text PostgreSQL can store: the allocator
         #: records it in the decision of the record it could not store.
         self.reason = reason or str(self)
+
+
+class SyncStoreError(ProjectionError):
+    """The sync worker's tables could not be read or written."""
+
+
+class MigrationError(IpledgerError):
+    """The database schema could not be migrated."""
+
+
+class EmbeddedPostgresError(IpledgerError):
+    """The embedded PostgreSQL server could not be started or stopped."""
 
 
 class ClusterApiError(IpledgerError):

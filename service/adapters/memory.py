@@ -23,14 +23,6 @@ from service import errors, ports
 from service.domain import partitioning
 
 
-class MemoryLogError(errors.LogError):
-    """The in-memory event log could not be read or written."""
-
-
-class MemorySinkError(errors.LogError):
-    """The in-memory decision sink could not publish."""
-
-
 def _wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -63,13 +55,13 @@ class MemoryEventLog:
     async def append(self, items: Sequence[tuple[bytes | None, bytes]]) -> Sequence[ports.Record]:
         """Append ``(key, value)`` pairs in order; return them with their positions.
 
-        Raises ``MemoryLogError`` (and appends nothing) if a key is neither bytes nor None or a
-        value is not bytes.
+        Raises ``errors.MemoryLogError`` (and appends nothing) if a key is neither bytes nor None
+        or a value is not bytes.
         """
         self._check_open()
         for key, value in items:
             if not (key is None or isinstance(key, bytes)) or not isinstance(value, bytes):
-                raise MemoryLogError(
+                raise errors.MemoryLogError(
                     f"keys must be bytes or None and values bytes, not {type(key).__name__} "
                     f"and {type(value).__name__}"
                 )
@@ -101,19 +93,19 @@ class MemoryEventLog:
 
         When there are none yet (also when ``start`` is beyond the end), waits up to
         ``max_wait_s`` for an append, then returns what there is, possibly nothing. A reader
-        waiting when the log is closed gets ``MemoryLogError``.
+        waiting when the log is closed gets ``errors.MemoryLogError``.
         """
         self._check_open()
         records = self._partition(partition)
         if start < 0 or max_records < 1 or max_wait_s < 0:
-            raise MemoryLogError(
+            raise errors.MemoryLogError(
                 f"cannot read {max_records} records from offset {start} waiting {max_wait_s} s"
             )
         deadline = anyio.current_time() + max_wait_s
         async with self._appended:
             while True:
                 if self._closed:
-                    raise MemoryLogError("the in-memory event log was closed while reading")
+                    raise errors.MemoryLogError("the in-memory event log was closed while reading")
                 found = records[start : start + max_records]
                 remaining = deadline - anyio.current_time()
                 if found or remaining <= 0:
@@ -134,11 +126,11 @@ class MemoryEventLog:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise MemoryLogError("the in-memory event log is closed")
+            raise errors.MemoryLogError("the in-memory event log is closed")
 
     def _partition(self, partition: int) -> list[ports.Record]:
         if not 0 <= partition < len(self._records):
-            raise MemoryLogError(
+            raise errors.MemoryLogError(
                 f"no partition {partition}: the in-memory log has {len(self._records)} partition(s)"
             )
         return self._records[partition]
@@ -184,13 +176,13 @@ class MemoryDecisionSink:
     async def publish(self, items: Sequence[tuple[bytes, bytes]]) -> None:
         """Publish the items in order, or raise ``LogError`` if a failure was injected or closed."""
         if self._closed:
-            raise MemorySinkError("the in-memory decision sink is closed")
+            raise errors.MemorySinkError("the in-memory decision sink is closed")
         async with self._changed:
             if self._failures:
                 delivered, error = self._failures.pop(0)
                 self._published.extend(items[:delivered])
                 self._changed.notify_all()
-                raise error or MemorySinkError(
+                raise error or errors.MemorySinkError(
                     f"injected failure publishing {len(items)} items, {delivered} delivered"
                 )
             self._published.extend(items)

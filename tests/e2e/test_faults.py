@@ -27,6 +27,7 @@ import anyio.to_thread
 import asyncpg
 import pytest
 
+from service import errors
 from service.adapters.postgres import embedded, migrate, table_log
 from tests.e2e.conftest import Allocators, assert_projection_matches, consumed, wait_consumed
 from tests.e2e.test_kafka_allocator import Deployment, assert_published, read_published
@@ -81,7 +82,7 @@ def own_postgres() -> Iterator[embedded.EmbeddedPostgres]:
     try:
         try:
             server.start()
-        except (embedded.EmbeddedPostgresError, OSError) as exc:
+        except (errors.EmbeddedPostgresError, OSError) as exc:
             cannot_start(f"PostgreSQL could not start: {str(exc).splitlines()[0]}")
         yield server
     finally:

@@ -26,6 +26,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from service import errors
 from service.adapters.postgres import embedded, migrate
 
 TEMPLATE_DATABASE = "ipledger_template"
@@ -43,7 +44,7 @@ def pg_server() -> Iterator[embedded.EmbeddedPostgres]:
     )
     try:
         server.start()
-    except (embedded.EmbeddedPostgresError, OSError) as exc:
+    except (errors.EmbeddedPostgresError, OSError) as exc:
         shutil.rmtree(root, ignore_errors=True)
         reason = f"PostgreSQL could not start: {str(exc).splitlines()[0]}"
         if os.environ.get("CI") == "true":

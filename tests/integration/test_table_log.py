@@ -300,7 +300,7 @@ async def test_acknowledged_appends_survive_a_killed_server(
     # TableLogError and discard it; the same log object then works again.
     async def read_everything() -> Sequence[ports.Record]:
         for _ in range(3):
-            with contextlib.suppress(tl.TableLogError):
+            with contextlib.suppress(errors.TableLogError):
                 return await log.read(0, 0, 100, max_wait_s=0.01)
         return await log.read(0, 0, 100, max_wait_s=0.01)
 
@@ -328,10 +328,10 @@ async def test_driver_errors_reach_callers_as_table_log_errors() -> None:
         f"postgresql://postgres@127.0.0.1:{embedded.free_port()}/postgres"
     )
     try:
-        with pytest.raises(tl.TableLogError) as raised:
+        with pytest.raises(errors.TableLogError) as raised:
             await nowhere.append([(None, b"value")])
         assert raised.value.__cause__ is not None
-        with pytest.raises(tl.TableLogError, match="no partition 1"):
+        with pytest.raises(errors.TableLogError, match="no partition 1"):
             await nowhere.read(1, 0, 10, max_wait_s=0)
     finally:
         await nowhere.close()

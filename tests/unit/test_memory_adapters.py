@@ -54,7 +54,7 @@ class TestMemoryEventLog:
         log = memory.MemoryEventLog()
         bad: list[tuple[bytes | None, bytes]] = [(b"k", b"fine"), (b"k", "text"), (b"k", b"x")]  # type: ignore[list-item]
 
-        with pytest.raises(memory.MemoryLogError):
+        with pytest.raises(errors.MemoryLogError):
             await log.append(bad)
         assert await log.end_offset(0) == 0
 
@@ -91,7 +91,7 @@ class TestMemoryEventLog:
         async def read() -> None:
             try:
                 await log.read(0, 0, 10, max_wait_s=DEADLINE_S * 2)
-            except memory.MemoryLogError as exc:
+            except errors.MemoryLogError as exc:
                 failures.append(exc)
 
         with anyio.fail_after(DEADLINE_S):
@@ -103,7 +103,7 @@ class TestMemoryEventLog:
         assert len(failures) == 1
 
     async def test_a_negative_wait_is_refused(self) -> None:
-        with pytest.raises(memory.MemoryLogError):
+        with pytest.raises(errors.MemoryLogError):
             await memory.MemoryEventLog().read(0, 0, 1, max_wait_s=-1)
 
 
@@ -112,7 +112,7 @@ class TestMemoryDecisionSink:
         sink = memory.MemoryDecisionSink()
         sink.fail_next()
 
-        with pytest.raises(memory.MemorySinkError):
+        with pytest.raises(errors.MemorySinkError):
             await sink.publish([(b"e1", b"d1")])
         await sink.publish([(b"e1", b"d1")])
 

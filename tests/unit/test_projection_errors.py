@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from asyncpg import exceptions as pg
 
 from service import allocator, errors, metrics, ports
-from service.adapters.postgres import projection
+from service.adapters.postgres import driver, projection
 
 
 def translated(exc: BaseException) -> errors.IpledgerError:
@@ -101,7 +101,7 @@ def test_the_reason_is_storable_and_leaves_the_detail_out() -> None:
     reason.reason.encode("utf-8")  # no lone surrogate left
     long = translated(pg.CheckViolationError("x" * 5000))
     assert isinstance(long, errors.ProjectionDataError)
-    assert len(long.reason) == projection.MAX_REASON_CHARS
+    assert len(long.reason) == driver.MAX_REASON_CHARS
 
 
 def test_an_unstorable_record_is_rejected_without_echoing_its_text() -> None:

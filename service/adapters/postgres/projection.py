@@ -13,23 +13,24 @@ and its commit rolled back: it can never write after losing the role. Times come
 database clock (``clock_timestamp()``), so writers on different hosts need no clock agreement.
 
 The hot path talks to asyncpg directly (COPY and pipelined executemany) through the SQLAlchemy
-pool; asyncpg exceptions are translated to ``errors.ProjectionError`` here and go no further.
+pool (``driver.connection``); asyncpg exceptions are translated by ``driver.Translation`` to
+``errors.ProjectionError``, or ``errors.ProjectionDataError`` when the values written are to
+blame, and go no further.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import ipaddress
 import json
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
-import asyncpg
-import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service import errors, ports
+from service.adapters.postgres import driver
 from service.domain import restore, state
 from service.domain.pool import IPV4
 
@@ -41,61 +42,9 @@ DECISIONS_CHANNEL = "ipledger_decisions"
 WRITER_SESSION_SETTINGS = {"idle_in_transaction_session_timeout": "5000"}
 
 
-# SQLSTATE classes that blame the values written, not the server or the connection: data
-# exception (22: NUL in text, untranslatable character, number out of range), integrity
-# constraint violation (23) and program limit exceeded (54: index row too large). Writing the
-# same values again fails the same way. Everything else (lost connections, admin shutdown,
-# timeouts, serialization failures, lock timeouts) may pass when retried.
-DATA_SQLSTATE_CLASSES = frozenset({"22", "23", "54"})
-# The longest driver reason kept: the allocator stores it in a decision and a rejection.
-MAX_REASON_CHARS = 500
-
-
-@contextlib.contextmanager
-def _translate(doing: str) -> Iterator[None]:
-    try:
-        yield
-    except errors.IpledgerError:
-        raise
-    # InternalClientError is asyncpg's own protocol state error, a subclass of neither of the
-    # others: a connection the server dropped while idle raises it on its next use.
-    except (
-        asyncpg.PostgresError,
-        asyncpg.InterfaceError,
-        asyncpg.InternalClientError,
-        sa.exc.SQLAlchemyError,
-        OSError,
-    ) as exc:
-        if (_sqlstate(exc) or "")[:2] in DATA_SQLSTATE_CLASSES:
-            reason = _reason(exc)
-            raise errors.ProjectionDataError(f"{doing}: {reason}", reason=reason) from exc
-        raise errors.ProjectionError(f"{doing}: {type(exc).__name__}: {exc}") from exc
-    # COPY encodes its values in the client and raises Python's own errors, not asyncpg's, for
-    # a str holding a lone surrogate or an int beyond the column's range (a bound parameter of
-    # a statement raises asyncpg.DataError, SQLSTATE 22000, for the same values).
-    except (UnicodeEncodeError, OverflowError) as exc:
-        reason = _reason(exc)
-        raise errors.ProjectionDataError(f"{doing}: {reason}", reason=reason) from exc
-
-
-def _sqlstate(exc: BaseException) -> str | None:
-    """The SQLSTATE of a driver error: asyncpg's own, or the one SQLAlchemy's wrapper carries."""
-    if isinstance(exc, sa.exc.DBAPIError):
-        exc = exc.orig if isinstance(exc.orig, BaseException) else exc
-    code = getattr(exc, "sqlstate", None)
-    return code if isinstance(code, str) else None
-
-
-def _reason(exc: BaseException) -> str:
-    """The driver's message as text PostgreSQL can store, without the server's DETAIL lines.
-
-    The message may quote the very value that could not be stored (asyncpg echoes a parameter
-    it could not encode), so NUL and lone surrogates are escaped; DETAIL is left out because it
-    echoes whole rows, times included, and the reason should depend on the record alone.
-    """
-    first_line = str(exc).split("\n", 1)[0]
-    text = f"{type(exc).__name__}: {first_line}".replace("\x00", "\\x00")
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")[:MAX_REASON_CHARS]
+# Driver errors become ProjectionError, and those that blame the values written (which the
+# allocator isolates rather than retries) ProjectionDataError.
+_translate = driver.Translation(errors.ProjectionError, data_error=errors.ProjectionDataError)
 
 
 class PostgresProjection:
@@ -120,12 +69,7 @@ class PostgresProjection:
     def from_dsn(
         cls, dsn: str, *, log_name: str, holder: str, lease_ttl_s: float = 6.0, pool_size: int = 4
     ) -> PostgresProjection:
-        engine = create_async_engine(
-            sa.make_url(dsn).set(drivername="postgresql+asyncpg"),
-            pool_size=pool_size,
-            pool_pre_ping=True,
-            connect_args={"server_settings": WRITER_SESSION_SETTINGS},
-        )
+        engine = driver.engine(dsn, pool_size=pool_size, server_settings=WRITER_SESSION_SETTINGS)
         return cls(
             engine, log_name=log_name, holder=holder, lease_ttl_s=lease_ttl_s, owns_engine=True
         )
@@ -134,22 +78,9 @@ class PostgresProjection:
         if self._owns_engine:
             await self._engine.dispose()
 
-    @contextlib.asynccontextmanager
-    async def _driver(self, doing: str, *, transaction: bool) -> AsyncIterator[Any]:
+    def _driver(self, doing: str, *, transaction: bool) -> AbstractAsyncContextManager[Any]:
         """An asyncpg connection from the pool, in a transaction if asked; errors translated."""
-        with _translate(doing):
-            async with self._engine.connect() as connection:
-                try:
-                    raw = await connection.get_raw_connection()
-                    driver: Any = raw.driver_connection
-                    if transaction:
-                        async with driver.transaction():
-                            yield driver
-                    else:
-                        yield driver
-                except BaseException:
-                    await _discard(connection)
-                    raise
+        return driver.connection(self._engine, _translate, doing, transaction=transaction)
 
     # --- the lease ------------------------------------------------------------------------------
 
@@ -572,9 +503,3 @@ async def _write_ips(
                 "to_time",
             ],
         )
-
-
-async def _discard(connection: AsyncConnection) -> None:
-    """Drop a connection that may be broken instead of returning it to the pool."""
-    with contextlib.suppress(sa.exc.SQLAlchemyError, OSError):
-        await connection.invalidate()

@@ -10,7 +10,8 @@ one dedicated connection, "the session". The session also ``LISTEN``s on the cha
 projection notifies on commit, and carries every ``node_sync`` write. If the session is lost,
 its locks go with it (another instance may then take over) and the next progress write fails
 with ``errors.FencedError`` instead of landing behind the new holder's back. asyncpg and
-SQLAlchemy exceptions are translated to ``errors.ProjectionError`` here and go no further.
+SQLAlchemy exceptions are translated (``driver.Translation``) to ``errors.SyncStoreError``, a
+``errors.ProjectionError``, and go no further.
 """
 
 from __future__ import annotations
@@ -18,15 +19,15 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import anyio
-import asyncpg
-import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service import errors, ports
+from service.adapters.postgres import driver
 from service.adapters.postgres.projection import NODES_CHANNEL
 
 log = logging.getLogger("ipledger.sync")
@@ -34,15 +35,6 @@ log = logging.getLogger("ipledger.sync")
 LOCK_NAMESPACE = "ipledger.sync/"
 
 _NODE_COLUMNS = "n.name, n.version, n.deleted, n.pod_cidrs, n.error"
-# asyncpg's own protocol state error is a subclass of neither of its other two: a connection the
-# server dropped while idle raises it on its next use.
-_DRIVER_ERRORS = (
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-    asyncpg.InternalClientError,
-    sa.exc.SQLAlchemyError,
-    OSError,
-)
 # Every held pod address of the node with its owner, in address order (only when mirroring).
 _POD_IPS_JOIN = (
     "LEFT JOIN LATERAL (SELECT array_agg(host(p.address) ORDER BY p.address) AS ips, "
@@ -51,18 +43,9 @@ _POD_IPS_JOIN = (
 )
 
 
-class SyncStoreError(errors.ProjectionError):
-    """The sync worker's tables could not be read or written."""
-
-
-@contextlib.contextmanager
-def _translate(doing: str) -> Iterator[None]:
-    try:
-        yield
-    except errors.IpledgerError:
-        raise
-    except _DRIVER_ERRORS as exc:
-        raise SyncStoreError(f"{doing}: {type(exc).__name__}: {exc}") from exc
+# Every failure, a write's refused values included, is a SyncStoreError: nothing here is
+# isolated record by record, and the worker retries progress writes from what is pending.
+_translate = driver.Translation(errors.SyncStoreError)
 
 
 class PostgresSyncStore:
@@ -81,12 +64,7 @@ class PostgresSyncStore:
     @classmethod
     def from_dsn(cls, dsn: str, *, pool_size: int = 4) -> PostgresSyncStore:
         """A store with its own engine (the session takes one connection of the pool for good)."""
-        engine = create_async_engine(
-            sa.make_url(dsn).set(drivername="postgresql+asyncpg"),
-            pool_size=pool_size,
-            pool_pre_ping=True,
-        )
-        return cls(engine, owns_engine=True)
+        return cls(driver.engine(dsn, pool_size=pool_size), owns_engine=True)
 
     async def close(self) -> None:
         """Drop the session (which releases every lock) and, if owned, dispose the engine."""
@@ -102,10 +80,10 @@ class PostgresSyncStore:
         async with self._session_lock:
             if cluster in self._locked and self._session_alive():
                 return True
-            driver = await self._ensure_session()
+            session = await self._ensure_session()
             with self._on_session("taking the sync lock"):
                 locked = bool(
-                    await driver.fetchval(
+                    await session.fetchval(
                         "SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
                         LOCK_NAMESPACE + cluster,
                     )
@@ -122,7 +100,10 @@ class PostgresSyncStore:
             self._locked.discard(cluster)
             if not self._session_alive():
                 return
-            with contextlib.suppress(SyncStoreError), self._on_session("releasing the sync lock"):
+            with (
+                contextlib.suppress(errors.SyncStoreError),
+                self._on_session("releasing the sync lock"),
+            ):
                 await self._session_driver.fetchval(
                     "SELECT pg_advisory_unlock(hashtextextended($1, 0))", LOCK_NAMESPACE + cluster
                 )
@@ -130,9 +111,9 @@ class PostgresSyncStore:
     async def check_lock(self, cluster: str) -> None:
         """Raise ``errors.FencedError`` unless this process still holds ``cluster``'s lock."""
         async with self._session_lock:
-            driver = self._fenced_driver(cluster)
+            session = self._fenced_driver(cluster)
             with self._on_session("checking the sync lock"):
-                await driver.fetchval("SELECT 1")
+                await session.fetchval("SELECT 1")
 
     def change_count(self) -> int:
         """How many node notifications arrived so far; pass it to :meth:`wait_for_change`."""
@@ -164,9 +145,9 @@ class PostgresSyncStore:
             return
         names = list(latest)
         async with self._session_lock:
-            driver = self._fenced_driver(cluster)
+            session = self._fenced_driver(cluster)
             with self._on_session("recording sync progress"):
-                await driver.execute(
+                await session.execute(
                     "INSERT INTO node_sync (cluster, name, synced_version, synced_at, error) "
                     "SELECT $1, u.name, u.version, clock_timestamp(), u.error "
                     "FROM unnest($2::text[], $3::bigint[], $4::text[]) AS u(name, version, error) "
@@ -195,39 +176,34 @@ class PostgresSyncStore:
         if self._session_alive():
             return self._session_driver
         await self._drop_session()
-        with _translate("opening the sync session"):
-            connection = await self._engine.connect()
-            try:
-                raw = await connection.get_raw_connection()
-                driver = raw.driver_connection
-                if driver is None:
-                    raise SyncStoreError("the sync session has no asyncpg connection")
-                await driver.add_listener(NODES_CHANNEL, self._on_notify)
-            except BaseException:
-                await _discard(connection)
-                raise
-        self._session, self._session_driver = connection, driver
+        self._session, self._session_driver = await driver.listen(
+            self._engine,
+            _translate,
+            "opening the sync session",
+            NODES_CHANNEL,
+            self._on_notify,
+            no_driver="the sync session has no asyncpg connection",
+        )
         # A new session: whatever changed while there was none was not notified.
         self._notify()
-        return driver
+        return self._session_driver
 
     async def _drop_session(self) -> None:
-        connection, driver = self._session, self._session_driver
+        connection, session_driver = self._session, self._session_driver
         self._session = self._session_driver = None
         self._locked.clear()
         if connection is None:
             return
-        if driver is not None and not driver.is_closed():
-            try:
-                await driver.remove_listener(NODES_CHANNEL, self._on_notify)
-                # Returned to the pool, session-level advisory locks would outlive us.
-                await driver.execute("SELECT pg_advisory_unlock_all()")
-                await connection.close()
-            except _DRIVER_ERRORS:
-                log.debug("the sync session broke while closing", exc_info=True)
-            else:
-                return
-        await _discard(connection)
+        await driver.close_listening(
+            connection,
+            session_driver,
+            NODES_CHANNEL,
+            self._on_notify,
+            log=log,
+            broke="the sync session broke while closing",
+            # Returned to the pool, session-level advisory locks would outlive us.
+            before_close=["SELECT pg_advisory_unlock_all()"],
+        )
 
     @contextlib.contextmanager
     def _on_session(self, doing: str) -> Iterator[None]:
@@ -235,7 +211,7 @@ class PostgresSyncStore:
         try:
             with _translate(doing):
                 yield
-        except SyncStoreError as exc:
+        except errors.SyncStoreError as exc:
             if self._session_alive():
                 raise
             lost = sorted(self._locked)
@@ -256,16 +232,8 @@ class PostgresSyncStore:
 
     # --- reads (pooled connections) -----------------------------------------------------------
 
-    @contextlib.asynccontextmanager
-    async def _driver(self, doing: str) -> AsyncIterator[Any]:
-        with _translate(doing):
-            async with self._engine.connect() as connection:
-                try:
-                    raw = await connection.get_raw_connection()
-                    yield raw.driver_connection
-                except BaseException:
-                    await _discard(connection)
-                    raise
+    def _driver(self, doing: str) -> AbstractAsyncContextManager[Any]:
+        return driver.connection(self._engine, _translate, doing, transaction=False)
 
     async def changed_nodes(
         self,
@@ -361,11 +329,3 @@ def _intent(row: Any, with_pod_ips: bool) -> ports.NodeIntent:
         error=row["error"],
         pod_ips=pod_ips,
     )
-
-
-async def _discard(connection: AsyncConnection) -> None:
-    """Drop a connection that may be broken instead of returning it to the pool."""
-    with contextlib.suppress(sa.exc.SQLAlchemyError, OSError):
-        await connection.invalidate()
-    with contextlib.suppress(sa.exc.SQLAlchemyError, OSError):
-        await connection.close()

@@ -10,7 +10,8 @@ by incrementing the partition's ``log_head`` row and holds that row lock until i
 the appenders of a partition commit one after another, in offset order, and offsets are dense
 (a rolled-back append releases its reservation). Readers wait for ``NOTIFY`` rather than poll.
 
-Driver exceptions are translated into :class:`TableLogError` here; asyncpg stays inside.
+Driver exceptions are translated (``driver.Translation``) into ``errors.TableLogError``, a
+``errors.LogError``; asyncpg stays inside.
 """
 
 from __future__ import annotations
@@ -18,17 +19,16 @@ from __future__ import annotations
 import contextlib
 import datetime
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import anyio
-import asyncpg
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service import errors, ports
-from service.adapters.postgres import schema
+from service.adapters.postgres import driver, schema
 from service.domain import partitioning
 
 _log = logging.getLogger(__name__)
@@ -36,10 +36,9 @@ _log = logging.getLogger(__name__)
 DEFAULT_CHANNEL = "ipledger_log"
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 _MILLISECOND = datetime.timedelta(milliseconds=1)
-
-
-class TableLogError(errors.LogError):
-    """The PostgreSQL table log could not be read or written."""
+# Every failure is a TableLogError, one that blames the values appended too: the allocator
+# backs off and retries a log error. Its messages have never named the driver's class.
+_translate = driver.Translation(errors.TableLogError, name_driver_error=False)
 
 
 class PostgresTableLog:
@@ -89,15 +88,8 @@ class PostgresTableLog:
         pool_size: int = 5,
     ) -> PostgresTableLog:
         """A log with its own engine for ``dsn`` (``postgresql://...``); connects on first use."""
-        engine = create_async_engine(
-            sa.make_url(dsn).set(drivername="postgresql+asyncpg"),
-            pool_size=pool_size,
-            # Connections the server dropped (restart, pg_terminate_backend) wait in the pool
-            # otherwise, and each would fail one read and cost the allocator one backoff.
-            pool_pre_ping=True,
-        )
         return cls(
-            engine,
+            driver.engine(dsn, pool_size=pool_size),
             partitions=partitions,
             channel=channel,
             fallback_poll_s=fallback_poll_s,
@@ -125,7 +117,7 @@ class PostgresTableLog:
         records: list[ports.Record | None] = [None] * len(items)
         rows: list[dict[str, object]] = []
         head = schema.log_head
-        with _translate_errors("appending to the table log"):
+        with _translate("appending to the table log"):
             async with self._engine.begin() as connection:
                 # Ascending partition order, so that two multi-partition appends cannot deadlock.
                 for partition in sorted(by_partition):
@@ -172,12 +164,12 @@ class PostgresTableLog:
         """
         self._check_partition(partition)
         if start < 0 or max_records < 1:
-            raise TableLogError(f"cannot read {max_records} records from offset {start}")
+            raise errors.TableLogError(f"cannot read {max_records} records from offset {start}")
         await self._check_heads()
         deadline = anyio.current_time() + max_wait_s
         while True:
             if self._closed:
-                raise TableLogError("the table log was closed while reading")
+                raise errors.TableLogError("the table log was closed while reading")
             if max_wait_s > 0:
                 await self._ensure_listening()
             # Registered before the query, so a notification between the query and the wait
@@ -196,7 +188,7 @@ class PostgresTableLog:
         await self._check_heads()
         head = schema.log_head
         query = sa.select(head.c.next_offset).where(head.c.partition == partition)
-        with _translate_errors("reading the end of the table log"):
+        with _translate("reading the end of the table log"):
             async with self._engine.connect() as connection:
                 end: int = (await connection.execute(query)).scalar_one()
         return end
@@ -213,11 +205,11 @@ class PostgresTableLog:
 
     async def _check_heads(self) -> None:
         if self._closed:
-            raise TableLogError("the table log is closed")
+            raise errors.TableLogError("the table log is closed")
         if self._heads_checked:
             return
         head = schema.log_head
-        with _translate_errors("creating the table log's partitions"):
+        with _translate("creating the table log's partitions"):
             async with self._engine.begin() as connection:
                 existing = (
                     await connection.execute(sa.select(sa.func.count()).select_from(head))
@@ -251,7 +243,7 @@ class PostgresTableLog:
 
     def _check_partition(self, partition: int) -> None:
         if not 0 <= partition < self._partitions:
-            raise TableLogError(
+            raise errors.TableLogError(
                 f"no partition {partition}: the table log has {self._partitions} partition(s)"
             )
 
@@ -263,7 +255,7 @@ class PostgresTableLog:
             .order_by(record.c.offset)
             .limit(max_records)
         )
-        with _translate_errors("reading the table log"):
+        with _translate("reading the table log"):
             async with self._engine.connect() as connection:
                 rows = (await connection.execute(query)).all()
         return [
@@ -280,74 +272,37 @@ class PostgresTableLog:
             if self._is_listening():
                 return
             await self._stop_listening()
-            with _translate_errors("listening for table log appends"):
-                connection = await self._engine.connect()
-                try:
-                    raw = await connection.get_raw_connection()
-                    driver = raw.driver_connection
-                    if driver is None:
-                        raise TableLogError("the listening connection has no asyncpg connection")
-                    await driver.add_listener(self._channel, self._on_notify)
-                except BaseException:
-                    # Likely a connection that died with the server: keep it out of the pool.
-                    await _discard(connection)
-                    raise
-            self._listen_connection = connection
-            self._listen_driver = driver
+            self._listen_connection, self._listen_driver = await driver.listen(
+                self._engine,
+                _translate,
+                "listening for table log appends",
+                self._channel,
+                self._on_notify,
+                no_driver="the listening connection has no asyncpg connection",
+            )
 
     def _is_listening(self) -> bool:
         return self._listen_driver is not None and not self._listen_driver.is_closed()
 
     async def _stop_listening(self) -> None:
-        connection, driver = self._listen_connection, self._listen_driver
+        connection, listen_driver = self._listen_connection, self._listen_driver
         self._listen_connection = self._listen_driver = None
         if connection is None:
             return
-        if not driver.is_closed():
-            try:
-                await driver.remove_listener(self._channel, self._on_notify)
-                await connection.close()
-            except (
-                sa.exc.SQLAlchemyError,
-                asyncpg.PostgresError,
-                asyncpg.InterfaceError,
-                asyncpg.InternalClientError,
-                OSError,
-            ):
-                _log.debug("the listening connection broke while closing", exc_info=True)
-            else:
-                return
-        await _discard(connection)
+        await driver.close_listening(
+            connection,
+            listen_driver,
+            self._channel,
+            self._on_notify,
+            log=_log,
+            broke="the listening connection broke while closing",
+        )
 
     def _on_notify(self, _connection: object, _pid: int, _channel: str, payload: str) -> None:
         with contextlib.suppress(ValueError):
             wakeup = self._wakeups.pop(int(payload), None)
             if wakeup is not None:
                 wakeup.set()
-
-
-@contextlib.contextmanager
-def _translate_errors(doing: str) -> Iterator[None]:
-    try:
-        yield
-    # InternalClientError is asyncpg's own protocol state error, a subclass of neither of the
-    # others: a connection the server dropped while idle raises it on its next use.
-    except (
-        sa.exc.SQLAlchemyError,
-        asyncpg.PostgresError,
-        asyncpg.InterfaceError,
-        asyncpg.InternalClientError,
-        OSError,
-    ) as exc:
-        raise TableLogError(f"{doing}: {exc}") from exc
-
-
-async def _discard(connection: AsyncConnection) -> None:
-    """Close ``connection`` without returning it to the pool; it may be broken."""
-    with contextlib.suppress(sa.exc.SQLAlchemyError, OSError):
-        await connection.invalidate()
-    with contextlib.suppress(sa.exc.SQLAlchemyError, OSError):
-        await connection.close()
 
 
 def _to_ms(moment: datetime.datetime) -> int:
