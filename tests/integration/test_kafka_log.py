@@ -277,7 +277,7 @@ class TestConsumerOffsetCommit:
     async def test_commit_without_a_group_is_refused(
         self, event_log: kafka_log.KafkaEventLog
     ) -> None:
-        with pytest.raises(kafka_log.KafkaLogError, match="group_id"):
+        with pytest.raises(errors.KafkaLogError, match="group_id"):
             await event_log.commit_consumer_offset(0, 0)
 
 
@@ -324,7 +324,7 @@ class TestEnsureTopics:
     async def test_opening_a_missing_topic_fails_clearly(
         self, kafka_broker: KafkaBroker, topic_name: str
     ) -> None:
-        with pytest.raises(kafka_log.KafkaLogError, match="does not exist"):
+        with pytest.raises(errors.KafkaLogError, match="does not exist"):
             await kafka_log.KafkaEventLog.open(kafka_broker.bootstrap, topic_name)
 
 

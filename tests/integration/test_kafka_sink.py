@@ -86,7 +86,7 @@ async def test_a_missing_topic_fails_at_start_without_waiting(
 ) -> None:
     sink = kafka_sink.KafkaDecisionSink(kafka_broker.bootstrap, topic_name)
 
-    with anyio.fail_after(10), pytest.raises(kafka_sink.KafkaSinkError, match="does not exist"):
+    with anyio.fail_after(10), pytest.raises(errors.KafkaSinkError, match="does not exist"):
         await sink.start()
     with pytest.raises(errors.LogError, match="closed"):
         await sink.publish([(b"e1", b"d1")])
@@ -105,7 +105,7 @@ async def test_driver_errors_reach_callers_as_sink_errors(
     await kafka_log.ensure_decisions_topic(kafka_broker.bootstrap, topic_name)
     async with await kafka_sink.KafkaDecisionSink.open(kafka_broker.bootstrap, topic_name) as sink:
         # Over the producer's max_request_size (1 MiB): aiokafka refuses it before sending.
-        with pytest.raises(kafka_sink.KafkaSinkError) as raised:
+        with pytest.raises(errors.KafkaSinkError) as raised:
             await sink.publish([(b"e1", b"d1"), (b"e2", b"x" * (2 << 20))])
 
     assert isinstance(raised.value.__cause__, KafkaError)

@@ -25,15 +25,14 @@ one at the next read, so no sticky driver state outlives the error that caused i
 ``ensure_decisions_topic`` creates the decisions topic, which ``sink.KafkaDecisionSink``
 writes; it keeps ordinary retention, being a feed derived from the log.
 
-No aiokafka exception leaves this module: driver errors become ``KafkaLogError`` (a
-``service.errors.LogError``) and unsuitable topics ``service.errors.TopicConfigError``.
+No aiokafka exception leaves this module: driver errors become ``errors.KafkaLogError`` (a
+``errors.LogError``; clients are made and errors translated by ``driver``, as for the sink) and
+unsuitable topics ``errors.TopicConfigError``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import math
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -43,15 +42,15 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import (
-    KafkaError,
     OffsetOutOfRangeError,
     TopicAlreadyExistsError,
     UnknownTopicOrPartitionError,
     for_code,
 )
-from aiokafka.structs import ConsumerRecord, RecordMetadata
+from aiokafka.structs import ConsumerRecord
 
 from service import errors, ports
+from service.adapters.kafka import driver
 
 # What "keep every event forever" means for a Kafka topic: no time or size limit, and deletion
 # (which never happens without limits) rather than compaction, which would drop all but the last
@@ -62,16 +61,9 @@ REQUIRED_TOPIC_CONFIG: Mapping[str, str] = {
     "cleanup.policy": "delete",
 }
 
-# aiokafka reports failures as KafkaError subclasses, but lets socket errors and timeouts
-# (asyncio.TimeoutError is TimeoutError, an OSError) through from some code paths.
-_DRIVER_ERRORS = (KafkaError, OSError)
 _NO_TIMESTAMP = -1
 _BEYOND_END_POLL_S = 0.1
 _METADATA_SETTLE_S = 10.0
-
-
-class KafkaLogError(errors.LogError):
-    """The Kafka event log could not be read or written."""
 
 
 async def ensure_topics(
@@ -149,23 +141,25 @@ async def _create_topic(
     admin = AIOKafkaAdminClient(
         bootstrap_servers=bootstrap,
         client_id="ipledger-admin",
-        request_timeout_ms=_milliseconds(timeout_s),
+        request_timeout_ms=driver.milliseconds(timeout_s),
     )
     try:
         await admin.start()
-        response = await admin.create_topics([new_topic], timeout_ms=_milliseconds(timeout_s))
+        response = await admin.create_topics([new_topic], timeout_ms=driver.milliseconds(timeout_s))
         (result,) = response.to_object()["topic_errors"]
         error = for_code(result["error_code"])
         if error is TopicAlreadyExistsError:
             if check_existing is not None:
                 await check_existing(admin)
         elif result["error_code"] != 0:
-            raise KafkaLogError(
+            raise errors.KafkaLogError(
                 f"creating topic {topic!r} failed: {error.__name__}: {result['error_message']}"
             )
         await _wait_for_leaders(admin, topic, deadline=time.monotonic() + timeout_s)
-    except _DRIVER_ERRORS as exc:
-        raise KafkaLogError(f"could not ensure topic {topic!r} on {bootstrap}: {exc!r}") from exc
+    except driver.DRIVER_ERRORS as exc:
+        raise errors.KafkaLogError(
+            f"could not ensure topic {topic!r} on {bootstrap}: {exc!r}"
+        ) from exc
     finally:
         await admin.close()
 
@@ -183,7 +177,7 @@ async def _check_existing_topic(admin: AIOKafkaAdminClient, topic: str, partitio
             await anyio.sleep(0.1)
             continue
         if described["error_code"] != 0:
-            raise KafkaLogError(f"describing topic {topic!r} failed: {error.__name__}")
+            raise errors.KafkaLogError(f"describing topic {topic!r} failed: {error.__name__}")
         break
     actual = {entry["config_names"]: entry["config_value"] for entry in described["config_entries"]}
     wrong = {
@@ -220,12 +214,8 @@ async def _wait_for_leaders(admin: AIOKafkaAdminClient, topic: str, deadline: fl
         ):
             return
         if time.monotonic() >= deadline:
-            raise KafkaLogError(f"topic {topic!r} has partitions without a leader")
+            raise errors.KafkaLogError(f"topic {topic!r} has partitions without a leader")
         await anyio.sleep(0.05)
-
-
-def _milliseconds(seconds: float) -> int:
-    return max(1, math.ceil(seconds * 1000))
 
 
 def _timestamp_ms(timestamp: int | None) -> int | None:
@@ -266,7 +256,7 @@ class KafkaEventLog:
         self._topic = topic
         self._group_id = group_id
         self._client_id = client_id
-        self._request_timeout_ms = _milliseconds(request_timeout_s)
+        self._request_timeout_ms = driver.milliseconds(request_timeout_s)
         self._linger_ms = linger_ms
         self._producer: AIOKafkaProducer | None = None
         # Metadata only (topics, offsets): it is assigned nothing and fetches nothing.
@@ -306,34 +296,26 @@ class KafkaEventLog:
         with ``ensure_topics``); nothing is left open then.
         """
         if self._closed:
-            raise KafkaLogError("the Kafka event log is closed")
+            raise errors.KafkaLogError("the Kafka event log is closed")
         if self._producer is not None:
             return
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=self._bootstrap,
+        self._producer = driver.idempotent_producer(
+            self._bootstrap,
             client_id=self._client_id,
-            acks="all",
-            enable_idempotence=True,
             linger_ms=self._linger_ms,
             request_timeout_ms=self._request_timeout_ms,
         )
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._bootstrap,
+        self._consumer = driver.consumer(
+            self._bootstrap,
             client_id=self._client_id,
-            enable_auto_commit=False,
             request_timeout_ms=self._request_timeout_ms,
         )
-        try:
+        async with driver.starting(
+            errors.KafkaLogError, f"could not connect to Kafka at {self._bootstrap}", self.close
+        ):
             await self._producer.start()
             await self._consumer.start()
             await self.partitions()
-        except BaseException as exc:
-            await self.close()
-            if isinstance(exc, _DRIVER_ERRORS):
-                raise KafkaLogError(
-                    f"could not connect to Kafka at {self._bootstrap}: {exc!r}"
-                ) from exc
-            raise
 
     async def __aenter__(self) -> KafkaEventLog:
         await self.start()
@@ -350,13 +332,13 @@ class KafkaEventLog:
                 # Checked first because the producer would wait a full request timeout for a
                 # topic that does not exist before failing.
                 if self._topic not in await consumer.topics():
-                    raise KafkaLogError(
+                    raise errors.KafkaLogError(
                         f"topic {self._topic!r} does not exist on {self._bootstrap}; "
                         "create it with ensure_topics"
                     )
                 found: set[int] = await producer.partitions_for(self._topic)
-            except _DRIVER_ERRORS as exc:
-                raise KafkaLogError(f"could not list partitions of {self._topic!r}") from exc
+            except driver.DRIVER_ERRORS as exc:
+                raise errors.KafkaLogError(f"could not list partitions of {self._topic!r}") from exc
             self._partitions = tuple(sorted(found))
         return self._partitions
 
@@ -372,24 +354,14 @@ class KafkaEventLog:
         # One explicit timestamp for the whole append: left to itself, aiokafka 0.14 reports the
         # first record's CreateTime for every record of a batch, which then differs from what a
         # reader gets back.
-        timestamp_ms = time.time_ns() // 1_000_000
-        pending: list[asyncio.Future[RecordMetadata]] = []
-        try:
-            for key, value in items:
-                # send() only queues the record; queueing all before awaiting lets the producer
-                # put them into as few batches as possible. Per partition, queue order is log
-                # order, and idempotence keeps it through retries.
-                future = await producer.send(
-                    self._topic, value=value, key=key, timestamp_ms=timestamp_ms
-                )
-                pending.append(future)
-            acknowledged = await asyncio.gather(*pending)
-        except _DRIVER_ERRORS as exc:
-            # Collect the other outcomes too, so no failed future is left unobserved.
-            await asyncio.gather(*pending, return_exceptions=True)
-            raise KafkaLogError(
-                f"appending {len(items)} records to {self._topic!r} failed: {exc!r}"
-            ) from exc
+        acknowledged = await driver.send_in_order(
+            producer,
+            self._topic,
+            items,
+            error=errors.KafkaLogError,
+            doing=f"appending {len(items)} records to {self._topic!r} failed",
+            timestamp_ms=time.time_ns() // 1_000_000,
+        )
         return [
             ports.Record(
                 partition=metadata.partition,
@@ -411,7 +383,7 @@ class KafkaEventLog:
         from the last record returned costs no seek.
         """
         if start < 0 or max_records < 1 or max_wait_s < 0:
-            raise KafkaLogError(
+            raise errors.KafkaLogError(
                 f"cannot read {max_records} records from offset {start} waiting {max_wait_s} s"
             )
         await self._check_partition(partition)
@@ -425,7 +397,9 @@ class KafkaEventLog:
                         reader.position = start
                     remaining = max(0.0, deadline - anyio.current_time())
                     fetched = await reader.consumer.getmany(
-                        reader.tp, timeout_ms=_milliseconds(remaining), max_records=max_records
+                        reader.tp,
+                        timeout_ms=driver.milliseconds(remaining),
+                        max_records=max_records,
                     )
                 except OffsetOutOfRangeError as exc:
                     # The consumer's position after a failed fetch is unknown: seek next time.
@@ -438,9 +412,9 @@ class KafkaEventLog:
                     # waiting for the offset to exist, so poll for it until time is up.
                     await anyio.sleep(min(remaining, _BEYOND_END_POLL_S))
                     continue
-                except _DRIVER_ERRORS as exc:
+                except driver.DRIVER_ERRORS as exc:
                     await self._drop_reader(partition)
-                    raise KafkaLogError(
+                    raise errors.KafkaLogError(
                         f"reading {self._topic!r} partition {partition} from offset {start} "
                         f"failed: {exc!r}"
                     ) from exc
@@ -454,12 +428,12 @@ class KafkaEventLog:
         await self._check_partition(partition)
         _, consumer = self._clients()
         tp = TopicPartition(self._topic, partition)
-        try:
+        with driver.translate(
+            errors.KafkaLogError,
+            f"could not get the end offset of {self._topic!r} partition {partition}",
+            name_cause=False,
+        ):
             offsets: dict[TopicPartition, int] = await consumer.end_offsets([tp])
-        except _DRIVER_ERRORS as exc:
-            raise KafkaLogError(
-                f"could not get the end offset of {self._topic!r} partition {partition}"
-            ) from exc
         return offsets[tp]
 
     async def commit_consumer_offset(self, partition: int, offset: int) -> None:
@@ -469,9 +443,11 @@ class KafkaEventLog:
         allocator's real position is the one stored with its projection.
         """
         if self._group_id is None:
-            raise KafkaLogError("commit_consumer_offset needs a KafkaEventLog with a group_id")
+            raise errors.KafkaLogError(
+                "commit_consumer_offset needs a KafkaEventLog with a group_id"
+            )
         if offset < 0:
-            raise KafkaLogError(f"cannot commit the negative offset {offset}")
+            raise errors.KafkaLogError(f"cannot commit the negative offset {offset}")
         await self._check_partition(partition)
         # Kafka only takes commits for assigned partitions: the partition's reader commits. Not
         # under the reader's lock, so a read waiting for records does not hold the commit up.
@@ -481,9 +457,9 @@ class KafkaEventLog:
                 reader = await self._reader(partition, offset)
         try:
             await reader.consumer.commit({reader.tp: offset})
-        except _DRIVER_ERRORS as exc:
+        except driver.DRIVER_ERRORS as exc:
             await self._drop_reader(partition, reader)
-            raise KafkaLogError(
+            raise errors.KafkaLogError(
                 f"committing offset {offset} of {self._topic!r} partition {partition} "
                 f"for group {self._group_id!r} failed: {exc!r}"
             ) from exc
@@ -496,9 +472,12 @@ class KafkaEventLog:
         readers, self._readers = list(self._readers.values()), {}
         try:
             if producer is not None:
-                await producer.stop()
-        except _DRIVER_ERRORS as exc:
-            raise KafkaLogError(f"closing the producer of {self._topic!r} failed") from exc
+                with driver.translate(
+                    errors.KafkaLogError,
+                    f"closing the producer of {self._topic!r} failed",
+                    name_cause=False,
+                ):
+                    await producer.stop()
         finally:
             for reader in readers:
                 await reader.consumer.stop()
@@ -508,12 +487,12 @@ class KafkaEventLog:
     def _clients(self) -> tuple[AIOKafkaProducer, AIOKafkaConsumer]:
         if self._producer is None or self._consumer is None:
             state = "closed" if self._closed else "not started"
-            raise KafkaLogError(f"the Kafka event log of {self._topic!r} is {state}")
+            raise errors.KafkaLogError(f"the Kafka event log of {self._topic!r} is {state}")
         return self._producer, self._consumer
 
     async def _check_partition(self, partition: int) -> None:
         if partition not in await self.partitions():
-            raise KafkaLogError(
+            raise errors.KafkaLogError(
                 f"no partition {partition}: topic {self._topic!r} has partitions "
                 f"{list(await self.partitions())}"
             )
@@ -522,12 +501,12 @@ class KafkaEventLog:
         self, tp: TopicPartition, start: int, cause: OffsetOutOfRangeError
     ) -> None:
         _, consumer = self._clients()
-        try:
+        with driver.translate(
+            errors.KafkaLogError, f"could not get the start offset of {tp}", name_cause=False
+        ):
             beginnings: dict[TopicPartition, int] = await consumer.beginning_offsets([tp])
-        except _DRIVER_ERRORS as exc:
-            raise KafkaLogError(f"could not get the start offset of {tp}") from exc
         if start < beginnings[tp]:
-            raise KafkaLogError(
+            raise errors.KafkaLogError(
                 f"offset {start} of {self._topic!r} partition {tp.partition} is gone: the "
                 f"partition now starts at {beginnings[tp]} (was retention changed?)"
             ) from cause
@@ -544,35 +523,29 @@ class KafkaEventLog:
         if reader is not None:
             return reader
         self._clients()  # refuses a log that is closed or not started
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._bootstrap,
+        consumer = driver.consumer(
+            self._bootstrap,
             client_id=self._client_id,
+            request_timeout_ms=self._request_timeout_ms,
             group_id=self._group_id,
-            # The group only mirrors the position for monitoring; committing what was merely
-            # fetched would report events as processed before the projection has them.
-            enable_auto_commit=False,
             # Never jump silently: a start beyond the log end is a bug, and with infinite
             # retention there is nothing before the log start to fall back to.
             auto_offset_reset="none",
-            request_timeout_ms=self._request_timeout_ms,
         )
         tp = TopicPartition(self._topic, partition)
-        try:
+        async with driver.starting(
+            errors.KafkaLogError,
+            f"could not start a consumer of {self._topic!r} partition {partition}",
+            consumer.stop,
+        ):
             await consumer.start()
             # Assigned once and positioned before any await lets its fetcher run, so it never
             # fetches from a position of its own choosing; nothing ever re-assigns it.
             consumer.assign([tp])
             consumer.seek(tp, position)
-        except BaseException as exc:
-            await consumer.stop()
-            if isinstance(exc, _DRIVER_ERRORS):
-                raise KafkaLogError(
-                    f"could not start a consumer of {self._topic!r} partition {partition}: {exc!r}"
-                ) from exc
-            raise
         if self._closed:
             await consumer.stop()
-            raise KafkaLogError(f"the Kafka event log of {self._topic!r} is closed")
+            raise errors.KafkaLogError(f"the Kafka event log of {self._topic!r} is closed")
         reader = _Reader(consumer=consumer, tp=tp, position=position)
         self._readers[partition] = reader
         return reader
@@ -584,7 +557,7 @@ class KafkaEventLog:
             return
         del self._readers[partition]
         # It failed already; a new reader is made at the next read either way.
-        with contextlib.suppress(*_DRIVER_ERRORS):
+        with contextlib.suppress(*driver.DRIVER_ERRORS):
             await current.consumer.stop()
 
     def _record(self, message: ConsumerRecord) -> ports.Record:
@@ -592,7 +565,7 @@ class KafkaEventLog:
         offset: int = message.offset
         value: bytes | None = message.value
         if value is None:
-            raise KafkaLogError(
+            raise errors.KafkaLogError(
                 f"{self._topic!r} partition {partition} offset {offset} has no value "
                 "(a tombstone); the event log never writes those"
             )

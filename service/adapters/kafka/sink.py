@@ -5,39 +5,27 @@ unless configured otherwise; ``log.ensure_decisions_topic`` creates it) and the 
 each batch's decisions through it after the projection has committed them. The topic is a feed,
 not the source of truth: a decision lost with Kafka's retention can be recomputed from the log.
 
-Publishing is at least once and in order per partition. The producer is idempotent with
-``acks="all"``, so its retries neither duplicate nor reorder records, and aiokafka never has
-more than one produce request in flight per partition (its sender mutes a partition until the
-request carrying it is answered), which is what ``max.in.flight.requests.per.connection=1``
-gives a Java producer. A failed ``publish`` may have delivered a prefix of its items; the caller
-publishes them again, and consumers de-duplicate by the log partition and offset in each value.
+Publishing is at least once and in order per partition. The producer is the event log's kind
+(``driver.idempotent_producer``: idempotent with ``acks="all"``, one request in flight per
+partition), so its retries neither duplicate nor reorder records. A failed ``publish`` may have
+delivered a prefix of its items; the caller publishes them again, and consumers de-duplicate by
+the log partition and offset in each value.
 
-No aiokafka exception leaves this module: driver errors become ``KafkaSinkError``, a
-``service.errors.LogError``.
+No aiokafka exception leaves this module: driver errors become ``errors.KafkaSinkError``, a
+``errors.LogError``, translated by ``driver`` as the event log's are.
 """
 
 from __future__ import annotations
 
-import asyncio
-import math
 from collections.abc import Sequence
 
 import anyio
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
-from aiokafka.structs import RecordMetadata
 
 from service import errors
+from service.adapters.kafka import driver
 
 DEFAULT_TOPIC = "ipledger.decisions"
-
-# aiokafka reports failures as KafkaError subclasses, but lets socket errors and timeouts
-# (asyncio.TimeoutError is TimeoutError, an OSError) through from some code paths.
-_DRIVER_ERRORS = (KafkaError, OSError)
-
-
-class KafkaSinkError(errors.LogError):
-    """The decisions could not be published to Kafka."""
 
 
 class KafkaDecisionSink:
@@ -60,7 +48,7 @@ class KafkaDecisionSink:
         self._bootstrap = bootstrap
         self._topic = topic
         self._client_id = client_id
-        self._request_timeout_ms = max(1, math.ceil(request_timeout_s * 1000))
+        self._request_timeout_ms = driver.milliseconds(request_timeout_s)
         self._linger_ms = linger_ms
         self._producer: AIOKafkaProducer | None = None
         self._publish_lock = anyio.Lock()
@@ -99,35 +87,28 @@ class KafkaDecisionSink:
         it with ``log.ensure_decisions_topic``); nothing is left open then.
         """
         if self._closed:
-            raise KafkaSinkError(f"the decision sink of {self._topic!r} is closed")
+            raise errors.KafkaSinkError(f"the decision sink of {self._topic!r} is closed")
         if self._producer is not None:
             return
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=self._bootstrap,
+        self._producer = driver.idempotent_producer(
+            self._bootstrap,
             client_id=self._client_id,
-            acks="all",
-            enable_idempotence=True,
             linger_ms=self._linger_ms,
             request_timeout_ms=self._request_timeout_ms,
         )
-        try:
+        async with driver.starting(
+            errors.KafkaSinkError, f"could not connect to Kafka at {self._bootstrap}", self.close
+        ):
             await self._producer.start()
             # Checked on fresh metadata because the producer itself would wait a full request
             # timeout for a missing topic (the broker must not create topics on first use).
             metadata = await self._producer.client.fetch_all_metadata()
             if self._topic not in metadata.topics():
-                raise KafkaSinkError(
+                raise errors.KafkaSinkError(
                     f"topic {self._topic!r} does not exist on {self._bootstrap}; "
                     "create it with ensure_decisions_topic"
                 )
             await self._producer.partitions_for(self._topic)
-        except BaseException as exc:
-            await self.close()
-            if isinstance(exc, _DRIVER_ERRORS):
-                raise KafkaSinkError(
-                    f"could not connect to Kafka at {self._bootstrap}: {exc!r}"
-                ) from exc
-            raise
 
     async def __aenter__(self) -> KafkaDecisionSink:
         await self.start()
@@ -146,19 +127,13 @@ class KafkaDecisionSink:
         if not items:
             return
         async with self._publish_lock:
-            pending: list[asyncio.Future[RecordMetadata]] = []
-            try:
-                for key, value in items:
-                    # send() only queues; queueing all before awaiting any lets the producer
-                    # batch them, and per partition queue order is publication order.
-                    pending.append(await producer.send(self._topic, value=value, key=key))
-                await asyncio.gather(*pending)
-            except _DRIVER_ERRORS as exc:
-                # Collect the other outcomes too, so no failed future is left unobserved.
-                await asyncio.gather(*pending, return_exceptions=True)
-                raise KafkaSinkError(
-                    f"publishing {len(items)} decisions to {self._topic!r} failed: {exc!r}"
-                ) from exc
+            await driver.send_in_order(
+                producer,
+                self._topic,
+                items,
+                error=errors.KafkaSinkError,
+                doing=f"publishing {len(items)} decisions to {self._topic!r} failed",
+            )
 
     async def close(self) -> None:
         """Flush what is queued and stop the producer; safe to call twice."""
@@ -166,13 +141,15 @@ class KafkaDecisionSink:
         producer, self._producer = self._producer, None
         if producer is None:
             return
-        try:
+        with driver.translate(
+            errors.KafkaSinkError,
+            f"closing the producer of {self._topic!r} failed",
+            name_cause=False,
+        ):
             await producer.stop()
-        except _DRIVER_ERRORS as exc:
-            raise KafkaSinkError(f"closing the producer of {self._topic!r} failed") from exc
 
     def _started_producer(self) -> AIOKafkaProducer:
         if self._producer is None:
             state = "closed" if self._closed else "not started"
-            raise KafkaSinkError(f"the decision sink of {self._topic!r} is {state}")
+            raise errors.KafkaSinkError(f"the decision sink of {self._topic!r} is {state}")
         return self._producer
