@@ -1,7 +1,9 @@
-"""The composition root: turns ``Settings`` into adapters and wires the processes.
+"""The composition root's adapters: turns ``Settings`` into the adapter of each port.
 
-The only module that knows which adapter implements which port. Called by ``service.cli``;
-nothing here runs at import time.
+The only module that knows which adapter implements which port (and where the embedded
+PostgreSQL of ``make run`` keeps its port). Called by ``service.processes``, which wires what it
+builds here into the processes, and by ``service.cli``'s ``state``; nothing here runs at import
+time, and nothing is opened until a function is called.
 """
 
 from __future__ import annotations

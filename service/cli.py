@@ -1,7 +1,12 @@
-"""The ``ipledger`` command: one entry point, a sub-command per job.
+"""The ``ipledger`` command: parses the arguments and calls one function per sub-command.
 
-Sub-commands that need services build them through ``service.bootstrap``; ``simulate`` and
-``schema`` need nothing at all. Nothing is read from the environment or opened at import time.
+Each sub-command builds the ``Settings`` (environment, then flags) and calls one function of
+``service.processes`` (``run``: ``processes.allocator.run``; ``sync``: ``processes.sync.run``;
+``init``, ``append``, ``adopt``: ``processes.jobs``), then prints the outcome; ``simulate`` and
+``schema`` need only the pure core. So that those two run with nothing but msgspec installed,
+this module imports only the standard library, ``service.domain``, ``service.errors`` and
+``service.settings`` at module level; the event loop and the service stack are imported by the
+commands that use them. Nothing is read from the environment or opened at import time.
 """
 
 from __future__ import annotations
@@ -10,28 +15,20 @@ import argparse
 import dataclasses
 import json
 import logging
-import signal
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, TypeVar
 
-import anyio
-
-from service import allocator, bootstrap, errors, ports, sync
-from service import metrics as metrics_endpoint
-from service.adapters.postgres import projection as pg_projection
+from service import errors
 from service.domain import allocation, document, events, state
 from service.settings import Settings
 
-APPEND_CHUNK = 1000
-# Cilium's Helm defaults for cluster-pool IPAM, configured by `make run` on an empty log.
-HELM_DEFAULT_POOL = (
-    b'{"type":"pool.configured","id":"ipledger-helm-default-pool",'
-    b'"clusterPoolIPv4PodCIDRList":["10.0.0.0/8"],"clusterPoolIPv4MaskSize":24,'
-    b'"clusterPoolIPv6PodCIDRList":["fd00::/104"],"clusterPoolIPv6MaskSize":120}'
-)
+if TYPE_CHECKING:
+    from service.adapters.postgres import projection as pg_projection
+
+_T = TypeVar("_T")
 
 
 def _lines(stream: BinaryIO) -> Iterator[tuple[int, bytes]]:
@@ -50,6 +47,13 @@ def _open(path: str) -> BinaryIO:
         return open(path, "rb")
     except OSError as exc:  # a directory, a missing file, no permission
         raise CommandError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def _run_async(main: Callable[[], Awaitable[_T]]) -> _T:
+    """Run ``main`` on an event loop until it returns (anyio is imported only here)."""
+    import anyio
+
+    return anyio.run(main)
 
 
 class CommandError(Exception):
@@ -91,19 +95,18 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def cmd_init(args: argparse.Namespace) -> int:
     """Create or upgrade the database schema and, with Kafka, the topics."""
+    from service.processes import jobs
+
     settings = _settings(args)
-
-    async def init() -> None:
-        await bootstrap.migrate_database(settings)
-        await bootstrap.ensure_topics(settings)
-
-    anyio.run(init)
+    _run_async(lambda: jobs.init(settings))
     print("ipledger: database migrated" + (", topics ready" if settings.log == "kafka" else ""))
     return 0
 
 
 def cmd_append(args: argparse.Namespace) -> int:
     """Validate events and append the valid ones to the log, keyed by their cluster."""
+    from service.processes import jobs
+
     settings = _settings(args)
     valid: list[tuple[bytes | None, bytes]] = []
     invalid = 0
@@ -115,121 +118,26 @@ def cmd_append(args: argparse.Namespace) -> int:
                 print(f"line {number}: {event.reason} (not appended)", file=sys.stderr)
                 continue
             valid.append((event.cluster.encode(), line))
-
-    async def append() -> int:
-        event_log = await bootstrap.open_log(settings)
-        try:
-            for start in range(0, len(valid), APPEND_CHUNK):
-                await event_log.append(valid[start : start + APPEND_CHUNK])
-        finally:
-            await event_log.close()
-        return len(valid)
-
-    appended = anyio.run(append) if valid else 0
+    appended = _run_async(lambda: jobs.append(settings, valid)) if valid else 0
     print(f"ipledger: appended {appended} event(s), {invalid} invalid line(s) not appended")
     return 1 if invalid else 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the allocator for every partition until SIGINT or SIGTERM."""
+    from service.processes import allocator as allocator_process
+
     settings = _settings(args)
-    embedded = bootstrap.Embedded.for_settings(settings) if args.embedded else None
-    if embedded is not None:
-        embedded.start()
-    try:
-        anyio.run(_run, settings, args.embedded)
-    finally:
-        if embedded is not None:
-            embedded.stop()
+    _run_async(lambda: allocator_process.run(settings, embedded=args.embedded))
     return 0
-
-
-async def _run(settings: Settings, embedded: bool) -> None:
-    log = logging.getLogger("ipledger")
-    await bootstrap.migrate_database(settings)
-    # Like the schema, the topics are made sure of before anything reads them: an events topic
-    # that would not keep every event (finite retention, compaction) is refused here.
-    await bootstrap.ensure_topics(settings)
-    event_log = await bootstrap.open_log(settings)
-    projection = bootstrap.open_projection(settings)
-    sink: ports.DecisionSink | None = None
-    stop = anyio.Event()
-    metrics = allocator.Metrics()
-    try:
-        sink = await bootstrap.open_sink(settings)
-        if embedded and all(
-            [await event_log.end_offset(p) == 0 for p in await event_log.partitions()]
-        ):
-            await event_log.append([(b"default", HELM_DEFAULT_POOL)])
-            log.info(
-                "empty log: configured Cilium's Helm default pool (10.0.0.0/8 /24, fd00::/104 /120)"
-            )
-        if embedded:
-            print(
-                "ipledger is running on the embedded PostgreSQL (data in "
-                f"{settings.data_dir}/). In another shell:\n"
-                "  .venv/bin/ipledger append examples/events.jsonl     # feed it events\n"
-                "  .venv/bin/ipledger state --wait-caught-up           # see the state\n"
-                "Ctrl-C stops it; running it again continues where it left off.",
-                flush=True,
-            )
-        loop = allocator.LoopSettings(
-            batch_max_records=settings.batch_max_records,
-            batch_max_wait_s=settings.batch_max_wait_ms / 1000,
-        )
-        # Each worker checks it too; checked here first so that a changed partition count is
-        # refused before any partition is led.
-        await allocator.check_partition_count(event_log, projection)
-        try:
-            async with anyio.create_task_group() as endpoint:
-                if settings.metrics_port is not None:
-                    endpoint.start_soon(metrics_endpoint.serve, metrics, settings.metrics_port)
-                async with anyio.create_task_group() as tasks:
-                    tasks.start_soon(_stop_on_signal, stop)
-                    for partition in await event_log.partitions():
-                        worker = allocator.PartitionAllocator(
-                            event_log,
-                            projection,
-                            partition,
-                            settings=loop,
-                            sink=sink,
-                            metrics=metrics,
-                        )
-                        tasks.start_soon(worker.run, stop)
-                    await stop.wait()
-                    log.info("stopping: finishing the batch in flight")
-                # The workers are done: only now may the metrics endpoint go.
-                endpoint.cancel_scope.cancel()
-        except* errors.ConfigurationError as refused:
-            # A worker refused to lead (a cluster found off its home partition): report that
-            # as such, not as a task group's traceback.
-            raise _first_leaf(refused) from None
-    finally:
-        if sink is not None:
-            await sink.close()
-        await projection.close()
-        await event_log.close()
-    log.info(
-        "stopped: %d records applied, %d rejected",
-        metrics.records_applied,
-        metrics.records_rejected,
-    )
-
-
-def _first_leaf(group: ExceptionGroup[errors.ConfigurationError]) -> errors.ConfigurationError:
-    first = group.exceptions[0]
-    return _first_leaf(first) if isinstance(first, ExceptionGroup) else first
-
-
-async def _stop_on_signal(stop: anyio.Event) -> None:
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for _ in signals:
-            stop.set()
-            return
 
 
 def cmd_state(args: argparse.Namespace) -> int:
     """Print the projection as the same state document ``simulate`` prints."""
+    import anyio
+
+    from service import bootstrap
+
     settings = _settings(args)
 
     async def read() -> bytes:
@@ -250,6 +158,10 @@ async def _wait_caught_up(
     settings: Settings, projection: pg_projection.PostgresProjection, timeout: float
 ) -> None:
     """Wait until the allocator has applied everything appended so far."""
+    import anyio
+
+    from service import bootstrap
+
     event_log = await bootstrap.open_log(settings)
     try:
         targets = {p: await event_log.end_offset(p) for p in await event_log.partitions()}
@@ -302,74 +214,19 @@ def _kube_settings(args: argparse.Namespace) -> Settings:
 
 def cmd_sync(args: argparse.Namespace) -> int:
     """Mirror the projection onto CiliumNode objects until SIGINT or SIGTERM."""
-    anyio.run(_sync, _kube_settings(args))
+    from service.processes import sync as sync_process
+
+    settings = _kube_settings(args)
+    _run_async(lambda: sync_process.run(settings))
     return 0
-
-
-async def _sync(settings: Settings) -> None:
-    clients = bootstrap.open_cluster_clients(settings)
-    store = bootstrap.open_sync_store(settings)
-    config = bootstrap.sync_settings(settings)
-    workers = [
-        sync.ClusterSync(cluster, client, store, config) for cluster, client in clients.items()
-    ]
-    stop = anyio.Event()
-    try:
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(_stop_on_signal, stop)
-            await sync.run_clusters(workers, stop)
-            tasks.cancel_scope.cancel()
-    finally:
-        for client in clients.values():
-            await client.close()
-        await store.close()
-    for worker in workers:
-        metrics = worker.metrics
-        logging.getLogger("ipledger.sync").info(
-            "cluster %s: stopped: %d nodes mirrored, %d requests, %d retries, %d drift repairs",
-            worker.cluster,
-            metrics.nodes_mirrored,
-            metrics.requests,
-            metrics.retries,
-            metrics.drift_repairs,
-        )
 
 
 def cmd_adopt(args: argparse.Namespace) -> int:
     """Append ``node.adopted`` events for the CIDRs existing CiliumNodes already have."""
+    from service.processes import jobs
+
     settings = _kube_settings(args)
-
-    async def adopt() -> list[sync.AdoptionPlan]:
-        clients = bootstrap.open_cluster_clients(settings)
-        store = bootstrap.open_sync_store(settings)
-        plans = []
-        try:
-            for cluster, client in clients.items():
-                pool = await store.pool(cluster)
-                if pool is None:
-                    raise errors.ConfigurationError(
-                        f"cluster {cluster} has no pool yet: append its pool.configured event "
-                        "and let the allocator apply it before adopting"
-                    )
-                listed = await client.list_nodes()
-                known = await store.node_pod_cidrs(cluster)
-                plans.append(sync.plan_adoption(cluster, listed, pool, known))
-        finally:
-            for client in clients.values():
-                await client.close()
-            await store.close()
-        adopted = [e for plan in plans for e in plan.events]
-        if adopted and not args.dry_run:
-            event_log = await bootstrap.open_log(settings)
-            try:
-                items = [(e.cluster.encode(), events.encode_event(e)) for e in adopted]
-                for start in range(0, len(items), APPEND_CHUNK):
-                    await event_log.append(items[start : start + APPEND_CHUNK])
-            finally:
-                await event_log.close()
-        return plans
-
-    plans = anyio.run(adopt)
+    plans = _run_async(lambda: jobs.adopt(settings, dry_run=args.dry_run))
     refused = 0
     verb = "would append" if args.dry_run else "appended"
     for plan in plans:

@@ -1,146 +1,311 @@
-"""Prometheus text exposition of the allocator's counters, on a small read-only HTTP endpoint.
+"""Prometheus metrics of ipledger's processes, exported with ``prometheus_client``.
 
-Started by ``ipledger run --metrics-port N`` (``service.cli``); serves ``GET /metrics`` and
-``GET /healthz`` and nothing else. Requests are size-limited and answered from in-memory
-counters: scraping never touches the database or the log.
+The loops keep plain counters (``allocator.Metrics``, ``sync.SyncMetrics``) and know nothing of
+Prometheus. Here a collector per kind of process reads those counters at scrape time into a
+``CollectorRegistry`` made for that process (``allocator_registry``, ``sync_registry``), never the
+library's global default registry: two processes in one interpreter (the tests) never share one,
+and nothing is registered at import time. ``serving`` answers ``GET /metrics`` (the registry in
+the Prometheus text format) and ``GET /healthz`` (``ok``) on 127.0.0.1, and nothing else.
+
+Started by ``service.processes.allocator`` (``IPLEDGER_METRICS_PORT``) and
+``service.processes.sync`` (``IPLEDGER_SYNC_METRICS_PORT``). The HTTP server runs in a thread of
+its own, so a scrape never waits for the event loop, and answers from in-memory counters: it never
+touches the database, the log or the Kubernetes API.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import socketserver
+import threading
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from wsgiref import simple_server
+from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 import anyio
-import anyio.abc
+import prometheus_client
+from prometheus_client import core, registry
 
-from service import allocator
+from service import allocator, errors, sync
 
 log = logging.getLogger("ipledger.metrics")
-MAX_REQUEST_BYTES = 8192
+# A client that sends nothing for this long is dropped (each scrape is one short request).
+REQUEST_TIMEOUT_S = 5.0
 
 
-def render(metrics: allocator.Metrics) -> str:
-    """The counters in the Prometheus text format (version 0.0.4)."""
-    lines: list[str] = []
-
-    def metric(name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> None:
-        lines.append(f"# HELP {name} {help_text}")
-        lines.append(f"# TYPE {name} {kind}")
-        lines.extend(f"{name}{labels} {value:g}" for labels, value in samples)
-
-    metric(
-        "ipledger_records_applied_total",
-        "counter",
-        "Log records committed with a decision.",
-        [("", metrics.records_applied)],
-    )
-    metric(
-        "ipledger_records_rejected_total",
-        "counter",
-        "Records rejected: not valid events, or not storable (kept raw in the rejections table).",
-        [("", metrics.records_rejected)],
-    )
-    metric(
-        "ipledger_records_unstorable_total",
-        "counter",
-        "Rejected records that PostgreSQL refused to store (reason in the rejections table).",
-        [("", metrics.records_unstorable)],
-    )
-    metric(
-        "ipledger_records_wrong_partition_total",
-        "counter",
-        "Rejected records that were on another partition than their cluster's home partition "
-        "(the producer did not use Kafka's default partitioner).",
-        [("", metrics.records_wrong_partition)],
-    )
-    metric(
-        "ipledger_decisions_with_error_total",
-        "counter",
-        "Valid events whose decision carries an error (e.g. allocator full).",
-        [("", metrics.decisions_with_error)],
-    )
-    metric(
-        "ipledger_batches_committed_total",
-        "counter",
-        "Batches committed to PostgreSQL.",
-        [("", metrics.batches_committed)],
-    )
-    metric(
-        "ipledger_commit_seconds_total",
-        "counter",
-        "Time spent committing batches.",
-        [("", metrics.commit_seconds)],
-    )
-    metric(
-        "ipledger_takeovers_total",
-        "counter",
-        "Times this process became a writer.",
-        [("", metrics.takeovers)],
-    )
-    metric(
-        "ipledger_fenced_total",
-        "counter",
-        "Times this process lost the writer lease.",
-        [("", metrics.fenced)],
-    )
-    metric(
-        "ipledger_failures_total",
-        "counter",
-        "Log or database failures that made the allocator reload and retry.",
-        [("", metrics.failures)],
-    )
-    metric(
-        "ipledger_decisions_published_total",
-        "counter",
-        "Decisions published to the decisions topic.",
-        [("", metrics.decisions_published)],
-    )
-    metric(
-        "ipledger_next_offset",
-        "gauge",
-        "Next log offset to apply, per partition.",
-        [(f'{{partition="{p}"}}', o) for p, o in sorted(metrics.next_offset.items())],
-    )
-    metric(
-        "ipledger_leader",
-        "gauge",
-        "1 while this process is the partition's writer.",
-        [(f'{{partition="{p}"}}', float(v)) for p, v in sorted(metrics.leader.items())],
-    )
-    return "\n".join(lines) + "\n"
+def allocator_registry(counters: allocator.Metrics) -> registry.CollectorRegistry:
+    """The registry of ``ipledger run``: the counters of every partition's allocator."""
+    collectors = registry.CollectorRegistry(auto_describe=False)
+    collectors.register(_AllocatorCollector(counters))
+    return collectors
 
 
-async def serve(metrics: allocator.Metrics, port: int, host: str = "127.0.0.1") -> None:
-    """Serve until cancelled."""
-    listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
-    log.info("metrics on http://%s:%d/metrics", host, port)
-    async with listener:
-        await listener.serve(lambda stream: _answer(stream, metrics))
+def sync_registry(clusters: Mapping[str, sync.SyncMetrics]) -> registry.CollectorRegistry:
+    """The registry of ``ipledger sync``: each cluster's worker counters, labelled ``cluster``."""
+    collectors = registry.CollectorRegistry(auto_describe=False)
+    collectors.register(_SyncCollector(clusters))
+    return collectors
 
 
-async def _answer(stream: anyio.abc.SocketStream, metrics: allocator.Metrics) -> None:
-    async with stream:
-        request = b""
-        with anyio.move_on_after(5):
-            while b"\r\n\r\n" not in request and len(request) < MAX_REQUEST_BYTES:
-                chunk = await stream.receive(4096)
-                if not chunk:
-                    break
-                request += chunk
-        first = request.split(b"\r\n", 1)[0].split()
-        path = first[1] if len(first) >= 2 else b""
-        if len(first) < 2 or first[0] != b"GET":
-            status, body = "405 Method Not Allowed", "only GET\n"
-        elif path == b"/metrics":
-            status, body = "200 OK", render(metrics)
-        elif path == b"/healthz":
-            status, body = "200 OK", "ok\n"
-        else:
-            status, body = "404 Not Found", "not found\n"
-        payload = body.encode()
-        head = (
-            f"HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\n"
-            f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n"
-        ).encode()
-        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
-            await stream.send(head + payload)
+def render(collectors: registry.CollectorRegistry) -> str:
+    """What ``GET /metrics`` answers: the Prometheus text format (version 0.0.4)."""
+    return prometheus_client.generate_latest(collectors).decode()
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    collectors: registry.CollectorRegistry, port: int | None, host: str = "127.0.0.1"
+) -> AsyncIterator[None]:
+    """Serve ``/metrics`` and ``/healthz`` on ``host:port`` while the block runs (None: don't).
+
+    The port is bound on entry, so a port in use is a ``ConfigurationError`` before the process
+    starts work; on exit the server stops and closes its socket.
+    """
+    if port is None:
+        yield
+        return
+    try:
+        server = simple_server.make_server(host, port, _app(collectors), _Server, _QuietHandler)
+    except (OSError, OverflowError) as exc:  # in use, not allowed; not a port number
+        raise errors.ConfigurationError(
+            f"cannot serve metrics on {host}:{port}: {getattr(exc, 'strerror', None) or exc}"
+        ) from exc
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="metrics", daemon=True
+    )
+    thread.start()
+    log.info("metrics on http://%s:%d/metrics", host, server.server_port)
+    try:
+        yield
+    finally:
+        # shutdown() blocks until serve_forever notices (one poll interval): not on the loop,
+        # and not skipped when the block was cancelled.
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(server.shutdown)
+        server.server_close()
+
+
+def _app(collectors: registry.CollectorRegistry) -> WSGIApplication:
+    exposition = prometheus_client.make_wsgi_app(collectors)
+
+    def answer(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if environ.get("REQUEST_METHOD") != "GET":
+            return _plain(start_response, "405 Method Not Allowed", "only GET\n")
+        if path == "/metrics":
+            body: Iterable[bytes] = exposition(environ, start_response)
+            return body
+        if path == "/healthz":
+            return _plain(start_response, "200 OK", "ok\n")
+        return _plain(start_response, "404 Not Found", "not found\n")
+
+    return answer
+
+
+def _plain(start_response: StartResponse, status: str, text: str) -> list[bytes]:
+    body = text.encode()
+    start_response(
+        status, [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))]
+    )
+    return [body]
+
+
+class _Server(socketserver.ThreadingMixIn, simple_server.WSGIServer):
+    # A scrape still being answered does not keep the process alive once it is stopping.
+    daemon_threads = True
+
+
+class _QuietHandler(simple_server.WSGIRequestHandler):
+    timeout = REQUEST_TIMEOUT_S
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Scrapes are not logged: one line every 15 s per scraper says nothing."""
+
+
+def _counter(name: str, help_text: str, value: float) -> core.CounterMetricFamily:
+    return core.CounterMetricFamily(name, help_text, value=value)
+
+
+def _gauge(
+    name: str, help_text: str, label: str, values: Iterable[tuple[str, float]]
+) -> core.GaugeMetricFamily:
+    family = core.GaugeMetricFamily(name, help_text, labels=[label])
+    for key, value in values:
+        family.add_metric([key], value)
+    return family
+
+
+class _AllocatorCollector(registry.Collector):
+    """Reads ``allocator.Metrics`` when scraped; names and help texts are the published ones."""
+
+    def __init__(self, counters: allocator.Metrics) -> None:
+        self._counters = counters
+
+    def collect(self) -> Iterator[core.Metric]:
+        # Called on the server's thread while the loop updates the counters: each value is read
+        # once, and the per-partition dicts are copied by sorted() in one step under the GIL.
+        c = self._counters
+        yield _counter(
+            "ipledger_records_applied_total",
+            "Log records committed with a decision.",
+            c.records_applied,
+        )
+        yield _counter(
+            "ipledger_records_rejected_total",
+            "Records rejected: not valid events, or not storable (kept raw in the rejections "
+            "table).",
+            c.records_rejected,
+        )
+        yield _counter(
+            "ipledger_records_unstorable_total",
+            "Rejected records that PostgreSQL refused to store (reason in the rejections table).",
+            c.records_unstorable,
+        )
+        yield _counter(
+            "ipledger_records_wrong_partition_total",
+            "Rejected records that were on another partition than their cluster's home partition "
+            "(the producer did not use Kafka's default partitioner).",
+            c.records_wrong_partition,
+        )
+        yield _counter(
+            "ipledger_decisions_with_error_total",
+            "Valid events whose decision carries an error (e.g. allocator full).",
+            c.decisions_with_error,
+        )
+        yield _counter(
+            "ipledger_batches_committed_total",
+            "Batches committed to PostgreSQL.",
+            c.batches_committed,
+        )
+        yield _counter(
+            "ipledger_commit_seconds_total", "Time spent committing batches.", c.commit_seconds
+        )
+        yield _counter(
+            "ipledger_takeovers_total", "Times this process became a writer.", c.takeovers
+        )
+        yield _counter(
+            "ipledger_fenced_total", "Times this process lost the writer lease.", c.fenced
+        )
+        yield _counter(
+            "ipledger_failures_total",
+            "Log or database failures that made the allocator reload and retry.",
+            c.failures,
+        )
+        yield _counter(
+            "ipledger_decisions_published_total",
+            "Decisions published to the decisions topic.",
+            c.decisions_published,
+        )
+        yield _gauge(
+            "ipledger_next_offset",
+            "Next log offset to apply, per partition.",
+            "partition",
+            [(str(p), o) for p, o in sorted(c.next_offset.items())],
+        )
+        yield _gauge(
+            "ipledger_leader",
+            "1 while this process is the partition's writer.",
+            "partition",
+            [(str(p), float(v)) for p, v in sorted(c.leader.items())],
+        )
+
+
+# SyncMetrics field -> (metric name, help). Counters first, in the order they read best.
+_SYNC_COUNTERS = (
+    (
+        "nodes_mirrored",
+        "ipledger_sync_nodes_mirrored_total",
+        "Node outcomes recorded without error.",
+    ),
+    (
+        "unchanged",
+        "ipledger_sync_unchanged_total",
+        "Node changes that needed no request: the CiliumNode already agreed.",
+    ),
+    (
+        "coalesced",
+        "ipledger_sync_coalesced_total",
+        "Pending writes replaced by a newer state of their node before being sent.",
+    ),
+    (
+        "request_seconds",
+        "ipledger_sync_request_seconds_total",
+        "Time spent in requests to the Kubernetes API server.",
+    ),
+    (
+        "retries",
+        "ipledger_sync_retries_total",
+        "Writes retried after a failure (429, 5xx, timeout, object gone).",
+    ),
+    (
+        "throttled",
+        "ipledger_sync_throttled_total",
+        "Of the retried: answered 429 Too Many Requests.",
+    ),
+    (
+        "rejected",
+        "ipledger_sync_rejected_total",
+        "Writes the API server refused for good (the reason recorded in node_sync.error).",
+    ),
+    (
+        "drift_repairs",
+        "ipledger_sync_drift_repairs_total",
+        "CiliumNodes a resync found changed behind ipledger's back, and put back.",
+    ),
+    ("resyncs", "ipledger_sync_resyncs_total", "Full list-and-compare passes."),
+    (
+        "takeovers",
+        "ipledger_sync_takeovers_total",
+        "Times this process took the cluster's sync lock.",
+    ),
+    (
+        "lock_waits",
+        "ipledger_sync_lock_waits_total",
+        "Lock attempts that found another instance holding the cluster.",
+    ),
+    ("fenced", "ipledger_sync_fenced_total", "Times this process lost the cluster's sync lock."),
+)
+# Mirror._request's verbs, as SyncMetrics counts them; `requests` is their sum.
+_SYNC_VERBS = (
+    ("apply", "applies"),
+    ("status", "status_applies"),
+    ("delete", "deletes"),
+    ("get", "gets"),
+)
+
+
+class _SyncCollector(registry.Collector):
+    """Reads each cluster's ``sync.SyncMetrics`` when scraped."""
+
+    def __init__(self, clusters: Mapping[str, sync.SyncMetrics]) -> None:
+        self._clusters = dict(clusters)
+
+    def collect(self) -> Iterator[core.Metric]:
+        clusters = sorted(self._clusters.items())
+        yield _gauge(
+            "ipledger_sync_leader",
+            "1 while this process holds the cluster's sync lock and mirrors it.",
+            "cluster",
+            [(name, float(m.leader)) for name, m in clusters],
+        )
+        yield _gauge(
+            "ipledger_sync_waiting",
+            "Nodes waiting for their CiliumNode to exist (create_missing off).",
+            "cluster",
+            [(name, float(m.waiting)) for name, m in clusters],
+        )
+        requests = core.CounterMetricFamily(
+            "ipledger_sync_requests_total",
+            "Requests sent to the Kubernetes API server, by verb.",
+            labels=["cluster", "verb"],
+        )
+        for name, m in clusters:
+            for verb, field in _SYNC_VERBS:
+                requests.add_metric([name, verb], getattr(m, field))
+        yield requests
+        for field, metric, help_text in _SYNC_COUNTERS:
+            family = core.CounterMetricFamily(metric, help_text, labels=["cluster"])
+            for name, m in clusters:
+                family.add_metric([name], getattr(m, field))
+            yield family

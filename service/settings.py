@@ -47,6 +47,7 @@ class Settings:
     create_missing: bool = True
     delete_orphans: bool = False
     mirror_pod_ips: bool = False
+    sync_metrics_port: int | None = None  # like metrics_port, for `ipledger sync`
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -189,6 +190,7 @@ def _sync_settings(env: Mapping[str, str]) -> dict[str, Any]:
     number("IPLEDGER_SYNC_BURST", "sync_burst", int)
     number("IPLEDGER_SYNC_CONCURRENCY", "sync_concurrency", int)
     number("IPLEDGER_RESYNC_INTERVAL_S", "resync_interval_s", float)
+    number("IPLEDGER_SYNC_METRICS_PORT", "sync_metrics_port", int)
     flag("IPLEDGER_SYNC_CREATE_MISSING", "create_missing")
     flag("IPLEDGER_SYNC_DELETE_ORPHANS", "delete_orphans")
     flag("IPLEDGER_SYNC_MIRROR_POD_IPS", "mirror_pod_ips")

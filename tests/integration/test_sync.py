@@ -19,9 +19,11 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -733,11 +735,15 @@ async def test_ipledger_sync_runs_as_a_process_and_stops_cleanly_on_sigterm(
     tmp_path: Path,
 ) -> None:
     await ledger.append(pool(), added("node-a"))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     env = {
         **os.environ,
         "IPLEDGER_DATABASE_URL": pg_dsn,
         "IPLEDGER_KUBECONFIG": str(kube_apiserver.kubeconfig_path),
         "IPLEDGER_SYNC_QPS": "0",
+        "IPLEDGER_SYNC_METRICS_PORT": str(port),
     }
     log_path = tmp_path / "sync.log"
     with log_path.open("wb") as log_file:
@@ -754,6 +760,9 @@ async def test_ipledger_sync_runs_as_a_process_and_stops_cleanly_on_sigterm(
             await eventually(
                 lambda: _all_recorded(pg_dsn, 2), what="the process to record its progress"
             )
+            exported = await anyio.to_thread.run_sync(_scrape, port)
+            assert 'ipledger_sync_nodes_mirrored_total{cluster="default"} 2.0\n' in exported
+            assert 'ipledger_sync_leader{cluster="default"} 1.0\n' in exported
             process.send_signal(signal.SIGTERM)
             code = await anyio.to_thread.run_sync(lambda: process.wait(timeout=30))
         finally:
@@ -763,3 +772,9 @@ async def test_ipledger_sync_runs_as_a_process_and_stops_cleanly_on_sigterm(
     output = log_path.read_text()
     assert code == 0, output
     assert "cluster default: stopped: 2 nodes mirrored" in output
+
+
+def _scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+        text: str = answer.read().decode()
+        return text

@@ -120,6 +120,7 @@ def test_an_unstorable_record_is_rejected_without_echoing_its_text() -> None:
 
 
 def test_unstorable_records_are_exported_on_the_metrics_endpoint() -> None:
-    text = metrics.render(allocator.Metrics(records_rejected=3, records_unstorable=2))
-    assert "ipledger_records_unstorable_total 2\n" in text
-    assert "ipledger_records_rejected_total 3\n" in text
+    counters = allocator.Metrics(records_rejected=3, records_unstorable=2)
+    text = metrics.render(metrics.allocator_registry(counters))
+    assert "ipledger_records_unstorable_total 2.0\n" in text
+    assert "ipledger_records_rejected_total 3.0\n" in text
