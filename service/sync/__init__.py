@@ -2,7 +2,7 @@
 
 Its own process, beside the allocator and never in its path: it reads what the allocator
 committed to PostgreSQL and writes Kubernetes, and the allocator waits for neither. Started by
-``service.cli`` (``cmd_sync``) with adapters from ``service.bootstrap``; one ``ClusterSync`` per
+``service.processes.sync`` with adapters from ``service.bootstrap``; one ``ClusterSync`` per
 ipledger cluster, each bound to the Kubernetes cluster that cluster maps to. docs/sync.md says
 what it does; the modules, each importing only those listed after it (``.importlinter``):
 

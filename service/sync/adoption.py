@@ -1,9 +1,9 @@
 """``ipledger adopt --from-kubernetes`` planned: existing CiliumNodes into ``node.adopted`` events.
 
-``service.cli`` (``cmd_adopt``) lists the CiliumNodes, reads the pool and the nodes ipledger
+``service.processes.jobs.adopt`` lists the CiliumNodes, reads the pool and the nodes ipledger
 already holds, and hands them to ``plan_adoption``, which decides what to append and what to
 report. Pure: no I/O, no clock, no randomness; it never writes the projection or the log itself
-(the cli appends the events, and the allocator decides them like any other).
+(``jobs.adopt`` appends the events, and the allocator decides them like any other).
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 The bottom of ``service.sync``: pacing, the mirror and the worker all take these two types, so
 they live apart from all three (in any of them, the others would import each other in a circle).
 ``service.bootstrap.sync_settings`` fills ``SyncSettings`` from ``service.settings.Settings``;
-``ipledger sync`` logs the counters when it stops. Plain data: no I/O, no imports of the package.
+``service.metrics`` exports the counters, and ``ipledger sync`` logs them when it stops. Plain
+data: no I/O, no imports of the package.
 """
 
 from __future__ import annotations
