@@ -374,6 +374,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     # aiokafka logs every failed reconnect at ERROR; the allocator reports failures itself.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    # alembic announces each of its plugins at INFO when it is imported, which the commands do
+    # only after this point (so that simulate and schema need none of it).
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     try:
         code: int = args.func(args)
     except (CommandError, FileNotFoundError) as exc:

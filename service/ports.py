@@ -1,7 +1,12 @@
-"""Ports: the protocols the allocator, sync worker and API depend on.
+"""Ports: the protocols the allocator, the sync worker and the readers depend on; their contracts.
 
-Every port has an in-memory adapter in ``service.adapters.memory`` and one contract test suite in
-``tests/contract`` that each adapter (memory, PostgreSQL, Kafka) must pass. Nothing here does I/O.
+Each port's docstring states the contract its adapters keep. Every port has an in-memory adapter
+in the package (``service.adapters.memory``; the Kubernetes client's in
+``service.adapters.kubernetes.memory``) and one contract suite in ``tests/contract`` that every
+adapter of it passes (memory, PostgreSQL, Kafka, the Kubernetes API server). Nothing here does
+I/O. In order: the event log and the decision sink; the projection (the allocator's state, log
+position and lease); the Kubernetes side (the sync worker's client and store); the read side.
+Longer than 400 lines on purpose: it is the one list of what the core needs from the outside.
 """
 
 from __future__ import annotations
@@ -450,4 +455,274 @@ class SyncStore(Protocol):
 
     async def close(self) -> None:
         """End the session, which gives up every lock of this store at once."""
+        ...
+
+
+# --- The read side: what `ipledger state`, the query API, status and dashboards read ------------
+
+
+@dataclass(frozen=True, slots=True)
+class PoolElementUse:
+    """One element of a cluster's pool and how full it is, in node CIDRs of the pool's mask.
+
+    ``total`` node CIDRs of ``/mask`` fit in ``cidr``; ``used`` of them are held by nodes.
+    """
+
+    cidr: Network
+    mask: int
+    total: int
+    used: int
+
+    @property
+    def free(self) -> int:
+        """Node CIDRs of the element no node holds."""
+        return self.total - self.used
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterView:
+    """A cluster as the projection holds it: its pool, the use of each element, its nodes.
+
+    ``elements`` are IPv4 first, each family in list order (``clusterPoolIPv{4,6}PodCIDRList``);
+    ``version`` is the log offset of the last batch that changed anything of the cluster.
+    """
+
+    name: str
+    partition: int
+    version: int
+    ipv4_mask: int | None
+    ipv6_mask: int | None
+    elements: tuple[PoolElementUse, ...]
+    nodes: int
+
+
+@dataclass(frozen=True, slots=True)
+class NodeView:
+    """One node as the projection holds it.
+
+    ``pod_cidrs`` IPv4 first; ``waiting``: not pinned and lacking a CIDR of an enabled family;
+    ``ipv4_pod_ips``/``ipv6_pod_ips``: pod addresses held on it; ``version`` is the log offset of
+    the last batch that changed it and ``updated_at`` when that batch was committed.
+    """
+
+    cluster: str
+    name: str
+    pod_cidrs: tuple[Network, ...]
+    error: str | None
+    conflict: str | None
+    addresses: tuple[Address, ...]
+    waiting: bool
+    pinned: bool
+    ipv4_pod_ips: int
+    ipv6_pod_ips: int
+    version: int
+    updated_at: datetime.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Holding:
+    """One holding of a pod address: who held it, from which record on, until which one.
+
+    ``from_*`` name the record (partition, offset, event id) that handed it out and its time;
+    ``to_*`` the one that took it back, all None while it is held. Times are the events' own
+    (``time``), else the log's.
+    """
+
+    cluster: str
+    address: Address
+    node: str
+    owner: str
+    partition: int
+    from_offset: int
+    from_time: datetime.datetime
+    from_event_id: str | None
+    to_offset: int | None
+    to_time: datetime.datetime | None
+    to_event_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class CommittedDecision:
+    """The decision for one log record, as committed (``body``: the published JSON)."""
+
+    partition: int
+    offset: int
+    cluster: str | None
+    event_id: str | None
+    type: str | None
+    error: str | None
+    body: bytes
+    event_time: datetime.datetime | None
+    log_time: datetime.datetime | None
+    applied_at: datetime.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A record that was not applied, kept as it was read (``key``, ``raw``) with the reason."""
+
+    partition: int
+    offset: int
+    reason: str
+    key: bytes | None
+    raw: bytes
+    rejected_at: datetime.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionPosition:
+    """How far one partition has been applied, and its decisions published.
+
+    ``next_offset`` is the next record the allocator reads (everything below is applied);
+    ``published`` the next decision the outbox relay publishes (None before it published any,
+    as with the table log, which has no decisions topic).
+    """
+
+    partition: int
+    log: str
+    next_offset: int
+    updated_at: datetime.datetime
+    published: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A partition's writer lease; ``expired`` on the store's clock (a standby may take it)."""
+
+    partition: int
+    holder: str
+    token: int
+    expires_at: datetime.datetime
+    expired: bool
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSync:
+    """How far the sync worker mirrored one node: the version on its CiliumNode, and the error.
+
+    ``synced_version`` and ``error`` are None until the worker recorded the node.
+    """
+
+    name: str
+    version: int
+    deleted: bool
+    synced_version: int | None
+    error: str | None
+
+    @property
+    def mirrored(self) -> bool:
+        """Whether the CiliumNode holds the node's current version."""
+        return self.synced_version is not None and self.synced_version >= self.version
+
+
+class ProjectionReader(Protocol):
+    """Read-only queries over what the allocator and the sync worker committed.
+
+    One port for every reader (``ipledger state`` now; the query API, ``ipledger status`` and
+    dashboards later), so none of them knows a table. The contract:
+
+    - **Read-only.** No method writes anything, takes a lock or a lease, or waits for the
+      writer (the PostgreSQL adapter can connect with a role that may only ``SELECT``).
+    - **Committed data only, each answer consistent.** An answer reflects whole commits: one
+      call never mixes two batches of a partition. Two calls may see different commits.
+    - **The state as the allocator rebuilds it.** ``state`` rebuilds every cluster from the
+      committed rows exactly as ``Projection.load`` does, so ``state_document`` equals what
+      ``ipledger simulate`` prints for the same log, byte for byte once encoded.
+    - **Orders.** Clusters and nodes by name (bytewise, as in PostgreSQL's C collation),
+      addresses of an owner by address (IPv4 first), histories by the offset that started each
+      holding, decisions and rejections by offset, positions and leases by partition.
+    - **Lag is computed by the caller from two ports.** ``positions`` gives what was consumed;
+      the log's end is ``EventLog.end_offset``; lag = end - ``next_offset``. The read side stays
+      one read-only database connection and needs no log client (the log may be Kafka).
+    - Addresses and networks are ``ipaddress`` objects; a cluster, node or owner that does not
+      exist gives an empty answer (or None), not an error. Failures to reach the store raise
+      ``errors.ProjectionError``; no driver exception escapes.
+
+    Adapters: ``service.adapters.postgres.reader.PostgresProjectionReader`` and, over the rows
+    of the memory projection, ``service.adapters.memory.MemoryProjectionReader``; contract
+    suite: ``tests/contract/test_projection_reader_contract.py``.
+    """
+
+    async def state(self) -> domain.State:
+        """Every cluster's state, rebuilt from the committed rows as ``Projection.load`` does."""
+        ...
+
+    async def state_document(self) -> dict[str, Any]:
+        """The state document ``ipledger state`` prints (``document.state_document``)."""
+        ...
+
+    async def clusters(self) -> list[ClusterView]:
+        """Every cluster with its pool and the use of each pool element."""
+        ...
+
+    async def nodes(
+        self,
+        cluster: str,
+        *,
+        error: bool | None = None,
+        conflict: bool | None = None,
+        waiting: bool | None = None,
+        prefix: str = "",
+        after: str = "",
+        limit: int | None = None,
+    ) -> list[NodeView]:
+        """``cluster``'s live nodes by name, filtered, after ``after``, at most ``limit``.
+
+        ``error``/``conflict``: with (True) or without (False) one; ``waiting``: waiting or
+        not; None: either. ``prefix``: names starting with it. Page with the last name.
+        """
+        ...
+
+    async def node(self, cluster: str, name: str) -> NodeView | None:
+        """One live node, or None (unknown or deleted)."""
+        ...
+
+    async def holder(
+        self, cluster: str, address: Address, *, at: datetime.datetime | None = None
+    ) -> Holding | None:
+        """Who holds ``address`` now, or held it at time ``at``; None if nobody.
+
+        At ``at``: the holding with ``from_time <= at`` and no ``to_time`` or one after ``at``
+        (the latest started, should event times overlap).
+        """
+        ...
+
+    async def address_history(self, cluster: str, address: Address) -> list[Holding]:
+        """Every holding of ``address``, ended and current, in the order they started."""
+        ...
+
+    async def owner_addresses(self, cluster: str, owner: str) -> list[Holding]:
+        """The addresses ``owner`` holds now, by address."""
+        ...
+
+    async def owner_history(self, cluster: str, owner: str) -> list[Holding]:
+        """Every holding of ``owner``, ended and current, in the order they started."""
+        ...
+
+    async def decisions(
+        self, partition: int, start: int = 0, limit: int | None = None
+    ) -> list[CommittedDecision]:
+        """Committed decisions of ``partition`` from offset ``start`` on, at most ``limit``."""
+        ...
+
+    async def rejections(
+        self, partition: int, start: int = 0, limit: int | None = None
+    ) -> list[Rejection]:
+        """Rejected records of ``partition`` from offset ``start`` on, at most ``limit``."""
+        ...
+
+    async def positions(self) -> list[PartitionPosition]:
+        """Every partition that has a commit: consumed and published offsets."""
+        ...
+
+    async def leases(self) -> list[Lease]:
+        """Every partition's writer lease ever taken."""
+        ...
+
+    async def sync_progress(self, cluster: str) -> list[NodeSync]:
+        """Every node of ``cluster`` (tombstones too) by name, with what the worker mirrored."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections; the reader is unusable afterwards."""
         ...

@@ -1,10 +1,13 @@
-"""In-memory adapters of the ports: the event log, the decision sink and the sync store.
+"""In-memory adapters of the ports: event log, decision sink, sync store, projection, read side.
 
-``MemoryEventLog`` and ``MemoryDecisionSink`` are what unit tests of the allocator loop (and any
-other test that needs a log but not its durability) wire in place of PostgreSQL and Kafka;
-``MemorySyncStore`` is what the sync worker's unit tests wire in place of PostgreSQL. They pass
-the same contract suites as the real adapters (``tests/contract``), so code tested against them
-behaves the same against the real ones, within the differences those suites document.
+``MemoryEventLog``, ``MemoryDecisionSink`` and ``MemoryProjection`` are what unit tests of the
+allocator loop (and any other test that needs a log but not its durability) wire in place of
+PostgreSQL and Kafka; ``MemorySyncStore`` is what the sync worker's unit tests wire in place of
+PostgreSQL; ``MemoryProjectionReader`` reads what the memory projection and sync store wrote.
+They pass the same contract suites as the real adapters (``tests/contract``), so code tested
+against them behaves the same against the real ones, within the differences those suites
+document. The projection and its reader live in modules of their own
+(``memory_projection``, ``memory_reader``) and are re-exported here under their names.
 
 Everything lives in the process and dies with it: no I/O, no threads, only anyio primitives, so
 they run on any anyio backend. A waiting ``read`` sleeps on a condition that ``append`` and
@@ -20,7 +23,19 @@ from collections.abc import Callable, Sequence
 import anyio
 
 from service import errors, ports
+from service.adapters.memory_projection import MemoryProjection, MemoryProjectionTables
+from service.adapters.memory_reader import MemoryProjectionReader
 from service.domain import partitioning
+
+__all__ = [
+    "MemoryDecisionSink",
+    "MemoryEventLog",
+    "MemoryProjection",
+    "MemoryProjectionReader",
+    "MemoryProjectionTables",
+    "MemorySyncStore",
+    "MemorySyncTables",
+]
 
 
 def _wall_clock_ms() -> int:

@@ -1,0 +1,724 @@
+"""In-memory ``ports.Projection``: the projection's rows, kept and written as PostgreSQL does.
+
+``MemoryProjectionTables`` is one "database": the rows of the projection's tables (cluster,
+node, pod address, address history, decision, rejection, consumed offset, outbox offset and
+writer lease), shaped like the PostgreSQL tables of ``postgres.schema`` and written by the same
+rules. ``MemoryProjection`` is one allocator process's connection to it: several projections
+over the same tables are several processes sharing a database, and the lease decides which one
+writes. ``load`` rebuilds the state from the rows through ``service.domain.restore`` as
+``PostgresProjection.load`` does, so a unit test of the allocator loop goes through the same
+round trip (state -> rows -> state) as production. ``service.adapters.memory_reader`` reads the
+same rows for the read side.
+
+Faithful wherever the allocator could tell the difference: a commit writes all or nothing and
+is fenced by its lease token inside its own "transaction"; the lease expires on the tables'
+clock, which a test may replace to move time instead of sleeping; texts PostgreSQL cannot hold
+(NUL, lone surrogates), integers beyond a column's range and a second decision for one offset
+are refused with ``ProjectionDataError``, as are rows failing a check a test adds
+(``add_check``: PostgreSQL's CHECK constraint). ``fail_next`` injects what a lost connection
+does, before the commit landed or after. Rows come back in no particular order (nodes in the
+order they were first written, not by arrival): ``restore`` must not depend on it, and here it
+is seen not to.
+
+Everything lives in the process: no I/O, no threads, and no method awaits anything, so each one
+is atomic within its event loop. Used by ``tests/unit`` and ``tests/contract``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import collections
+import dataclasses
+import datetime
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from service import errors, ports
+from service.domain import restore, state
+
+UTC = datetime.UTC
+# writer_lease.expires_at of a lease never taken or released: PostgreSQL's '-infinity'.
+NEVER = datetime.datetime.min.replace(tzinfo=UTC)
+# The ranges of PostgreSQL's integer and bigint columns.
+INT4 = (-(2**31), 2**31 - 1)
+INT8 = (-(2**63), 2**63 - 1)
+TABLES = ("cluster", "node", "pod_ip", "ip_history", "decision", "rejection")
+OPERATIONS = (
+    "try_acquire",
+    "renew",
+    "release",
+    "next_offset",
+    "load",
+    "commit",
+    "decisions_after",
+    "outbox_offset",
+    "advance_outbox",
+    "consumed_offsets",
+)
+
+
+def _wall_clock() -> datetime.datetime:
+    return datetime.datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterRow:
+    """A row of ``cluster``: the pool in force and the allocator's own state of one cluster."""
+
+    name: str
+    partition: int
+    ipv4_cidrs: tuple[str, ...]
+    ipv4_mask: int | None
+    ipv6_cidrs: tuple[str, ...]
+    ipv6_mask: int | None
+    cursors: str  # JSON, as the column holds it
+    next_seq: int
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRow:
+    """A row of ``node``; a deleted node is a tombstone (``deleted``, seq -1, nothing else)."""
+
+    cluster: str
+    name: str
+    seq: int
+    pod_cidrs: tuple[str, ...]
+    error: str | None
+    conflict: str | None
+    addresses: tuple[str, ...]
+    pinned: bool
+    waiting: bool
+    cursors: tuple[int, ...]
+    deleted: bool
+    version: int
+    updated_at: datetime.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class PodIpRow:
+    """A row of ``pod_ip``: an address held now (``address`` as an integer of ``family``)."""
+
+    cluster: str
+    family: int
+    address: int
+    node: str
+    owner: str
+    partition: int
+    since_offset: int
+    since_time: datetime.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryRow:
+    """A row of ``ip_history``: a holding that ended."""
+
+    cluster: str
+    family: int
+    address: int
+    node: str
+    owner: str
+    partition: int
+    from_offset: int
+    from_time: datetime.datetime
+    to_offset: int
+    to_time: datetime.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionRow:
+    """A row of ``decision``: what the record at one offset decided (``body``: the JSON)."""
+
+    partition: int
+    offset: int
+    cluster: str | None
+    event_id: str | None
+    type: str | None
+    error: str | None
+    body: bytes
+    event_time: datetime.datetime | None
+    log_time: datetime.datetime | None
+    applied_at: datetime.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class RejectionRow:
+    """A row of ``rejection``: a record that was not applied, kept raw with the reason."""
+
+    partition: int
+    offset: int
+    reason: str
+    key: bytes | None
+    raw: bytes
+    rejected_at: datetime.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class OffsetRow:
+    """A row of ``consumer_offset``: how far ``log`` has been applied to the partition."""
+
+    partition: int
+    log: str
+    next_offset: int
+    updated_at: datetime.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseRow:
+    """A row of ``writer_lease``."""
+
+    partition: int
+    holder: str
+    token: int
+    expires_at: datetime.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class _Failure:
+    operation: str
+    landed: bool
+
+
+class MemoryProjectionTables:
+    """The rows of one in-memory projection "database", shared by the projections over it.
+
+    The attributes are the tables, for readers (``MemoryProjectionReader``) and tests to read;
+    only ``MemoryProjection`` writes them. ``clock`` is the database clock: lease expiry and the
+    rows' write times (the wall clock unless a test passes its own).
+    """
+
+    def __init__(self, *, clock: Callable[[], datetime.datetime] = _wall_clock) -> None:
+        self.clock = clock
+        self.clusters: dict[str, ClusterRow] = {}
+        self.nodes: dict[str, dict[str, NodeRow]] = {}
+        self.pod_ips: dict[str, dict[tuple[int, int], PodIpRow]] = {}
+        self.history: dict[str, list[HistoryRow]] = {}
+        # Per partition, in offset order.
+        self.decisions: dict[int, list[DecisionRow]] = {}
+        self.rejections: dict[int, list[RejectionRow]] = {}
+        self.offsets: dict[int, OffsetRow] = {}
+        self.outbox: dict[int, int] = {}
+        self.leases: dict[int, LeaseRow] = {}
+        self._checks: dict[str, tuple[str, Callable[[Any], bool]]] = {}
+        self._failures: collections.deque[_Failure] = collections.deque()
+
+    def add_check(self, table: str, name: str, check: Callable[[Any], bool]) -> None:
+        """Refuse every row of ``table`` for which ``check`` is False, as a CHECK constraint.
+
+        ``check`` gets the row (``PodIpRow`` for ``"pod_ip"``, ...). A commit writing such a row
+        raises ``ProjectionDataError`` with PostgreSQL's wording and writes nothing.
+        """
+        if table not in TABLES:
+            raise ValueError(f"no table {table!r}: one of {', '.join(TABLES)}")
+        self._checks[name] = (table, check)
+
+    def drop_check(self, name: str) -> None:
+        """Remove the check ``name`` (``ALTER TABLE ... DROP CONSTRAINT``)."""
+        del self._checks[name]
+
+    def fail_next(self, operation: str = "commit", count: int = 1, *, landed: bool = False) -> None:
+        """Make the next ``count`` calls of ``operation`` raise ``ProjectionError``.
+
+        As a connection lost in the middle: the call writes nothing, or, with ``landed`` (for
+        ``commit`` and ``advance_outbox``), everything, and raises only afterwards, as when the
+        connection broke after PostgreSQL committed but before the client heard of it. Failures
+        queue up behind earlier ones, per operation.
+        """
+        if operation not in OPERATIONS or count < 0:
+            raise ValueError(f"cannot fail {count} calls of {operation!r}")
+        if landed and operation not in ("commit", "advance_outbox"):
+            raise ValueError(f"{operation} writes nothing that could land")
+        self._failures.extend([_Failure(operation, landed)] * count)
+
+    def _take_failure(self, operation: str, *, landed: bool) -> bool:
+        """Whether the next injected failure of ``operation`` is one of this kind (taken if so)."""
+        for failure in self._failures:
+            if failure.operation == operation:
+                if failure.landed != landed:
+                    return False
+                self._failures.remove(failure)
+                return True
+        return False
+
+
+class MemoryProjection:
+    """``ports.Projection`` over ``MemoryProjectionTables``: one writer process's connection.
+
+    ``holder`` names the process in the lease (two projections with one holder are one process
+    to the lease, as in PostgreSQL); ``log_name`` guards against feeding a partition from two
+    logs. Without ``tables`` the projection gets tables of its own.
+    """
+
+    def __init__(
+        self,
+        tables: MemoryProjectionTables | None = None,
+        *,
+        holder: str,
+        log_name: str = "memory",
+        lease_ttl_s: float = 6.0,
+    ) -> None:
+        self.tables = tables if tables is not None else MemoryProjectionTables()
+        self.holder = holder
+        self.log_name = log_name
+        self.lease_ttl_s = lease_ttl_s
+        self._closed = False
+
+    # --- the lease ------------------------------------------------------------------------------
+
+    async def try_acquire(self, partition: int) -> int | None:
+        """Take the partition's lease if it is free, expired or this holder's; the new token."""
+        self._enter("try_acquire")
+        tables = self.tables
+        now = tables.clock()
+        lease = tables.leases.get(partition) or LeaseRow(partition, "", 0, NEVER)
+        if lease.expires_at < now or lease.holder == self.holder:
+            lease = LeaseRow(partition, self.holder, lease.token + 1, now + self._ttl())
+            tables.leases[partition] = lease
+            return lease.token
+        tables.leases[partition] = lease
+        return None
+
+    async def renew(self, partition: int, token: int) -> None:
+        """Extend the lease; raise ``FencedError`` if ``token`` lost it."""
+        self._enter("renew")
+        self.tables.leases[partition] = self._fence(partition, token, self.tables.clock())
+
+    async def release(self, partition: int, token: int) -> None:
+        """End the lease now if ``token`` holds it, so a standby need not wait for expiry."""
+        self._enter("release")
+        lease = self.tables.leases.get(partition)
+        if lease is not None and lease.token == token:
+            self.tables.leases[partition] = dataclasses.replace(lease, expires_at=NEVER)
+
+    def _fence(self, partition: int, token: int, now: datetime.datetime) -> LeaseRow:
+        """The lease extended from ``now``, if ``token`` still holds it (not stored yet)."""
+        lease = self.tables.leases.get(partition)
+        if lease is None or lease.token != token or not lease.expires_at > now:
+            raise errors.FencedError(
+                f"partition {partition}: writer lease {token} lost; another allocator took over"
+            )
+        return dataclasses.replace(lease, expires_at=now + self._ttl())
+
+    def _ttl(self) -> datetime.timedelta:
+        return datetime.timedelta(seconds=self.lease_ttl_s)
+
+    # --- loading --------------------------------------------------------------------------------
+
+    async def next_offset(self, partition: int) -> int:
+        """The partition's committed next offset (0 before any commit)."""
+        self._enter("next_offset")
+        return self._next_offset(partition)
+
+    def _next_offset(self, partition: int) -> int:
+        row = self.tables.offsets.get(partition)
+        if row is None:
+            return 0
+        if row.log != self.log_name:
+            raise errors.ConfigurationError(
+                f"partition {partition} of this database was fed by log {row.log!r}, "
+                f"not {self.log_name!r}"
+            )
+        return row.next_offset
+
+    async def load(self, partitions: Sequence[int] | None = None) -> ports.Loaded:
+        """Rebuild the state of the clusters on ``partitions`` (all when None) from the rows.
+
+        With one partition, also returns where to continue reading it.
+        """
+        self._enter("load")
+        current = state.State(track_changes=True)
+        next_offset = self._next_offset(partitions[0]) if partitions and len(partitions) == 1 else 0
+        restore_clusters(self.tables, current, partitions)
+        return ports.Loaded(state=current, next_offset=next_offset)
+
+    # --- committing a batch ---------------------------------------------------------------------
+
+    async def commit(self, batch: ports.Batch) -> None:
+        """Write everything one batch did, and its offset, at once (or nothing)."""
+        self._enter("commit")
+        tables = self.tables
+        now = tables.clock()
+        lease = self._fence(batch.partition, batch.token, now)
+        writes = _Writes.of(tables, batch, self.log_name, now)
+        writes.check(tables)
+        writes.apply(tables)
+        tables.leases[batch.partition] = lease
+        self._landed("commit")
+
+    # --- the outbox -----------------------------------------------------------------------------
+
+    async def decisions_after(
+        self, partition: int, start: int, limit: int
+    ) -> list[tuple[int, str | None, bytes]]:
+        """``(offset, event id, decision JSON)`` of committed decisions from ``start`` on."""
+        self._enter("decisions_after")
+        rows = self.tables.decisions.get(partition, [])
+        at = bisect.bisect_left(rows, start, key=_offset)
+        return [(row.offset, row.event_id, row.body) for row in rows[at : at + max(limit, 0)]]
+
+    async def outbox_offset(self, partition: int) -> int:
+        """The next offset the outbox relay publishes (0 before it published anything)."""
+        self._enter("outbox_offset")
+        return self.tables.outbox.get(partition, 0)
+
+    async def advance_outbox(self, partition: int, token: int, next_offset: int) -> None:
+        """Record that decisions below ``next_offset`` were published; fenced like a commit."""
+        self._enter("advance_outbox")
+        now = self.tables.clock()
+        lease = self._fence(partition, token, now)
+        _check_int(next_offset, INT8, "outbox_offset.next_offset")
+        self.tables.outbox[partition] = next_offset
+        self.tables.leases[partition] = lease
+        self._landed("advance_outbox")
+
+    async def consumed_offsets(self) -> dict[int, int]:
+        """Every partition with a commit, and its committed next offset."""
+        self._enter("consumed_offsets")
+        return {p: row.next_offset for p, row in self.tables.offsets.items()}
+
+    async def close(self) -> None:
+        """Refuse further use; the tables stay for other projections and readers."""
+        self._closed = True
+
+    def _enter(self, operation: str) -> None:
+        if self._closed:
+            raise errors.ProjectionError("the in-memory projection is closed")
+        if self.tables._take_failure(operation, landed=False):
+            raise errors.ProjectionError(f"{operation}: injected failure: the connection was lost")
+
+    def _landed(self, operation: str) -> None:
+        """Raise the injected failure of an ``operation`` whose writes just landed, if any."""
+        if self.tables._take_failure(operation, landed=True):
+            raise errors.ProjectionError(
+                f"{operation}: injected failure: the connection was lost after it landed"
+            )
+
+
+def restore_clusters(
+    tables: MemoryProjectionTables, current: state.State, partitions: Sequence[int] | None
+) -> None:
+    """Rebuild into ``current`` the clusters on ``partitions`` (all when None) from the rows.
+
+    The same calls of ``service.domain.restore`` as ``postgres.projection.restore_clusters``
+    makes; the rows come in the tables' own order. Shared by ``load`` and the memory reader.
+    """
+    wanted = None if not partitions else set(partitions)
+    for row in sorted(tables.clusters.values(), key=lambda row: row.name):
+        if wanted is not None and row.partition not in wanted:
+            continue
+        cluster = restore.restore_cluster(
+            current,
+            row.name,
+            ipv4_cidrs=list(row.ipv4_cidrs),
+            ipv4_mask=row.ipv4_mask,
+            ipv6_cidrs=list(row.ipv6_cidrs),
+            ipv6_mask=row.ipv6_mask,
+            cursors=json.loads(row.cursors),
+            next_seq=row.next_seq,
+        )
+        for node in tables.nodes.get(row.name, {}).values():
+            if node.deleted:
+                continue
+            restore.restore_node(
+                cluster,
+                node.name,
+                seq=node.seq,
+                pod_cidrs=list(node.pod_cidrs),
+                error=node.error,
+                conflict=node.conflict,
+                addresses=list(node.addresses),
+                pinned=node.pinned,
+                cursors=list(node.cursors),
+            )
+        for ip in tables.pod_ips.get(row.name, {}).values():
+            restore.restore_pod_ip(cluster, ip.node, ip.family, ip.address, ip.owner)
+        restore.finish(cluster)
+
+
+def _offset(row: DecisionRow | RejectionRow) -> int:
+    return row.offset
+
+
+@dataclass(slots=True)
+class _Writes:
+    """Every row one commit writes, computed before anything is written (all or nothing)."""
+
+    partition: int
+    decisions: list[DecisionRow]
+    rejections: list[RejectionRow]
+    clusters: list[ClusterRow]
+    nodes: list[NodeRow]
+    # Per cluster: the addresses the batch touched, and what is held of them at its end.
+    touched: dict[str, set[tuple[int, int]]]
+    held: dict[str, list[PodIpRow]]
+    finished: list[HistoryRow]
+    offset: OffsetRow
+
+    @classmethod
+    def of(
+        cls,
+        tables: MemoryProjectionTables,
+        batch: ports.Batch,
+        log_name: str,
+        now: datetime.datetime,
+    ) -> _Writes:
+        partition = batch.partition
+        version = batch.next_offset - 1
+        writes = cls(
+            partition=partition,
+            decisions=[],
+            rejections=[],
+            clusters=[],
+            nodes=[],
+            touched={},
+            held={},
+            finished=[],
+            offset=OffsetRow(partition, log_name, batch.next_offset, now),
+        )
+        for applied in batch.applied:
+            record, decision = applied.record, applied.decision
+            writes.decisions.append(
+                DecisionRow(
+                    partition=partition,
+                    offset=record.offset,
+                    cluster=decision.cluster,
+                    event_id=decision.id,
+                    type=decision.type,
+                    error=decision.error,
+                    body=applied.body,
+                    event_time=applied.event_time,
+                    log_time=applied.log_time,
+                    applied_at=now,
+                )
+            )
+            if applied.rejected:
+                writes.rejections.append(
+                    RejectionRow(
+                        partition,
+                        record.offset,
+                        decision.error or "",
+                        record.key,
+                        record.value,
+                        now,
+                    )
+                )
+        for name, changes in batch.changes.items():
+            row = batch.cluster_rows[name]
+            writes.clusters.append(
+                ClusterRow(
+                    name=row["name"],
+                    partition=partition,
+                    ipv4_cidrs=tuple(row["ipv4_cidrs"]),
+                    ipv4_mask=row["ipv4_mask"],
+                    ipv6_cidrs=tuple(row["ipv6_cidrs"]),
+                    ipv6_mask=row["ipv6_mask"],
+                    cursors=json.dumps(row["cursors"]),
+                    next_seq=row["next_seq"],
+                    version=version,
+                )
+            )
+            for node_name, node in batch.node_rows[name].items():
+                writes.nodes.append(_node_row(name, node_name, node, version, now))
+            if changes.ips:
+                writes._ips(tables, name, changes.ips, batch.ip_times[name])
+        return writes
+
+    def _ips(
+        self,
+        tables: MemoryProjectionTables,
+        cluster: str,
+        changes: Sequence[state.IpChange],
+        times: Sequence[tuple[int, datetime.datetime]],
+    ) -> None:
+        """Replay the batch's address changes over the holdings open before it, in log order.
+
+        As the PostgreSQL adapter does: what is held at the end replaces the touched addresses'
+        rows, every holding that ended goes to the insert-only history.
+        """
+        keys = [(change.family, change.address) for change in changes]
+        before = tables.pod_ips.get(cluster, {})
+        holding: dict[tuple[int, int], PodIpRow | None] = {
+            key: before[key] for key in keys if key in before
+        }
+        for change, key, (offset, moment) in zip(changes, keys, times, strict=True):
+            if change.held:
+                holding[key] = PodIpRow(
+                    cluster,
+                    key[0],
+                    key[1],
+                    change.node,
+                    change.owner,
+                    self.partition,
+                    offset,
+                    moment,
+                )
+                continue
+            held = holding.get(key)
+            if held is not None:
+                self.finished.append(
+                    HistoryRow(
+                        cluster=cluster,
+                        family=held.family,
+                        address=held.address,
+                        node=held.node,
+                        owner=held.owner,
+                        partition=held.partition,
+                        from_offset=held.since_offset,
+                        from_time=held.since_time,
+                        to_offset=offset,
+                        to_time=moment,
+                    )
+                )
+            holding[key] = None
+        self.touched[cluster] = set(keys)
+        self.held[cluster] = [row for row in holding.values() if row is not None]
+
+    def check(self, tables: MemoryProjectionTables) -> None:
+        """Raise ``ProjectionDataError`` for the first row PostgreSQL would refuse."""
+        decided = tables.decisions.get(self.partition, [])
+        offsets: set[int] = set()
+        for decision in self.decisions:
+            if decision.offset in offsets or _has_offset(decided, decision.offset):
+                _refuse(
+                    "UniqueViolationError: duplicate key value violates unique constraint "
+                    '"pk_decision"'
+                )
+            offsets.add(decision.offset)
+        rejected = tables.rejections.get(self.partition, [])
+        for rejection in self.rejections:
+            if _has_offset(rejected, rejection.offset):
+                _refuse(
+                    "UniqueViolationError: duplicate key value violates unique constraint "
+                    '"pk_rejection"'
+                )
+        rows: list[tuple[str, Any]] = [
+            *(("decision", row) for row in self.decisions),
+            *(("rejection", row) for row in self.rejections),
+            *(("cluster", row) for row in self.clusters),
+            *(("node", row) for row in self.nodes),
+            *(("pod_ip", row) for rows in self.held.values() for row in rows),
+            *(("ip_history", row) for row in self.finished),
+        ]
+        rows.append(("consumer_offset", self.offset))
+        for table, row in rows:
+            _check_row(table, row)
+        for name, (table, check) in tables._checks.items():
+            for row_table, row in rows:
+                if row_table == table and not check(row):
+                    _refuse(
+                        f'CheckViolationError: new row for relation "{table}" violates check '
+                        f'constraint "{name}"'
+                    )
+
+    def apply(self, tables: MemoryProjectionTables) -> None:
+        decided = tables.decisions.setdefault(self.partition, [])
+        for decision in self.decisions:
+            bisect.insort(decided, decision, key=_offset)
+        rejected = tables.rejections.setdefault(self.partition, [])
+        for rejection in self.rejections:
+            bisect.insort(rejected, rejection, key=_offset)
+        for cluster in self.clusters:
+            tables.clusters[cluster.name] = cluster
+        for node in self.nodes:
+            tables.nodes.setdefault(node.cluster, {})[node.name] = node
+        for cluster_name, keys in self.touched.items():
+            current = tables.pod_ips.setdefault(cluster_name, {})
+            for key in keys:
+                current.pop(key, None)
+            for held in self.held[cluster_name]:
+                current[(held.family, held.address)] = held
+        for finished in self.finished:
+            tables.history.setdefault(finished.cluster, []).append(finished)
+        tables.offsets[self.partition] = self.offset
+
+
+def _node_row(
+    cluster: str,
+    name: str,
+    row: dict[str, Any] | None,
+    version: int,
+    now: datetime.datetime,
+) -> NodeRow:
+    if row is None:
+        return NodeRow(cluster, name, -1, (), None, None, (), False, False, (), True, version, now)
+    return NodeRow(
+        cluster=cluster,
+        name=name,
+        seq=row["seq"],
+        pod_cidrs=tuple(row["pod_cidrs"]),
+        error=row["error"],
+        conflict=row["conflict"],
+        addresses=tuple(row["addresses"]),
+        pinned=row["pinned"],
+        waiting=row["waiting"],
+        cursors=tuple(row["cursors"]),
+        deleted=False,
+        version=version,
+        updated_at=now,
+    )
+
+
+def _has_offset(rows: Sequence[DecisionRow] | Sequence[RejectionRow], offset: int) -> bool:
+    at = bisect.bisect_left(rows, offset, key=_offset)
+    return at < len(rows) and rows[at].offset == offset
+
+
+# Per table: the integer columns and their ranges (the rest of the ints are booleans or JSON).
+_INT_COLUMNS: dict[str, dict[str, tuple[int, int]]] = {
+    "decision": {"partition": INT4, "offset": INT8},
+    "rejection": {"partition": INT4, "offset": INT8},
+    "cluster": {
+        "partition": INT4,
+        "ipv4_mask": INT4,
+        "ipv6_mask": INT4,
+        "next_seq": INT8,
+        "version": INT8,
+    },
+    "node": {"seq": INT8, "version": INT8},
+    "pod_ip": {"partition": INT4, "since_offset": INT8},
+    "ip_history": {"partition": INT4, "from_offset": INT8, "to_offset": INT8},
+    "consumer_offset": {"partition": INT4, "next_offset": INT8},
+}
+_ARRAY_INT_COLUMNS = {"node": ("cursors",)}
+
+
+def _check_row(table: str, row: Any) -> None:
+    """Refuse a text PostgreSQL cannot hold or an integer beyond its column."""
+    for column in (field.name for field in dataclasses.fields(row)):
+        value = getattr(row, column)
+        where = f"{table}.{column}"
+        if isinstance(value, str):
+            _check_text(value, where)
+        elif isinstance(value, tuple):
+            for item in value:
+                if isinstance(item, str):
+                    _check_text(item, where)
+                elif column in _ARRAY_INT_COLUMNS.get(table, ()):
+                    _check_int(item, INT8, where)
+        elif column in _INT_COLUMNS.get(table, {}) and value is not None:
+            _check_int(value, _INT_COLUMNS[table][column], where)
+
+
+def _check_text(text: str, where: str) -> None:
+    if "\x00" in text:
+        _refuse(f'CharacterNotInRepertoireError: {where}: invalid byte sequence for "UTF8": 0x00')
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        _refuse(f"UnicodeEncodeError: {where}: {exc.reason} at position {exc.start}")
+
+
+def _check_int(value: int, bounds: tuple[int, int], where: str) -> None:
+    if not bounds[0] <= value <= bounds[1]:
+        _refuse(f"NumericValueOutOfRangeError: {where}: {value} is out of range")
+
+
+def _refuse(reason: str) -> None:
+    raise errors.ProjectionDataError(f"committing a batch: {reason}", reason=reason)
+
+
+if TYPE_CHECKING:
+    # mypy checks here that the adapter implements its port.
+    _port: type[ports.Projection] = MemoryProjection
