@@ -66,7 +66,7 @@ class ClusterSync:
         self._resync_requested.set()
 
     async def resynced(self) -> None:
-        """Wait for the end of the next full resync (tests and ``ipledger sync --once``)."""
+        """Wait for the end of the next full resync (the sync benchmark waits for one)."""
         await self._resynced.wait()
 
     async def run(self, stop: anyio.Event) -> None:
