@@ -17,6 +17,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 import asyncpg
 
@@ -102,8 +103,8 @@ class ScratchPostgres:
     """A PostgreSQL server of the benchmark's own (fsync on), handing out migrated databases.
 
     The data lives in a temporary directory that is readable by the account the server runs as
-    when the benchmark runs as root. ``start``/``stop`` block: call them from a thread in async
-    code.
+    when the benchmark runs as root. ``start``/``stop`` block; use it as a context manager, or
+    call ``stop`` in a ``finally``: a ``start`` that fails half way has stopped what it started.
     """
 
     def __init__(self, prefix: str) -> None:
@@ -114,11 +115,24 @@ class ScratchPostgres:
         self._databases = 0
 
     def start(self) -> None:
-        self.server.start()
+        try:
+            self.server.start()
+        except BaseException:
+            self.stop()
+            raise
 
     def stop(self) -> None:
-        self.server.stop()
-        shutil.rmtree(self.root, ignore_errors=True)
+        try:
+            self.server.stop()
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     async def fresh_database(self) -> str:
         """The DSN of a new, fully migrated database."""

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from types import ModuleType
 
 import bench
+from service.adapters import children
 
 # name -> module; run in this order.
 BENCHMARKS: dict[str, str] = {
@@ -99,6 +100,8 @@ def print_table(results: Sequence[bench.Result]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # A CI timeout's SIGTERM unwinds like Ctrl-C: the benchmarks' servers are stopped on the way.
+    children.terminate_as_interrupt()
     modules = _available()
     args = build_parser(modules).parse_args(argv)
     wanted = args.only or list(BENCHMARKS)
@@ -138,4 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except children.Terminated:
+        sys.exit(children.Terminated.exit_code)

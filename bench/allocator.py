@@ -19,7 +19,7 @@ import random
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Self
 
 import anyio
 import asyncpg
@@ -85,12 +85,26 @@ class Services:
         self.kafka = KafkaBroker(self.postgres.root / "kafka", heap="1g")
 
     def start(self) -> None:
+        """Start both, or neither: a broker that fails to start stops the server before it."""
         self.postgres.start()
-        self.kafka.start()
+        try:
+            self.kafka.start()
+        except BaseException:
+            self.postgres.stop()
+            raise
 
     def stop(self) -> None:
-        self.kafka.close()
-        self.postgres.stop()
+        try:
+            self.kafka.close()
+        finally:
+            self.postgres.stop()
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     async def fresh_database(self) -> str:
         return await self.postgres.fresh_database()
@@ -375,96 +389,88 @@ async def restart_to_caught_up(dsn: str, tail: Sequence[bytes]) -> tuple[float, 
 
 
 def run(args: argparse.Namespace) -> list[bench.Result]:
-    return anyio.run(_run, args)
+    # The servers start and stop here, in the main thread and around the event loop, so that an
+    # exception, Ctrl-C or SIGTERM (python -m bench makes it an exception) anywhere stops them.
+    with Services() as services:
+        return anyio.run(_run, args, services)
 
 
-async def _run(args: argparse.Namespace) -> list[bench.Result]:
+async def _run(args: argparse.Namespace, services: Services) -> list[bench.Result]:
     quick = bool(args.quick)
     repeat = args.repeat or (1 if quick else 3)
     count = 20_000 if quick else args.allocator_events
-    services = Services()
-    await anyio.to_thread.run_sync(services.start)
     results: list[bench.Result] = []
-    try:
-        bootstrap = services.kafka.bootstrap
-        topic = "bench.throughput"
-        await kafka_log.ensure_topics(bootstrap, topic, 1)
-        await fill_topic(bootstrap, topic, workload(count))
-        bare: list[float] = []
-        ours: list[float] = []
-        for _ in range(repeat):
-            bare.append(await bare_consumer_rate(bootstrap, topic, count))
-            ours.append(
-                await allocator_rate(bootstrap, topic, await services.fresh_database(), count)
-            )
-        ratios = [o / b for o, b in zip(ours, bare, strict=True)]
-        results += [
-            bench.Result(
-                NAME,
-                "topic -> committed projection",
-                bench.median(ours),
-                "events/s",
-                ">= 30,000",
-                bench.median(ours) >= 30_000,
-                f"{count} events, runs: {', '.join(f'{v:,.0f}' for v in ours)}",
-            ),
-            bench.Result(
-                NAME, "bare aiokafka consumer, same topic", bench.median(bare), "events/s"
-            ),
-            bench.Result(
-                NAME,
-                "allocator / bare consumer",
-                bench.median(ratios),
-                "ratio",
-                ">= 0.5",
-                bench.median(ratios) >= 0.5,
-            ),
-        ]
+    bootstrap = services.kafka.bootstrap
+    topic = "bench.throughput"
+    await kafka_log.ensure_topics(bootstrap, topic, 1)
+    await fill_topic(bootstrap, topic, workload(count))
+    bare: list[float] = []
+    ours: list[float] = []
+    for _ in range(repeat):
+        bare.append(await bare_consumer_rate(bootstrap, topic, count))
+        ours.append(await allocator_rate(bootstrap, topic, await services.fresh_database(), count))
+    ratios = [o / b for o, b in zip(ours, bare, strict=True)]
+    results += [
+        bench.Result(
+            NAME,
+            "topic -> committed projection",
+            bench.median(ours),
+            "events/s",
+            ">= 30,000",
+            bench.median(ours) >= 30_000,
+            f"{count} events, runs: {', '.join(f'{v:,.0f}' for v in ours)}",
+        ),
+        bench.Result(NAME, "bare aiokafka consumer, same topic", bench.median(bare), "events/s"),
+        bench.Result(
+            NAME,
+            "allocator / bare consumer",
+            bench.median(ratios),
+            "ratio",
+            ">= 0.5",
+            bench.median(ratios) >= 0.5,
+        ),
+    ]
 
-        topic = "bench.latency"
-        await kafka_log.ensure_topics(bootstrap, topic, 1)
-        seconds = 3.0 if quick else args.allocator_latency_s
-        samples = await latency(bootstrap, topic, await services.fresh_database(), seconds, 5000)
-        p50, p99 = bench.percentile(samples, 0.5), bench.percentile(samples, 0.99)
-        results += [
-            bench.Result(NAME, "append -> committed, p50 @ 5k/s", p50 * 1000, "ms"),
-            bench.Result(
-                NAME,
-                "append -> committed, p99 @ 5k/s",
-                p99 * 1000,
-                "ms",
-                "<= 50",
-                p99 <= 0.050,
-                f"{len(samples)} events over {seconds:.0f} s",
-            ),
-        ]
+    topic = "bench.latency"
+    await kafka_log.ensure_topics(bootstrap, topic, 1)
+    seconds = 3.0 if quick else args.allocator_latency_s
+    samples = await latency(bootstrap, topic, await services.fresh_database(), seconds, 5000)
+    p50, p99 = bench.percentile(samples, 0.5), bench.percentile(samples, 0.99)
+    results += [
+        bench.Result(NAME, "append -> committed, p50 @ 5k/s", p50 * 1000, "ms"),
+        bench.Result(
+            NAME,
+            "append -> committed, p99 @ 5k/s",
+            p99 * 1000,
+            "ms",
+            "<= 50",
+            p99 <= 0.050,
+            f"{len(samples)} events over {seconds:.0f} s",
+        ),
+    ]
 
-        nodes = 2048 if quick else args.allocator_nodes
-        current = await anyio.to_thread.run_sync(full_state, nodes, 110)
-        dsn = await services.fresh_database()
-        await write_projection(dsn, current)
-        del current
-        tail = [
-            b'{"type":"ip.requested","id":"t%d","node":"node-%d","owner":"ns/tail-%d"}' % (i, i, i)
-            for i in range(1000)
-        ]
-        loaded, caught_up, held = await restart_to_caught_up(dsn, tail)
-        results += [
-            bench.Result(
-                NAME, "restart: projection loaded", loaded, "s", detail=f"{held:,} addresses"
-            ),
-            bench.Result(
-                NAME,
-                "restart -> caught up",
-                caught_up,
-                "s",
-                "<= 60 (7.2 M addresses)",
-                caught_up <= 60 if nodes >= 65_536 else None,
-                f"{held:,} addresses held, {len(tail)} tail events",
-            ),
-        ]
-    finally:
-        await anyio.to_thread.run_sync(services.stop)
+    nodes = 2048 if quick else args.allocator_nodes
+    current = await anyio.to_thread.run_sync(full_state, nodes, 110)
+    dsn = await services.fresh_database()
+    await write_projection(dsn, current)
+    del current
+    tail = [
+        b'{"type":"ip.requested","id":"t%d","node":"node-%d","owner":"ns/tail-%d"}' % (i, i, i)
+        for i in range(1000)
+    ]
+    loaded, caught_up, held = await restart_to_caught_up(dsn, tail)
+    results += [
+        bench.Result(NAME, "restart: projection loaded", loaded, "s", detail=f"{held:,} addresses"),
+        bench.Result(
+            NAME,
+            "restart -> caught up",
+            caught_up,
+            "s",
+            "<= 60 (7.2 M addresses)",
+            caught_up <= 60 if nodes >= 65_536 else None,
+            f"{held:,} addresses held, {len(tail)} tail events",
+        ),
+    ]
     return results
 
 

@@ -31,9 +31,9 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 import anyio
-import anyio.to_thread
 import asyncpg
 from lightkube import AsyncClient, KubeConfig
 
@@ -112,37 +112,49 @@ class Services:
         self.kube = KubeAPIServer()
 
     def start(self) -> None:
+        """Start both, or neither: an API server that fails to start stops the database too."""
         self.postgres.start()
-        self.kube.start()
+        try:
+            self.kube.start()
+        except BaseException:
+            self.postgres.stop()
+            raise
 
     def stop(self) -> None:
-        self.kube.stop()
-        self.postgres.stop()
+        try:
+            self.kube.stop()
+        finally:
+            self.postgres.stop()
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     async def fresh_database(self) -> str:
         return await self.postgres.fresh_database()
 
 
 def run(args: argparse.Namespace) -> list[bench.Result]:
-    return anyio.run(_run, args)
+    # The servers start and stop here, in the main thread and around the event loop, so that an
+    # exception, Ctrl-C or SIGTERM (python -m bench makes it an exception) anywhere stops them.
+    with Services() as services:
+        return anyio.run(_run, args, services)
 
 
-async def _run(args: argparse.Namespace) -> list[bench.Result]:
+async def _run(args: argparse.Namespace, services: Services) -> list[bench.Result]:
     nodes = 500 if args.quick else args.sync_nodes
     qps = float(args.sync_qps)
-    services = Services()
-    await anyio.to_thread.run_sync(services.start)
-    try:
-        paced = await one_run(
-            services, nodes, sync.SyncSettings(qps=qps, burst=40, resync_interval_s=3600)
-        )
-        unlimited_settings = sync.SyncSettings(
-            qps=0, concurrency=args.sync_concurrency, resync_interval_s=3600
-        )
-        unlimited = await one_run(services, nodes, unlimited_settings)
-        profiled = await one_run(services, nodes, unlimited_settings, profile=True)
-    finally:
-        await anyio.to_thread.run_sync(services.stop)
+    paced = await one_run(
+        services, nodes, sync.SyncSettings(qps=qps, burst=40, resync_interval_s=3600)
+    )
+    unlimited_settings = sync.SyncSettings(
+        qps=0, concurrency=args.sync_concurrency, resync_interval_s=3600
+    )
+    unlimited = await one_run(services, nodes, unlimited_settings)
+    profiled = await one_run(services, nodes, unlimited_settings, profile=True)
 
     bound = nodes / qps + 10
     results = [

@@ -2,13 +2,11 @@
 
 Each sub-command builds the ``Settings`` (environment, then flags) and calls one function of
 ``service.processes`` (``run``: ``processes.allocator.run``; ``sync``: ``processes.sync.run``;
-``init``, ``append``, ``adopt``: ``processes.jobs``; ``state`` reads the projection through
-``service.bootstrap``), then prints the outcome; ``simulate`` and ``schema`` need only the pure
-core. So that those two run with nothing but msgspec installed, nothing this module imports at
-module level needs more than the standard library and msgspec (``service.domain``,
-``service.errors``, ``service.settings``; ``tests/unit/test_python_versions.py`` checks it); the
-event loop and the service stack are imported by the commands that use them. Nothing is read
-from the environment or opened at import time.
+``init``, ``append``, ``adopt``: ``processes.jobs``), then prints the outcome; ``simulate`` and
+``schema`` need only the pure core. So that those two run with nothing but msgspec installed,
+this module imports only the standard library, ``service.domain``, ``service.errors`` and
+``service.settings`` at module level; the event loop and the service stack are imported by the
+commands that use them. Nothing is read from the environment or opened at import time.
 """
 
 from __future__ import annotations
@@ -24,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, TypeVar
 
 from service import errors
+from service.adapters import children  # standard library only: signals and child processes
 from service.domain import allocation, document, events, state
 from service.settings import Settings
 
@@ -130,6 +129,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from service.processes import allocator as allocator_process
 
     settings = _settings(args)
+    if args.embedded:
+        # The server is this process's child: a SIGTERM must unwind through the `finally` that
+        # stops it, also while it starts, where Python's default would just end the process.
+        children.terminate_as_interrupt()
     _run_async(lambda: allocator_process.run(settings, embedded=args.embedded))
     return 0
 
@@ -376,9 +379,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     # aiokafka logs every failed reconnect at ERROR; the allocator reports failures itself.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
-    # alembic announces each of its plugins at INFO when it is imported, which the commands do
-    # only after this point (so that simulate and schema need none of it).
-    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     try:
         code: int = args.func(args)
     except (CommandError, FileNotFoundError) as exc:
@@ -387,6 +387,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except errors.IpledgerError as exc:
         print(f"ipledger: {exc}", file=sys.stderr)
         return 1
+    except children.Terminated:
+        return children.Terminated.exit_code
     except KeyboardInterrupt:
         return 130
     return code

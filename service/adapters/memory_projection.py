@@ -2,13 +2,13 @@
 
 ``MemoryProjectionTables`` is one "database": the rows of the projection's tables (cluster,
 node, pod address, address history, decision, rejection, consumed offset, outbox offset and
-writer lease), shaped like the PostgreSQL tables of ``postgres.schema`` and written by the same
-rules. ``MemoryProjection`` is one allocator process's connection to it: several projections
-over the same tables are several processes sharing a database, and the lease decides which one
-writes. ``load`` rebuilds the state from the rows through ``service.domain.restore`` as
-``PostgresProjection.load`` does, so a unit test of the allocator loop goes through the same
-round trip (state -> rows -> state) as production. ``service.adapters.memory_reader`` reads the
-same rows for the read side.
+writer lease), shaped like the PostgreSQL tables of ``postgres.schema`` (``memory_rows``) and
+written by the same rules. ``MemoryProjection`` is one allocator process's connection to it:
+several projections over the same tables are several processes sharing a database, and the
+lease decides which one writes. ``load`` rebuilds the state from the rows through
+``service.domain.restore`` as ``PostgresProjection.load`` does, so a unit test of the allocator
+loop goes through the same round trip (state -> rows -> state) as production.
+``service.adapters.memory_reader`` reads the same rows for the read side.
 
 Faithful wherever the allocator could tell the difference: a commit writes all or nothing and
 is fenced by its lease token inside its own "transaction"; the lease expires on the tables'
@@ -36,15 +36,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from service import errors, ports
+from service.adapters import memory_rows
 from service.domain import restore, state
 
 UTC = datetime.UTC
 # writer_lease.expires_at of a lease never taken or released: PostgreSQL's '-infinity'.
 NEVER = datetime.datetime.min.replace(tzinfo=UTC)
-# The ranges of PostgreSQL's integer and bigint columns.
-INT4 = (-(2**31), 2**31 - 1)
-INT8 = (-(2**63), 2**63 - 1)
-TABLES = ("cluster", "node", "pod_ip", "ip_history", "decision", "rejection")
+# What fail_next can make fail.
 OPERATIONS = (
     "try_acquire",
     "renew",
@@ -64,118 +62,6 @@ def _wall_clock() -> datetime.datetime:
 
 
 @dataclass(frozen=True, slots=True)
-class ClusterRow:
-    """A row of ``cluster``: the pool in force and the allocator's own state of one cluster."""
-
-    name: str
-    partition: int
-    ipv4_cidrs: tuple[str, ...]
-    ipv4_mask: int | None
-    ipv6_cidrs: tuple[str, ...]
-    ipv6_mask: int | None
-    cursors: str  # JSON, as the column holds it
-    next_seq: int
-    version: int
-
-
-@dataclass(frozen=True, slots=True)
-class NodeRow:
-    """A row of ``node``; a deleted node is a tombstone (``deleted``, seq -1, nothing else)."""
-
-    cluster: str
-    name: str
-    seq: int
-    pod_cidrs: tuple[str, ...]
-    error: str | None
-    conflict: str | None
-    addresses: tuple[str, ...]
-    pinned: bool
-    waiting: bool
-    cursors: tuple[int, ...]
-    deleted: bool
-    version: int
-    updated_at: datetime.datetime
-
-
-@dataclass(frozen=True, slots=True)
-class PodIpRow:
-    """A row of ``pod_ip``: an address held now (``address`` as an integer of ``family``)."""
-
-    cluster: str
-    family: int
-    address: int
-    node: str
-    owner: str
-    partition: int
-    since_offset: int
-    since_time: datetime.datetime
-
-
-@dataclass(frozen=True, slots=True)
-class HistoryRow:
-    """A row of ``ip_history``: a holding that ended."""
-
-    cluster: str
-    family: int
-    address: int
-    node: str
-    owner: str
-    partition: int
-    from_offset: int
-    from_time: datetime.datetime
-    to_offset: int
-    to_time: datetime.datetime
-
-
-@dataclass(frozen=True, slots=True)
-class DecisionRow:
-    """A row of ``decision``: what the record at one offset decided (``body``: the JSON)."""
-
-    partition: int
-    offset: int
-    cluster: str | None
-    event_id: str | None
-    type: str | None
-    error: str | None
-    body: bytes
-    event_time: datetime.datetime | None
-    log_time: datetime.datetime | None
-    applied_at: datetime.datetime
-
-
-@dataclass(frozen=True, slots=True)
-class RejectionRow:
-    """A row of ``rejection``: a record that was not applied, kept raw with the reason."""
-
-    partition: int
-    offset: int
-    reason: str
-    key: bytes | None
-    raw: bytes
-    rejected_at: datetime.datetime
-
-
-@dataclass(frozen=True, slots=True)
-class OffsetRow:
-    """A row of ``consumer_offset``: how far ``log`` has been applied to the partition."""
-
-    partition: int
-    log: str
-    next_offset: int
-    updated_at: datetime.datetime
-
-
-@dataclass(frozen=True, slots=True)
-class LeaseRow:
-    """A row of ``writer_lease``."""
-
-    partition: int
-    holder: str
-    token: int
-    expires_at: datetime.datetime
-
-
-@dataclass(frozen=True, slots=True)
 class _Failure:
     operation: str
     landed: bool
@@ -191,16 +77,16 @@ class MemoryProjectionTables:
 
     def __init__(self, *, clock: Callable[[], datetime.datetime] = _wall_clock) -> None:
         self.clock = clock
-        self.clusters: dict[str, ClusterRow] = {}
-        self.nodes: dict[str, dict[str, NodeRow]] = {}
-        self.pod_ips: dict[str, dict[tuple[int, int], PodIpRow]] = {}
-        self.history: dict[str, list[HistoryRow]] = {}
+        self.clusters: dict[str, memory_rows.ClusterRow] = {}
+        self.nodes: dict[str, dict[str, memory_rows.NodeRow]] = {}
+        self.pod_ips: dict[str, dict[tuple[int, int], memory_rows.PodIpRow]] = {}
+        self.history: dict[str, list[memory_rows.HistoryRow]] = {}
         # Per partition, in offset order.
-        self.decisions: dict[int, list[DecisionRow]] = {}
-        self.rejections: dict[int, list[RejectionRow]] = {}
-        self.offsets: dict[int, OffsetRow] = {}
+        self.decisions: dict[int, list[memory_rows.DecisionRow]] = {}
+        self.rejections: dict[int, list[memory_rows.RejectionRow]] = {}
+        self.offsets: dict[int, memory_rows.OffsetRow] = {}
         self.outbox: dict[int, int] = {}
-        self.leases: dict[int, LeaseRow] = {}
+        self.leases: dict[int, memory_rows.LeaseRow] = {}
         self._checks: dict[str, tuple[str, Callable[[Any], bool]]] = {}
         self._failures: collections.deque[_Failure] = collections.deque()
 
@@ -210,8 +96,8 @@ class MemoryProjectionTables:
         ``check`` gets the row (``PodIpRow`` for ``"pod_ip"``, ...). A commit writing such a row
         raises ``ProjectionDataError`` with PostgreSQL's wording and writes nothing.
         """
-        if table not in TABLES:
-            raise ValueError(f"no table {table!r}: one of {', '.join(TABLES)}")
+        if table not in memory_rows.TABLES:
+            raise ValueError(f"no table {table!r}: one of {', '.join(memory_rows.TABLES)}")
         self._checks[name] = (table, check)
 
     def drop_check(self, name: str) -> None:
@@ -272,9 +158,9 @@ class MemoryProjection:
         self._enter("try_acquire")
         tables = self.tables
         now = tables.clock()
-        lease = tables.leases.get(partition) or LeaseRow(partition, "", 0, NEVER)
+        lease = tables.leases.get(partition) or memory_rows.LeaseRow(partition, "", 0, NEVER)
         if lease.expires_at < now or lease.holder == self.holder:
-            lease = LeaseRow(partition, self.holder, lease.token + 1, now + self._ttl())
+            lease = memory_rows.LeaseRow(partition, self.holder, lease.token + 1, now + self._ttl())
             tables.leases[partition] = lease
             return lease.token
         tables.leases[partition] = lease
@@ -292,7 +178,7 @@ class MemoryProjection:
         if lease is not None and lease.token == token:
             self.tables.leases[partition] = dataclasses.replace(lease, expires_at=NEVER)
 
-    def _fence(self, partition: int, token: int, now: datetime.datetime) -> LeaseRow:
+    def _fence(self, partition: int, token: int, now: datetime.datetime) -> memory_rows.LeaseRow:
         """The lease extended from ``now``, if ``token`` still holds it (not stored yet)."""
         lease = self.tables.leases.get(partition)
         if lease is None or lease.token != token or not lease.expires_at > now:
@@ -341,7 +227,7 @@ class MemoryProjection:
         tables = self.tables
         now = tables.clock()
         lease = self._fence(batch.partition, batch.token, now)
-        writes = _Writes.of(tables, batch, self.log_name, now)
+        writes = memory_rows.Writes.of(tables, batch, self.log_name, now)
         writes.check(tables)
         writes.apply(tables)
         tables.leases[batch.partition] = lease
@@ -355,7 +241,7 @@ class MemoryProjection:
         """``(offset, event id, decision JSON)`` of committed decisions from ``start`` on."""
         self._enter("decisions_after")
         rows = self.tables.decisions.get(partition, [])
-        at = bisect.bisect_left(rows, start, key=_offset)
+        at = bisect.bisect_left(rows, start, key=memory_rows.offset_of)
         return [(row.offset, row.event_id, row.body) for row in rows[at : at + max(limit, 0)]]
 
     async def outbox_offset(self, partition: int) -> int:
@@ -368,7 +254,7 @@ class MemoryProjection:
         self._enter("advance_outbox")
         now = self.tables.clock()
         lease = self._fence(partition, token, now)
-        _check_int(next_offset, INT8, "outbox_offset.next_offset")
+        memory_rows.check_int(next_offset, memory_rows.INT8, "outbox_offset.next_offset")
         self.tables.outbox[partition] = next_offset
         self.tables.leases[partition] = lease
         self._landed("advance_outbox")
@@ -435,288 +321,6 @@ def restore_clusters(
         for ip in tables.pod_ips.get(row.name, {}).values():
             restore.restore_pod_ip(cluster, ip.node, ip.family, ip.address, ip.owner)
         restore.finish(cluster)
-
-
-def _offset(row: DecisionRow | RejectionRow) -> int:
-    return row.offset
-
-
-@dataclass(slots=True)
-class _Writes:
-    """Every row one commit writes, computed before anything is written (all or nothing)."""
-
-    partition: int
-    decisions: list[DecisionRow]
-    rejections: list[RejectionRow]
-    clusters: list[ClusterRow]
-    nodes: list[NodeRow]
-    # Per cluster: the addresses the batch touched, and what is held of them at its end.
-    touched: dict[str, set[tuple[int, int]]]
-    held: dict[str, list[PodIpRow]]
-    finished: list[HistoryRow]
-    offset: OffsetRow
-
-    @classmethod
-    def of(
-        cls,
-        tables: MemoryProjectionTables,
-        batch: ports.Batch,
-        log_name: str,
-        now: datetime.datetime,
-    ) -> _Writes:
-        partition = batch.partition
-        version = batch.next_offset - 1
-        writes = cls(
-            partition=partition,
-            decisions=[],
-            rejections=[],
-            clusters=[],
-            nodes=[],
-            touched={},
-            held={},
-            finished=[],
-            offset=OffsetRow(partition, log_name, batch.next_offset, now),
-        )
-        for applied in batch.applied:
-            record, decision = applied.record, applied.decision
-            writes.decisions.append(
-                DecisionRow(
-                    partition=partition,
-                    offset=record.offset,
-                    cluster=decision.cluster,
-                    event_id=decision.id,
-                    type=decision.type,
-                    error=decision.error,
-                    body=applied.body,
-                    event_time=applied.event_time,
-                    log_time=applied.log_time,
-                    applied_at=now,
-                )
-            )
-            if applied.rejected:
-                writes.rejections.append(
-                    RejectionRow(
-                        partition,
-                        record.offset,
-                        decision.error or "",
-                        record.key,
-                        record.value,
-                        now,
-                    )
-                )
-        for name, changes in batch.changes.items():
-            row = batch.cluster_rows[name]
-            writes.clusters.append(
-                ClusterRow(
-                    name=row["name"],
-                    partition=partition,
-                    ipv4_cidrs=tuple(row["ipv4_cidrs"]),
-                    ipv4_mask=row["ipv4_mask"],
-                    ipv6_cidrs=tuple(row["ipv6_cidrs"]),
-                    ipv6_mask=row["ipv6_mask"],
-                    cursors=json.dumps(row["cursors"]),
-                    next_seq=row["next_seq"],
-                    version=version,
-                )
-            )
-            for node_name, node in batch.node_rows[name].items():
-                writes.nodes.append(_node_row(name, node_name, node, version, now))
-            if changes.ips:
-                writes._ips(tables, name, changes.ips, batch.ip_times[name])
-        return writes
-
-    def _ips(
-        self,
-        tables: MemoryProjectionTables,
-        cluster: str,
-        changes: Sequence[state.IpChange],
-        times: Sequence[tuple[int, datetime.datetime]],
-    ) -> None:
-        """Replay the batch's address changes over the holdings open before it, in log order.
-
-        As the PostgreSQL adapter does: what is held at the end replaces the touched addresses'
-        rows, every holding that ended goes to the insert-only history.
-        """
-        keys = [(change.family, change.address) for change in changes]
-        before = tables.pod_ips.get(cluster, {})
-        holding: dict[tuple[int, int], PodIpRow | None] = {
-            key: before[key] for key in keys if key in before
-        }
-        for change, key, (offset, moment) in zip(changes, keys, times, strict=True):
-            if change.held:
-                holding[key] = PodIpRow(
-                    cluster,
-                    key[0],
-                    key[1],
-                    change.node,
-                    change.owner,
-                    self.partition,
-                    offset,
-                    moment,
-                )
-                continue
-            held = holding.get(key)
-            if held is not None:
-                self.finished.append(
-                    HistoryRow(
-                        cluster=cluster,
-                        family=held.family,
-                        address=held.address,
-                        node=held.node,
-                        owner=held.owner,
-                        partition=held.partition,
-                        from_offset=held.since_offset,
-                        from_time=held.since_time,
-                        to_offset=offset,
-                        to_time=moment,
-                    )
-                )
-            holding[key] = None
-        self.touched[cluster] = set(keys)
-        self.held[cluster] = [row for row in holding.values() if row is not None]
-
-    def check(self, tables: MemoryProjectionTables) -> None:
-        """Raise ``ProjectionDataError`` for the first row PostgreSQL would refuse."""
-        decided = tables.decisions.get(self.partition, [])
-        offsets: set[int] = set()
-        for decision in self.decisions:
-            if decision.offset in offsets or _has_offset(decided, decision.offset):
-                _refuse(
-                    "UniqueViolationError: duplicate key value violates unique constraint "
-                    '"pk_decision"'
-                )
-            offsets.add(decision.offset)
-        rejected = tables.rejections.get(self.partition, [])
-        for rejection in self.rejections:
-            if _has_offset(rejected, rejection.offset):
-                _refuse(
-                    "UniqueViolationError: duplicate key value violates unique constraint "
-                    '"pk_rejection"'
-                )
-        rows: list[tuple[str, Any]] = [
-            *(("decision", row) for row in self.decisions),
-            *(("rejection", row) for row in self.rejections),
-            *(("cluster", row) for row in self.clusters),
-            *(("node", row) for row in self.nodes),
-            *(("pod_ip", row) for rows in self.held.values() for row in rows),
-            *(("ip_history", row) for row in self.finished),
-        ]
-        rows.append(("consumer_offset", self.offset))
-        for table, row in rows:
-            _check_row(table, row)
-        for name, (table, check) in tables._checks.items():
-            for row_table, row in rows:
-                if row_table == table and not check(row):
-                    _refuse(
-                        f'CheckViolationError: new row for relation "{table}" violates check '
-                        f'constraint "{name}"'
-                    )
-
-    def apply(self, tables: MemoryProjectionTables) -> None:
-        decided = tables.decisions.setdefault(self.partition, [])
-        for decision in self.decisions:
-            bisect.insort(decided, decision, key=_offset)
-        rejected = tables.rejections.setdefault(self.partition, [])
-        for rejection in self.rejections:
-            bisect.insort(rejected, rejection, key=_offset)
-        for cluster in self.clusters:
-            tables.clusters[cluster.name] = cluster
-        for node in self.nodes:
-            tables.nodes.setdefault(node.cluster, {})[node.name] = node
-        for cluster_name, keys in self.touched.items():
-            current = tables.pod_ips.setdefault(cluster_name, {})
-            for key in keys:
-                current.pop(key, None)
-            for held in self.held[cluster_name]:
-                current[(held.family, held.address)] = held
-        for finished in self.finished:
-            tables.history.setdefault(finished.cluster, []).append(finished)
-        tables.offsets[self.partition] = self.offset
-
-
-def _node_row(
-    cluster: str,
-    name: str,
-    row: dict[str, Any] | None,
-    version: int,
-    now: datetime.datetime,
-) -> NodeRow:
-    if row is None:
-        return NodeRow(cluster, name, -1, (), None, None, (), False, False, (), True, version, now)
-    return NodeRow(
-        cluster=cluster,
-        name=name,
-        seq=row["seq"],
-        pod_cidrs=tuple(row["pod_cidrs"]),
-        error=row["error"],
-        conflict=row["conflict"],
-        addresses=tuple(row["addresses"]),
-        pinned=row["pinned"],
-        waiting=row["waiting"],
-        cursors=tuple(row["cursors"]),
-        deleted=False,
-        version=version,
-        updated_at=now,
-    )
-
-
-def _has_offset(rows: Sequence[DecisionRow] | Sequence[RejectionRow], offset: int) -> bool:
-    at = bisect.bisect_left(rows, offset, key=_offset)
-    return at < len(rows) and rows[at].offset == offset
-
-
-# Per table: the integer columns and their ranges (the rest of the ints are booleans or JSON).
-_INT_COLUMNS: dict[str, dict[str, tuple[int, int]]] = {
-    "decision": {"partition": INT4, "offset": INT8},
-    "rejection": {"partition": INT4, "offset": INT8},
-    "cluster": {
-        "partition": INT4,
-        "ipv4_mask": INT4,
-        "ipv6_mask": INT4,
-        "next_seq": INT8,
-        "version": INT8,
-    },
-    "node": {"seq": INT8, "version": INT8},
-    "pod_ip": {"partition": INT4, "since_offset": INT8},
-    "ip_history": {"partition": INT4, "from_offset": INT8, "to_offset": INT8},
-    "consumer_offset": {"partition": INT4, "next_offset": INT8},
-}
-_ARRAY_INT_COLUMNS = {"node": ("cursors",)}
-
-
-def _check_row(table: str, row: Any) -> None:
-    """Refuse a text PostgreSQL cannot hold or an integer beyond its column."""
-    for column in (field.name for field in dataclasses.fields(row)):
-        value = getattr(row, column)
-        where = f"{table}.{column}"
-        if isinstance(value, str):
-            _check_text(value, where)
-        elif isinstance(value, tuple):
-            for item in value:
-                if isinstance(item, str):
-                    _check_text(item, where)
-                elif column in _ARRAY_INT_COLUMNS.get(table, ()):
-                    _check_int(item, INT8, where)
-        elif column in _INT_COLUMNS.get(table, {}) and value is not None:
-            _check_int(value, _INT_COLUMNS[table][column], where)
-
-
-def _check_text(text: str, where: str) -> None:
-    if "\x00" in text:
-        _refuse(f'CharacterNotInRepertoireError: {where}: invalid byte sequence for "UTF8": 0x00')
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        _refuse(f"UnicodeEncodeError: {where}: {exc.reason} at position {exc.start}")
-
-
-def _check_int(value: int, bounds: tuple[int, int], where: str) -> None:
-    if not bounds[0] <= value <= bounds[1]:
-        _refuse(f"NumericValueOutOfRangeError: {where}: {value} is out of range")
-
-
-def _refuse(reason: str) -> None:
-    raise errors.ProjectionDataError(f"committing a batch: {reason}", reason=reason)
 
 
 if TYPE_CHECKING:

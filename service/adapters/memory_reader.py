@@ -17,14 +17,14 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from service import errors, ports
-from service.adapters import memory_projection, pool_use
+from service.adapters import memory_projection, memory_rows, pool_use
 from service.domain import document, state
 from service.domain.pool import IPV4, IPV6
 
 if TYPE_CHECKING:
     from service.adapters.memory import MemorySyncTables
 
-_Row = TypeVar("_Row", memory_projection.DecisionRow, memory_projection.RejectionRow)
+_Row = TypeVar("_Row", memory_rows.DecisionRow, memory_rows.RejectionRow)
 # Whether a holding is wanted, from its address (family, integer) and its owner.
 _Wanted = Callable[[int, int, str], bool]
 
@@ -57,7 +57,7 @@ class MemoryProjectionReader:
         self._check_open()
         return [self._cluster(row) for _, row in sorted(self.tables.clusters.items())]
 
-    def _cluster(self, row: memory_projection.ClusterRow) -> ports.ClusterView:
+    def _cluster(self, row: memory_rows.ClusterRow) -> ports.ClusterView:
         live = [node for node in self._rows(row.name) if not node.deleted]
         return ports.ClusterView(
             name=row.name,
@@ -175,7 +175,7 @@ class MemoryProjectionReader:
             key=lambda h: (h.from_offset, h.address.version, int(h.address)),
         )
 
-    def _current(self, row: memory_projection.PodIpRow) -> ports.Holding:
+    def _current(self, row: memory_rows.PodIpRow) -> ports.Holding:
         return ports.Holding(
             cluster=row.cluster,
             address=_address(row.family, row.address),
@@ -190,7 +190,7 @@ class MemoryProjectionReader:
             to_event_id=None,
         )
 
-    def _ended(self, row: memory_projection.HistoryRow) -> ports.Holding:
+    def _ended(self, row: memory_rows.HistoryRow) -> ports.Holding:
         return ports.Holding(
             cluster=row.cluster,
             address=_address(row.family, row.address),
@@ -299,7 +299,7 @@ class MemoryProjectionReader:
         """Refuse further use; the tables stay."""
         self._closed = True
 
-    def _rows(self, cluster: str) -> Iterable[memory_projection.NodeRow]:
+    def _rows(self, cluster: str) -> Iterable[memory_rows.NodeRow]:
         return self.tables.nodes.get(cluster, {}).values()
 
     def _check_open(self) -> None:
@@ -307,7 +307,7 @@ class MemoryProjectionReader:
             raise errors.ProjectionError("the in-memory projection reader is closed")
 
 
-def _node_view(row: memory_projection.NodeRow, pod_ips: tuple[int, int]) -> ports.NodeView:
+def _node_view(row: memory_rows.NodeRow, pod_ips: tuple[int, int]) -> ports.NodeView:
     return ports.NodeView(
         cluster=row.cluster,
         name=row.name,
@@ -330,9 +330,7 @@ def _address(family: int, value: int) -> ports.Address:
     return ipaddress.IPv4Address(value)
 
 
-def _at_offset(
-    rows: list[memory_projection.DecisionRow], offset: int
-) -> memory_projection.DecisionRow | None:
+def _at_offset(rows: list[memory_rows.DecisionRow], offset: int) -> memory_rows.DecisionRow | None:
     found = _from(rows, offset, 1)
     return found[0] if found and found[0].offset == offset else None
 

@@ -32,6 +32,8 @@ from typing import IO
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
+from service.adapters import children
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LOG4J2_CONFIG = REPO_ROOT / "compose" / "kafka" / "log4j2.properties"
 NODE_ID = 1
@@ -133,10 +135,9 @@ def _new_cluster_id() -> str:
 
 
 def _kill_quietly(process: subprocess.Popen[bytes]) -> None:
-    # Finaliser for a broker object that was never stopped (a crashed test run, Ctrl-C, ...).
-    if process.poll() is None:
-        process.kill()
-        process.wait()
+    # Finaliser for a broker object that was never stopped (a crashed test run, Ctrl-C, SIGTERM
+    # made an exception by tests/harness/signals.py, ...): the JVM's whole process group.
+    children.kill_group(process)
 
 
 def _remove_tree(path: Path) -> None:
@@ -276,16 +277,14 @@ class KafkaBroker:
             try:
                 process.wait(timeout_s)
             except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+                children.kill_group(process)
         self._forget_process()
 
     def kill(self) -> None:
         """Kill the broker's JVM at once (SIGKILL), as a crash would; data stays for restart()."""
         process = self._process
-        if process is not None and process.poll() is None:
-            process.kill()
-            process.wait()
+        if process is not None:
+            children.kill_group(process)
         self._forget_process()
 
     def restart(self) -> None:

@@ -50,6 +50,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from service.adapters import children
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CLIENT_USER = "ipledger-test"
 CLIENT_GROUP = "system:masters"
@@ -423,8 +425,7 @@ def _terminate(process: subprocess.Popen[bytes]) -> None:
         try:
             process.wait(timeout=_STOP_TIMEOUT)
         except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+            children.kill_group(process)
 
 
 def _free_ports(count: int) -> list[int]:

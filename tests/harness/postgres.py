@@ -50,6 +50,10 @@ def pg_server() -> Iterator[embedded.EmbeddedPostgres]:
         if os.environ.get("CI") == "true":
             pytest.fail(reason, pytrace=False)
         pytest.skip(reason)
+    except BaseException:
+        # Interrupted while starting: start() has stopped the server, the directory goes too.
+        shutil.rmtree(root, ignore_errors=True)
+        raise
     try:
         yield server
     finally:

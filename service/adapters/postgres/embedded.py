@@ -26,12 +26,14 @@ import stat
 import subprocess
 import tempfile
 import time
+import weakref
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Self, TypedDict
 
 from service import errors
+from service.adapters import children
 
 _log = logging.getLogger(__name__)
 
@@ -145,6 +147,7 @@ class EmbeddedPostgres:
         self._stop_timeout_s = stop_timeout_s
         self._process: subprocess.Popen[bytes] | None = None
         self._log_file: IO[bytes] | None = None
+        self._at_exit: weakref.finalize[..., EmbeddedPostgres] | None = None
 
     @property
     def data_dir(self) -> Path:
@@ -196,8 +199,14 @@ class EmbeddedPostgres:
             self._initdb(bin_dir, owner)
         if self._port is None:
             self._port = free_port()
-        self._spawn(bin_dir, owner)
-        self._wait_until_ready(bin_dir)
+        try:
+            self._spawn(bin_dir, owner)
+            self._wait_until_ready(bin_dir)
+        except BaseException:
+            # Interrupted (Ctrl-C, SIGTERM made an exception) or failed half way: a server that
+            # is still starting would otherwise be left running with nobody to stop it.
+            self.kill()
+            raise
         _log.info("PostgreSQL is ready at %s (data in %s)", self.dsn, self._data_dir)
 
     def stop(self) -> None:
@@ -222,11 +231,9 @@ class EmbeddedPostgres:
         process = self._process
         if process is None:
             return
-        # The whole process group, not only the postmaster: orphaned backends would keep the
-        # shared memory attached and make the next start refuse to run.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+        # The backends too, not only the postmaster (each backend leads a process group of its
+        # own): orphans would keep the shared memory attached and make the next start refuse.
+        children.kill_group(process)
         self._release_process()
 
     def restart(self) -> None:
@@ -321,6 +328,9 @@ class EmbeddedPostgres:
             start_new_session=True,
             **_drop_privileges(owner),
         )
+        # A net under stop(): a program that ends without stopping the server (an exception
+        # nobody caught, SIGTERM made an exception) still stops it on its way out.
+        self._at_exit = weakref.finalize(self, _shut_down, self._process, self._stop_timeout_s)
 
     def _wait_until_ready(self, bin_dir: Path) -> None:
         process = self._process
@@ -353,6 +363,9 @@ class EmbeddedPostgres:
             )
 
     def _release_process(self) -> None:
+        if self._at_exit is not None:
+            self._at_exit.detach()
+            self._at_exit = None
         self._process = None
         if self._log_file is not None:
             self._log_file.close()
@@ -363,6 +376,16 @@ class EmbeddedPostgres:
             return self.log_path.read_text(errors="replace")[-_LOG_TAIL_CHARS:]
         except OSError as exc:
             return f"(log unreadable: {exc})"
+
+
+def _shut_down(process: subprocess.Popen[bytes], timeout_s: float) -> None:
+    """Fast shutdown of a server left running at exit; its group killed if that takes too long."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            children.kill_group(process)
 
 
 class _ChildAccount(TypedDict, total=False):
