@@ -3,7 +3,7 @@
 Run by ``ipledger run``, one ``PartitionAllocator`` per log partition, so different partitions
 (and the clusters on them) can be spread over processes. Each one is either the writer of its
 partition or a hot standby waiting for the writer's lease (``ports.Projection``: the lease, the
-fencing, a batch committed with its offset).
+fencing, a batch committed with its offset), in the leader loop of ``service.leadership``.
 
 As the writer it loads the state from the projection, then repeats: read up to N records (waiting
 at most T for the first), apply them in log order with the pure core (``batch.apply_records``),
@@ -22,15 +22,13 @@ import collections
 import dataclasses
 import gc
 import logging
-import math
-import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import anyio
 
-from service import errors, ports
+from service import backoff, errors, leadership, ports
 from service.allocator import batch as batches
 from service.allocator.settings import LoopSettings, Metrics
 from service.domain import state
@@ -65,65 +63,23 @@ class PartitionAllocator:
         self._partitions = 0
 
     async def run(self, stop: anyio.Event) -> None:
-        """Lead or stand by until ``stop`` is set; never returns early on bad input."""
-        failures = 0
-        while not stop.is_set():
-            token = None
-            committed = self.metrics.next_offset.get(self.partition)
-            try:
-                token = await self._acquire(stop)
-                if token is None:
-                    return
-                self.metrics.takeovers += 1
-                self.metrics.leader[self.partition] = True
-                log.info("partition %d: leading with lease token %d", self.partition, token)
-                await self._lead(token, stop)
-                failures = 0
-            except errors.FencedError as exc:
-                self.metrics.fenced += 1
-                log.warning("partition %d: %s; standing by", self.partition, exc)
-            except (errors.LogError, errors.ProjectionError) as exc:
-                if self.metrics.next_offset.get(self.partition) != committed:
-                    # It committed since the last failure: a new fault, not the same one lasting,
-                    # so the backoff starts short again instead of staying at its maximum.
-                    failures = 0
-                failures += 1
-                self.metrics.failures += 1
-                delay = min(
-                    self.settings.backoff_max_s,
-                    self.settings.backoff_initial_s * math.pow(2, failures - 1),
-                ) * random.uniform(0.5, 1.0)
-                log.warning(
-                    "partition %d: %s; retrying from the committed state in %.1fs",
-                    self.partition,
-                    exc,
-                    delay,
-                )
-                with anyio.move_on_after(delay):
-                    await stop.wait()
-            finally:
-                self.metrics.leader[self.partition] = False
-            if stop.is_set() and token is not None:
-                await self._release(token)
+        """Lead or stand by until ``stop`` is set; never returns early on bad input.
 
-    async def _acquire(self, stop: anyio.Event) -> int | None:
-        announced = False
-        while not stop.is_set():
-            token = await self.projection.try_acquire(self.partition)
-            if token is not None:
-                return token
-            if not announced:
-                log.info("partition %d: another allocator leads; standing by", self.partition)
-                announced = True
-            with anyio.move_on_after(self.settings.lease_poll_s):
-                await stop.wait()
-        return None
-
-    async def _release(self, token: int) -> None:
-        try:
-            await self.projection.release(self.partition, token)
-        except errors.IpledgerError as exc:
-            log.warning("partition %d: could not release the lease: %s", self.partition, exc)
+        The leader loop (``service.leadership``) over the partition's writer lease: a log or
+        database failure backs off and starts again from the committed state; a lost lease
+        stands by again at once.
+        """
+        settings = self.settings
+        await leadership.hold(
+            _WriterLease(self),
+            stop,
+            leadership.Pacing(
+                poll_s=settings.lease_poll_s,
+                backoff_initial_s=settings.backoff_initial_s,
+                backoff_max_s=settings.backoff_max_s,
+            ),
+            retry_on=(errors.LogError, errors.ProjectionError),
+        )
 
     async def _lead(self, token: int, stop: anyio.Event) -> None:
         try:
@@ -408,10 +364,62 @@ class PartitionAllocator:
             except (errors.LogError, errors.ProjectionError) as exc:
                 failures += 1
                 log.warning("partition %d: decisions not published yet: %s", self.partition, exc)
-                await anyio.sleep(min(self.settings.backoff_max_s, 0.2 * 2**failures))
+                # The relay's own schedule: 0.4 s after the first failure, doubling.
+                await anyio.sleep(
+                    backoff.delay(failures, initial_s=0.4, max_s=self.settings.backoff_max_s)
+                )
                 continue
             with anyio.move_on_after(1.0):
                 await self._committed.wait()
+
+
+class _WriterLease:
+    """The partition's writer lease as the leader loop takes, leads and gives it up."""
+
+    def __init__(self, allocator: PartitionAllocator) -> None:
+        # Made by each run(): the allocator's partition and counters do not change meanwhile.
+        self._allocator = allocator
+        self._partition = allocator.partition
+        self._metrics = allocator.metrics
+
+    async def try_acquire(self) -> int | None:
+        return await self._allocator.projection.try_acquire(self._partition)
+
+    def standing_by(self, first: bool) -> None:
+        if first:
+            log.info("partition %d: another allocator leads; standing by", self._partition)
+
+    async def lead(self, token: int, stop: anyio.Event) -> None:
+        self._metrics.takeovers += 1
+        self._metrics.leader[self._partition] = True
+        log.info("partition %d: leading with lease token %d", self._partition, token)
+        await self._allocator._lead(token, stop)
+
+    def fenced(self, exc: errors.FencedError) -> None:
+        self._metrics.fenced += 1
+        log.warning("partition %d: %s; standing by", self._partition, exc)
+
+    def failed(self, exc: Exception, delay: float) -> None:
+        self._metrics.failures += 1
+        log.warning(
+            "partition %d: %s; retrying from the committed state in %.1fs",
+            self._partition,
+            exc,
+            delay,
+        )
+
+    def stepped_down(self) -> None:
+        self._metrics.leader[self._partition] = False
+
+    def progress(self) -> object:
+        # Committed since the last failure: a new fault, not the same one lasting.
+        return self._metrics.next_offset.get(self._partition)
+
+    async def release(self, token: int) -> None:
+        try:
+            await self._allocator.projection.release(self._partition, token)
+        except errors.IpledgerError as exc:
+            log.warning("partition %d: could not release the lease: %s", self._partition, exc)
 
 
 class _InFlight:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import anyio
 
-from service import errors
+from service import backoff, errors
 from service.sync import settings as sync_settings
 
 
@@ -84,12 +84,16 @@ def backoff_delay(
 ) -> float:
     """Seconds to pause after ``failures`` failures in a row (1 = the first).
 
-    Exponential from ``backoff_initial_s`` up to ``backoff_max_s``, scaled by ``jitter`` (callers
-    pass a random factor in [0.5, 1] so that many workers do not retry in step), and never less
-    than the server's ``Retry-After`` (itself capped at ``retry_after_max_s``).
+    ``service.backoff.delay`` from ``backoff_initial_s`` up to ``backoff_max_s``, scaled by
+    ``jitter`` (callers pass a random factor in [0.5, 1] so that many workers do not retry in
+    step), and never less than the server's ``Retry-After`` (itself capped at
+    ``retry_after_max_s``).
     """
-    exponential = min(
-        settings.backoff_max_s, settings.backoff_initial_s * math.pow(2, max(0, failures - 1))
+    exponential = backoff.delay(
+        failures,
+        initial_s=settings.backoff_initial_s,
+        max_s=settings.backoff_max_s,
+        jitter=jitter,
     )
     asked = min(retry_after, settings.retry_after_max_s) if retry_after is not None else 0.0
-    return max(exponential * jitter, asked)
+    return max(exponential, asked)

@@ -2,7 +2,8 @@
 
 Started by ``service.processes.sync`` with adapters from ``service.bootstrap``: one
 ``ClusterSync`` per ipledger cluster, each bound to the Kubernetes cluster that cluster maps to,
-all sharing one ``ports.SyncStore``. A ``ClusterSync`` waits for its cluster's lock, then leads:
+all sharing one ``ports.SyncStore``. A ``ClusterSync`` waits for its cluster's lock, then leads
+(the leader loop of ``service.leadership``, as the allocator's writers do):
 
 - the **feed** reads the nodes whose version is newer than the one recorded in ``node_sync``
   (or that have no record), woken by the store's change notifications with a fallback poll, and
@@ -30,7 +31,7 @@ from collections.abc import Sequence
 import anyio
 import anyio.abc
 
-from service import errors, ports
+from service import errors, leadership, ports
 from service.sync import mirror as sync_mirror
 from service.sync import pacing
 from service.sync import settings as sync_settings
@@ -70,54 +71,22 @@ class ClusterSync:
         await self._resynced.wait()
 
     async def run(self, stop: anyio.Event) -> None:
-        """Lead, or wait for the lock, until ``stop`` is set."""
-        failures = 0
-        while not stop.is_set():
-            try:
-                if not await self._acquire(stop):
-                    return
-                self.metrics.takeovers += 1
-                self.metrics.leader = True
-                log.info(
-                    "cluster %s: syncing CiliumNodes (this instance has the lock)", self.cluster
-                )
-                await self._lead(stop)
-                failures = 0
-            except errors.FencedError as exc:
-                self.metrics.fenced += 1
-                log.warning("cluster %s: %s; waiting for the lock again", self.cluster, exc)
-            except errors.ProjectionError as exc:
-                failures += 1
-                delay = pacing.backoff_delay(
-                    failures, None, self.settings, jitter=random.uniform(0.5, 1.0)
-                )
-                log.warning(
-                    "cluster %s: %s; starting over from node_sync in %.1fs",
-                    self.cluster,
-                    exc,
-                    delay,
-                )
-                with anyio.move_on_after(delay):
-                    await stop.wait()
-            finally:
-                self.metrics.leader = False
-                self.mirror = None
-            if stop.is_set():
-                with anyio.CancelScope(shield=True), contextlib.suppress(errors.IpledgerError):
-                    await self.store.unlock(self.cluster)
+        """Lead, or wait for the lock, until ``stop`` is set.
 
-    async def _acquire(self, stop: anyio.Event) -> bool:
-        announced = False
-        while not stop.is_set():
-            if await self.store.try_lock(self.cluster):
-                return True
-            self.metrics.lock_waits += 1
-            if not announced:
-                log.info("cluster %s: another sync worker holds the lock; waiting", self.cluster)
-                announced = True
-            with anyio.move_on_after(self.settings.lock_poll_s):
-                await stop.wait()
-        return False
+        The leader loop (``service.leadership``) over the cluster's sync lock: a store failure
+        backs off and starts over from ``node_sync``; a lost lock waits for it again at once.
+        """
+        settings = self.settings
+        await leadership.hold(
+            _SyncLock(self),
+            stop,
+            leadership.Pacing(
+                poll_s=settings.lock_poll_s,
+                backoff_initial_s=settings.backoff_initial_s,
+                backoff_max_s=settings.backoff_max_s,
+            ),
+            retry_on=(errors.ProjectionError,),
+        )
 
     async def _lead(self, stop: anyio.Event) -> None:
         self._outcomes = []
@@ -316,6 +285,52 @@ class ClusterSync:
                 observed.error,
                 intent.error or "",
             )
+
+
+class _SyncLock:
+    """The cluster's sync lock as the leader loop takes, leads and gives it up."""
+
+    def __init__(self, sync: ClusterSync) -> None:
+        # Made by each run(): the worker's cluster and counters do not change meanwhile.
+        self._sync = sync
+        self._cluster = sync.cluster
+        self._metrics = sync.metrics
+
+    async def try_acquire(self) -> bool | None:
+        # A lock proves itself: no token beyond "held".
+        return True if await self._sync.store.try_lock(self._cluster) else None
+
+    def standing_by(self, first: bool) -> None:
+        self._metrics.lock_waits += 1
+        if first:
+            log.info("cluster %s: another sync worker holds the lock; waiting", self._cluster)
+
+    async def lead(self, token: bool, stop: anyio.Event) -> None:
+        self._metrics.takeovers += 1
+        self._metrics.leader = True
+        log.info("cluster %s: syncing CiliumNodes (this instance has the lock)", self._cluster)
+        await self._sync._lead(stop)
+
+    def fenced(self, exc: errors.FencedError) -> None:
+        self._metrics.fenced += 1
+        log.warning("cluster %s: %s; waiting for the lock again", self._cluster, exc)
+
+    def failed(self, exc: Exception, delay: float) -> None:
+        log.warning(
+            "cluster %s: %s; starting over from node_sync in %.1fs", self._cluster, exc, delay
+        )
+
+    def stepped_down(self) -> None:
+        self._metrics.leader = False
+        self._sync.mirror = None
+
+    def progress(self) -> object:
+        # Each failure in a row backs off longer, however much was mirrored in between.
+        return None
+
+    async def release(self, token: bool) -> None:
+        with anyio.CancelScope(shield=True), contextlib.suppress(errors.IpledgerError):
+            await self._sync.store.unlock(self._cluster)
 
 
 async def run_clusters(syncs: Sequence[ClusterSync], stop: anyio.Event) -> None:
