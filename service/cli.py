@@ -2,11 +2,13 @@
 
 Each sub-command builds the ``Settings`` (environment, then flags) and calls one function of
 ``service.processes`` (``run``: ``processes.allocator.run``; ``sync``: ``processes.sync.run``;
-``init``, ``append``, ``adopt``: ``processes.jobs``), then prints the outcome; ``simulate`` and
-``schema`` need only the pure core. So that those two run with nothing but msgspec installed,
-this module imports only the standard library, ``service.domain``, ``service.errors`` and
-``service.settings`` at module level; the event loop and the service stack are imported by the
-commands that use them. Nothing is read from the environment or opened at import time.
+``init``, ``append``, ``adopt``: ``processes.jobs``; ``state`` reads the projection through
+``service.bootstrap``), then prints the outcome; ``simulate`` and ``schema`` need only the pure
+core. So that those two run with nothing but msgspec installed, nothing this module imports at
+module level needs more than the standard library and msgspec (``service.domain``,
+``service.errors``, ``service.settings``; ``tests/unit/test_python_versions.py`` checks it); the
+event loop and the service stack are imported by the commands that use them. Nothing is read
+from the environment or opened at import time.
 """
 
 from __future__ import annotations
@@ -379,6 +381,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     # aiokafka logs every failed reconnect at ERROR; the allocator reports failures itself.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    # alembic announces each of its plugins at INFO when it is imported, which the commands do
+    # only after this point (so that simulate and schema need none of it).
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     try:
         code: int = args.func(args)
     except (CommandError, FileNotFoundError) as exc:
