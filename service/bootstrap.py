@@ -20,7 +20,14 @@ from service import errors, ports, sync
 from service.adapters.kafka import log as kafka_log
 from service.adapters.kafka import sink as kafka_sink
 from service.adapters.kubernetes import client as kube_client
-from service.adapters.postgres import embedded, migrate, projection, sync_store, table_log
+from service.adapters.postgres import (
+    embedded,
+    migrate,
+    projection,
+    reader,
+    sync_store,
+    table_log,
+)
 from service.settings import Settings, redacted_url
 
 log = logging.getLogger("ipledger")
@@ -119,6 +126,11 @@ def open_projection(settings: Settings) -> projection.PostgresProjection:
         holder=holder_id(),
         lease_ttl_s=settings.lease_ttl_s,
     )
+
+
+def open_reader(settings: Settings) -> ports.ProjectionReader:
+    """The read side: read-only queries over the projection and the sync worker's progress."""
+    return reader.PostgresProjectionReader.from_dsn(database_url(settings))
 
 
 # --- the Kubernetes sync worker (`ipledger sync`, `ipledger adopt`) -----------------------------

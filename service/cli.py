@@ -29,7 +29,7 @@ from service.domain import allocation, document, events, state
 from service.settings import Settings
 
 if TYPE_CHECKING:
-    from service.adapters.postgres import projection as pg_projection
+    from service import ports
 
 _T = TypeVar("_T")
 
@@ -148,23 +148,25 @@ def cmd_state(args: argparse.Namespace) -> int:
     settings = _settings(args)
 
     async def read() -> bytes:
-        projection = bootstrap.open_projection(settings)
+        reader = bootstrap.open_reader(settings)
         try:
             if args.wait_caught_up:
-                await _wait_caught_up(settings, projection, args.timeout)
-            loaded = await projection.load()
+                await _wait_caught_up(settings, reader, args.timeout)
+            return document.encode_document(await reader.state_document())
         finally:
-            await projection.close()
-        return document.encode_document(document.state_document(loaded.state))
+            await reader.close()
 
     sys.stdout.buffer.write(anyio.run(read) + b"\n")
     return 0
 
 
 async def _wait_caught_up(
-    settings: Settings, projection: pg_projection.PostgresProjection, timeout: float
+    settings: Settings, reader: ports.ProjectionReader, timeout: float
 ) -> None:
-    """Wait until the allocator has applied everything appended so far."""
+    """Wait until the allocator has applied everything appended so far.
+
+    Lag from two ports: the log's end offsets, the read side's consumed offsets.
+    """
     import anyio
 
     from service import bootstrap
@@ -176,7 +178,9 @@ async def _wait_caught_up(
         await event_log.close()
     deadline = time.monotonic() + timeout
     while True:
-        consumed = await projection.consumed_offsets()
+        consumed = {
+            position.partition: position.next_offset for position in await reader.positions()
+        }
         if all(consumed.get(p, 0) >= end for p, end in targets.items()):
             return
         if time.monotonic() > deadline:

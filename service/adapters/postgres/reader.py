@@ -1,0 +1,381 @@
+"""The PostgreSQL read side: ``ports.ProjectionReader`` over the projection and sync tables.
+
+Used by ``ipledger state`` (built by ``service.bootstrap.open_reader``), later by the query API,
+``ipledger status`` and dashboards. Read-only by construction, so that it can connect as a role
+that may only read: every session it opens has ``default_transaction_read_only`` on, every call
+runs in one ``READ ONLY`` transaction at ``REPEATABLE READ`` (an answer never mixes two
+commits), and nothing here takes a lock, a lease or an advisory lock. Such a role needs
+``CONNECT`` on the database, ``USAGE`` on its schema and ``SELECT`` on the tables of
+``schema`` and the view ``ip_holding``; ``tests/contract/test_projection_reader_contract.py``
+runs every query as one.
+
+The state is rebuilt with the projection's own ``restore_clusters`` (the code the allocator
+loads with), pool use with ``pool_use``; names sort bytewise (``COLLATE "C"``) whatever the
+database's collation. asyncpg and SQLAlchemy exceptions become ``errors.ProjectionError`` here.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service import errors, ports
+from service.adapters import pool_use
+from service.adapters.postgres import driver, projection
+from service.domain import document, state
+
+READ_ONLY_SESSION = {"default_transaction_read_only": "on"}
+_translate = driver.Translation(errors.ProjectionError)
+
+_NODE_COLUMNS = (
+    "n.cluster, n.name, n.pod_cidrs, n.error, n.conflict, n.addresses, n.waiting, n.pinned, "
+    "n.version, n.updated_at, coalesce(p.v4, 0) AS v4, coalesce(p.v6, 0) AS v6"
+)
+# Pod addresses held on each node, per family.
+_POD_IP_COUNTS = (
+    "LEFT JOIN LATERAL (SELECT count(*) FILTER (WHERE family(i.address) = 4) AS v4, "
+    "count(*) FILTER (WHERE family(i.address) = 6) AS v6 FROM pod_ip i "
+    "WHERE i.cluster = n.cluster AND i.node = n.name) p ON true"
+)
+# Holdings, ended and current (the view ip_holding), with the events that began and ended them.
+_HOLDINGS = (
+    "SELECT h.cluster, h.address, h.node, h.owner, h.partition, h.from_offset, h.from_time, "
+    "h.to_offset, h.to_time, b.event_id AS from_event_id, e.event_id AS to_event_id "
+    "FROM ip_holding h "
+    'LEFT JOIN decision b ON b.partition = h.partition AND b."offset" = h.from_offset '
+    'LEFT JOIN decision e ON e.partition = h.partition AND e."offset" = h.to_offset '
+)
+_DECISION_COLUMNS = (
+    'partition, "offset", cluster, event_id, type, error, body, event_time, log_time, applied_at'
+)
+
+
+class PostgresProjectionReader:
+    """Read-only queries over one ipledger database."""
+
+    def __init__(self, engine: AsyncEngine, *, owns_engine: bool = False) -> None:
+        self._engine = engine
+        self._owns_engine = owns_engine
+
+    @classmethod
+    def from_dsn(cls, dsn: str, *, pool_size: int = 2) -> PostgresProjectionReader:
+        """A reader with an engine of its own whose sessions are read-only."""
+        return cls(
+            driver.engine(dsn, pool_size=pool_size, server_settings=READ_ONLY_SESSION),
+            owns_engine=True,
+        )
+
+    async def close(self) -> None:
+        if self._owns_engine:
+            await self._engine.dispose()
+
+    def _read(self, doing: str) -> AbstractAsyncContextManager[Any]:
+        return driver.connection(self._engine, _translate, doing, transaction=True)
+
+    async def _fetch(self, doing: str, query: str, *args: Any) -> list[Any]:
+        async with self._read(doing) as db:
+            await db.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            rows: list[Any] = await db.fetch(query, *args)
+            return rows
+
+    # --- the state ------------------------------------------------------------------------------
+
+    async def state(self) -> state.State:
+        """Every cluster's state, rebuilt from the rows as ``PostgresProjection.load`` does."""
+        current = state.State()
+        async with self._read("reading the state") as db:
+            await db.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            await projection.restore_clusters(db, current, None)
+        return current
+
+    async def state_document(self) -> dict[str, Any]:
+        """The state document ``ipledger state`` prints."""
+        return document.state_document(await self.state())
+
+    # --- clusters and nodes ---------------------------------------------------------------------
+
+    async def clusters(self) -> list[ports.ClusterView]:
+        """Every cluster by name, with its pool and the use of each element."""
+        async with self._read("reading clusters") as db:
+            await db.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            clusters = await db.fetch(
+                "SELECT name, partition, version, ipv4_cidrs, ipv4_mask, ipv6_cidrs, ipv6_mask "
+                'FROM cluster ORDER BY name COLLATE "C"'
+            )
+            nodes = await db.fetch(
+                "SELECT cluster, count(DISTINCT name) AS nodes, "
+                "coalesce(array_agg(c) FILTER (WHERE c IS NOT NULL), '{}') AS cidrs "
+                "FROM node LEFT JOIN LATERAL unnest(pod_cidrs) AS c ON true "
+                "WHERE NOT deleted GROUP BY cluster"
+            )
+        by_cluster = {row["cluster"]: row for row in nodes}
+        views = []
+        for row in clusters:
+            live = by_cluster.get(row["name"])
+            views.append(
+                ports.ClusterView(
+                    name=row["name"],
+                    partition=row["partition"],
+                    version=row["version"],
+                    ipv4_mask=row["ipv4_mask"],
+                    ipv6_mask=row["ipv6_mask"],
+                    elements=pool_use.element_use(
+                        ipv4_cidrs=row["ipv4_cidrs"],
+                        ipv4_mask=row["ipv4_mask"],
+                        ipv6_cidrs=row["ipv6_cidrs"],
+                        ipv6_mask=row["ipv6_mask"],
+                        node_cidrs=live["cidrs"] if live is not None else (),
+                    ),
+                    nodes=0 if live is None else live["nodes"],
+                )
+            )
+        return views
+
+    async def nodes(
+        self,
+        cluster: str,
+        *,
+        error: bool | None = None,
+        conflict: bool | None = None,
+        waiting: bool | None = None,
+        prefix: str = "",
+        after: str = "",
+        limit: int | None = None,
+    ) -> list[ports.NodeView]:
+        """``cluster``'s live nodes by name, filtered, after ``after``, at most ``limit``."""
+        rows = await self._fetch(
+            "reading nodes",
+            f"SELECT {_NODE_COLUMNS} FROM node n {_POD_IP_COUNTS} "
+            "WHERE n.cluster = $1 AND NOT n.deleted "
+            "AND ($2::bool IS NULL OR (n.error IS NOT NULL) = $2) "
+            "AND ($3::bool IS NULL OR (n.conflict IS NOT NULL) = $3) "
+            "AND ($4::bool IS NULL OR n.waiting = $4) "
+            'AND starts_with(n.name, $5) AND n.name > $6 COLLATE "C" '
+            'ORDER BY n.name COLLATE "C" LIMIT $7',
+            cluster,
+            error,
+            conflict,
+            waiting,
+            prefix,
+            after,
+            None if limit is None else max(limit, 0),
+        )
+        return [_node_view(row) for row in rows]
+
+    async def node(self, cluster: str, name: str) -> ports.NodeView | None:
+        """One live node, or None."""
+        rows = await self._fetch(
+            "reading a node",
+            f"SELECT {_NODE_COLUMNS} FROM node n {_POD_IP_COUNTS} "
+            "WHERE n.cluster = $1 AND n.name = $2 AND NOT n.deleted",
+            cluster,
+            name,
+        )
+        return _node_view(rows[0]) if rows else None
+
+    # --- addresses ------------------------------------------------------------------------------
+
+    async def holder(
+        self, cluster: str, address: ports.Address, *, at: datetime.datetime | None = None
+    ) -> ports.Holding | None:
+        """Who holds ``address`` now, or held it at ``at``; None if nobody."""
+        args: tuple[datetime.datetime, ...] = ()
+        if at is None:
+            where = "h.to_offset IS NULL"
+        else:
+            where, args = "h.from_time <= $3 AND (h.to_time IS NULL OR h.to_time > $3)", (at,)
+        rows = await self._fetch(
+            "reading an address's holder",
+            f"{_HOLDINGS} WHERE h.cluster = $1 AND h.address = $2::inet AND {where} "
+            "ORDER BY h.from_offset DESC LIMIT 1",
+            cluster,
+            str(address),
+            *args,
+        )
+        return _holding(rows[0]) if rows else None
+
+    async def address_history(self, cluster: str, address: ports.Address) -> list[ports.Holding]:
+        """Every holding of ``address``, in the order they started."""
+        rows = await self._fetch(
+            "reading an address's history",
+            f"{_HOLDINGS} WHERE h.cluster = $1 AND h.address = $2::inet ORDER BY h.from_offset",
+            cluster,
+            str(address),
+        )
+        return [_holding(row) for row in rows]
+
+    async def owner_addresses(self, cluster: str, owner: str) -> list[ports.Holding]:
+        """The addresses ``owner`` holds now, by address."""
+        rows = await self._fetch(
+            "reading an owner's addresses",
+            f"{_HOLDINGS} WHERE h.cluster = $1 AND h.owner = $2 AND h.to_offset IS NULL "
+            "ORDER BY h.address",
+            cluster,
+            owner,
+        )
+        return [_holding(row) for row in rows]
+
+    async def owner_history(self, cluster: str, owner: str) -> list[ports.Holding]:
+        """Every holding of ``owner``, in the order they started."""
+        rows = await self._fetch(
+            "reading an owner's history",
+            f"{_HOLDINGS} WHERE h.cluster = $1 AND h.owner = $2 ORDER BY h.from_offset, h.address",
+            cluster,
+            owner,
+        )
+        return [_holding(row) for row in rows]
+
+    # --- the log's side: decisions, rejections, positions, leases -------------------------------
+
+    async def decisions(
+        self, partition: int, start: int = 0, limit: int | None = None
+    ) -> list[ports.CommittedDecision]:
+        """Committed decisions of ``partition`` from offset ``start`` on, at most ``limit``."""
+        rows = await self._fetch(
+            "reading decisions",
+            f"SELECT {_DECISION_COLUMNS} FROM decision "
+            'WHERE partition = $1 AND "offset" >= $2 ORDER BY "offset" LIMIT $3',
+            partition,
+            start,
+            None if limit is None else max(limit, 0),
+        )
+        return [
+            ports.CommittedDecision(
+                partition=row["partition"],
+                offset=row["offset"],
+                cluster=row["cluster"],
+                event_id=row["event_id"],
+                type=row["type"],
+                error=row["error"],
+                body=bytes(row["body"]),
+                event_time=row["event_time"],
+                log_time=row["log_time"],
+                applied_at=row["applied_at"],
+            )
+            for row in rows
+        ]
+
+    async def rejections(
+        self, partition: int, start: int = 0, limit: int | None = None
+    ) -> list[ports.Rejection]:
+        """Rejected records of ``partition`` from offset ``start`` on, at most ``limit``."""
+        rows = await self._fetch(
+            "reading rejections",
+            'SELECT partition, "offset", reason, key, raw, rejected_at FROM rejection '
+            'WHERE partition = $1 AND "offset" >= $2 ORDER BY "offset" LIMIT $3',
+            partition,
+            start,
+            None if limit is None else max(limit, 0),
+        )
+        return [
+            ports.Rejection(
+                partition=row["partition"],
+                offset=row["offset"],
+                reason=row["reason"],
+                key=None if row["key"] is None else bytes(row["key"]),
+                raw=bytes(row["raw"]),
+                rejected_at=row["rejected_at"],
+            )
+            for row in rows
+        ]
+
+    async def positions(self) -> list[ports.PartitionPosition]:
+        """Every partition that has a commit: consumed and published offsets."""
+        rows = await self._fetch(
+            "reading consumed offsets",
+            "SELECT c.partition, c.log, c.next_offset, c.updated_at, o.next_offset AS published "
+            "FROM consumer_offset c LEFT JOIN outbox_offset o ON o.partition = c.partition "
+            "ORDER BY c.partition",
+        )
+        return [
+            ports.PartitionPosition(
+                partition=row["partition"],
+                log=row["log"],
+                next_offset=row["next_offset"],
+                updated_at=row["updated_at"],
+                published=row["published"],
+            )
+            for row in rows
+        ]
+
+    async def leases(self) -> list[ports.Lease]:
+        """Every partition's writer lease ever taken, expired or not on the database's clock."""
+        rows = await self._fetch(
+            "reading writer leases",
+            "SELECT partition, holder, token, expires_at, "
+            "expires_at < clock_timestamp() AS expired FROM writer_lease ORDER BY partition",
+        )
+        return [
+            ports.Lease(
+                partition=row["partition"],
+                holder=row["holder"],
+                token=row["token"],
+                expires_at=row["expires_at"],
+                expired=row["expired"],
+            )
+            for row in rows
+        ]
+
+    async def sync_progress(self, cluster: str) -> list[ports.NodeSync]:
+        """Every node of ``cluster`` (tombstones too) by name, with what the worker recorded."""
+        rows = await self._fetch(
+            "reading sync progress",
+            "SELECT n.name, n.version, n.deleted, s.synced_version, s.error FROM node n "
+            "LEFT JOIN node_sync s ON s.cluster = n.cluster AND s.name = n.name "
+            'WHERE n.cluster = $1 ORDER BY n.name COLLATE "C"',
+            cluster,
+        )
+        return [
+            ports.NodeSync(
+                name=row["name"],
+                version=row["version"],
+                deleted=row["deleted"],
+                synced_version=row["synced_version"],
+                error=row["error"],
+            )
+            for row in rows
+        ]
+
+
+def _node_view(row: Any) -> ports.NodeView:
+    return ports.NodeView(
+        cluster=row["cluster"],
+        name=row["name"],
+        pod_cidrs=tuple(ipaddress.ip_network(cidr) for cidr in row["pod_cidrs"]),
+        error=row["error"],
+        conflict=row["conflict"],
+        addresses=tuple(ipaddress.ip_address(address) for address in row["addresses"]),
+        waiting=row["waiting"],
+        pinned=row["pinned"],
+        ipv4_pod_ips=row["v4"],
+        ipv6_pod_ips=row["v6"],
+        version=row["version"],
+        updated_at=row["updated_at"],
+    )
+
+
+def _holding(row: Any) -> ports.Holding:
+    return ports.Holding(
+        cluster=row["cluster"],
+        address=_address(row["address"]),
+        node=row["node"],
+        owner=row["owner"],
+        partition=row["partition"],
+        from_offset=row["from_offset"],
+        from_time=row["from_time"],
+        from_event_id=row["from_event_id"],
+        to_offset=row["to_offset"],
+        to_time=row["to_time"],
+        to_event_id=row["to_event_id"],
+    )
+
+
+def _address(value: Any) -> ports.Address:
+    # asyncpg decodes an inet holding one address as an ipaddress address already.
+    if isinstance(value, ipaddress.IPv4Address | ipaddress.IPv6Address):
+        return value
+    return ipaddress.ip_address(str(value))
