@@ -282,14 +282,6 @@ class PostgresSyncStore:
             (_intent(row, with_pod_ips), row["synced_version"], row["sync_error"]) for row in rows
         ]
 
-    async def sync_progress(self, cluster: str) -> dict[str, tuple[int, str | None]]:
-        """``node_sync`` of ``cluster``: name -> (synced version, error)."""
-        async with self._driver("reading sync progress") as db:
-            rows = await db.fetch(
-                "SELECT name, synced_version, error FROM node_sync WHERE cluster = $1", cluster
-            )
-        return {row["name"]: (row["synced_version"], row["error"]) for row in rows}
-
     async def pool(self, cluster: str) -> ports.ClusterPool | None:
         """The pool configured for ``cluster``, or None before any ``pool.configured``."""
         async with self._driver("reading the cluster's pool") as db:
