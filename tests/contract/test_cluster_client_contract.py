@@ -43,11 +43,6 @@ class ClientUnderTest:
     agent_writes_addresses: Callable[[str, Sequence[str]], Awaitable[None]]
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.fixture(params=["memory", pytest.param("kubernetes", marks=pytest.mark.kube)])
 def adapter(request: pytest.FixtureRequest) -> str:
     if request.param == "kubernetes":

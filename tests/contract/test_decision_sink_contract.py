@@ -45,11 +45,6 @@ class SinkUnderTest:
     published: Callable[[int], Awaitable[Items]]
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.fixture(params=["memory", pytest.param("kafka", marks=pytest.mark.kafka)])
 def adapter(request: pytest.FixtureRequest) -> str:
     if request.param == "kafka":

@@ -59,11 +59,6 @@ SHORT_WAIT_S = 0.5
 OpenLog = Callable[[int], Awaitable[ports.EventLog]]
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.fixture(
     params=[
         "memory",

@@ -57,11 +57,6 @@ LOG = "contract"
 START = datetime.datetime(2026, 11, 17, 9, 0, tzinfo=datetime.UTC)
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 class ManualClock:
     """The memory tables' database clock, moved by the test."""
 

@@ -54,11 +54,6 @@ READER_ROLE = "ipledger_reader"
 BATCH = 37
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def _at(text: str) -> datetime.datetime:
     return datetime.datetime.fromisoformat(text)
 

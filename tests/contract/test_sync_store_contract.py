@@ -53,11 +53,6 @@ EAST, WEST = "east", "west"
 DEADLINE_S = 10.0
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @dataclass
 class Database:
     """One database of the adapter under test: stores on it, and what the allocator does to it."""

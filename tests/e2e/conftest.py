@@ -18,11 +18,6 @@ from service.adapters.postgres import projection as pg_projection
 from service.domain import allocation, document, events, state
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 class Allocators:
     """Starts ``ipledger run`` processes and makes sure none outlives the test."""
 

@@ -23,11 +23,6 @@ from tests.streams import key_of, mixed_stream
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def simulate(records: list[bytes]) -> state.State:
     oracle = state.State()
     for record in records:

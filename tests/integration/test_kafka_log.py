@@ -29,11 +29,6 @@ DEADLINE_S = 30.0
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 def topic_name() -> str:
     return f"ipledger.test.{uuid.uuid4().hex[:12]}"
 

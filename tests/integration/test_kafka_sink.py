@@ -24,11 +24,6 @@ pytestmark = [pytest.mark.anyio, pytest.mark.kafka]
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 def topic_name() -> str:
     return f"ipledger.decisions.test.{uuid.uuid4().hex[:12]}"
 

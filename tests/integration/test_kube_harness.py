@@ -43,11 +43,6 @@ NodeFactory = Callable[[], str]
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 async def client(kube_apiserver: KubeAPIServer) -> AsyncIterator[AsyncClient]:
     client = AsyncClient(
         config=KubeConfig.from_file(kube_apiserver.kubeconfig_path), field_manager=FIELD_MANAGER

@@ -25,11 +25,6 @@ pytestmark = [pytest.mark.postgres, pytest.mark.anyio]
 REPOSITORY = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 async def _schema_diff(dsn: str, metadata: sa.MetaData) -> list[Any]:
     engine = create_async_engine(sa.make_url(dsn).set(drivername="postgresql+asyncpg"))
     try:

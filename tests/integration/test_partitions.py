@@ -40,11 +40,6 @@ CLUSTERS = ("default", "east", "west", "alpha", "beta", "north", "lab", "edge")
 TIMEOUT_S = 90.0
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @dataclass
 class Partitioned:
     """A log of ``partitions`` partitions, and a way to put a record on any partition."""

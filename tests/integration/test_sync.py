@@ -50,11 +50,6 @@ CiliumNode = create_global_resource("cilium.io", "v2", "CiliumNode", "ciliumnode
 _ids = itertools.count()
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 # --- events ---------------------------------------------------------------------------------
 
 

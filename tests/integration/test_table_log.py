@@ -25,11 +25,6 @@ from service.adapters.postgres import table_log as tl
 pytestmark = [pytest.mark.postgres, pytest.mark.anyio]
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def kafka_partition(key: bytes | None, partitions: int) -> int:
     """The partition aiokafka's default partitioner (murmur2, as the Java client) gives ``key``."""
     assert key is not None

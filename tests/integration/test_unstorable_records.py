@@ -47,11 +47,6 @@ EDGE_PRELUDE = [
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 async def log(pg_dsn: str) -> AsyncIterator[table_log.PostgresTableLog]:
     event_log = table_log.PostgresTableLog.from_dsn(pg_dsn)
     await event_log.partitions()  # creates the log_head row the raw inserts reserve offsets in

@@ -53,11 +53,6 @@ POISON = "ns/poison"
 CHECK = 'CheckViolationError: new row for relation "pod_ip" violates check constraint "poison"'
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 class Clock:
     """The projection's database clock, moved by the test."""
 

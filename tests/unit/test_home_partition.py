@@ -18,11 +18,6 @@ pytestmark = pytest.mark.anyio
 CLUSTERS = ("default", "east", "west", "alpha", "beta", "north", "lab", "edge")
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def pool(cluster: str) -> bytes:
     return json.dumps(
         {

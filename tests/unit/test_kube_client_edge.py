@@ -27,11 +27,6 @@ pytestmark = pytest.mark.anyio
 Handler = Callable[[httpx2.Request], httpx2.Response]
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def answering(handler: Handler) -> kube_client.KubernetesClusterClient:
     config = KubeConfig.from_one(cluster=Cluster(server="https://k8s.test"), user=User(token="t"))
     transport = httpx2.MockTransport(handler)

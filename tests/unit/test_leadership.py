@@ -21,11 +21,6 @@ pytestmark = pytest.mark.anyio
 PACING = leadership.Pacing(poll_s=0.0, backoff_initial_s=0.001, backoff_max_s=0.004)
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 class ScriptedRole:
     """A role whose answers come from scripts; ``stop`` is set once the lead script runs out."""
 

@@ -20,11 +20,6 @@ pytestmark = pytest.mark.anyio
 DEADLINE_S = 10.0
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 class TestMemoryEventLog:
     async def test_one_partition_unless_told_otherwise(self) -> None:
         assert list(await memory.MemoryEventLog().partitions()) == [0]

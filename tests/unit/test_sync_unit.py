@@ -30,11 +30,6 @@ CLUSTER = "default"
 MANIFESTS = Path(__file__).resolve().parents[2] / "compose" / "kubernetes"
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def intent(
     name: str,
     version: int,
