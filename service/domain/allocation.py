@@ -11,6 +11,11 @@ never raises: a bug surfaces as a decision whose error starts with ``internal er
 
 Behaviour follows Cilium v1.16's cluster-pool IPAM and its error strings, with the deliberate
 improvements written down in docs/allocation.md.
+
+One module for every rule, over 400 lines on purpose: the handlers share the steps at the end
+(allocating what a node lacks, serving the waiting, conflicts) and are read against
+docs/allocation.md together; the data structures they use live in ``pool``, ``state`` and
+``slots``.
 """
 
 from __future__ import annotations
