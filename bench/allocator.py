@@ -29,6 +29,7 @@ import bench
 from service import allocator
 from service.adapters.kafka import log as kafka_log
 from service.adapters.postgres import projection as pg_projection
+from service.adapters.postgres import reader as pg_reader
 from service.adapters.postgres import table_log
 from service.domain import allocation, restore, state
 from tests.harness.kafka import KafkaBroker
@@ -380,11 +381,15 @@ async def restart_to_caught_up(dsn: str, tail: Sequence[bytes]) -> tuple[float, 
     finally:
         await projection.close()
         await event_log.close()
-    db = await asyncpg.connect(dsn)
+    reader = pg_reader.PostgresProjectionReader.from_dsn(dsn)
     try:
-        held = int(await db.fetchval("SELECT count(*) FROM pod_ip"))
+        held = sum(
+            node.ipv4_pod_ips + node.ipv6_pod_ips
+            for cluster in await reader.clusters()
+            for node in await reader.nodes(cluster.name)
+        )
     finally:
-        await db.close()
+        await reader.close()
     return loaded, caught_up, held
 
 

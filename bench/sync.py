@@ -34,14 +34,15 @@ from pathlib import Path
 from typing import Self
 
 import anyio
-import asyncpg
 from lightkube import AsyncClient, KubeConfig
 
 import bench
 from service import allocator, sync
 from service.adapters.kubernetes import client as kube_client
 from service.adapters.postgres import projection as pg_projection
+from service.adapters.postgres import reader as pg_reader
 from service.adapters.postgres import sync_store, table_log
+from service.domain import addresses
 from tests.harness.kube import KubeAPIServer
 
 NAME = "sync"
@@ -314,13 +315,17 @@ async def _delete_all_ciliumnodes(kubeconfig: Path) -> None:
 
 
 async def _mismatches(dsn: str, client: kube_client.KubernetesClusterClient) -> int:
-    db = await asyncpg.connect(dsn)
+    reader = pg_reader.PostgresProjectionReader.from_dsn(dsn)
     try:
-        rows = await db.fetch("SELECT name, pod_cidrs FROM node WHERE NOT deleted")
+        wanted = {
+            node.name: tuple(addresses.format_network(cidr) for cidr in node.pod_cidrs)
+            for cluster in await reader.clusters()
+            for node in await reader.nodes(cluster.name)
+        }
     finally:
-        await db.close()
+        await reader.close()
     listed = {n.name: n.pod_cidrs for n in await client.list_nodes()}
-    return sum(1 for row in rows if listed.get(row["name"]) != tuple(row["pod_cidrs"]))
+    return sum(1 for name, cidrs in wanted.items() if listed.get(name) != cidrs)
 
 
 def _server_cpu() -> dict[str, float]:

@@ -20,12 +20,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import anyio
-import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from service.adapters.kafka import log as kafka_log
+from service.adapters.postgres import reader as pg_reader
 from service.domain import events
 from tests.e2e.conftest import (
     Allocators,
@@ -171,11 +171,11 @@ async def test_a_prefilled_topic_gives_the_simulated_state_and_one_decision_per_
     await wait_consumed(pg_dsn, len(records), 60, allocators)
 
     await assert_projection_matches(pg_dsn, deployment.log_name, records)
-    db = await asyncpg.connect(pg_dsn)
+    reader = pg_reader.PostgresProjectionReader.from_dsn(pg_dsn)
     try:
-        rejected = await db.fetchval("SELECT count(*) FROM rejection")
+        rejected = len(await reader.rejections(0))
     finally:
-        await db.close()
+        await reader.close()
     malformed = sum(isinstance(events.decode(r), events.DecodeFailure) for r in records)
     assert malformed > 0
     assert rejected == malformed
@@ -203,12 +203,12 @@ async def test_decisions_are_published_after_commit_in_order_keyed_by_event_id(
     assert_published(messages, records)
     await assert_projection_matches(pg_dsn, deployment.log_name, records)
     # Published only after commit: the outbox never runs ahead of the decisions table.
-    db = await asyncpg.connect(pg_dsn)
+    reader = pg_reader.PostgresProjectionReader.from_dsn(pg_dsn)
     try:
-        outbox = await db.fetchval("SELECT next_offset FROM outbox_offset WHERE partition = 0")
+        (position,) = await reader.positions()
     finally:
-        await db.close()
-    assert outbox == len(records)
+        await reader.close()
+    assert (position.partition, position.published) == (0, len(records))
 
 
 async def test_kill_9_at_random_points_with_kafka_loses_nothing_and_applies_nothing_twice(

@@ -7,9 +7,10 @@ import os
 import signal
 
 import anyio
-import asyncpg
 import pytest
 
+from service import ports
+from service.adapters.postgres import reader as pg_reader
 from service.adapters.postgres import table_log
 from tests.e2e.conftest import Allocators, assert_projection_matches, wait_consumed
 from tests.streams import key_of, mixed_stream
@@ -18,14 +19,19 @@ pytestmark = pytest.mark.anyio
 TAKEOVER_LIMIT_S = 10.0
 
 
-async def lease_holder(dsn: str) -> tuple[str, int]:
-    db = await asyncpg.connect(dsn)
+async def lease(dsn: str) -> ports.Lease:
+    """Partition 0's writer lease, as the read side sees it."""
+    reader = pg_reader.PostgresProjectionReader.from_dsn(dsn)
     try:
-        row = await db.fetchrow("SELECT holder, token FROM writer_lease WHERE partition = 0")
+        (found,) = [lease for lease in await reader.leases() if lease.partition == 0]
     finally:
-        await db.close()
-    assert row is not None
-    return row["holder"], row["token"]
+        await reader.close()
+    return found
+
+
+async def lease_holder(dsn: str) -> tuple[str, int]:
+    found = await lease(dsn)
+    return found.holder, found.token
 
 
 async def test_standby_takes_over_a_paused_then_a_killed_writer(
@@ -93,11 +99,4 @@ async def test_sigterm_finishes_the_batch_and_exits_cleanly(
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=20) == 0, allocators.logs()
     # It gave its lease up: a successor need not wait for it to expire.
-    db = await asyncpg.connect(pg_dsn)
-    try:
-        expired = await db.fetchval(
-            "SELECT expires_at < clock_timestamp() FROM writer_lease WHERE partition = 0"
-        )
-    finally:
-        await db.close()
-    assert expired
+    assert (await lease(pg_dsn)).expired

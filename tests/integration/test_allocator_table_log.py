@@ -7,6 +7,7 @@ standby tests in tests/e2e run it as real processes.
 from __future__ import annotations
 
 import datetime
+import ipaddress
 import json
 from collections.abc import AsyncIterator, Sequence
 
@@ -16,6 +17,7 @@ import pytest
 
 from service import allocator, errors, ports
 from service.adapters.postgres import projection as pg_projection
+from service.adapters.postgres import reader as pg_reader
 from service.adapters.postgres import table_log
 from service.domain import allocation, document, state
 from tests.streams import key_of, mixed_stream
@@ -73,22 +75,28 @@ async def test_projection_matches_simulate_and_every_record_has_a_decision(
     assert document.digest(loaded.state) == document.digest(simulate(records))
     assert document.state_document(loaded.state) == document.state_document(simulate(records))
 
+    reader = pg_reader.PostgresProjectionReader.from_dsn(pg_dsn)
+    try:
+        decisions = await reader.decisions(0)
+        positions = await reader.positions()
+        rejected = await reader.rejections(0)
+    finally:
+        await reader.close()
+    assert [decision.offset for decision in decisions] == list(range(len(records)))
+    assert [(p.partition, p.next_offset) for p in positions] == [(0, len(records))]
+    assert rejected
+    for rejection in rejected:
+        assert rejection.raw == records[rejection.offset]
+        assert rejection.reason.startswith("invalid event:")
+    # The view ip_holding against its two tables (no read of the port covers every address).
     db = await asyncpg.connect(pg_dsn)
     try:
-        offsets = [r["offset"] for r in await db.fetch('SELECT "offset" FROM decision ORDER BY 1')]
-        assert offsets == list(range(len(records)))
         held = await db.fetchval("SELECT count(*) FROM pod_ip")
         open_holdings = await db.fetchval("SELECT count(*) FROM ip_holding WHERE to_offset IS NULL")
         assert held == open_holdings > 0
         finished = await db.fetch("SELECT from_offset, to_offset FROM ip_history")
         assert finished
         assert all(r["from_offset"] < r["to_offset"] < len(records) for r in finished)
-        assert await db.fetchval("SELECT next_offset FROM consumer_offset") == len(records)
-        rejected = await db.fetch('SELECT "offset", reason, raw FROM rejection ORDER BY 1')
-        assert rejected
-        for row in rejected:
-            assert bytes(row["raw"]) == records[row["offset"]]
-            assert row["reason"].startswith("invalid event:")
     finally:
         await db.close()
     assert worker.metrics.records_rejected == len(rejected)
@@ -117,18 +125,12 @@ async def test_bad_input_is_rejected_with_reasons_and_the_offset_advances(
     worker = allocator.PartitionAllocator(log, projection, 0)
     await run_until(worker, len(items))
     await projection.close()
-    db = await asyncpg.connect(pg_dsn)
+    reader = pg_reader.PostgresProjectionReader.from_dsn(pg_dsn)
     try:
-        decisions = {
-            r["offset"]: (r["error"], json.loads(r["body"]))
-            for r in await db.fetch('SELECT "offset", error, body FROM decision')
-        }
-        rejections = {
-            r["offset"]: r["reason"]
-            for r in await db.fetch('SELECT "offset", reason FROM rejection')
-        }
+        decisions = {d.offset: (d.error, json.loads(d.body)) for d in await reader.decisions(0)}
+        rejections = {r.offset: r.reason for r in await reader.rejections(0)}
     finally:
-        await db.close()
+        await reader.close()
     assert decisions[0][0] is None
     assert decisions[1][0].startswith("invalid event: JSON is malformed")
     assert decisions[2][0] == "invalid event: unknown event type 'node.exploded'"
@@ -221,24 +223,23 @@ async def test_point_in_time_who_held_an_address_and_why(
     def at(text: str) -> datetime.datetime:
         return datetime.datetime.fromisoformat(text)
 
-    db = await asyncpg.connect(pg_dsn)
-    query = (
-        "SELECT h.owner, h.node, d.event_id FROM ip_holding h "
-        'JOIN decision d ON d.partition = h.partition AND d."offset" = h.from_offset '
-        "WHERE h.cluster = 'default' AND h.address = $1::inet AND h.from_time <= $2::timestamptz "
-        "AND (h.to_time IS NULL OR h.to_time > $2::timestamptz)"
-    )
+    reader = pg_reader.PostgresProjectionReader.from_dsn(pg_dsn)
+
+    async def held(address: str, when: str) -> tuple[str, str, str | None] | None:
+        holding = await reader.holder("default", ipaddress.ip_address(address), at=at(when))
+        return None if holding is None else (holding.owner, holding.node, holding.from_event_id)
+
     try:
-        at_11 = await db.fetch(query, "10.4.0.1", at("2026-11-17T11:00:00Z"))
-        at_13_15 = await db.fetch(query, "10.4.0.2", at("2026-11-17T13:15:00Z"))
-        at_12_30 = await db.fetch(query, "10.4.0.1", at("2026-11-17T12:30:00Z"))
-        now = await db.fetch(query, "10.4.0.3", at("2026-11-18T00:00:00Z"))
+        at_11 = await held("10.4.0.1", "2026-11-17T11:00:00Z")
+        at_13_15 = await held("10.4.0.2", "2026-11-17T13:15:00Z")
+        at_12_30 = await held("10.4.0.1", "2026-11-17T12:30:00Z")
+        now = await held("10.4.0.3", "2026-11-18T00:00:00Z")
     finally:
-        await db.close()
-    assert [tuple(r) for r in at_11] == [("shop/cart-1", "w1", "a")]
-    assert [tuple(r) for r in at_13_15] == [("ops/probe", "w1", "c")]
-    assert at_12_30 == []
-    assert [tuple(r) for r in now] == [("shop/cart-2", "w1", "e")]
+        await reader.close()
+    assert at_11 == ("shop/cart-1", "w1", "a")
+    assert at_13_15 == ("ops/probe", "w1", "c")
+    assert at_12_30 is None
+    assert now == ("shop/cart-2", "w1", "e")
 
 
 class SlowLoadingProjection(pg_projection.PostgresProjection):

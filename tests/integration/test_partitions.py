@@ -27,6 +27,7 @@ from service import allocator, errors, metrics, ports
 from service.adapters import memory
 from service.adapters.kafka import log as kafka_log
 from service.adapters.postgres import projection as pg_projection
+from service.adapters.postgres import reader as pg_reader
 from service.adapters.postgres import table_log
 from service.domain import document, events, partitioning
 from tests.e2e.conftest import assert_projection_matches, simulate
@@ -161,13 +162,14 @@ async def run_partitions(
         stop.set()
 
 
-async def fetch(dsn: str, query: str, *args: object) -> list[asyncpg.Record]:
-    db = await asyncpg.connect(dsn)
+@pytest.fixture
+async def reader(pg_dsn: str) -> AsyncIterator[ports.ProjectionReader]:
+    """The read side of the test's database (it connects on first use)."""
+    opened = pg_reader.PostgresProjectionReader.from_dsn(pg_dsn)
     try:
-        rows: list[asyncpg.Record] = await db.fetch(query, *args)
+        yield opened
     finally:
-        await db.close()
-    return rows
+        await opened.close()
 
 
 def test_the_clusters_cover_every_partition() -> None:
@@ -177,7 +179,7 @@ def test_the_clusters_cover_every_partition() -> None:
 
 
 async def test_every_cluster_is_applied_on_its_home_partition_as_simulate_applies_it(
-    partitioned: Partitioned, pg_dsn: str
+    partitioned: Partitioned, pg_dsn: str, reader: ports.ProjectionReader
 ) -> None:
     partitions = partitioned.partitions
     records = mixed_stream(2400, seed=31, clusters=CLUSTERS)
@@ -204,14 +206,12 @@ async def test_every_cluster_is_applied_on_its_home_partition_as_simulate_applie
     await assert_projection_matches(pg_dsn, partitioned.log_name, per_partition)
     # Each partition's decisions are simulate's, in offset order.
     for partition, mine in per_partition.items():
-        rows = await fetch(
-            pg_dsn, 'SELECT body FROM decision WHERE partition = $1 ORDER BY "offset"', partition
-        )
+        decided = await reader.decisions(partition)
         _, decisions = simulate(mine)
-        assert [bytes(row["body"]) for row in rows] == [
+        assert [decision.body for decision in decided] == [
             events.encode_decision(decision) for decision in decisions
         ], f"partition {partition}"
-    homes = {row["name"]: row["partition"] for row in await fetch(pg_dsn, "SELECT * FROM cluster")}
+    homes = {cluster.name: cluster.partition for cluster in await reader.clusters()}
     assert homes == {name: partitioning.home_partition(name, partitions) for name in CLUSTERS}
     malformed = sum(isinstance(events.decode(record), events.DecodeFailure) for record in records)
     assert counters.records_rejected == malformed > 0
@@ -219,7 +219,7 @@ async def test_every_cluster_is_applied_on_its_home_partition_as_simulate_applie
 
 
 async def test_a_record_off_its_clusters_home_partition_is_refused_and_changes_nothing(
-    partitioned: Partitioned, pg_dsn: str
+    partitioned: Partitioned, pg_dsn: str, reader: ports.ProjectionReader
 ) -> None:
     partitions = partitioned.partitions
     good = mixed_stream(600, seed=32, clusters=CLUSTERS)
@@ -253,25 +253,13 @@ async def test_a_record_off_its_clusters_home_partition_is_refused_and_changes_n
         f"this record is on partition {wrong}: the producer must use Kafka's default (murmur2) "
         "partitioner"
     )
-    decided = await fetch(
-        pg_dsn,
-        'SELECT "offset", cluster, event_id, error FROM decision '
-        'WHERE partition = $1 AND "offset" = ANY($2::bigint[]) ORDER BY "offset"',
-        wrong,
-        placed,
-    )
-    assert [tuple(row) for row in decided] == [
+    decided = [d for d in await reader.decisions(wrong) if d.offset in placed]
+    assert [(d.offset, d.cluster, d.event_id, d.error) for d in decided] == [
         (placed[0], "east", "intruder-1", reason),
         (placed[1], "east", "intruder-2", reason),
     ]
-    kept = await fetch(
-        pg_dsn,
-        'SELECT "offset", reason, key, raw FROM rejection WHERE partition = $1 '
-        'AND "offset" = ANY($2::bigint[]) ORDER BY "offset"',
-        wrong,
-        placed,
-    )
-    assert [(r["offset"], r["reason"], bytes(r["key"]), bytes(r["raw"])) for r in kept] == [
+    kept = [r for r in await reader.rejections(wrong) if r.offset in placed]
+    assert [(r.offset, r.reason, r.key, r.raw) for r in kept] == [
         (offset, reason, b"east", value) for offset, value in zip(placed, intruders, strict=True)
     ]
     assert counters.records_wrong_partition == len(intruders)
@@ -285,16 +273,11 @@ async def test_a_record_off_its_clusters_home_partition_is_refused_and_changes_n
     assert document.state_document(loaded.state) == document.state_document(oracle)
     assert "intruder" not in loaded.state.clusters["east"].nodes
     assert "after" in loaded.state.clusters["east"].nodes
-    (east,) = await fetch(pg_dsn, "SELECT partition FROM cluster WHERE name = 'east'")
-    assert east["partition"] == home
+    (east,) = [cluster for cluster in await reader.clusters() if cluster.name == "east"]
+    assert east.partition == home
     for partition, end in ends.items():
-        (row,) = await fetch(
-            pg_dsn,
-            'SELECT count(*) AS n, count(DISTINCT "offset") AS d FROM decision '
-            "WHERE partition = $1",
-            partition,
-        )
-        assert (row["n"], row["d"]) == (end, end), f"partition {partition}"
+        offsets = [decision.offset for decision in await reader.decisions(partition)]
+        assert offsets == list(range(end)), f"partition {partition}"
 
 
 async def test_an_allocator_refuses_a_log_with_fewer_partitions_than_the_projection_consumed(

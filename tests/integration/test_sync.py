@@ -40,7 +40,9 @@ from lightkube.types import PatchType
 from service import allocator, cli, sync
 from service.adapters.kubernetes.client import KubernetesClusterClient
 from service.adapters.postgres import projection as pg_projection
+from service.adapters.postgres import reader as pg_reader
 from service.adapters.postgres import sync_store, table_log
+from service.domain import addresses
 from tests.harness.kube import KubeAPIServer
 
 pytestmark = [pytest.mark.kube, pytest.mark.postgres, pytest.mark.anyio]
@@ -191,24 +193,25 @@ async def eventually(
 
 async def projection_nodes(dsn: str) -> dict[str, tuple[list[str], str | None, int]]:
     """Live nodes of the projection: name -> (pod CIDRs, error, version)."""
-    db = await asyncpg.connect(dsn)
+    reader = pg_reader.PostgresProjectionReader.from_dsn(dsn)
     try:
-        rows = await db.fetch(
-            "SELECT name, pod_cidrs, error, version FROM node WHERE cluster = $1 AND NOT deleted",
-            CLUSTER,
-        )
+        nodes = await reader.nodes(CLUSTER)
     finally:
-        await db.close()
-    return {r["name"]: (list(r["pod_cidrs"]), r["error"], r["version"]) for r in rows}
+        await reader.close()
+    return {
+        n.name: ([addresses.format_network(c) for c in n.pod_cidrs], n.error, n.version)
+        for n in nodes
+    }
 
 
 async def progress(dsn: str) -> dict[str, tuple[int, str | None]]:
-    db = await asyncpg.connect(dsn)
+    """What the sync worker recorded: name -> (mirrored version, error)."""
+    reader = pg_reader.PostgresProjectionReader.from_dsn(dsn)
     try:
-        rows = await db.fetch("SELECT name, synced_version, error FROM node_sync")
+        nodes = await reader.sync_progress(CLUSTER)
     finally:
-        await db.close()
-    return {r["name"]: (r["synced_version"], r["error"]) for r in rows}
+        await reader.close()
+    return {n.name: (n.synced_version, n.error) for n in nodes if n.synced_version is not None}
 
 
 async def mismatches(dsn: str, kube: KubernetesClusterClient) -> list[str]:

@@ -25,6 +25,7 @@ from aiokafka import AIOKafkaProducer
 from service import allocator, errors, ports
 from service.adapters.kafka import log as kafka_log
 from service.adapters.postgres import projection as pg_projection
+from service.adapters.postgres import reader as pg_reader
 from service.adapters.postgres import table_log
 from service.domain import allocation, document, events, state
 from tests.harness.kafka import KafkaBroker
@@ -146,21 +147,16 @@ async def serve_until(
 
 async def decisions_and_rejections(
     dsn: str,
-) -> tuple[dict[int, asyncpg.Record], dict[int, asyncpg.Record]]:
-    db = await asyncpg.connect(dsn)
+) -> tuple[dict[int, ports.CommittedDecision], dict[int, ports.Rejection]]:
+    reader = pg_reader.PostgresProjectionReader.from_dsn(dsn)
     try:
-        decided = await db.fetch(
-            'SELECT "offset", cluster, event_id, type, error, body FROM decision '
-            'WHERE partition = 0 ORDER BY "offset"'
-        )
-        rejected = await db.fetch(
-            'SELECT "offset", reason, key, raw FROM rejection WHERE partition = 0 ORDER BY "offset"'
-        )
+        decided = await reader.decisions(0)
+        rejected = await reader.rejections(0)
     finally:
-        await db.close()
-    offsets = [row["offset"] for row in decided]
+        await reader.close()
+    offsets = [decision.offset for decision in decided]
     assert offsets == list(range(len(offsets))), "one decision per offset, none missing"
-    return {r["offset"]: r for r in decided}, {r["offset"]: r for r in rejected}
+    return {d.offset: d for d in decided}, {r.offset: r for r in rejected}
 
 
 async def assert_matches_oracle(
@@ -180,20 +176,24 @@ async def assert_matches_oracle(
     assert len(decided) == len(records)
     kept_offsets = [offset for offset in range(len(records)) if offset not in refused]
     for offset, decision in zip(kept_offsets, expected, strict=True):
-        assert json.loads(decided[offset]["body"]) == json.loads(
-            events.encode_decision(decision)
-        ), f"offset {offset}"
+        assert json.loads(decided[offset].body) == json.loads(events.encode_decision(decision)), (
+            f"offset {offset}"
+        )
 
 
 def assert_unstorable(
-    decision: asyncpg.Record, rejection: asyncpg.Record, raw: bytes, reason: str, cluster: str
+    decision: ports.CommittedDecision,
+    rejection: ports.Rejection,
+    raw: bytes,
+    reason: str,
+    cluster: str,
 ) -> None:
     error = f"{allocator.UNSTORABLE}: {reason}"
-    assert (decision["event_id"], decision["type"], decision["error"]) == (None, None, error)
-    assert decision["cluster"] == cluster
-    assert json.loads(decision["body"])["error"] == error
-    assert rejection["reason"] == error
-    assert bytes(rejection["raw"]) == raw
+    assert (decision.event_id, decision.type, decision.error) == (None, None, error)
+    assert decision.cluster == cluster
+    assert json.loads(decision.body)["error"] == error
+    assert rejection.reason == error
+    assert bytes(rejection.raw) == raw
 
 
 # --- a record the decoder accepts and the database refuses: the search inside a failed batch ----
@@ -256,7 +256,7 @@ async def test_a_record_the_database_refuses_is_rejected_and_the_rest_applied_on
     assert worker.metrics.records_applied == len(everything)
     # Only the refused records were rejected here: the stream's own junk decodes to rejections
     # too, but never with the projection's reason.
-    assert {o for o, r in rejected.items() if r["reason"].startswith(allocator.UNSTORABLE)} == (
+    assert {o for o, r in rejected.items() if r.reason.startswith(allocator.UNSTORABLE)} == (
         refused
     )
 
@@ -399,13 +399,13 @@ async def assert_all_rejected_and_the_rest_applied(
     assert len(decided) == len(records)
     assert hostile <= set(rejected)
     for offset in hostile:
-        assert rejected[offset]["reason"], offset
-        assert bytes(rejected[offset]["raw"]) == records[offset]
-        assert decided[offset]["error"] == rejected[offset]["reason"]
+        assert rejected[offset].reason, offset
+        assert bytes(rejected[offset].raw) == records[offset]
+        assert decided[offset].error == rejected[offset].reason
     # Refused by the projection (not at decode): nothing of the record echoed in the decision.
-    unstorable = {o for o, r in rejected.items() if r["reason"].startswith(allocator.UNSTORABLE)}
+    unstorable = {o for o, r in rejected.items() if r.reason.startswith(allocator.UNSTORABLE)}
     for offset in unstorable:
-        assert (decided[offset]["event_id"], decided[offset]["type"]) == (None, None)
+        assert (decided[offset].event_id, decided[offset].type) == (None, None)
     await assert_matches_oracle(dsn, records, unstorable, log_name)
 
 
@@ -491,4 +491,4 @@ async def test_the_projection_reports_values_it_cannot_store_as_data_errors(pg_d
     _, rejected = await decisions_and_rejections(pg_dsn)
     assert sorted(rejected) == list(range(len(refused)))
     for offset, reason in enumerate(refused.values()):
-        assert rejected[offset]["reason"].startswith(f"{allocator.UNSTORABLE}: {reason}")
+        assert rejected[offset].reason.startswith(f"{allocator.UNSTORABLE}: {reason}")
