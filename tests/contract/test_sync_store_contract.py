@@ -46,6 +46,7 @@ from service import errors, ports
 from service.adapters import memory
 from service.adapters.postgres import projection as pg_projection
 from service.adapters.postgres import sync_store
+from tests import waiting
 
 pytestmark = pytest.mark.anyio
 
@@ -180,9 +181,12 @@ async def progress(
 
 async def lock_within_deadline(store: ports.SyncStore, cluster: str) -> None:
     """Take the lock a lost session frees; PostgreSQL frees it when the backend has exited."""
-    with anyio.fail_after(DEADLINE_S):
-        while not await store.try_lock(cluster):
-            await anyio.sleep(0.02)
+    await waiting.until(
+        lambda: store.try_lock(cluster),
+        timeout=DEADLINE_S,
+        what=f"the lock of {cluster} freed by the lost session",
+        interval=0.02,
+    )
 
 
 class TestLock:

@@ -15,6 +15,7 @@ import pytest
 
 from service.adapters.postgres import reader as pg_reader
 from service.domain import allocation, document, events, state
+from tests import waiting
 
 
 class Allocators:
@@ -76,14 +77,21 @@ async def wait_consumed(
     dsn: str, target: int, timeout: float, allocators: Allocators | None = None
 ) -> float:
     """Wait until the projection has consumed ``target`` records; return the seconds taken."""
-    started = anyio.current_time()
-    with anyio.move_on_after(timeout):
-        while await consumed(dsn) < target:
-            await anyio.sleep(0.05)
-        return anyio.current_time() - started
-    raise AssertionError(
-        f"not caught up to {target} within {timeout}s (at {await consumed(dsn)})\n"
-        + (allocators.logs() if allocators else "")
+    at = 0
+
+    async def caught_up() -> bool:
+        nonlocal at
+        at = await consumed(dsn)
+        return at >= target
+
+    return await waiting.until(
+        caught_up,
+        timeout=timeout,
+        what=lambda: (
+            f"the projection to consume {target} records (at {at})\n"
+            + (allocators.logs() if allocators else "")
+        ),
+        interval=0.05,
     )
 
 

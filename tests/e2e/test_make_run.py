@@ -13,12 +13,13 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests import waiting
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
@@ -73,12 +74,19 @@ class Running:
 
     def wait_ready(self) -> None:
         # The instructions are printed once the database is migrated and the pool configured.
-        deadline = 60.0
-        started = time.monotonic()
-        while "ipledger is running" not in self.log.read_text(errors="replace"):
+        def printed() -> bool:
             assert self.process.poll() is None, self.log.read_text(errors="replace")
-            assert time.monotonic() - started < deadline, self.log.read_text(errors="replace")
-            time.sleep(0.05)
+            return "ipledger is running" in self.log.read_text(errors="replace")
+
+        waiting.until_blocking(
+            printed,
+            timeout=60,
+            what=lambda: (
+                "ipledger run --embedded to say it is running\n"
+                + self.log.read_text(errors="replace")
+            ),
+            interval=0.05,
+        )
 
     def interrupt(self) -> int:
         self.process.send_signal(signal.SIGINT)

@@ -17,7 +17,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from typing import Any
 import pytest
 
 from service.adapters import children
+from tests import waiting
 from tests.harness import kafka, kube
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="child subreapers are Linux's")
@@ -222,10 +222,12 @@ def test_kill_group_takes_what_the_child_started_in_sessions_of_its_own_too() ->
     helper = int(server.stdout.readline())
     try:
         children.kill_group(server)
-        deadline = time.monotonic() + 10
-        while _alive(helper) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert not _alive(helper)
+        waiting.until_blocking(
+            lambda: not _alive(helper),
+            timeout=10,
+            what=f"the server's helper {helper} to be killed with its group",
+            interval=0.02,
+        )
         assert server.returncode == -9
     finally:
         with contextlib.suppress(ProcessLookupError):

@@ -6,12 +6,12 @@ from __future__ import annotations
 import os
 import signal
 
-import anyio
 import pytest
 
 from service import ports
 from service.adapters.postgres import reader as pg_reader
 from service.adapters.postgres import table_log
+from tests import waiting
 from tests.e2e.conftest import Allocators, assert_projection_matches, wait_consumed
 from tests.streams import key_of, mixed_stream
 
@@ -68,9 +68,12 @@ async def test_standby_takes_over_a_paused_then_a_killed_writer(
         os.kill(first.pid, signal.SIGCONT)
         await event_log.append([(key_of(r), r) for r in parts[3][:500]])
         await wait_consumed(pg_dsn, 3500, 60, allocators)
-        with anyio.fail_after(20):
-            while "another allocator took over; standing by" not in allocators.log_of(first):
-                await anyio.sleep(0.1)
+        await waiting.until(
+            lambda: "another allocator took over; standing by" in allocators.log_of(first),
+            timeout=20,
+            what="the paused writer to log that it stands by",
+            interval=0.1,
+        )
 
         # Kill the new writer: the old one, now a standby, takes over.
         second.kill()

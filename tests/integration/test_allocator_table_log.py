@@ -20,6 +20,7 @@ from service.adapters.postgres import projection as pg_projection
 from service.adapters.postgres import reader as pg_reader
 from service.adapters.postgres import table_log
 from service.domain import allocation, document, state
+from tests import waiting
 from tests.streams import key_of, mixed_stream
 
 pytestmark = pytest.mark.anyio
@@ -52,9 +53,14 @@ async def run_until(worker: allocator.PartitionAllocator, end: int, timeout: flo
     stop = anyio.Event()
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(worker.run, stop)
-        with anyio.fail_after(timeout):
-            while worker.metrics.next_offset.get(worker.partition, -1) < end:
-                await anyio.sleep(0.02)
+        await waiting.until(
+            lambda: worker.metrics.next_offset.get(worker.partition, -1) >= end,
+            timeout=timeout,
+            what=lambda: (
+                f"offset {end} committed (at {worker.metrics.next_offset.get(worker.partition)})"
+            ),
+            interval=0.02,
+        )
         stop.set()
 
 
@@ -160,10 +166,20 @@ async def test_a_writer_that_lost_its_lease_cannot_commit(
         loaded = await first.load([0])
         batch = allocator.apply_records(loaded.state, appended, 0, token, partitions=1)
         # The first writer stalls past its lease; the second takes over.
-        with anyio.fail_after(10):
-            while (taken := await second.try_acquire(0)) is None:
-                await anyio.sleep(0.1)
-        assert taken > token
+        taken: int | None = None
+
+        async def second_takes_over() -> bool:
+            nonlocal taken
+            taken = await second.try_acquire(0)
+            return taken is not None
+
+        await waiting.until(
+            second_takes_over,
+            timeout=10,
+            what="the second writer taking the first one's expired lease",
+            interval=0.1,
+        )
+        assert taken is not None and taken > token
         with pytest.raises(errors.FencedError):
             await first.commit(batch)
         with pytest.raises(errors.FencedError):

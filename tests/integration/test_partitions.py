@@ -30,6 +30,7 @@ from service.adapters.postgres import projection as pg_projection
 from service.adapters.postgres import reader as pg_reader
 from service.adapters.postgres import table_log
 from service.domain import document, events, partitioning
+from tests import waiting
 from tests.e2e.conftest import assert_projection_matches, simulate
 from tests.streams import key_of, mixed_stream
 
@@ -156,9 +157,12 @@ async def run_partitions(
                 log, projection, partition, settings=loop, metrics=counters
             )
             tasks.start_soon(worker.run, stop)
-        with anyio.fail_after(TIMEOUT_S):
-            while any(counters.next_offset.get(p, -1) < end for p, end in ends.items()):
-                await anyio.sleep(0.02)
+        await waiting.until(
+            lambda: all(counters.next_offset.get(p, -1) >= end for p, end in ends.items()),
+            timeout=TIMEOUT_S,
+            what=lambda: f"the partitions' ends {dict(ends)} (at {dict(counters.next_offset)})",
+            interval=0.02,
+        )
         stop.set()
 
 

@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -43,11 +43,14 @@ from service.adapters.postgres import projection as pg_projection
 from service.adapters.postgres import reader as pg_reader
 from service.adapters.postgres import sync_store, table_log
 from service.domain import addresses
+from tests import waiting
 from tests.harness.kube import KubeAPIServer
 
 pytestmark = [pytest.mark.kube, pytest.mark.postgres, pytest.mark.anyio]
 
 CLUSTER = "default"
+# Conditions on the API server and the database each cost a round trip or a connection.
+POLL_S = 0.05
 CiliumNode = create_global_resource("cilium.io", "v2", "CiliumNode", "ciliumnodes")
 _ids = itertools.count()
 
@@ -98,9 +101,11 @@ class Ledger:
     async def caught_up(self) -> None:
         """Wait until the allocator has committed everything in the log (by anyone)."""
         end = await self.log.end_offset(0)
-        with anyio.fail_after(60):
-            while self.worker.metrics.next_offset.get(0, -1) < end:
-                await anyio.sleep(0.01)
+        await waiting.until(
+            lambda: self.worker.metrics.next_offset.get(0, -1) >= end,
+            timeout=60,
+            what=f"the allocator to commit the log up to offset {end}",
+        )
 
 
 @pytest.fixture
@@ -180,17 +185,6 @@ async def running(worker: sync.ClusterSync) -> AsyncIterator[sync.ClusterSync]:
     assert worker.metrics.rejected == 0, "the API server rejected a write (schema?)"
 
 
-async def eventually(
-    check: Callable[[], Awaitable[bool]], timeout: float = 30.0, what: str = "condition"
-) -> None:
-    """Poll ``check`` until it holds; fail with ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        await anyio.sleep(0.05)
-
-
 async def projection_nodes(dsn: str) -> dict[str, tuple[list[str], str | None, int]]:
     """Live nodes of the projection: name -> (pod CIDRs, error, version)."""
     reader = pg_reader.PostgresProjectionReader.from_dsn(dsn)
@@ -231,10 +225,18 @@ async def mismatches(dsn: str, kube: KubernetesClusterClient) -> list[str]:
 
 
 async def converged(dsn: str, kube: KubernetesClusterClient, timeout: float = 30.0) -> None:
-    async def check() -> bool:
-        return not await mismatches(dsn, kube)
+    problems: list[str] = []
 
-    await eventually(check, timeout, "every CiliumNode to match the projection")
+    async def check() -> bool:
+        problems[:] = await mismatches(dsn, kube)
+        return not problems
+
+    await waiting.until(
+        check,
+        timeout=timeout,
+        what=lambda: f"every CiliumNode to match the projection (still {problems[:5]})",
+        interval=POLL_S,
+    )
 
 
 def sent_once(worker: sync.ClusterSync) -> int:
@@ -271,8 +273,11 @@ async def test_new_nodes_get_ciliumnodes_with_ipv4_then_ipv6_cidrs(
     async with running(worker):
         await converged(pg_dsn, kube)
         expected = await projection_nodes(pg_dsn)
-        await eventually(
-            lambda: _synced_at_versions(pg_dsn, expected), what="node_sync to record the versions"
+        await waiting.until(
+            lambda: _synced_at_versions(pg_dsn, expected),
+            timeout=30,
+            what="node_sync to record the versions",
+            interval=POLL_S,
         )
 
     a = await raw.get(CiliumNode, "node-a")
@@ -346,7 +351,9 @@ async def test_a_foreign_manager_taking_pod_cidrs_is_reverted_at_resync_and_logg
                 node = await raw.get(CiliumNode, "node-a")
                 return bool(node["spec"]["ipam"]["podCIDRs"] == ours)
 
-            await eventually(put_back, what="the resync to put podCIDRs back")
+            await waiting.until(
+                put_back, timeout=30, what="the resync to put podCIDRs back", interval=POLL_S
+            )
 
     restored = await raw.get(CiliumNode, "node-a")
     assert pod_cidr_managers(restored) == {"ipledger"}
@@ -436,7 +443,9 @@ async def test_orphans_are_deleted_only_when_asked(
         async def gone() -> bool:
             return {n.name for n in await kube.list_nodes()} == {"node-b"}
 
-        await eventually(gone, what="node-a's CiliumNode to be deleted")
+        await waiting.until(
+            gone, timeout=30, what="node-a's CiliumNode to be deleted", interval=POLL_S
+        )
 
     assert worker.metrics.deletes == 1
 
@@ -466,7 +475,9 @@ async def test_pod_addresses_are_mirrored_into_the_pools(
             v4, v6 = await pools()
             return len(v4) == 2 and len(v6) == 1
 
-        await eventually(mirrored, what="the pod addresses in spec.ipam.pool")
+        await waiting.until(
+            mirrored, timeout=30, what="the pod addresses in spec.ipam.pool", interval=POLL_S
+        )
         v4, v6 = await pools()
         assert sorted(e["owner"] for e in v4.values()) == ["default/web-1", "default/web-2"]
         assert [e["owner"] for e in v6.values()] == ["default/web-1"]
@@ -477,7 +488,9 @@ async def test_pod_addresses_are_mirrored_into_the_pools(
             v4, v6 = await pools()
             return [e["owner"] for e in v4.values()] == ["default/web-2"] and not v6
 
-        await eventually(released, what="the released addresses to leave the pools")
+        await waiting.until(
+            released, timeout=30, what="the released addresses to leave the pools", interval=POLL_S
+        )
 
 
 async def test_without_create_missing_a_node_waits_for_its_ciliumnode(
@@ -499,7 +512,9 @@ async def test_without_create_missing_a_node_waits_for_its_ciliumnode(
                 sync.WAITING_FOR_CILIUMNODE
             )
 
-        await eventually(reported, what="node_sync to report node-a as waiting")
+        await waiting.until(
+            reported, timeout=30, what="node_sync to report node-a as waiting", interval=POLL_S
+        )
         assert await kube.list_nodes() == []
 
         # Cilium's agent starts on the node and creates its CiliumNode.
@@ -515,7 +530,9 @@ async def test_without_create_missing_a_node_waits_for_its_ciliumnode(
         async def recorded() -> bool:
             return (await progress(pg_dsn))["node-a"][1] is None
 
-        await eventually(recorded, what="node_sync to record node-a as mirrored")
+        await waiting.until(
+            recorded, timeout=30, what="node_sync to record node-a as mirrored", interval=POLL_S
+        )
 
 
 async def test_sync_continues_across_an_apiserver_restart(
@@ -530,9 +547,9 @@ async def test_sync_continues_across_an_apiserver_restart(
     worker = sync.ClusterSync(CLUSTER, kube, store, settings(qps=100, burst=10))
 
     async with running(worker):
-        with anyio.fail_after(30):
-            while worker.metrics.nodes_mirrored < 50:
-                await anyio.sleep(0.01)
+        await waiting.until(
+            lambda: worker.metrics.nodes_mirrored >= 50, timeout=30, what="50 nodes mirrored"
+        )
         await anyio.to_thread.run_sync(kube_apiserver.restart_apiserver)
         await converged(pg_dsn, kube, timeout=60)
 
@@ -549,9 +566,13 @@ async def test_a_restarted_worker_redoes_nothing_that_was_recorded(
     await ledger.append(pool(), *(added(f"node-{i:03}") for i in range(100)))
     first = sync.ClusterSync(CLUSTER, kube, store, settings(qps=200, burst=20))
     async with running(first):
-        with anyio.fail_after(30):
-            while first.metrics.nodes_mirrored < 40:
-                await anyio.sleep(0.005)
+        # Polled often: the first worker must be stopped before it mirrors all 100.
+        await waiting.until(
+            lambda: first.metrics.nodes_mirrored >= 40,
+            timeout=30,
+            what="40 nodes mirrored",
+            interval=0.005,
+        )
     # Stopped half way: what it wrote was recorded on the way out.
     recorded = await progress(pg_dsn)
     assert 40 <= len(recorded) < 100
@@ -560,7 +581,12 @@ async def test_a_restarted_worker_redoes_nothing_that_was_recorded(
     second = sync.ClusterSync(CLUSTER, kube, store, settings())
     async with running(second):
         await converged(pg_dsn, kube)
-        await eventually(lambda: _all_recorded(pg_dsn, 100), what="node_sync to record every node")
+        await waiting.until(
+            lambda: _all_recorded(pg_dsn, 100),
+            timeout=30,
+            what="node_sync to record every node",
+            interval=POLL_S,
+        )
 
     # The rest, and no more: of those, the writes that were in flight when the first stopped
     # (at most its concurrency) may have landed; the second finds them true and skips them.
@@ -589,18 +615,22 @@ async def test_one_instance_at_a_time_and_the_second_takes_over(
             await converged(pg_dsn, kube)
             assert first.metrics.leader
             async with running(second):
-                with anyio.fail_after(10):
-                    while second.metrics.lock_waits < 3:
-                        await anyio.sleep(0.01)
+                await waiting.until(
+                    lambda: second.metrics.lock_waits >= 3,
+                    timeout=10,
+                    what="the second worker to wait three times for the lock",
+                )
                 await ledger.append(added("node-b"))
                 await converged(pg_dsn, kube)
                 assert first.metrics.leader and not second.metrics.leader
                 assert second.metrics.requests == 0
 
                 stop_first.set()
-                with anyio.fail_after(10):
-                    while not second.metrics.leader:
-                        await anyio.sleep(0.01)
+                await waiting.until(
+                    lambda: second.metrics.leader,
+                    timeout=10,
+                    what="the second worker to lead once the first stopped",
+                )
                 await ledger.append(added("node-c"))
                 await converged(pg_dsn, kube)
                 assert sent_once(second) == 1
@@ -631,12 +661,19 @@ async def test_losing_the_database_session_loses_the_lock_and_the_worker_recover
             await db.execute("SELECT pg_terminate_backend($1)", holder)
         finally:
             await db.close()
-        with anyio.fail_after(10):
-            while worker.metrics.takeovers < 2:
-                await anyio.sleep(0.01)
+        await waiting.until(
+            lambda: worker.metrics.takeovers >= 2,
+            timeout=10,
+            what="the worker to take the lock again on a new session",
+        )
         await ledger.append(added("node-b"))
         await converged(pg_dsn, kube)
-        await eventually(lambda: _all_recorded(pg_dsn, 2), what="node_sync to record node-b")
+        await waiting.until(
+            lambda: _all_recorded(pg_dsn, 2),
+            timeout=30,
+            what="node_sync to record node-b",
+            interval=POLL_S,
+        )
 
     assert worker.metrics.fenced == 1
 
@@ -688,8 +725,11 @@ async def test_adopt_takes_existing_pod_cidrs_and_reports_those_outside_the_pool
     # Switching over: the sync worker finds every adopted CiliumNode already right.
     worker = sync.ClusterSync(CLUSTER, kube, store, settings())
     async with running(worker):
-        await eventually(
-            lambda: _all_recorded(pg_dsn, 2), what="node_sync to record the adopted nodes"
+        await waiting.until(
+            lambda: _all_recorded(pg_dsn, 2),
+            timeout=30,
+            what="node_sync to record the adopted nodes",
+            interval=POLL_S,
         )
     assert worker.metrics.applies == 0
     after = {n.name: n.resource_version for n in await kube.list_nodes()}
@@ -714,8 +754,11 @@ async def test_a_thousand_nodes_converge(
     async with running(worker):
         await converged(pg_dsn, kube, timeout=120)
         elapsed = time.monotonic() - started
-        await eventually(
-            lambda: _all_recorded(pg_dsn, 1000), what="node_sync to record all 1,000 nodes"
+        await waiting.until(
+            lambda: _all_recorded(pg_dsn, 1000),
+            timeout=30,
+            what="node_sync to record all 1,000 nodes",
+            interval=POLL_S,
         )
 
     # One write per node: no error to write, no node written twice.
@@ -755,8 +798,11 @@ async def test_ipledger_sync_runs_as_a_process_and_stops_cleanly_on_sigterm(
             await converged(pg_dsn, kube)
             await ledger.append(added("node-b"))
             await converged(pg_dsn, kube)
-            await eventually(
-                lambda: _all_recorded(pg_dsn, 2), what="the process to record its progress"
+            await waiting.until(
+                lambda: _all_recorded(pg_dsn, 2),
+                timeout=30,
+                what="the process to record its progress",
+                interval=POLL_S,
             )
             exported = await anyio.to_thread.run_sync(_scrape, port)
             assert 'ipledger_sync_nodes_mirrored_total{cluster="default"} 2.0\n' in exported

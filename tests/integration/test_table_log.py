@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 
 import anyio
 import pytest
@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from service import errors, ports
 from service.adapters.postgres import embedded, schema
 from service.adapters.postgres import table_log as tl
+from tests import waiting
 
 pytestmark = [pytest.mark.postgres, pytest.mark.anyio]
 
@@ -40,12 +41,6 @@ async def log(pg_dsn: str) -> AsyncIterator[tl.PostgresTableLog]:
         yield log
     finally:
         await log.close()
-
-
-async def _wait_until(condition: Callable[[], Awaitable[bool]], timeout_s: float = 10.0) -> None:
-    with anyio.fail_after(timeout_s):
-        while not await condition():
-            await anyio.sleep(0.01)
 
 
 def _engine(dsn: str) -> AsyncEngine:
@@ -134,7 +129,9 @@ async def test_an_append_wakes_a_waiting_reader_at_once(pg_dsn: str) -> None:
         with anyio.fail_after(10):
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(read)
-                await _wait_until(reader_is_waiting)
+                await waiting.until(
+                    reader_is_waiting, timeout=10, what="the reader listening for appends"
+                )
                 woken_from = anyio.current_time()
                 appended = await writer.append([(None, b"wake up")])
         assert received == list(appended)
@@ -191,14 +188,14 @@ async def test_an_appender_waits_for_the_uncommitted_append_before_it(
         async with engine.connect() as slow, engine.connect() as observer:
 
             async def appender_blocked_on_a_lock() -> bool:
-                waiting = await observer.scalar(
+                blocked = await observer.scalar(
                     sa.text(
                         "SELECT count(*) FROM pg_stat_activity"
                         " WHERE datname = current_database() AND wait_event_type = 'Lock'"
                     )
                 )
                 await observer.commit()
-                return waiting == 1
+                return blocked == 1
 
             # An appender half-way through: offset 0 reserved and written, not yet committed.
             await slow.execute(sa.update(head).where(head.c.partition == 0).values(next_offset=1))
@@ -215,7 +212,11 @@ async def test_an_appender_waits_for_the_uncommitted_append_before_it(
             with anyio.fail_after(10):
                 async with anyio.create_task_group() as tasks:
                     tasks.start_soon(append_fast)
-                    await _wait_until(appender_blocked_on_a_lock)
+                    await waiting.until(
+                        appender_blocked_on_a_lock,
+                        timeout=10,
+                        what="the second appender blocked on the first one's lock",
+                    )
                     assert await log.read(0, 0, 10, max_wait_s=0) == []
                     await slow.commit()
 

@@ -28,6 +28,7 @@ from service.adapters.postgres import projection as pg_projection
 from service.adapters.postgres import reader as pg_reader
 from service.adapters.postgres import table_log
 from service.domain import allocation, document, events, state
+from tests import waiting
 from tests.harness.kafka import KafkaBroker
 from tests.streams import key_of, mixed_stream
 
@@ -125,9 +126,15 @@ async def insert_raw(dsn: str, items: Sequence[tuple[bytes | None, bytes]]) -> N
 
 
 async def wait_for(worker: allocator.PartitionAllocator, end: int) -> None:
-    with anyio.fail_after(DEADLINE_S):
-        while worker.metrics.next_offset.get(worker.partition, -1) < end:
-            await anyio.sleep(0.02)
+    def position() -> int:
+        return worker.metrics.next_offset.get(worker.partition, -1)
+
+    await waiting.until(
+        lambda: position() >= end,
+        timeout=DEADLINE_S,
+        what=lambda: f"offset {end} committed (at {position()})",
+        interval=0.02,
+    )
 
 
 async def serve_until(

@@ -35,6 +35,7 @@ import pytest
 from service import allocator, errors, ports
 from service.adapters import memory
 from service.domain import allocation, document, events, state
+from tests import waiting
 from tests.streams import key_of, mixed_stream
 
 pytestmark = pytest.mark.anyio
@@ -144,15 +145,17 @@ class Deployment:
         assert document.digest(await self.reader.state()) == document.digest(oracle)
 
 
-async def until(condition: Callable[[], bool]) -> None:
-    """Wait for ``condition`` to hold, failing the test after a deadline."""
-    with anyio.fail_after(DEADLINE_S):
-        while not condition():
-            await anyio.sleep(0.002)
-
-
 def reached(worker: allocator.PartitionAllocator, end: int) -> Callable[[], bool]:
     return lambda: worker.metrics.next_offset.get(0, -1) >= end
+
+
+async def reach(worker: allocator.PartitionAllocator, end: int) -> None:
+    """Wait until ``worker`` has committed every record below ``end``."""
+    await waiting.until(
+        reached(worker, end),
+        timeout=DEADLINE_S,
+        what=lambda: f"offset {end} committed (at {worker.metrics.next_offset.get(0, -1)})",
+    )
 
 
 @pytest.fixture
@@ -166,7 +169,7 @@ async def test_every_record_is_decided_once_and_the_projection_is_simulates(
     await deployment.append(mixed_stream(600, seed=1, clusters=("default", "east")))
     async with deployment.running():
         worker, _ = deployment.start()
-        await until(reached(worker, 600))
+        await reach(worker, 600)
         await deployment.assert_decided_once_as_simulate()
         assert worker.metrics.records_applied == 600
         assert worker.metrics.records_rejected == len(await deployment.reader.rejections(0)) > 0
@@ -184,11 +187,11 @@ async def test_batches_hold_at_most_batch_max_records_one_decision_per_offset(
     await deployment.append(records[:125])
     async with deployment.running():
         worker, _ = deployment.start()
-        await until(reached(worker, 125))
+        await reach(worker, 125)
         # Everything was there when it started: full batches, then the rest.
         assert [len(batch.applied) for batch in deployment.batches] == [50, 50, 25]
         await deployment.append(records[125:])
-        await until(reached(worker, 155))
+        await reach(worker, 155)
         offset = 0
         for batch in deployment.batches:
             assert 1 <= len(batch.applied) <= SETTINGS.batch_max_records
@@ -208,21 +211,29 @@ async def test_a_stalled_writer_is_fenced_when_another_takes_the_lease_and_stand
     await deployment.append(records[:100])
     async with deployment.running():
         first, first_projection = deployment.start("first")
-        await until(reached(first, 100))
+        await reach(first, 100)
         # The first writer stalls: its lease runs out (on the database's clock) and the second,
         # standing by, takes it over and loads what was committed.
         deployment.clock.now += datetime.timedelta(seconds=7)
         second, _ = deployment.start("second")
-        await until(lambda: second.metrics.leader.get(0, False) and reached(second, 100)())
+        await waiting.until(
+            lambda: second.metrics.leader.get(0, False) and reached(second, 100)(),
+            timeout=DEADLINE_S,
+            what="the second writer leading at offset 100",
+        )
         # Both read the next records; only the second may commit them.
         await deployment.append(records[100:150])
-        await until(lambda: first.metrics.fenced == 1 and reached(second, 150)())
+        await waiting.until(
+            lambda: first.metrics.fenced == 1 and reached(second, 150)(),
+            timeout=DEADLINE_S,
+            what="the first writer fenced and the second at offset 150",
+        )
         assert first_projection.fenced_commits >= 1
         assert first.metrics.leader[0] is False
         assert first.metrics.records_applied == 100
         assert first.metrics.next_offset[0] == 100
         await deployment.append(records[150:])
-        await until(reached(second, 220))
+        await reach(second, 220)
         # The first stood by all along: the second's lease is valid on the database's clock.
         assert (first.metrics.takeovers, first.metrics.leader[0]) == (1, False)
         assert second.metrics.takeovers == 1
@@ -251,7 +262,7 @@ async def test_a_failed_commit_reloads_what_is_committed_and_applies_nothing_twi
     stop = anyio.Event()
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(worker.run, stop)
-        await until(reached(worker, 300))
+        await reach(worker, 300)
         stop.set()
     assert (worker.metrics.failures, worker.metrics.takeovers) == (1, 2)
     # The batch after the first: committed anew from offset 50, or landed and continued after.
@@ -267,7 +278,7 @@ async def test_a_failed_load_is_retried(deployment: Deployment) -> None:
     deployment.tables.fail_next("load", count=2)
     async with deployment.running():
         worker, _ = deployment.start()
-        await until(reached(worker, 80))
+        await reach(worker, 80)
         assert (worker.metrics.failures, worker.metrics.takeovers) == (2, 3)
         await deployment.assert_decided_once_as_simulate()
 
@@ -305,7 +316,7 @@ async def test_a_record_the_projection_cannot_store_is_rejected_and_the_rest_com
     await deployment.append(edge_stream(200, poison))
     async with deployment.running():
         worker, _ = deployment.start()
-        await until(reached(worker, 200))
+        await reach(worker, 200)
         assert worker.metrics.records_unstorable == len(poison)
         await deployment.assert_decided_once_as_simulate(refused=poison)
         error = f"{allocator.UNSTORABLE}: {CHECK}"
@@ -332,7 +343,7 @@ async def test_a_rejection_the_projection_refuses_too_is_stored_bare(
     await deployment.append(edge_stream(60, [30]))
     async with deployment.running():
         worker, _ = deployment.start()
-        await until(reached(worker, 60))
+        await reach(worker, 60)
         (rejection,) = await deployment.reader.rejections(0)
         assert (rejection.offset, rejection.key, rejection.reason) == (
             30,
@@ -354,11 +365,13 @@ async def test_a_database_refusing_constant_rows_holds_the_partition_up_without_
     await deployment.append(edge_stream(80, [40]))
     async with deployment.running():
         worker, _ = deployment.start()
-        await until(lambda: worker.metrics.failures >= 3)
+        await waiting.until(
+            lambda: worker.metrics.failures >= 3, timeout=DEADLINE_S, what="three failed commits"
+        )
         # All before the record is committed, nothing from it on: no offset without a decision.
         assert await deployment.committed() == 40
         deployment.tables.drop_check("no_rejections")
-        await until(reached(worker, 80))
+        await reach(worker, 80)
         await deployment.assert_decided_once_as_simulate(refused=frozenset({40}))
 
 
@@ -370,13 +383,17 @@ async def test_committed_decisions_are_published_in_offset_order_at_least_once(
     await deployment.append(mixed_stream(240, seed=6))
     async with deployment.running():
         worker, _ = deployment.start(sink=sink)
-        await until(reached(worker, 240))
+        await reach(worker, 240)
         with anyio.fail_after(DEADLINE_S):
             published = await sink.wait_for_published(240 + 3)
         offsets = [json.loads(value)["offset"] for _, value in published]
         # The failed publish delivered three decisions, published again by the retry.
         assert offsets == [0, 1, 2, *range(240)]
-        await until(lambda: deployment.tables.outbox.get(0) == 240)
+        await waiting.until(
+            lambda: deployment.tables.outbox.get(0) == 240,
+            timeout=DEADLINE_S,
+            what="the outbox position at 240",
+        )
         decisions = await deployment.reader.decisions(0)
         first = {json.loads(value)["offset"]: (key, value) for key, value in reversed(published)}
         for decision in decisions:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import anyio
@@ -23,6 +23,7 @@ from service import errors, ports, sync
 from service.adapters import memory
 from service.adapters.kubernetes.memory import MemoryClusterClient
 from service.settings import KubeTarget, Settings
+from tests import waiting
 
 pytestmark = pytest.mark.anyio
 
@@ -50,13 +51,6 @@ def intent(
             else None
         ),
     )
-
-
-async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Wait for ``condition`` with a deadline (fails the test when it passes)."""
-    with anyio.fail_after(timeout):
-        while not condition():
-            await anyio.sleep(0.002)
 
 
 class FakeClock:
@@ -268,7 +262,11 @@ async def run_mirror(
         tasks.start_soon(mirror.run_writers)
         for offer in offers:
             mirror.offer(offer)
-        await until(lambda: len(outcomes.items) >= expect_outcomes and mirror.idle())
+        await waiting.until(
+            lambda: len(outcomes.items) >= expect_outcomes and mirror.idle(),
+            timeout=5,
+            what=lambda: f"{expect_outcomes} outcomes and an idle mirror (got {outcomes.items})",
+        )
         tasks.cancel_scope.cancel()
 
 
@@ -295,11 +293,15 @@ async def test_changes_arriving_during_a_write_end_in_one_more_write(
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(mirror.run_writers)
         mirror.offer(intent("a", 1, "10.0.1.0/24"))
-        await until(lambda: len(client.writes()) == 1)
+        await waiting.until(lambda: len(client.writes()) == 1, timeout=5, what="the first write")
         for version in (2, 3, 4):
             mirror.offer(intent("a", version, f"10.0.{version}.0/24"))
         client.write_gate.set()
-        await until(lambda: len(outcomes_of(mirror)) == 2 and mirror.idle())
+        await waiting.until(
+            lambda: len(outcomes_of(mirror)) == 2 and mirror.idle(),
+            timeout=5,
+            what="two outcomes and an idle mirror",
+        )
         tasks.cancel_scope.cancel()
 
     assert [(w.verb, w.name) for w in client.writes()] == [("apply", "a"), ("apply", "a")]
@@ -471,12 +473,20 @@ async def test_a_hand_edit_is_put_back_at_the_resync_and_logged(
     stop = anyio.Event()
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(worker.run, stop)
-        await until(lambda: store.tables.progress(CLUSTER).get("a") == (3, None))
+        await waiting.until(
+            lambda: store.tables.progress(CLUSTER).get("a") == (3, None),
+            timeout=5,
+            what="node a's version 3 mirrored",
+        )
 
         client.edit("a", pod_cidrs=["10.9.9.0/24"], manager="kubectl")
         with caplog.at_level(logging.WARNING, logger="ipledger.sync"):
             worker.request_resync()
-            await until(lambda: client.nodes["a"].pod_cidrs == ("10.0.1.0/24",))
+            await waiting.until(
+                lambda: client.nodes["a"].pod_cidrs == ("10.0.1.0/24",),
+                timeout=5,
+                what="the drift on node a repaired",
+            )
         stop.set()
 
     assert worker.metrics.drift_repairs == 1
@@ -494,12 +504,16 @@ async def test_a_change_notified_while_writing_is_picked_up(client: MemoryCluste
     stop = anyio.Event()
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(worker.run, stop)
-        await until(lambda: worker.metrics.resyncs == 1)
+        await waiting.until(lambda: worker.metrics.resyncs == 1, timeout=5, what="the first resync")
         for version in range(1, 6):
             store.tables.put(CLUSTER, intent("a", version, f"10.0.{version}.0/24"))
             store.tables.put(CLUSTER, intent(f"other-{version}", version, "10.1.0.0/24"))
         # The fallback poll is 30 s away: only the notification can bring these in time.
-        await until(lambda: store.tables.progress(CLUSTER).get("a") == (5, None), timeout=3)
+        await waiting.until(
+            lambda: store.tables.progress(CLUSTER).get("a") == (5, None),
+            timeout=3,
+            what="node a's version 5 mirrored on the notification",
+        )
         stop.set()
 
     assert client.nodes["a"].pod_cidrs == ("10.0.5.0/24",)
@@ -517,10 +531,16 @@ async def test_a_second_worker_waits_for_the_lock(client: MemoryClusterClient) -
     stop = anyio.Event()
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(worker.run, stop)
-        await until(lambda: worker.metrics.lock_waits >= 3)
+        await waiting.until(
+            lambda: worker.metrics.lock_waits >= 3, timeout=5, what="three waits for the lock"
+        )
         assert not worker.metrics.leader and client.requests == []
         await other.unlock(CLUSTER)
-        await until(lambda: store.tables.progress(CLUSTER).get("a") == (1, None))
+        await waiting.until(
+            lambda: store.tables.progress(CLUSTER).get("a") == (1, None),
+            timeout=5,
+            what="node a mirrored once the lock came free",
+        )
         stop.set()
     assert worker.metrics.takeovers == 1
 
