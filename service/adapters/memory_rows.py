@@ -8,7 +8,7 @@ their version, a deleted node as a tombstone, the pod addresses replayed over th
 before the batch, every holding that ended into the insert-only history), then refuses, as
 PostgreSQL would, a text it cannot hold (NUL, lone surrogates), an integer beyond its column, a
 second decision or rejection for one offset, or a row failing a check a test added. Pure: no
-I/O.
+I/O. Somewhat over 400 lines: a row type per table, kept beside the computation that fills them.
 """
 
 from __future__ import annotations

@@ -14,6 +14,10 @@ offset. Any failure of the log or the database drops the in-memory state, backs 
 again from what is committed, except a commit the database refused for its data: that batch is
 committed in parts until the records it cannot store are found and rejected (``_isolate``). The
 loop never raises on input: every record gets a decision.
+
+Over 400 lines on purpose: leading, the pipelined commits, the isolation of refused records and
+the outbox relay share one writer's token, lease renewal and counters; what needs none of them
+is in ``batch``.
 """
 
 from __future__ import annotations
