@@ -28,6 +28,10 @@ writes; it keeps ordinary retention, being a feed derived from the log.
 No aiokafka exception leaves this module: driver errors become ``errors.KafkaLogError`` (a
 ``errors.LogError``; clients are made and errors translated by ``driver``, as for the sink) and
 unsuitable topics ``errors.TopicConfigError``.
+
+Over 400 lines on purpose: topic checks, the per-partition readers and the append path share
+the client settings and error translation of ``driver`` and are one adapter; splitting them
+would spread one port's contract over several files.
 """
 
 from __future__ import annotations

@@ -16,6 +16,10 @@ The hot path talks to asyncpg directly (COPY and pipelined executemany) through 
 pool (``driver.connection``); asyncpg exceptions are translated by ``driver.Translation`` to
 ``errors.ProjectionError``, or ``errors.ProjectionDataError`` when the values written are to
 blame, and go no further.
+
+Over 400 lines on purpose: the lease, load and the batch writes are one transaction discipline
+(the fencing token checked in the same transaction as every write), kept in one file so that it
+can be read as one.
 """
 
 from __future__ import annotations
