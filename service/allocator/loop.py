@@ -18,10 +18,6 @@ loop never raises on input: every record gets a decision.
 Over 400 lines on purpose: leading, the pipelined commits, the isolation of refused records and
 the outbox relay share one writer's token, lease renewal and counters; what needs none of them
 is in ``batch``.
-
-Somewhat over 400 lines: the pipelined commit, the reload after a failure and the isolation of
-a batch the database refuses are the one loop's ways of never losing or repeating a record, and
-read best together.
 """
 
 from __future__ import annotations
