@@ -47,6 +47,7 @@ from service import allocator, errors, ports
 from service.adapters import memory
 from service.adapters.postgres import projection as pg_projection
 from service.domain import allocation, document, events, partitioning, state
+from tests import fakes
 from tests.streams import key_of, mixed_stream
 
 pytestmark = pytest.mark.anyio
@@ -54,17 +55,6 @@ pytestmark = pytest.mark.anyio
 DEADLINE_S = 15.0
 TTL_S = 1.0
 LOG = "contract"
-START = datetime.datetime(2026, 11, 17, 9, 0, tzinfo=datetime.UTC)
-
-
-class ManualClock:
-    """The memory tables' database clock, moved by the test."""
-
-    def __init__(self) -> None:
-        self.now = START
-
-    def __call__(self) -> datetime.datetime:
-        return self.now
 
 
 @dataclasses.dataclass
@@ -88,7 +78,7 @@ class Database:
 @pytest.fixture(params=["memory", pytest.param("postgres", marks=pytest.mark.postgres)])
 async def database(request: pytest.FixtureRequest) -> AsyncIterator[Database]:
     if request.param == "memory":
-        clock = ManualClock()
+        clock = fakes.ManualClock()
         tables = memory.MemoryProjectionTables(clock=clock)
 
         async def move(seconds: float) -> None:

@@ -9,18 +9,18 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 
 import anyio
 import asyncpg
 import pytest
 
-from service import allocator, errors, ports
+from service import allocator, errors
 from service.adapters.postgres import projection as pg_projection
 from service.adapters.postgres import reader as pg_reader
 from service.adapters.postgres import table_log
 from service.domain import allocation, document, state
-from tests import waiting
+from tests import fakes, waiting
 from tests.streams import key_of, mixed_stream
 
 pytestmark = pytest.mark.anyio
@@ -258,20 +258,12 @@ async def test_point_in_time_who_held_an_address_and_why(
     assert now == ("shop/cart-2", "w1", "e")
 
 
-class SlowLoadingProjection(pg_projection.PostgresProjection):
-    """A projection whose load outlasts the lease, as loading 7 M addresses does."""
-
-    async def load(self, partitions: Sequence[int] | None = None) -> ports.Loaded:
-        await anyio.sleep(3 * self.lease_ttl_s)
-        return await super().load(partitions)
-
-
 async def test_the_lease_is_kept_alive_while_a_long_load_runs(
     log: table_log.PostgresTableLog, pg_dsn: str
 ) -> None:
     records = mixed_stream(300, seed=2)
     await log.append([(key_of(r), r) for r in records])
-    projection = SlowLoadingProjection.from_dsn(
+    projection = fakes.SlowLoadingProjection.from_dsn(
         pg_dsn, log_name="table", holder="slow", lease_ttl_s=1.0
     )
     worker = allocator.PartitionAllocator(

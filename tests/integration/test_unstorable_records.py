@@ -28,7 +28,7 @@ from service.adapters.postgres import projection as pg_projection
 from service.adapters.postgres import reader as pg_reader
 from service.adapters.postgres import table_log
 from service.domain import allocation, document, events, state
-from tests import waiting
+from tests import fakes, waiting
 from tests.harness.kafka import KafkaBroker
 from tests.streams import key_of, mixed_stream
 
@@ -268,24 +268,13 @@ async def test_a_record_the_database_refuses_is_rejected_and_the_rest_applied_on
     )
 
 
-class SlowLoadingProjection(pg_projection.PostgresProjection):
-    """A projection whose load outlasts the lease, as loading millions of addresses does."""
-
-    loads = 0
-
-    async def load(self, partitions: Sequence[int] | None = None) -> ports.Loaded:
-        self.loads += 1
-        await anyio.sleep(3 * self.lease_ttl_s)
-        return await super().load(partitions)
-
-
 async def test_the_lease_stays_alive_while_a_failed_batch_is_taken_apart(
     log: table_log.PostgresTableLog, pg_dsn: str
 ) -> None:
     await add_poison_check(pg_dsn)
     records = stream_with([150], 200)
     await log.append([(key_of(r), r) for r in records])
-    projection = SlowLoadingProjection.from_dsn(
+    projection = fakes.SlowLoadingProjection.from_dsn(
         pg_dsn, log_name="table", holder="slow", lease_ttl_s=1.0
     )
     worker = allocator.PartitionAllocator(

@@ -35,7 +35,7 @@ import pytest
 from service import allocator, errors, ports
 from service.adapters import memory
 from service.domain import allocation, document, events, state
-from tests import waiting
+from tests import fakes, waiting
 from tests.streams import key_of, mixed_stream
 
 pytestmark = pytest.mark.anyio
@@ -52,16 +52,6 @@ SETTINGS = allocator.LoopSettings(
 )
 POISON = "ns/poison"
 CHECK = 'CheckViolationError: new row for relation "pod_ip" violates check constraint "poison"'
-
-
-class Clock:
-    """The projection's database clock, moved by the test."""
-
-    def __init__(self) -> None:
-        self.now = datetime.datetime(2026, 11, 17, 9, 0, tzinfo=datetime.UTC)
-
-    def __call__(self) -> datetime.datetime:
-        return self.now
 
 
 class CountingProjection(memory.MemoryProjection):
@@ -81,7 +71,7 @@ class Deployment:
     """One log and one projection database, and allocators on them that the test starts."""
 
     def __init__(self) -> None:
-        self.clock = Clock()
+        self.clock = fakes.ManualClock()
         self.tables = memory.MemoryProjectionTables(clock=self.clock)
         self.log = memory.MemoryEventLog(clock_ms=lambda: 1_795_000_000_000)
         self.reader = memory.MemoryProjectionReader(self.tables)
