@@ -26,6 +26,7 @@ from typing import Any
 from service.domain import addresses, adoption, events
 from service.domain.addresses import format_address, format_network
 from service.domain.pool import (
+    FAMILIES,
     FAMILY_NAMES,
     IPV4,
     IPV6,
@@ -230,7 +231,10 @@ def _node_deleted(state: State, event: events.NodeDeleted) -> events.Decision:
     released = node.pod_cidr_texts()
     changes = cluster.changes
     name = node.name
-    for family, pod_range in node.ranges.items():
+    for family in FAMILIES:  # IPv4 first, not the order the node happened to get them in
+        pod_range = node.ranges.get(family)
+        if pod_range is None:
+            continue
         if changes is not None:
             base = pod_range.cidr.base
             # A list, not a generator, and positional fields: 110 pods go in one decision.
