@@ -15,6 +15,15 @@ The scenarios, each against a target of the issue:
   time and memory per node set against the IPv4 fill of the same run;
 - **long churn**: a few nodes whose pods are replaced until the next-fit cursor has gone round
   the whole node CIDR, IPv4 /24 against IPv6 /112 (memory per node in the long run).
+- **worst cases per decision** (``--core-only worst`` runs only these): single decisions timed
+  in states built to be the worst for them, each case's p99 held against 100 µs: pool repeats
+  and growth at the contract's 1,024 elements per family, canonical and spelt otherwise;
+  ``node.deleted`` with 10,000 nodes waiting behind a full pool (IPv4, and dual stack with
+  IPv6 full); ``node.adopted`` into a crowded pool, and refused; every kind of decision in a
+  65,536-node cluster with 110 pods per node. The time is ``allocation.apply`` on the decoded
+  event, the decode of the same record beside it, and the loaded state is frozen
+  (``gc.freeze()``) as the allocator does after loading. ``--core-profile`` runs them under
+  cProfile instead and prints where each case's time goes.
 
 Every scenario runs in a fresh subprocess (``python -m bench.core worker ...``) pinned to one
 core, so resident memory is that scenario's alone and the parent process is left unpinned for the
@@ -26,10 +35,13 @@ same records, hence the same decisions and digests, on every run.
 from __future__ import annotations
 
 import argparse
+import cProfile
 import gc
+import ipaddress
 import json
 import math
 import os
+import pstats
 import random
 import resource
 import subprocess
@@ -37,10 +49,11 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import bench
-from service.domain import allocation, document, state
+from service.domain import addresses, allocation, document, events, state
 
 BENCHMARK = "core"
 SEED = 20_250_601
@@ -150,6 +163,31 @@ class Records:
             self.TIME,
             node,
             owner,
+        )
+
+    def pool_lists(
+        self,
+        v4: tuple[list[str], int] | None,
+        v6: tuple[list[str], int] | None,
+        cluster: str | None = None,
+    ) -> bytes:
+        """``pool.configured`` with whole element lists (``pool`` has one element each)."""
+        body: dict[str, Any] = {"type": "pool.configured", "id": f"evt-{self._next_id():010d}"}
+        if cluster is not None:
+            body["cluster"] = cluster
+        if v4 is not None:
+            body["clusterPoolIPv4PodCIDRList"] = v4[0]
+            body["clusterPoolIPv4MaskSize"] = v4[1]
+        if v6 is not None:
+            body["clusterPoolIPv6PodCIDRList"] = v6[0]
+            body["clusterPoolIPv6MaskSize"] = v6[1]
+        return json.dumps(body, separators=(",", ":")).encode()
+
+    def node_adopted(self, node: bytes, cidrs: list[str], address: bytes) -> bytes:
+        quoted = b",".join(b'"%s"' % cidr.encode() for cidr in cidrs)
+        return (
+            b'{"type":"node.adopted","id":"evt-%010d","time":"%s","node":"%s","podCIDRs":[%s],'
+            b'"addresses":["%s"]}' % (self._next_id(), self.TIME, node, quoted, address)
         )
 
 
@@ -573,7 +611,594 @@ def worker_long_churn(options: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+# --- worst cases per decision ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class WorstSizes:
+    """How big the worst cases are; ``WORST_FULL`` is what the issue's figures are about."""
+
+    elements: int  # pool elements per family (the contract allows at most 1,024)
+    waiting: int  # nodes waiting while the pool is full
+    cluster_pool: str  # the large cluster's IPv4 pool: /24 node CIDRs, one node per CIDR
+    repeat: int  # timed decisions per case
+    costly_repeat: int  # the same for a case that costs milliseconds
+    growth: int  # pool growths per family, each in a cluster of its own (2.2 MB, 70 ms to set up)
+
+
+WORST_FULL = WorstSizes(
+    elements=1_024,
+    waiting=10_000,
+    cluster_pool="10.0.0.0/8",
+    repeat=1_000,
+    costly_repeat=300,
+    growth=200,
+)
+WORST_QUICK = WorstSizes(
+    elements=64, waiting=500, cluster_pool="10.0.0.0/14", repeat=100, costly_repeat=30, growth=30
+)
+WORST_V6_PREFIX = 110  # IPv6 elements of the crowded pool: 4 node CIDRs of /112 each
+
+
+def v4_element(index: int) -> ipaddress.IPv4Network:
+    """Element ``index`` of the worst cases' IPv4 lists: 10.0.0.0/24, 10.0.1.0/24, ..."""
+    return ipaddress.IPv4Network((10 << 24 | index << 8, 24))
+
+
+def v6_element(index: int, prefix: int) -> ipaddress.IPv6Network:
+    """Element ``index`` of an IPv6 list of consecutive fd00::/``prefix`` blocks."""
+    return ipaddress.IPv6Network((0xFD00 << 112 | index << (128 - prefix), prefix))
+
+
+def spelt(networks: list[ipaddress.IPv4Network] | list[ipaddress.IPv6Network]) -> list[str]:
+    """The networks' canonical text, as decisions and the state spell them."""
+    return [addresses.format_network(n) for n in networks]
+
+
+def uncompressed(network: ipaddress.IPv6Network) -> str:
+    """``network`` with all eight groups spelt (``fd00:0:0:0:0:0:14:0/110``): valid, not ours."""
+    value = int(network.network_address)
+    groups = ":".join(f"{value >> shift & 0xFFFF:x}" for shift in range(112, -1, -16))
+    return f"{groups}/{network.prefixlen}"
+
+
+def half_compressed(network: ipaddress.IPv6Network) -> str:
+    """``network`` with one zero group spelt before the "::" (``fd00:0::14:0/110``)."""
+    return addresses.format_network(network).replace("::", ":0::", 1)
+
+
+def pod_cidrs(decision: events.Decision) -> tuple[str, ...]:
+    """A decision's ``podCIDRs``; () for one that has none."""
+    cidrs = decision.pod_cidrs
+    return cidrs if isinstance(cidrs, tuple) else ()
+
+
+class WorstCases:
+    """Single records timed in a loaded state, per case: the decode and the decision apart.
+
+    Measured as the allocator runs: journal on (drained untimed every ``JOURNAL_BATCH``
+    decisions), and before the timed records the loaded state is collected and frozen out of
+    the collector's sight exactly as ``Allocator._load`` does it (``gc.unfreeze()``,
+    ``gc.collect()``, ``gc.freeze()``); the collector stays on for everything after.
+    """
+
+    def __init__(self, current: state.State, context: str, profile: bool = False) -> None:
+        self.current = current
+        self.context = context
+        self.records = Records()
+        self.cases: dict[str, dict[str, Any]] = {}
+        # --profile: each case's decisions under a cProfile of their own (times inflated).
+        self.profilers: dict[str, cProfile.Profile] | None = {} if profile else None
+        self._last = ""
+        self._timed = 0
+
+    def loaded(self) -> None:
+        for cluster in self.current.clusters.values():
+            cluster.take_changes()
+        gc.unfreeze()
+        gc.collect()
+        gc.freeze()
+
+    def timed(self, case: str, record: bytes) -> events.Decision:
+        """Decode ``record``, then apply it, each timed alone (``perf_counter_ns``).
+
+        The decision's time is ``allocation.apply`` on the decoded event: what the allocator
+        spends on a record once it has been read. Its CPU time (this thread's, so time spent
+        preempted by the machine's other work is left out) is taken around the wall-clock
+        reads, and includes about half a microsecond of reading that clock.
+        """
+        entry = self.cases.setdefault(
+            case,
+            {
+                "decide_ns": [],
+                "decide_cpu_ns": [],
+                "decode_ns": [],
+                "record_bytes": [],
+                "unintended": 0,
+            },
+        )
+        perf_counter_ns = time.perf_counter_ns
+        thread_time_ns = time.thread_time_ns
+        began = perf_counter_ns()
+        event = events.decode(record)
+        if isinstance(event, events.DecodeFailure):  # part of decoding, as in apply_record
+            raise RuntimeError(f"bench: {case}: a generated record does not decode: {event}")
+        decoded = perf_counter_ns()
+        if self.profilers is not None:
+            profiler = self.profilers.setdefault(case, cProfile.Profile())
+            cpu_began = thread_time_ns()
+            deciding = perf_counter_ns()
+            decision = profiler.runcall(allocation.apply, self.current, event)
+        else:
+            cpu_began = thread_time_ns()
+            deciding = perf_counter_ns()
+            decision = allocation.apply(self.current, event)
+        decided = perf_counter_ns()
+        cpu = thread_time_ns() - cpu_began
+        entry["decode_ns"].append(decoded - began)
+        entry["decide_ns"].append(decided - deciding)
+        entry["decide_cpu_ns"].append(cpu)
+        entry["record_bytes"].append(len(record))
+        self._last = case
+        self._timed += 1
+        if self._timed % JOURNAL_BATCH == 0:
+            for cluster in self.current.clusters.values():
+                cluster.take_changes()
+        return decision
+
+    def intended(self, ok: bool, decision: events.Decision) -> None:
+        """Whether the last timed decision did what its case is about (else it measured
+        something else): counted, and the first miss kept for the report."""
+        if not ok:
+            entry = self.cases[self._last]
+            entry["unintended"] += 1
+            entry.setdefault("first_unintended", repr(decision))
+
+    def out(self) -> dict[str, Any]:
+        if self.profilers is not None:
+            for case, profiler in self.profilers.items():
+                self.cases[case]["profile"] = profile_rows(
+                    profiler, len(self.cases[case]["decide_ns"])
+                )
+        return {"context": self.context, "cases": self.cases, "profiled": bool(self.profilers)}
+
+
+def profile_rows(profiler: cProfile.Profile, decisions: int, top: int = 12) -> list[str]:
+    """The functions with the most own time, per decision: calls, own and cumulative µs."""
+    stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
+    rows = sorted(stats.items(), key=lambda item: item[1][2], reverse=True)[:top]
+    lines = []
+    for (path, line, function), (_, calls, own, cumulative, _) in rows:
+        where = f"{Path(path).name}:{line}" if line else path
+        lines.append(
+            f"{own / decisions * 1e6:9.2f} µs own {cumulative / decisions * 1e6:9.2f} µs cum "
+            f"{calls / decisions:8.2f} calls  {function} ({where})"
+        )
+    return lines
+
+
+def worker_worst_pool(options: argparse.Namespace) -> dict[str, Any]:
+    """Pool repeats and adoptions in a crowded dual-stack pool of the contract's size.
+
+    1,024 elements per family, each cut into 4 node CIDRs, every one full but the last, which
+    has 2 CIDRs free per family.
+    """
+    sizes = WORST_QUICK if options.quick else WORST_FULL
+    k = sizes.elements
+    v4_networks = [v4_element(i) for i in range(k)]
+    v6_networks = [v6_element(i, WORST_V6_PREFIX) for i in range(k)]
+    v4 = (spelt(v4_networks), 26)
+    v6 = (spelt(v6_networks), 112)
+    # Two spellings of the IPv6 list that are not ours (IPv4 has none the contract accepts).
+    spellings = ([uncompressed(n) for n in v6_networks], [half_compressed(n) for n in v6_networks])
+    for texts in spellings:
+        assert [addresses.parse_network(t) for t in texts] == v6_networks
+    current = state.State(track_changes=True)
+    used = 4 * k - 2
+    worst = WorstCases(
+        current,
+        profile=options.profile,
+        context=(
+            f"dual stack, {k:,} IPv4 elements /24 by /26 and {k:,} IPv6 /{WORST_V6_PREFIX} by "
+            f"/112, {used:,} nodes: every element full but the last, which has 2 of its 4 free"
+        ),
+    )
+    records = worst.records
+    apply_all(current, [records.pool_lists(v4, v6)], journal=True)
+    apply_all(
+        current,
+        [records.node_added(node_name(i), node_address(i)) for i in range(used)],
+        journal=True,
+    )
+    cluster = current.clusters["default"]
+    last = {f: cluster.pools[f].elements[-1] for f in (4, 6)}
+    for family, pool in cluster.pools.items():
+        assert len(pool.elements) == k and last[family].slots.used == 2
+        assert all(e.slots.full for e in pool.elements[:-1])
+    worst.loaded()
+
+    def pool_kept(decision: events.Decision) -> bool:
+        return decision.error is None and all(len(p.elements) == k for p in cluster.pools.values())
+
+    case = "pool repeat, canonical text"
+    for _ in range(sizes.repeat):
+        decision = worst.timed(case, records.pool_lists(v4, v6))
+        worst.intended(pool_kept(decision), decision)
+    case = "pool repeat, IPv6 spelt unlike the record before (2 spellings in turn)"
+    for i in range(sizes.costly_repeat):
+        decision = worst.timed(case, records.pool_lists(v4, (spellings[i % 2], 112)))
+        worst.intended(pool_kept(decision), decision)
+    # The last one was spelt half-compressed or uncompressed; repeat it as spelt.
+    case = "pool repeat, IPv6 spelt as the record before (not canonical)"
+    for _ in range(sizes.repeat):
+        texts = spellings[(sizes.costly_repeat - 1) % 2]
+        decision = worst.timed(case, records.pool_lists(v4, (texts, 112)))
+        worst.intended(pool_kept(decision), decision)
+
+    free = [str(last[4].cidr_at(2)), str(last[6].cidr_at(2))]
+    refusals = (
+        (
+            "node.adopted refused: CIDR already allocated (node pinned)",
+            str(cluster.pools[4].elements[0].cidr_at(0)),
+            "requested CIDR (",
+        ),
+        (
+            "node.adopted refused: CIDR just past the pool",
+            f"10.{k >> 8}.{k & 255}.0/26",
+            "allocator not configured",
+        ),
+        (
+            "node.adopted refused: CIDR of the wrong size",
+            f"{last[4].text.split('/')[0]}/25",
+            "allocator not configured",
+        ),
+    )
+    index = used
+    for _ in range(sizes.repeat):
+        for case, cidrs in (
+            ("node.adopted into the last element, IPv4 + IPv6", free),
+            ("node.adopted into the last element, IPv4 only (IPv6 by next-fit)", free[:1]),
+        ):
+            name = node_name(index)
+            decision = worst.timed(case, records.node_adopted(name, cidrs, node_address(index)))
+            got = pod_cidrs(decision)
+            worst.intended(decision.error is None and got[: len(cidrs)] == tuple(cidrs), decision)
+            decision = worst.timed(
+                "node.deleted of that node (frees into the last element)",
+                records.node_deleted(name),
+            )
+            worst.intended(decision.error is None and decision.pod_cidrs == got, decision)
+            index += 1
+        for case, cidr, error in refusals:
+            name = node_name(index)
+            decision = worst.timed(case, records.node_adopted(name, [cidr], node_address(index)))
+            pinned = cluster.nodes[name.decode()].pinned
+            worst.intended((decision.error or "").startswith(error) and pinned, decision)
+            decision = worst.timed(
+                "node.deleted of a pinned node (frees nothing)", records.node_deleted(name)
+            )
+            worst.intended(decision.error is None and decision.pod_cidrs == (), decision)
+            index += 1
+    return worst.out()
+
+
+def worker_worst_growth(options: argparse.Namespace) -> dict[str, Any]:
+    """Pool growth by one element to the contract's 1,024, and a cluster's first configuration.
+
+    The contract allows at most 1,024 elements per family (a longer list does not decode), so
+    the largest growth by one goes from 1,023 to 1,024, and a cluster can grow so only once:
+    one cluster per timed growth, all configured first (each first configuration, 1,023
+    elements in one family and 1,024 in the other, timed with what came before it frozen),
+    then loaded and frozen as the allocator does, then each grown once. No nodes: what the
+    growth itself costs (serving waiting nodes is measured with the deletions).
+    """
+    sizes = WORST_QUICK if options.quick else WORST_FULL
+    k = sizes.elements
+    lists = {
+        4: spelt([v4_element(i) for i in range(k)]),
+        6: spelt([v6_element(i, WORST_V6_PREFIX) for i in range(k)]),
+    }
+    current = state.State(track_changes=True)
+    worst = WorstCases(
+        current,
+        profile=options.profile,
+        context=(
+            f"dual stack (IPv4 /24 elements by /26, IPv6 /{WORST_V6_PREFIX} by /112), no "
+            f"nodes, {2 * sizes.growth:,} clusters"
+        ),
+    )
+    records = worst.records
+    grown = [
+        (family, f"grow-ipv{family}-{i:04d}") for i in range(sizes.growth) for family in (4, 6)
+    ]
+    for family, name in grown:
+        before = {f: lists[f][: k - 1] if f == family else lists[f] for f in (4, 6)}
+        # What is there already is frozen, as a loaded allocator's state would be: otherwise
+        # the collector's full passes over hundreds of clusters land in these decisions.
+        gc.freeze()
+        decision = worst.timed(
+            f"first pool.configured of a cluster, {k - 1:,} + {k:,} elements",
+            records.pool_lists((before[4], 26), (before[6], 112), cluster=name),
+        )
+        worst.intended(decision.error is None, decision)
+    worst.loaded()
+    for family, name in grown:
+        decision = worst.timed(
+            f"IPv{family} grows from {k - 1:,} to {k:,} elements",
+            records.pool_lists((lists[4], 26), (lists[6], 112), cluster=name),
+        )
+        pools = current.clusters[name].pools
+        worst.intended(
+            decision.error is None and all(len(p.elements) == k for p in pools.values()),
+            decision,
+        )
+    return worst.out()
+
+
+def worker_worst_waiting(options: argparse.Namespace) -> dict[str, Any]:
+    """``node.deleted`` with 10,000 nodes waiting behind a full pool of 1,024 elements.
+
+    IPv4 only: 1,024 elements of one /24 each, all held. Dual stack: IPv4 has room (1,024 /24s
+    by /26) and IPv6 is full (1,024 /112s by /112); the waiting nodes need both families, and
+    256 of them hold an adopted IPv4 CIDR and wait for an IPv6 one. Each timed deletion is
+    followed by the arrival that brings the queue back to 10,000 (timed as well).
+    """
+    sizes = WORST_QUICK if options.quick else WORST_FULL
+    k = sizes.elements
+    dual = options.dual_stack
+    rng = random.Random(SEED + 2)
+    current = state.State(track_changes=True)
+    holders_wanted = k // 4 if dual else 0
+    if dual:
+        context = (
+            f"dual stack, {k:,} IPv4 /24 elements by /26 (room), {k:,} IPv6 /112 elements by "
+            f"/112, all {k:,} IPv6 CIDRs held; {sizes.waiting:,} nodes waiting, "
+            f"{holders_wanted:,} of them holding an IPv4 CIDR"
+        )
+    else:
+        context = (
+            f"IPv4 only, {k:,} elements /24 by /24 (one CIDR each), all held; "
+            f"{sizes.waiting:,} nodes waiting"
+        )
+    worst = WorstCases(current, context, profile=options.profile)
+    records = worst.records
+    v4 = (spelt([v4_element(i) for i in range(k)]), 26 if dual else 24)
+    v6 = (spelt([v6_element(i, 112) for i in range(k)]), 112) if dual else None
+    cluster_records = [records.pool_lists(v4, v6)]
+    next_index = 0
+
+    def arrival() -> tuple[str, bytes]:
+        nonlocal next_index
+        name = node_name(next_index)
+        record = records.node_added(name, node_address(next_index))
+        next_index += 1
+        return name.decode(), record
+
+    placed: list[str] = []
+    waiting: list[str] = []
+    for _ in range(k):
+        name, record = arrival()
+        placed.append(name)
+        cluster_records.append(record)
+    for _ in range(sizes.waiting - holders_wanted):
+        name, record = arrival()
+        waiting.append(name)
+        cluster_records.append(record)
+    apply_all(current, cluster_records, journal=True)
+    cluster = current.clusters["default"]
+    # IPv4-only holders: adopted into free IPv4 CIDRs past those the placed nodes hold.
+    holders: list[str] = []
+    v4_elements = cluster.pools[4].elements
+    for h in range(holders_wanted):
+        element = v4_elements[k // 4 + h // 4]
+        name = node_name(next_index).decode()
+        apply_all(
+            current,
+            [
+                records.node_adopted(
+                    name.encode(),
+                    [str(element.cidr_at(h % 4))],
+                    node_address(next_index),
+                )
+            ],
+            journal=True,
+        )
+        next_index += 1
+        holders.append(name)
+    assert len(cluster.waiting) == sizes.waiting
+    assert all(e.slots.full for e in cluster.pools[6 if dual else 4].elements)
+    worst.loaded()
+    added = f"node.added, pool full (joins the {sizes.waiting:,} waiting)"
+
+    def arrive() -> None:
+        name, record = arrival()
+        decision = worst.timed(added, record)
+        worst.intended(decision.error == allocation.ALLOCATOR_FULL, decision)
+        waiting.append(name)
+
+    def pick(names: list[str]) -> str:
+        i = rng.randrange(len(names))
+        names[i], names[-1] = names[-1], names[i]
+        return names.pop()
+
+    for _ in range(sizes.repeat):
+        before = len(cluster.waiting)
+        decision = worst.timed(
+            "node.deleted of a waiting node (frees nothing)",
+            records.node_deleted(pick(waiting).encode()),
+        )
+        worst.intended(decision.pod_cidrs == () and len(cluster.waiting) == before - 1, decision)
+        arrive()
+
+        first = cluster.waiting.first()
+        assert first is not None
+        decision = worst.timed(
+            "node.deleted that frees a CIDR and serves the first waiting node",
+            records.node_deleted(pick(placed).encode()),
+        )
+        served = first not in cluster.waiting and not cluster.missing(cluster.nodes[first])
+        worst.intended(
+            bool(decision.pod_cidrs) and served and len(cluster.waiting) == before - 1,
+            decision,
+        )
+        (holders if first in holders else waiting).remove(first)
+        placed.append(first)
+        arrive()
+
+        if dual:
+            decision = worst.timed(
+                "node.deleted of an IPv4-only node (frees IPv4, serves nobody)",
+                records.node_deleted(pick(holders).encode()),
+            )
+            freed = pod_cidrs(decision)
+            worst.intended(len(freed) == 1 and len(cluster.waiting) == before - 1, decision)
+            holder = node_name(next_index)
+            decision = worst.timed(
+                "node.adopted IPv4 only (waits for IPv6)",
+                records.node_adopted(holder, list(freed), node_address(next_index)),
+            )
+            next_index += 1
+            worst.intended(
+                decision.error == allocation.ALLOCATOR_FULL and decision.pod_cidrs == freed,
+                decision,
+            )
+            holders.append(holder.decode())
+    return worst.out()
+
+
+def worker_worst_cluster(options: argparse.Namespace) -> dict[str, Any]:
+    """Every kind of decision in a cluster of 65,536 nodes with 110 pods each, pool full.
+
+    10.0.0.0/8 by /24: one node per CIDR, so an arrival waits unless a deletion just made room.
+    Each round: a pod replaced on a random node, a node deleted and one added into its CIDR, an
+    arrival that waits and is deleted, a node deleted and one adopted into its CIDR, an
+    adoption of a held CIDR (refused, pinned) and its deletion, a node re-added with new
+    addresses, a pool repeat.
+    """
+    sizes = WORST_QUICK if options.quick else WORST_FULL
+    rng = random.Random(SEED + 3)
+    nodes = 1 << (V4_MASK - int(sizes.cluster_pool.split("/")[1]))
+    pods = options.pods
+    current = state.State(track_changes=True)
+    worst = WorstCases(
+        current,
+        profile=options.profile,
+        context=f"IPv4 only, {sizes.cluster_pool} by /{V4_MASK}: {nodes:,} nodes x {pods} pods, "
+        "every node CIDR held",
+    )
+    records = worst.records
+    names = [node_name(i) for i in range(nodes)]
+    apply_all(current, [records.pool((sizes.cluster_pool, V4_MASK), None)], journal=True)
+    step = 65_536
+    for start in range(0, nodes, step):
+        chunk = range(start, min(nodes, start + step))
+        apply_all(current, [records.node_added(names[i], node_address(i)) for i in chunk], True)
+    for pod in range(pods):
+        apply_all(
+            current, [records.ip_requested(n, pod_owner(i, pod)) for i, n in enumerate(names)], True
+        )
+    cluster = current.clusters["default"]
+    assert cluster.pools[4].elements[0].slots.full and not cluster.waiting
+    worst.loaded()
+
+    intact = list(range(nodes))  # nodes that still hold their CIDR and pods
+    rng.shuffle(intact)
+    fresh = 20_000  # pod numbers past every pod of the fill
+    index = nodes  # the next new node
+
+    def new_name() -> bytes:
+        nonlocal index
+        name = node_name(index)
+        index += 1
+        return name
+
+    def delete_intact() -> tuple[str, ...]:
+        decision = worst.timed(
+            f"node.deleted, a node with {pods} pods (nobody waiting)",
+            records.node_deleted(names[intact.pop()]),
+        )
+        freed = pod_cidrs(decision)
+        worst.intended(decision.error is None and len(freed) == 1, decision)
+        return freed
+
+    for round_ in range(sizes.repeat):
+        i = intact[rng.randrange(len(intact))]
+        pod_range = cluster.nodes[names[i].decode()].ranges[4]
+        oldest = next(iter(pod_range.by_owner)).encode()
+        decision = worst.timed("ip.released", records.ip_released(names[i], oldest))
+        worst.intended(decision.error is None, decision)
+        fresh += 1
+        decision = worst.timed("ip.requested", records.ip_requested(names[i], pod_owner(i, fresh)))
+        worst.intended(decision.error is None, decision)
+
+        freed = delete_intact()
+        name = new_name()
+        decision = worst.timed(
+            "node.added with room (the CIDR just freed)",
+            records.node_added(name, node_address(index)),
+        )
+        worst.intended(decision.error is None and decision.pod_cidrs == freed, decision)
+        name = new_name()
+        decision = worst.timed(
+            "node.added, pool full (waits)", records.node_added(name, node_address(index))
+        )
+        worst.intended(decision.error == allocation.ALLOCATOR_FULL, decision)
+        decision = worst.timed(
+            "node.deleted of a waiting node (frees nothing)", records.node_deleted(name)
+        )
+        worst.intended(decision.error is None and decision.pod_cidrs == (), decision)
+
+        freed = delete_intact()
+        name = new_name()
+        decision = worst.timed(
+            "node.adopted into a free CIDR",
+            records.node_adopted(name, list(freed), node_address(index)),
+        )
+        worst.intended(decision.error is None and decision.pod_cidrs == freed, decision)
+        held = cluster.nodes[names[intact[rng.randrange(len(intact))]].decode()].pod_cidr_texts()
+        name = new_name()
+        decision = worst.timed(
+            "node.adopted refused: CIDR already allocated (node pinned)",
+            records.node_adopted(name, list(held), node_address(index)),
+        )
+        worst.intended((decision.error or "").startswith("requested CIDR ("), decision)
+        decision = worst.timed(
+            "node.deleted of a pinned node (frees nothing)", records.node_deleted(name)
+        )
+        worst.intended(decision.error is None and decision.pod_cidrs == (), decision)
+
+        # New addresses for a node already there: one outside the pool, or (every other round)
+        # one inside its own pod CIDR, which it reserves and is flagged for.
+        i = intact[rng.randrange(len(intact))]
+        node = cluster.nodes[names[i].decode()]
+        if round_ % 2:
+            address = node.ranges[4].address_text(254).encode()
+        else:
+            address = b"192.168.%d.%d" % (round_ >> 8 & 255, round_ & 255)
+        decision = worst.timed(
+            "node.added again with a new address (outside the pool or in its own CIDR)",
+            records.node_added(names[i], address),
+        )
+        worst.intended(
+            decision.error is None and node.addresses == (ipaddress.ip_address(address.decode()),),
+            decision,
+        )
+        decision = worst.timed("pool repeat", records.pool((sizes.cluster_pool, V4_MASK), None))
+        worst.intended(decision.error is None, decision)
+    return worst.out()
+
+
 # --- parent side -----------------------------------------------------------------------------
+
+SECTIONS = ("mixed", "fills", "worst")  # what --core-only selects, in the order they run
+# The worst cases: (label in the report, worker, its arguments), one fresh process each.
+WORST_SCENARIOS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("crowded pool", "worst-pool", ()),
+    ("growing pools", "worst-growth", ()),
+    ("waiting queue, IPv4", "worst-waiting", ()),
+    ("waiting queue, dual stack", "worst-waiting", ("--dual-stack",)),
+    ("large cluster", "worst-cluster", ()),
+)
 
 
 def run_worker(*arguments: str) -> dict[str, Any]:
@@ -594,6 +1219,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="core: only the mixed stream, not the 7 M-address fills (minutes, GBs of memory)",
     )
+    parser.add_argument(
+        "--core-only",
+        action="append",
+        choices=SECTIONS,
+        help="core: run only this section (repeatable): the mixed stream, the fills (long "
+        "churn, IPv4 and IPv6 fills, 99.9 %% use) or the worst cases per decision; default: all",
+    )
+    parser.add_argument(
+        "--core-profile",
+        action="store_true",
+        help="core: run the worst cases' decisions under cProfile and print where each case's "
+        "time goes (their times are then inflated and judged against nothing)",
+    )
 
 
 def run(args: argparse.Namespace) -> list[bench.Result]:
@@ -604,6 +1242,47 @@ def run(args: argparse.Namespace) -> list[bench.Result]:
     def say(text: str) -> None:
         print(f"core: {text}", file=sys.stderr, flush=True)
 
+    sections = set(args.core_only or SECTIONS)
+    if args.core_skip_fill:
+        sections &= {"mixed"}
+    if "mixed" in sections:
+        results.extend(mixed_results(quick, repeat, say))
+    if "fills" in sections:
+        say("a node's pods churned until its cursor wraps, IPv4 and IPv6 (fresh processes)")
+        results.extend(
+            long_churn_results(
+                run_worker("long-churn", "--family", "ipv4", *quick),
+                run_worker("long-churn", "--family", "ipv6", *quick),
+            )
+        )
+
+        say("IPv4 fill and churn (fresh process)")
+        v4 = run_worker("fill", "--family", "ipv4", *quick)
+        say("IPv6 fill (fresh process)")
+        v6 = run_worker("fill", "--family", "ipv6", *quick)
+        results.extend(fill_results(v4, v6, quick=bool(quick)))
+    if "worst" in sections:
+        profile = ("--profile",) if args.core_profile else ()
+        outputs = []
+        for label, scenario, extra in WORST_SCENARIOS:
+            say(f"worst cases: {label} (fresh process)")
+            out = run_worker(scenario, *quick, *extra, *profile)
+            outputs.append((label, out))
+            if profile:
+                for case, entry in out["cases"].items():
+                    say(
+                        f"profile of {label}: {case}, per decision "
+                        f"({len(entry['decide_ns']):,} under cProfile):\n  "
+                        + "\n  ".join(entry["profile"])
+                    )
+        results.extend(worst_results(outputs))
+    return results
+
+
+def mixed_results(
+    quick: list[str], repeat: list[str], say: Callable[[str], None]
+) -> list[bench.Result]:
+    results: list[bench.Result] = []
     for label, extra in (
         ("mixed stream, IPv4, journal on", ["--journal"]),
         ("mixed stream, IPv4, journal off", []),
@@ -637,22 +1316,50 @@ def run(args: argparse.Namespace) -> list[bench.Result]:
                 detail=", ".join(f"{r:,.0f}" for r in out["cpu_rates"]),
             )
         )
-    if args.core_skip_fill:
-        return results
+    return results
 
-    say("a node's pods churned until its cursor wraps, IPv4 and IPv6 (fresh processes)")
-    results.extend(
-        long_churn_results(
-            run_worker("long-churn", "--family", "ipv4", *quick),
-            run_worker("long-churn", "--family", "ipv6", *quick),
+
+def worst_results(outputs: list[tuple[str, dict[str, Any]]]) -> list[bench.Result]:
+    """One row per case: the decision's p99 against the target; p50, max and the decode of
+    the same records in its detail."""
+    results: list[bench.Result] = []
+
+    def spread(values: list[int]) -> str:
+        ordered = sorted(values)
+        return "/".join(
+            f"{x / 1000:,.1f}"
+            for x in (
+                bench.percentile(ordered, 0.50),
+                bench.percentile(ordered, 0.99),
+                ordered[-1],
+            )
         )
-    )
 
-    say("IPv4 fill and churn (fresh process)")
-    v4 = run_worker("fill", "--family", "ipv4", *quick)
-    say("IPv6 fill (fresh process)")
-    v6 = run_worker("fill", "--family", "ipv6", *quick)
-    results.extend(fill_results(v4, v6, quick=bool(quick)))
+    for label, out in outputs:
+        for n, (case, entry) in enumerate(out["cases"].items()):
+            decide = sorted(entry["decide_ns"])
+            p99 = bench.percentile(decide, 0.99) / 1000
+            missed = entry["unintended"]
+            detail = (
+                f"{len(decide):,} decisions, p50/p99/max {spread(decide)} µs (CPU time "
+                f"{spread(entry['decide_cpu_ns'])}); decode of the same records "
+                f"{spread(entry['decode_ns'])} µs ({bench.median(entry['record_bytes']):,.0f} B "
+                "each)" + ("" if n else f"; {out['context']}")
+            )
+            if missed:
+                detail += f"; {missed} NOT AS INTENDED, first: {entry['first_unintended']}"
+            judged = not out["profiled"]
+            results.append(
+                bench.Result(
+                    BENCHMARK,
+                    f"worst, {label}: {case}, p99" + ("" if judged else " under cProfile"),
+                    p99,
+                    "µs",
+                    target=f"<= {LATENCY_TARGET_US:.0f}" if judged else "",
+                    met=p99 <= LATENCY_TARGET_US and not missed if judged else None,
+                    detail=detail,
+                )
+            )
     return results
 
 
@@ -860,6 +1567,7 @@ def worker_main(argv: list[str]) -> int:
     parser.add_argument("--family", choices=("ipv4", "ipv6"), default="ipv4")
     parser.add_argument("--pods", type=int, default=PODS_PER_NODE)
     parser.add_argument("--churn-rounds", type=int, default=CHURN_ROUNDS)
+    parser.add_argument("--profile", action="store_true")
     options = parser.parse_args(argv)
     core = bench.pin_to_one_core()
     out = WORKERS[options.scenario](options)
@@ -872,6 +1580,10 @@ WORKERS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "throughput": worker_throughput,
     "fill": worker_fill,
     "long-churn": worker_long_churn,
+    "worst-pool": worker_worst_pool,
+    "worst-growth": worker_worst_growth,
+    "worst-waiting": worker_worst_waiting,
+    "worst-cluster": worker_worst_cluster,
 }
 
 
