@@ -4,8 +4,9 @@ Each sub-command builds the ``Settings`` (environment, then flags) and calls one
 ``service.processes`` (``run``: ``processes.allocator.run``; ``sync``: ``processes.sync.run``;
 ``init``, ``append``, ``adopt``: ``processes.jobs``; ``state`` reads the projection through
 ``service.bootstrap``), then prints the outcome; ``simulate`` and ``schema`` need only the pure
-core. So that those two run with nothing but msgspec installed, nothing this module imports at
-module level needs more than the standard library and msgspec (``service.domain``,
+core. So that those two run with nothing but the core's dependencies installed (msgspec and
+sortedcontainers), nothing this module imports at module level needs more than the standard
+library and those (``service.domain``,
 ``service.errors``, ``service.settings``; ``tests/unit/test_python_versions.py`` checks it); the
 event loop and the service stack are imported by the commands that use them. Nothing is read
 from the environment or opened at import time.

@@ -48,6 +48,10 @@ def parse_address(text: str) -> Address:
             value = value << 8 | number
         else:
             return ipaddress.IPv4Address(value)
+    elif ":" in text and (value6 := _plain_ipv6(text)) is not None:
+        address6 = ipaddress.IPv6Address(value6)
+        if value6 >> 32 != 0xFFFF:  # not IPv4-mapped: that is refused below, with its reason
+            return address6
     if "%" in text:
         raise ValueError("zone identifiers are not accepted")
     address = ipaddress.ip_address(text)
@@ -58,6 +62,38 @@ def parse_address(text: str) -> Address:
                 f"IPv4-mapped IPv6 addresses are not accepted: write {format_ip(IPV4, int(mapped))}"
             )
     return address
+
+
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+def _plain_ipv6(text: str) -> int | None:
+    """The value of an IPv6 address in the plain form (hex groups, at most one ``::``), or None.
+
+    ipaddress spends about ten microseconds on an IPv6 address; pool elements and podCIDRs are
+    IPv6 as often as not. None means "not this simple form" (a dotted-quad tail, a zone, any
+    error), and the caller asks ipaddress, which gives the verdict and the reason: this only
+    ever accepts what ipaddress accepts, with the same value (tests/unit/test_addresses.py).
+    """
+    head, gap, tail = text.partition("::")
+    if "::" in tail:
+        return None
+    left = head.split(":") if head else []
+    right = tail.split(":") if tail else []
+    groups = len(left) + len(right)
+    if (groups > 7) if gap else (groups != 8):
+        return None
+    value = 0
+    for group in left:
+        if not 0 < len(group) <= 4 or not _HEX.issuperset(group):
+            return None
+        value = value << 16 | int(group, 16)
+    value <<= 16 * (8 - groups)
+    for group in right:
+        if not 0 < len(group) <= 4 or not _HEX.issuperset(group):
+            return None
+        value = value << 16 | int(group, 16)
+    return value
 
 
 def parse_network(text: str) -> Network:

@@ -73,6 +73,9 @@ class NodeCidr(msgspec.Struct, frozen=True, gc=False):
         return f"{format_ip(self.family, self.base)}/{self.prefixlen}"
 
 
+_MAX_SPELLINGS = 8 * 1024  # per family: 4 spellings of a full 1,024-element list, then cleared
+
+
 class PoolElement:
     """One entry of ``clusterPoolIPv{4,6}PodCIDRList``, cut into blocks of the mask size."""
 
@@ -121,7 +124,17 @@ class FamilyPool:
     in O(log k) amortised for k elements instead of a walk over the full ones.
     """
 
-    __slots__ = ("_by_start", "_open", "_starts", "elements", "family", "mask", "spelt", "texts")
+    __slots__ = (
+        "_by_start",
+        "_open",
+        "_spellings",
+        "_starts",
+        "elements",
+        "family",
+        "mask",
+        "spelt",
+        "texts",
+    )
 
     def __init__(self, family: int) -> None:
         self.family = family
@@ -132,6 +145,9 @@ class FamilyPool:
         # fd00:0::/64 for fd00::/64): a cache that lets a repeat skip parsing, never state. It
         # only ever names the elements in force, so it cannot change a decision.
         self.spelt: tuple[str, ...] = ()
+        # Every spelling of an element an accepted configuration used, to its list position
+        # (bounded): a cache as ``spelt`` is, so producers alternating spellings parse nothing.
+        self._spellings: dict[str, int] = {}
         self._open: list[int] = []
         self._starts: list[int] = []  # first address of each element, ascending
         self._by_start: list[PoolElement] = []  # the elements in that order
@@ -140,16 +156,41 @@ class FamilyPool:
     def enabled(self) -> bool:
         return bool(self.elements)
 
-    def append(self, network: Network, mask: int) -> None:
-        element = PoolElement(self.family, len(self.elements), network, mask)
-        self.mask = mask
-        self.elements.append(element)
-        self.texts = (*self.texts, element.text)
-        self.spelt = (*self.spelt, element.text)
-        heapq.heappush(self._open, element.index)
-        at = bisect_right(self._starts, element.base)
-        self._starts.insert(at, element.base)
-        self._by_start.insert(at, element)
+    def extend(self, networks: Sequence[Network], mask: int, spelt: tuple[str, ...]) -> None:
+        """Append elements (all of a change at once: the text tuples are rebuilt once)."""
+        texts = list(self.texts)
+        for network in networks:
+            element = PoolElement(self.family, len(self.elements), network, mask)
+            self.mask = mask
+            self.elements.append(element)
+            texts.append(element.text)
+            heapq.heappush(self._open, element.index)
+            at = bisect_right(self._starts, element.base)
+            self._starts.insert(at, element.base)
+            self._by_start.insert(at, element)
+        self.texts = tuple(texts)
+        self.remember(spelt)
+
+    def remember(self, spelt: tuple[str, ...]) -> None:
+        """Keep how an accepted configuration spelt the elements (``spelt``: one per element)."""
+        if spelt == self.spelt:
+            return
+        self.spelt = spelt
+        spellings = self._spellings
+        if len(spellings) > _MAX_SPELLINGS:
+            spellings.clear()
+        if not spellings:
+            spellings.update((text, i) for i, text in enumerate(self.texts))
+        spellings.update((text, i) for i, text in enumerate(spelt))
+
+    def names_in_force(self, texts: Sequence[str]) -> bool:
+        """True if ``texts`` are the elements in force, in order, in spellings seen before."""
+        if len(texts) != len(self.texts):
+            return False
+        if texts in (self.spelt, self.texts):
+            return True
+        spellings = self._spellings
+        return all(spellings.get(text) == i for i, text in enumerate(texts))
 
     def allocate(self) -> tuple[NodeCidr, int] | None:
         """Next-fit in the first element with room: the CIDR and that element's cursor before.
@@ -244,8 +285,8 @@ def plan_change(
 
     Costs O(k) string comparisons for the k elements in force when the request repeats them in
     their canonical text (the usual case: a producer re-sending its configuration), plus
-    O(m log(k + m)) for m appended elements; only a request that spells the elements in force
-    differently parses them all.
+    O(m log(k + m)) for m appended elements; a request that spells the elements in force as an
+    earlier accepted one did costs O(k) dict lookups, and only a new spelling parses them all.
     """
     appended: dict[int, list[Network]] = {}
     for family in FAMILIES:
@@ -253,7 +294,7 @@ def plan_change(
         name = FAMILY_LABELS[family]
         texts = tuple(lists[family])
         held = len(pool.texts)
-        if texts[:held] == pool.spelt or texts[:held] == pool.texts:
+        if pool.names_in_force(texts[:held]):
             requested_new = [parse_network(text, family) for text in texts[held:]]
         else:
             requested = [parse_network(text, family) for text in texts]
@@ -322,11 +363,12 @@ def commit_change(pools: dict[int, FamilyPool], change: PoolChange) -> bool:
     grew = False
     for family, networks in change.appended.items():
         mask = change.masks[family]
-        for network in networks:
+        if networks:
             assert mask is not None
-            pools[family].append(network, mask)
+            pools[family].extend(networks, mask, change.spelt[family])
             grew = True
-        pools[family].spelt = change.spelt[family]
+        else:
+            pools[family].remember(change.spelt[family])
     return grew
 
 

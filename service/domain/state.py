@@ -11,11 +11,11 @@ millions of addresses low.
 
 from __future__ import annotations
 
-from bisect import bisect_left, insort
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import msgspec
+from sortedcontainers import SortedList
 
 from service.domain.addresses import Address, format_ip
 from service.domain.pool import FAMILIES, IPV4, IPV6, FamilyPool, NodeCidr
@@ -169,9 +169,10 @@ class WaitingQueue:
 
     def __init__(self) -> None:
         self._need: dict[str, tuple[int, ...]] = {}
-        # Per need: (seq, name) ascending. Which need's queue is looked at first never matters:
-        # ``first`` takes the lowest seq over all of them.
-        self._queues: dict[tuple[int, ...], list[tuple[int, str]]] = {}
+        # Per need: (seq, name) ascending, in a SortedList (O(log n) insert and removal, where a
+        # plain list moves every entry behind). Which need's queue is looked at first never
+        # matters: ``first`` takes the lowest seq over all of them.
+        self._queues: dict[tuple[int, ...], SortedList] = {}
 
     def __len__(self) -> int:
         return len(self._need)
@@ -187,13 +188,15 @@ class WaitingQueue:
         if old is not None:
             self.discard(node)
         self._need[node.name] = need
-        insort(self._queues.setdefault(need, []), (node.seq, node.name))
+        queue = self._queues.get(need)
+        if queue is None:
+            queue = self._queues[need] = SortedList()
+        queue.add((node.seq, node.name))
 
     def discard(self, node: Node) -> None:
         need = self._need.pop(node.name, None)
         if need is not None:
-            queue = self._queues[need]
-            del queue[bisect_left(queue, (node.seq, node.name))]
+            self._queues[need].remove((node.seq, node.name))
 
     def first(self, full: tuple[int, ...] = ()) -> str | None:
         """The earliest arrival among waiting nodes that need none of the ``full`` families."""
@@ -218,26 +221,22 @@ class AddressIndex:
     __slots__ = ("_entries",)
 
     def __init__(self) -> None:
-        self._entries: dict[int, list[tuple[int, str]]] = {f: [] for f in FAMILIES}
+        # SortedList: O(log n) insert and removal in a 65,536-node cluster, where a plain
+        # sorted list moves every entry behind the one inserted.
+        self._entries: dict[int, SortedList] = {f: SortedList() for f in FAMILIES}
 
     def add(self, node: str, addresses: tuple[Address, ...]) -> None:
         for address in addresses:
-            insort(self._entries[address.version], (int(address), node))
+            self._entries[address.version].add((int(address), node))
 
     def remove(self, node: str, addresses: tuple[Address, ...]) -> None:
         for address in addresses:
-            entries = self._entries[address.version]
-            at = bisect_left(entries, (int(address), node))
-            if at < len(entries) and entries[at] == (int(address), node):
-                del entries[at]
+            self._entries[address.version].discard((int(address), node))
 
     def within(self, family: int, start: int, end: int) -> Iterator[str]:
         """Names of nodes with an address in ``start .. end-1`` (a node may come twice)."""
-        entries = self._entries[family]
-        at = bisect_left(entries, (start, ""))
-        while at < len(entries) and entries[at][0] < end:
-            yield entries[at][1]
-            at += 1
+        for _, name in self._entries[family].irange((start, ""), (end, ""), (True, False)):
+            yield name
 
 
 class ClusterState:

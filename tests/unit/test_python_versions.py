@@ -10,10 +10,11 @@ each interpreter found, and its document and ``--decisions`` output must equal t
 for byte.
 
 The other interpreters get a small venv each under ``$IPLEDGER_CACHE/pyenvs/<version>`` with
-only msgspec (the venv's version), made once and reused, and run the real ``ipledger simulate``
+only the core's dependencies (msgspec and sortedcontainers, the venv's versions), made once and
+reused, and run the real ``ipledger simulate``
 (``python -m service.cli``) from the work tree: ``service.cli`` imports the service stack
 (anyio, SQLAlchemy, aiokafka, ...) only inside the commands that need it, and a first test checks
-that ``simulate`` and ``schema`` load nothing beyond msgspec and the standard library. Under
+that ``simulate`` and ``schema`` load nothing beyond those and the standard library. Under
 ``CI=true`` a missing interpreter fails the test instead of skipping it.
 """
 
@@ -36,6 +37,8 @@ import pytest
 from service.domain import allocation, events, state
 
 ROOT = Path(__file__).resolve().parents[2]
+# What the pure core needs installed; simulate and schema need nothing else.
+CORE_DEPENDENCIES = ("msgspec", "sortedcontainers")
 MINORS = ("3.11", "3.12", "3.13")
 HERE = f"{sys.version_info.major}.{sys.version_info.minor}"
 CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -288,17 +291,16 @@ def _cache() -> Path:
 
 
 def venv_python(version: str, python: str) -> Path:
-    """A venv of ``python`` with the venv's msgspec, made once under the cache."""
-    msgspec_version = importlib.metadata.version("msgspec")
+    """A venv of ``python`` with the venv's versions of the core's dependencies, made once."""
+    pins = [f"{name}=={importlib.metadata.version(name)}" for name in CORE_DEPENDENCIES]
     home = _cache() / "pyenvs" / version
     bin_python = home / "bin" / "python"
-    marker = home / f".ready-msgspec-{msgspec_version}"
+    marker = home / f".ready-{'-'.join(pins)}"
     if marker.exists() and bin_python.exists():
         return bin_python
     steps = [
         [python, "-m", "venv", "--clear", str(home)],
-        [str(bin_python), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-         f"msgspec=={msgspec_version}"],
+        [str(bin_python), "-m", "pip", "install", "-q", "--disable-pip-version-check", *pins],
     ]  # fmt: skip
     for step in steps:
         done = subprocess.run(step, capture_output=True, text=True, timeout=600, check=False)
@@ -375,8 +377,8 @@ def test_the_stream_is_rich(reference: dict[str, bytes]) -> None:
         assert canonical in text, canonical
 
 
-def test_simulate_and_schema_need_only_msgspec(stream_file: Path) -> None:
-    """What lets the other interpreters' venvs, which have only msgspec, run ``service.cli``."""
+def test_simulate_and_schema_need_only_the_cores_dependencies(stream_file: Path) -> None:
+    """What lets the other interpreters' venvs, which have only the core's dependencies, run it."""
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(ROOT)}
     done = subprocess.run(
         [sys.executable, "-c", IMPORTS_PROBE, str(stream_file)],
@@ -388,7 +390,8 @@ def test_simulate_and_schema_need_only_msgspec(stream_file: Path) -> None:
     )
     assert done.returncode == 0, done.stderr.decode(errors="replace")[-3000:]
     # The last line: the commands' own messages (rejected lines) come before it.
-    assert done.stderr.decode().splitlines()[-1].split() == ["service"]
+    loaded = set(done.stderr.decode().splitlines()[-1].split())
+    assert loaded <= {"service", *CORE_DEPENDENCIES}, loaded
 
 
 def test_enough_interpreters_are_present() -> None:
