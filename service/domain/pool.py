@@ -73,7 +73,7 @@ class NodeCidr(msgspec.Struct, frozen=True, gc=False):
         return f"{format_ip(self.family, self.base)}/{self.prefixlen}"
 
 
-_MAX_SPELLINGS = 8 * 1024  # per family: 4 spellings of a full 1,024-element list, then cleared
+_MAX_SPELLINGS = 4  # spellings of the list in force kept per family (the latest first)
 
 
 class PoolElement:
@@ -127,12 +127,11 @@ class FamilyPool:
     __slots__ = (
         "_by_start",
         "_open",
-        "_spellings",
         "_starts",
         "elements",
         "family",
         "mask",
-        "spelt",
+        "spellings",
         "texts",
     )
 
@@ -141,13 +140,11 @@ class FamilyPool:
         self.mask: int | None = None
         self.elements: list[PoolElement] = []
         self.texts: tuple[str, ...] = ()  # the elements' canonical text, in list order
-        # The elements as the last accepted configuration spelt them (a producer may write
-        # fd00:0::/64 for fd00::/64): a cache that lets a repeat skip parsing, never state. It
-        # only ever names the elements in force, so it cannot change a decision.
-        self.spelt: tuple[str, ...] = ()
-        # Every spelling of an element an accepted configuration used, to its list position
-        # (bounded): a cache as ``spelt`` is, so producers alternating spellings parse nothing.
-        self._spellings: dict[str, int] = {}
+        # The list in force as accepted configurations spelt it (a producer may write
+        # fd00:0::/64 for fd00::/64), the latest first, at most _MAX_SPELLINGS: a cache that
+        # lets a repeat skip parsing, never state. Each names exactly the elements in force, so
+        # it cannot change a decision; appending elements starts it afresh.
+        self.spellings: list[tuple[str, ...]] = []
         self._open: list[int] = []
         self._starts: list[int] = []  # first address of each element, ascending
         self._by_start: list[PoolElement] = []  # the elements in that order
@@ -169,28 +166,22 @@ class FamilyPool:
             self._starts.insert(at, element.base)
             self._by_start.insert(at, element)
         self.texts = tuple(texts)
+        self.spellings.clear()
         self.remember(spelt)
 
     def remember(self, spelt: tuple[str, ...]) -> None:
-        """Keep how an accepted configuration spelt the elements (``spelt``: one per element)."""
-        if spelt == self.spelt:
+        """Keep how an accepted configuration spelt the elements in force (one per element)."""
+        if spelt == self.texts or spelt in self.spellings:
             return
-        self.spelt = spelt
-        spellings = self._spellings
-        if len(spellings) > _MAX_SPELLINGS:
-            spellings.clear()
-        if not spellings:
-            spellings.update((text, i) for i, text in enumerate(self.texts))
-        spellings.update((text, i) for i, text in enumerate(spelt))
+        self.spellings.insert(0, spelt)
+        del self.spellings[_MAX_SPELLINGS:]
 
     def names_in_force(self, texts: Sequence[str]) -> bool:
-        """True if ``texts`` are the elements in force, in order, in spellings seen before."""
-        if len(texts) != len(self.texts):
-            return False
-        if texts in (self.spelt, self.texts):
-            return True
-        spellings = self._spellings
-        return all(spellings.get(text) == i for i, text in enumerate(texts))
+        """True if ``texts`` are the elements in force, in order, spelt as seen before.
+
+        Tuple comparisons only (C loops): the canonical text, then each kept spelling.
+        """
+        return texts == self.texts or texts in self.spellings
 
     def allocate(self) -> tuple[NodeCidr, int] | None:
         """Next-fit in the first element with room: the CIDR and that element's cursor before.
