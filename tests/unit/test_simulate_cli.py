@@ -1,13 +1,26 @@
-"""``ipledger simulate`` and ``ipledger schema`` as a user runs them (in-process)."""
+"""``ipledger simulate`` and ``ipledger schema`` as a user runs them.
+
+In-process, except for determinism: a process's string hashes, and with them the order of its
+sets and dicts of strings, follow its ``PYTHONHASHSEED``, which no process can change for
+itself; so the same stream goes through ``simulate`` in processes with different seeds.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from service import cli
+from tests.streams import mixed_stream
+
+ROOT = Path(__file__).resolve().parents[2]
+#: Two fixed seeds and one the interpreter picks at random.
+HASH_SEEDS = ("0", "1", "random")
 
 LINES = [
     '{"type":"pool.configured","id":"p","clusterPoolIPv4PodCIDRList":["10.0.0.0/8"],'
@@ -59,12 +72,48 @@ def test_simulate_decisions_gives_one_line_per_record_including_rejections(
     assert decisions[3]["ips"] == ["10.0.0.1"]
 
 
-def test_simulate_is_deterministic(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def python(*argv: str, hash_seed: str) -> subprocess.CompletedProcess[bytes]:
+    """``python -c`` or ``python -m`` in a fresh interpreter with the given hash seed."""
+    return subprocess.run(
+        [sys.executable, *argv],
+        capture_output=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONHASHSEED": hash_seed},
+        cwd=ROOT,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_the_hash_seeds_give_sets_of_node_names_different_orders() -> None:
+    show = "print(list({f'node-{i}' for i in range(24)}))"
+    orders = {python("-c", show, hash_seed=seed).stdout for seed in HASH_SEEDS}
+    assert len(orders) == len(HASH_SEEDS)
+
+
+@pytest.mark.parametrize("mode", [[], ["--decisions"]], ids=["document", "decisions"])
+def test_simulate_gives_the_same_bytes_under_every_hash_seed(
+    tmp_path: Path, mode: list[str]
+) -> None:
+    # Three clusters, dozens of nodes and owners, adoptions, deletions, rejections: enough sets
+    # and dicts of strings for an order that follows the hashes to show.
+    records = [line.encode() for line in LINES] + mixed_stream(
+        3000, seed=11, clusters=("default", "east", "west")
+    )
     path = tmp_path / "events.jsonl"
-    path.write_text("\n".join(LINES) + "\n")
-    first, _ = run(capsys, "simulate", str(path))
-    second, _ = run(capsys, "simulate", str(path))
-    assert first == second
+    path.write_bytes(b"\n".join(records) + b"\n")
+
+    runs = [
+        python("-m", "service.cli", "simulate", *mode, str(path), hash_seed=seed)
+        for seed in HASH_SEEDS
+    ]
+
+    for seed, done in zip(HASH_SEEDS, runs, strict=True):
+        assert done.returncode == 0, (seed, done.stderr.decode(errors="replace")[-2000:])
+    first = runs[0]
+    assert len(first.stdout) > 20_000 and b"invalid event" in first.stderr  # not a vacuous run
+    for seed, done in zip(HASH_SEEDS[1:], runs[1:], strict=True):
+        assert done.stdout == first.stdout, f"stdout under PYTHONHASHSEED={seed} differs from 0"
+        assert done.stderr == first.stderr, f"stderr under PYTHONHASHSEED={seed} differs from 0"
 
 
 def test_schema_prints_valid_json(capsys: pytest.CaptureFixture[str]) -> None:
