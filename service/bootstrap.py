@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from service import errors, ports, sync
+from service.adapters import children
 from service.adapters.kafka import log as kafka_log
 from service.adapters.kafka import sink as kafka_sink
 from service.adapters.kubernetes import client as kube_client
@@ -64,6 +65,10 @@ class Embedded:
         return self.server.dsn
 
     def stop(self) -> None:
+        # The event loop that turned SIGTERM into a clean stop is gone by now, and Python's
+        # default would end the process at a second SIGTERM with the server still running:
+        # make it an interrupt again, which the server's stop answers by killing it.
+        children.terminate_as_interrupt()
         self.server.stop()
 
 

@@ -223,6 +223,11 @@ class EmbeddedPostgres:
                 _log.warning("PostgreSQL did not stop in %ss; killing it", self._stop_timeout_s)
                 self.kill()
                 return
+            except BaseException:
+                # Interrupted while waiting (a second Ctrl-C or SIGTERM): do not leave the
+                # server behind half stopped.
+                self.kill()
+                raise
         self._release_process()
 
     def kill(self) -> None:
