@@ -240,6 +240,11 @@ class KafkaBroker:
         """Whether the broker's JVM is alive (it need not be ready)."""
         return self._process is not None and self._process.poll() is None
 
+    @property
+    def pids(self) -> frozenset[int]:
+        """The JVM's process id while it runs, for the tests' leak check (tests/leaks.py)."""
+        return frozenset({self._process.pid}) if self._process is not None else frozenset()
+
     def start(self) -> None:
         """Start the broker and return once it serves clients; a no-op if it is running.
 

@@ -164,6 +164,11 @@ class KubeAPIServer:
             raise KubeHarnessError("the API server has not been started")
         return self._etcd_url
 
+    @property
+    def pids(self) -> frozenset[int]:
+        """etcd's and the apiserver's process ids, for the tests' leak check (tests/leaks.py)."""
+        return frozenset(p.pid for p in (self._etcd, self._apiserver) if p is not None)
+
     def start(self) -> None:
         """Start etcd and the apiserver, install the CRD and wait until it is served.
 

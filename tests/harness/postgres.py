@@ -32,6 +32,19 @@ from service.adapters.postgres import embedded, migrate
 TEMPLATE_DATABASE = "ipledger_template"
 
 
+class _SessionServer(embedded.EmbeddedPostgres):
+    """The session's server, which also names its postmaster for the leak check (tests/leaks.py).
+
+    A test may kill and start it again; the new postmaster is still the session's, not the
+    test's. (``EmbeddedPostgres`` itself names no process id.)
+    """
+
+    @property
+    def pids(self) -> frozenset[int]:
+        process = self._process
+        return frozenset({process.pid}) if process is not None else frozenset()
+
+
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[embedded.EmbeddedPostgres]:
     """A running PostgreSQL server for the whole session (fsync off, free port)."""
@@ -39,9 +52,7 @@ def pg_server() -> Iterator[embedded.EmbeddedPostgres]:
     # When the tests run as root the server runs as another account, which must reach its data.
     root.chmod(0o755)
     bin_dir = os.environ.get("IPLEDGER_PG_BIN_DIR")
-    server = embedded.EmbeddedPostgres(
-        root / "data", bin_dir=Path(bin_dir) if bin_dir else None, fsync=False
-    )
+    server = _SessionServer(root / "data", bin_dir=Path(bin_dir) if bin_dir else None, fsync=False)
     try:
         server.start()
     except (errors.EmbeddedPostgresError, OSError) as exc:
