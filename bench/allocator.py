@@ -383,11 +383,11 @@ async def restart_to_caught_up(dsn: str, tail: Sequence[bytes]) -> tuple[float, 
         await event_log.close()
     reader = pg_reader.PostgresProjectionReader.from_dsn(dsn)
     try:
-        held = sum(
-            node.ipv4_pod_ips + node.ipv6_pod_ips
-            for cluster in await reader.clusters()
-            for node in await reader.nodes(cluster.name)
-        )
+        # A loop, not a generator expression: one with ``await`` in it is an async generator.
+        held = 0
+        for cluster in await reader.clusters():
+            for node in await reader.nodes(cluster.name):
+                held += node.ipv4_pod_ips + node.ipv6_pod_ips
     finally:
         await reader.close()
     return loaded, caught_up, held
