@@ -130,8 +130,13 @@ def _free_ports(count: int) -> list[int]:
 
 def _new_cluster_id() -> str:
     # Kafka's Uuid.toString(): 16 random bytes, URL-safe base64 without padding. Making it here
-    # saves starting a JVM for `kafka-storage random-uuid`.
-    return base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
+    # saves starting a JVM for `kafka-storage random-uuid`. Like Kafka's Uuid.randomUuid(), never
+    # one that starts with "-": the storage tool's argument parser would read it as an option
+    # (one start in 64 failed with "argument --cluster-id/-t: expected one argument").
+    while True:
+        cluster_id = base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def _kill_quietly(process: subprocess.Popen[bytes]) -> None:
