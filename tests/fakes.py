@@ -9,6 +9,7 @@ they pass the contract suites like every other adapter, and the tests use them a
 from __future__ import annotations
 
 import datetime
+import ipaddress
 from collections.abc import Sequence
 
 import anyio
@@ -42,3 +43,26 @@ class SlowLoadingProjection(pg_projection.PostgresProjection):
         # Stands for work that takes this long, not for waiting on anything.
         await anyio.sleep(3 * self.lease_ttl_s)
         return await super().load(partitions)
+
+
+def intent(
+    name: str,
+    version: int,
+    *cidrs: str,
+    error: str | None = None,
+    deleted: bool = False,
+    pod_ips: dict[str, str] | None = None,
+) -> ports.NodeIntent:
+    """A node as the projection hands it to the sync side, from plain strings."""
+    return ports.NodeIntent(
+        name=name,
+        version=version,
+        deleted=deleted,
+        pod_cidrs=tuple(ipaddress.ip_network(c) for c in cidrs),
+        error=error,
+        pod_ips=(
+            {ipaddress.ip_address(a): o for a, o in pod_ips.items()}
+            if pod_ips is not None
+            else None
+        ),
+    )

@@ -47,6 +47,7 @@ from service.adapters import memory
 from service.adapters.postgres import projection as pg_projection
 from service.adapters.postgres import sync_store
 from tests import waiting
+from tests.fakes import intent
 
 pytestmark = pytest.mark.anyio
 
@@ -151,24 +152,6 @@ async def _terminate_holder(db: asyncpg.Connection, cluster: str) -> None:
     assert await db.fetchval("SELECT pg_terminate_backend($1, 10000)", pid)
 
 
-def node(
-    name: str,
-    version: int,
-    *cidrs: str,
-    error: str | None = None,
-    deleted: bool = False,
-    pods: dict[str, str] | None = None,
-) -> ports.NodeIntent:
-    return ports.NodeIntent(
-        name=name,
-        version=version,
-        deleted=deleted,
-        pod_cidrs=tuple(ipaddress.ip_network(c) for c in cidrs),
-        error=error,
-        pod_ips=None if pods is None else {ipaddress.ip_address(a): o for a, o in pods.items()},
-    )
-
-
 def names(nodes: list[ports.NodeIntent]) -> list[tuple[str, int]]:
     return [(n.name, n.version) for n in nodes]
 
@@ -237,7 +220,7 @@ class TestLock:
         self, database: Database
     ) -> None:
         first, second = database.store(), database.store()
-        await database.put(EAST, node("a", 1, "10.0.1.0/24"))
+        await database.put(EAST, intent("a", 1, "10.0.1.0/24"))
         assert await first.try_lock(EAST)
         await first.record_synced(EAST, [("a", 1, None)])
 
@@ -259,7 +242,7 @@ class TestLock:
 
     async def test_progress_needs_the_lock(self, database: Database) -> None:
         holder, other = database.store(), database.store()
-        await database.put(EAST, node("a", 1, "10.0.1.0/24"))
+        await database.put(EAST, intent("a", 1, "10.0.1.0/24"))
         assert await holder.try_lock(EAST)
 
         with pytest.raises(errors.FencedError):
@@ -273,17 +256,17 @@ class TestChangedNodes:
         self, database: Database
     ) -> None:
         store = database.store()
-        await database.put(EAST, node("b", 5, "10.0.2.0/24"))
-        await database.put(EAST, node("a", 3, "10.0.1.0/24", error="pool exhausted"))
-        await database.put(EAST, node("c", 5, deleted=True))
-        await database.put(EAST, node("d", 4, "10.0.4.0/24", "fd00::400/120"))
-        await database.put(WEST, node("a", 1, "10.9.1.0/24"))
+        await database.put(EAST, intent("b", 5, "10.0.2.0/24"))
+        await database.put(EAST, intent("a", 3, "10.0.1.0/24", error="pool exhausted"))
+        await database.put(EAST, intent("c", 5, deleted=True))
+        await database.put(EAST, intent("d", 4, "10.0.4.0/24", "fd00::400/120"))
+        await database.put(WEST, intent("a", 1, "10.9.1.0/24"))
 
         changed = await store.changed_nodes(EAST, (-1, ""), 100, with_pod_ips=False)
 
         assert names(changed) == [("a", 3), ("d", 4), ("b", 5), ("c", 5)]
         a, d, _, c = changed
-        assert a == node("a", 3, "10.0.1.0/24", error="pool exhausted")
+        assert a == intent("a", 3, "10.0.1.0/24", error="pool exhausted")
         assert d.pod_cidrs == (
             ipaddress.IPv4Network("10.0.4.0/24"),
             ipaddress.IPv6Network("fd00::400/120"),
@@ -299,7 +282,7 @@ class TestChangedNodes:
     ) -> None:
         store = database.store()
         for i in range(7):
-            await database.put(EAST, node(f"n{i}", 10 + i // 3, "10.0.1.0/24"))
+            await database.put(EAST, intent(f"n{i}", 10 + i // 3, "10.0.1.0/24"))
 
         pages: list[list[tuple[str, int]]] = []
         cursor = (-1, "")
@@ -313,26 +296,26 @@ class TestChangedNodes:
             [("n6", 12)],
         ]
         assert await store.changed_nodes(EAST, (11, "n4"), 100, with_pod_ips=False) == [
-            node("n5", 11, "10.0.1.0/24"),
-            node("n6", 12, "10.0.1.0/24"),
+            intent("n5", 11, "10.0.1.0/24"),
+            intent("n6", 12, "10.0.1.0/24"),
         ]
 
     async def test_a_record_hides_a_node_until_its_version_grows(self, database: Database) -> None:
         store = database.store()
-        await database.put(EAST, node("a", 3, "10.0.1.0/24"))
-        await database.put(EAST, node("b", 3, "10.0.2.0/24"))
+        await database.put(EAST, intent("a", 3, "10.0.1.0/24"))
+        await database.put(EAST, intent("b", 3, "10.0.2.0/24"))
         assert await store.try_lock(EAST)
 
         await store.record_synced(EAST, [("a", 3, None), ("b", 3, "waiting: no CiliumNode")])
         assert await store.changed_nodes(EAST, (-1, ""), 100, with_pod_ips=False) == []
 
-        await database.put(EAST, node("a", 7, "10.0.7.0/24"))
+        await database.put(EAST, intent("a", 7, "10.0.7.0/24"))
         changed = await store.changed_nodes(EAST, (-1, ""), 100, with_pod_ips=False)
-        assert changed == [node("a", 7, "10.0.7.0/24")]
+        assert changed == [intent("a", 7, "10.0.7.0/24")]
 
     async def test_reads_need_no_lock(self, database: Database) -> None:
         holder, reader = database.store(), database.store()
-        await database.put(EAST, node("a", 1, "10.0.1.0/24"))
+        await database.put(EAST, intent("a", 1, "10.0.1.0/24"))
         assert await holder.try_lock(EAST)
 
         assert names(await reader.changed_nodes(EAST, (-1, ""), 10, with_pod_ips=False)) == [
@@ -344,8 +327,8 @@ class TestChangedNodes:
 class TestProgress:
     async def test_a_recorded_version_never_goes_back(self, database: Database) -> None:
         store = database.store()
-        await database.put(EAST, node("a", 6, "10.0.1.0/24"))
-        await database.put(EAST, node("b", 9, "10.0.2.0/24"))
+        await database.put(EAST, intent("a", 6, "10.0.1.0/24"))
+        await database.put(EAST, intent("b", 9, "10.0.2.0/24"))
         assert await store.try_lock(EAST)
 
         await store.record_synced(EAST, [("a", 5, None), ("b", 9, None)])
@@ -363,9 +346,9 @@ class TestProgress:
         self, database: Database
     ) -> None:
         writer = database.store()
-        await database.put(EAST, node("a", 2, "10.0.1.0/24"))
-        await database.put(EAST, node("b", 2, "10.0.2.0/24"))
-        await database.put(WEST, node("a", 2, "10.9.1.0/24"))
+        await database.put(EAST, intent("a", 2, "10.0.1.0/24"))
+        await database.put(EAST, intent("b", 2, "10.0.2.0/24"))
+        await database.put(WEST, intent("a", 2, "10.9.1.0/24"))
         assert await writer.try_lock(EAST)
 
         await writer.record_synced(EAST, [("a", 2, None)])
@@ -381,9 +364,9 @@ class TestProgress:
         self, database: Database
     ) -> None:
         store = database.store()
-        await database.put(EAST, node("c", 4, "10.0.3.0/24"))
-        await database.put(EAST, node("a", 8, deleted=True))
-        await database.put(EAST, node("b", 2, "10.0.2.0/24", error="pool exhausted"))
+        await database.put(EAST, intent("c", 4, "10.0.3.0/24"))
+        await database.put(EAST, intent("a", 8, deleted=True))
+        await database.put(EAST, intent("b", 2, "10.0.2.0/24", error="pool exhausted"))
         assert await store.try_lock(EAST)
         await store.record_synced(EAST, [("c", 4, "waiting: no CiliumNode")])
 
@@ -394,15 +377,15 @@ class TestProgress:
             ("b", 2, False, None, None),
             ("c", 4, False, 4, "waiting: no CiliumNode"),
         ]
-        assert rows[1][0] == node("b", 2, "10.0.2.0/24", error="pool exhausted")
+        assert rows[1][0] == intent("b", 2, "10.0.2.0/24", error="pool exhausted")
         assert await store.all_nodes(WEST, with_pod_ips=False) == []
 
     async def test_pod_addresses_only_when_asked_for(self, database: Database) -> None:
         store = database.store()
         pods = {"10.0.1.5": "default/web-1", "fd00::105": "default/web-2"}
-        await database.put(EAST, node("a", 1, "10.0.1.0/24", "fd00::100/120", pods=pods))
-        await database.put(EAST, node("b", 2, "10.0.2.0/24"))
-        await database.put(EAST, node("c", 3, deleted=True))
+        await database.put(EAST, intent("a", 1, "10.0.1.0/24", "fd00::100/120", pod_ips=pods))
+        await database.put(EAST, intent("b", 2, "10.0.2.0/24"))
+        await database.put(EAST, intent("c", 3, deleted=True))
 
         with_pods = await store.changed_nodes(EAST, (-1, ""), 10, with_pod_ips=True)
         without = await store.changed_nodes(EAST, (-1, ""), 10, with_pod_ips=False)
@@ -427,7 +410,7 @@ class TestChanges:
 
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(wait)
-            await database.put(WEST, node("a", 1, "10.9.1.0/24"))
+            await database.put(WEST, intent("a", 1, "10.9.1.0/24"))
             with anyio.fail_after(DEADLINE_S):
                 await woke.wait()
 
@@ -438,7 +421,7 @@ class TestChanges:
         assert await store.try_lock(EAST)
         seen = store.change_count()
 
-        await database.put(EAST, node("a", 1, "10.0.1.0/24"))
+        await database.put(EAST, intent("a", 1, "10.0.1.0/24"))
 
         with anyio.fail_after(DEADLINE_S):
             await store.wait_for_change(seen, 60)

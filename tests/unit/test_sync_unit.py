@@ -24,33 +24,12 @@ from service.adapters import memory
 from service.adapters.kubernetes.memory import MemoryClusterClient
 from service.settings import KubeTarget, Settings
 from tests import waiting
+from tests.fakes import intent
 
 pytestmark = pytest.mark.anyio
 
 CLUSTER = "default"
 MANIFESTS = Path(__file__).resolve().parents[2] / "compose" / "kubernetes"
-
-
-def intent(
-    name: str,
-    version: int,
-    *cidrs: str,
-    error: str | None = None,
-    deleted: bool = False,
-    pod_ips: dict[str, str] | None = None,
-) -> ports.NodeIntent:
-    return ports.NodeIntent(
-        name=name,
-        version=version,
-        deleted=deleted,
-        pod_cidrs=tuple(ipaddress.ip_network(c) for c in cidrs),
-        error=error,
-        pod_ips=(
-            {ipaddress.ip_address(a): o for a, o in pod_ips.items()}
-            if pod_ips is not None
-            else None
-        ),
-    )
 
 
 class FakeClock:
