@@ -465,18 +465,26 @@ class SyncStore(Protocol):
 class PoolElementUse:
     """One element of a cluster's pool and how full it is, in node CIDRs of the pool's mask.
 
-    ``total`` node CIDRs of ``/mask`` fit in ``cidr``; ``used`` of them are held by nodes.
+    ``total`` node CIDRs of ``/mask`` fit in ``cidr``; ``used`` of them are held by nodes, and
+    ``pod_ips`` pod addresses are held inside those node CIDRs.
     """
 
     cidr: Network
     mask: int
     total: int
     used: int
+    pod_ips: int = 0
 
     @property
     def free(self) -> int:
         """Node CIDRs of the element no node holds."""
         return self.total - self.used
+
+    @property
+    def pod_ip_capacity(self) -> int:
+        """Pod addresses the element's held node CIDRs can hand out: each one's addresses but
+        the first and the last (``domain.state.PodRange``), node addresses inside it included."""
+        return self.used * max((1 << (self.cidr.max_prefixlen - self.mask)) - 2, 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -709,6 +717,10 @@ class ProjectionReader(Protocol):
         self, partition: int, start: int = 0, limit: int | None = None
     ) -> list[Rejection]:
         """Rejected records of ``partition`` from offset ``start`` on, at most ``limit``."""
+        ...
+
+    async def last_rejections(self, partition: int, limit: int) -> list[Rejection]:
+        """The last ``limit`` rejected records of ``partition`` (the newest), by offset."""
         ...
 
     async def positions(self) -> list[PartitionPosition]:

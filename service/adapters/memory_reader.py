@@ -59,6 +59,7 @@ class MemoryProjectionReader:
 
     def _cluster(self, row: memory_rows.ClusterRow) -> ports.ClusterView:
         live = [node for node in self._rows(row.name) if not node.deleted]
+        counts = self._pod_ip_counts(row.name)
         return ports.ClusterView(
             name=row.name,
             partition=row.partition,
@@ -70,7 +71,12 @@ class MemoryProjectionReader:
                 ipv4_mask=row.ipv4_mask,
                 ipv6_cidrs=row.ipv6_cidrs,
                 ipv6_mask=row.ipv6_mask,
-                node_cidrs=(cidr for node in live for cidr in node.pod_cidrs),
+                # A node holds one CIDR per family: its pod addresses of that family are in it.
+                node_cidrs=(
+                    (cidr, counts.get(node.name, (0, 0))[0 if ":" not in cidr else 1])
+                    for node in live
+                    for cidr in node.pod_cidrs
+                ),
             ),
             nodes=len(live),
         )
@@ -247,6 +253,13 @@ class MemoryProjectionReader:
             )
             for row in _from(self.tables.rejections.get(partition, []), start, limit)
         ]
+
+    async def last_rejections(self, partition: int, limit: int) -> list[ports.Rejection]:
+        """The last ``limit`` rejected records of ``partition``, by offset."""
+        self._check_open()
+        rows = self.tables.rejections.get(partition, [])
+        start = rows[-limit].offset if 0 < limit <= len(rows) else 0
+        return [] if limit <= 0 else await self.rejections(partition, start)
 
     async def positions(self) -> list[ports.PartitionPosition]:
         """Every partition that has a commit: consumed and published offsets."""

@@ -15,12 +15,14 @@ of ``docs/operations.md``), decisions and rejections from what ``apply_records``
 Asserted for every adapter (the port's docstring states the contract):
 
 - ``state`` / ``state_document`` equal ``simulate``'s, byte for byte once encoded;
-- ``clusters``: every cluster with its pool elements' totals and use (as the core counts them);
+- ``clusters``: every cluster with its pool elements' totals and use, node CIDRs and pod
+  addresses (as the core counts them);
 - ``nodes``: by name, every field, each filter (error, conflict, waiting, prefix) and paging by
   ``after``/``limit``; ``node`` for one, None for an unknown or deleted one;
 - ``holder`` now and at a time, ``address_history``, ``owner_addresses``, ``owner_history``:
   holdings with the events that began and ended them, in the order they started;
-- ``decisions`` and ``rejections`` of a partition from an offset, at most a limit;
+- ``decisions`` and ``rejections`` of a partition from an offset, at most a limit, and its
+  ``last_rejections``;
 - ``positions`` (consumed and published offsets) and ``leases`` (holder, token, expired);
 - ``sync_progress``: every node (tombstones too) with the recorded version and error;
 - unknown clusters, nodes, owners, addresses and partitions give empty answers, not errors.
@@ -204,6 +206,12 @@ async def test_clusters_with_their_pools_and_the_use_of_each_element(world: Worl
                     mask=element.mask,
                     total=element.slots.capacity,
                     used=element.slots.used,
+                    pod_ips=sum(
+                        len(held.owner_of)
+                        for node in cluster.nodes.values()
+                        for held in node.ranges.values()
+                        if cluster.pools[held.cidr.family].element_at(held.cidr.base) is element
+                    ),
                 )
                 for family in (IPV4, IPV6)
                 for element in cluster.pools[family].elements
@@ -218,6 +226,11 @@ async def test_clusters_with_their_pools_and_the_use_of_each_element(world: Worl
     assert [e.cidr.version for e in east.elements] == [4, 6]
     assert all(e.free == e.total - e.used for e in east.elements)
     assert sum(e.used for e in east.elements) > 0
+    assert sum(e.pod_ips for e in east.elements) > 0
+    assert all(0 <= e.pod_ips <= e.pod_ip_capacity for e in east.elements)
+    (story,) = clusters[0].elements
+    # 10.4.0.0/16 by /24: w1's one /24 holds shop/cart-2's address, of 254.
+    assert (story.used, story.pod_ips, story.pod_ip_capacity) == (1, 1, 254)
 
 
 def _expected_nodes(world: World, cluster: str) -> list[ports.NodeView]:
@@ -407,6 +420,10 @@ async def test_decisions_and_rejections_from_an_offset(world: World) -> None:
         (a.record.offset, a.decision.error, a.record.key, a.record.value) for a in rejected
     ]
     assert await reader.rejections(0, rejections[1].offset, 1) == [rejections[1]]
+    assert await reader.last_rejections(0, 2) == rejections[-2:]
+    assert await reader.last_rejections(0, len(rejections) + 5) == rejections
+    assert await reader.last_rejections(0, 0) == []
+    assert await reader.last_rejections(7, 3) == []
     assert await reader.decisions(7) == []
     assert await reader.rejections(7) == []
 

@@ -107,15 +107,21 @@ class PostgresProjectionReader:
                 'FROM cluster ORDER BY name COLLATE "C"'
             )
             nodes = await db.fetch(
-                "SELECT cluster, count(DISTINCT name) AS nodes, "
-                "coalesce(array_agg(c) FILTER (WHERE c IS NOT NULL), '{}') AS cidrs "
-                "FROM node LEFT JOIN LATERAL unnest(pod_cidrs) AS c ON true "
-                "WHERE NOT deleted GROUP BY cluster"
+                "SELECT cluster, count(*) AS nodes FROM node WHERE NOT deleted GROUP BY cluster"
             )
-        by_cluster = {row["cluster"]: row for row in nodes}
+            # A node holds one CIDR per family, so its pod addresses of that family are in it.
+            cidrs = await db.fetch(
+                "SELECT n.cluster, c.cidr, CASE WHEN strpos(c.cidr, ':') > 0 "
+                "THEN coalesce(p.v6, 0) ELSE coalesce(p.v4, 0) END AS pod_ips "
+                f"FROM node n {_POD_IP_COUNTS} CROSS JOIN LATERAL unnest(n.pod_cidrs) AS c(cidr) "
+                "WHERE NOT n.deleted"
+            )
+        counts = {row["cluster"]: row["nodes"] for row in nodes}
+        held: dict[str, list[tuple[str, int]]] = {}
+        for cidr in cidrs:
+            held.setdefault(cidr["cluster"], []).append((cidr["cidr"], cidr["pod_ips"]))
         views = []
         for row in clusters:
-            live = by_cluster.get(row["name"])
             views.append(
                 ports.ClusterView(
                     name=row["name"],
@@ -128,9 +134,9 @@ class PostgresProjectionReader:
                         ipv4_mask=row["ipv4_mask"],
                         ipv6_cidrs=row["ipv6_cidrs"],
                         ipv6_mask=row["ipv6_mask"],
-                        node_cidrs=live["cidrs"] if live is not None else (),
+                        node_cidrs=held.get(row["name"], ()),
                     ),
-                    nodes=0 if live is None else live["nodes"],
+                    nodes=counts.get(row["name"], 0),
                 )
             )
         return views
@@ -271,17 +277,18 @@ class PostgresProjectionReader:
             start,
             None if limit is None else max(limit, 0),
         )
-        return [
-            ports.Rejection(
-                partition=row["partition"],
-                offset=row["offset"],
-                reason=row["reason"],
-                key=None if row["key"] is None else bytes(row["key"]),
-                raw=bytes(row["raw"]),
-                rejected_at=row["rejected_at"],
-            )
-            for row in rows
-        ]
+        return [_rejection(row) for row in rows]
+
+    async def last_rejections(self, partition: int, limit: int) -> list[ports.Rejection]:
+        """The last ``limit`` rejected records of ``partition``, by offset."""
+        rows = await self._fetch(
+            "reading the last rejections",
+            'SELECT partition, "offset", reason, key, raw, rejected_at FROM rejection '
+            'WHERE partition = $1 ORDER BY "offset" DESC LIMIT $2',
+            partition,
+            max(limit, 0),
+        )
+        return [_rejection(row) for row in reversed(rows)]
 
     async def positions(self) -> list[ports.PartitionPosition]:
         """Every partition that has a commit: consumed and published offsets."""
@@ -355,6 +362,17 @@ def _node_view(row: Any) -> ports.NodeView:
         ipv6_pod_ips=row["v6"],
         version=row["version"],
         updated_at=row["updated_at"],
+    )
+
+
+def _rejection(row: Any) -> ports.Rejection:
+    return ports.Rejection(
+        partition=row["partition"],
+        offset=row["offset"],
+        reason=row["reason"],
+        key=None if row["key"] is None else bytes(row["key"]),
+        raw=bytes(row["raw"]),
+        rejected_at=row["rejected_at"],
     )
 
 
