@@ -50,14 +50,24 @@ class Embedded:
     @classmethod
     def for_settings(cls, settings: Settings) -> Embedded:
         root = settings.data_dir.resolve()
+        # The user's directory keeps its permissions: as root the cluster lives elsewhere, with
+        # data_dir/postgres pointing there (embedded.place_cluster says why and where).
         root.mkdir(parents=True, exist_ok=True)
-        root.chmod(0o755)  # the server runs as an unprivileged account when we are root
         state_file = root / EMBEDDED_STATE_FILE
         port = None
         if state_file.exists():
             port = int(json.loads(state_file.read_text())["port"])
-        server = embedded.EmbeddedPostgres(root / "postgres", port=port)
+        cluster = embedded.place_cluster(root / "postgres", settings.system_data_dir)
+        server = embedded.EmbeddedPostgres(cluster, port=port)
         return cls(server=server, state_file=state_file)
+
+    @property
+    def where(self) -> str:
+        """Where the data lives, for the banner: the cluster, and the link to it when root."""
+        pointer = self.state_file.parent / "postgres"
+        if pointer.is_symlink():
+            return f"{self.server.data_dir} (linked from {pointer})"
+        return str(self.server.data_dir)
 
     def start(self) -> str:
         self.server.start()

@@ -24,6 +24,9 @@ class Settings:
 
     database_url: str | None = None  # None: the embedded PostgreSQL under data_dir
     data_dir: Path = Path(".data")
+    # As root, where the embedded PostgreSQL's cluster lives (its account cannot enter a
+    # private checkout); data_dir/postgres then points there. docs/configuration.md.
+    system_data_dir: Path = Path("/var/lib/ipledger")
     log: LogKind = "table"
     kafka_bootstrap: str | None = None
     events_topic: str = "ipledger.events"
@@ -72,6 +75,9 @@ class Settings:
         settings = cls(
             database_url=env.get("IPLEDGER_DATABASE_URL") or None,
             data_dir=Path(env.get("IPLEDGER_DATA_DIR", str(defaults.data_dir))),
+            system_data_dir=Path(
+                env.get("IPLEDGER_SYSTEM_DATA_DIR") or str(defaults.system_data_dir)
+            ),
             log=log,  # type: ignore[arg-type]
             kafka_bootstrap=env.get("IPLEDGER_KAFKA_BOOTSTRAP") or None,
             events_topic=env.get("IPLEDGER_EVENTS_TOPIC", defaults.events_topic),

@@ -42,13 +42,14 @@ async def run(settings: Settings, *, embedded: bool = False) -> None:
         # had started; in a worker thread the server would go on starting while we stop it.
         server.start()
     try:
-        await _allocate(settings, embedded=server is not None)
+        await _allocate(settings, embedded=server.where if server is not None else None)
     finally:
         if server is not None:
             server.stop()
 
 
-async def _allocate(settings: Settings, *, embedded: bool) -> None:
+async def _allocate(settings: Settings, *, embedded: str | None) -> None:
+    """The allocator; ``embedded`` is where the embedded server's data lives (None: not one)."""
     await bootstrap.migrate_database(settings)
     # Like the schema, the topics are made sure of before anything reads them: an events topic
     # that would not keep every event (finite retention, compaction) is refused here.
@@ -60,17 +61,17 @@ async def _allocate(settings: Settings, *, embedded: bool) -> None:
     counters = allocator.Metrics()
     try:
         sink = await bootstrap.open_sink(settings)
-        if embedded and all(
+        if embedded is not None and all(
             [await event_log.end_offset(p) == 0 for p in await event_log.partitions()]
         ):
             await event_log.append([(b"default", HELM_DEFAULT_POOL)])
             log.info(
                 "empty log: configured Cilium's Helm default pool (10.0.0.0/8 /24, fd00::/104 /120)"
             )
-        if embedded:
+        if embedded is not None:
             print(
-                "ipledger is running on the embedded PostgreSQL (data in "
-                f"{settings.data_dir}/). In another shell:\n"
+                f"ipledger is running on the embedded PostgreSQL (data in {embedded}). "
+                "In another shell:\n"
                 "  .venv/bin/ipledger append examples/events.jsonl     # feed it events\n"
                 "  .venv/bin/ipledger state --wait-caught-up           # see the state\n"
                 "Ctrl-C stops it; running it again continues where it left off.",

@@ -32,19 +32,27 @@ def free_port() -> int:
         return port
 
 
+def remove_data(data: Path) -> None:
+    """Stop a server a killed run left behind, then remove the data and, as root, the cluster
+    its ``postgres`` link points to (under /var/lib/ipledger)."""
+    pointer = data / "postgres"
+    pid_file = pointer / "postmaster.pid"
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        os.kill(int(pid_file.read_text().split()[0]), signal.SIGKILL)
+    if pointer.is_symlink():
+        shutil.rmtree(pointer.resolve(), ignore_errors=True)
+    shutil.rmtree(data, ignore_errors=True)
+
+
 @pytest.fixture
 def data_dir() -> Iterator[Path]:
-    # Not under pytest's 0700 tmp: the embedded server runs as an unprivileged account.
+    # Private, as a home directory or `mktemp -d` is: as root the embedded server runs as an
+    # unprivileged account that cannot enter it, and ipledger must cope without loosening it.
     root = Path(tempfile.mkdtemp(prefix="ipledger-run-"))
-    root.chmod(0o755)
     try:
         yield root / "data"
     finally:
-        # A run that was killed leaves its embedded server behind: stop it too.
-        pid_file = root / "data" / "postgres" / "postmaster.pid"
-        if pid_file.exists():
-            with contextlib.suppress(ProcessLookupError, ValueError, IndexError):
-                os.kill(int(pid_file.read_text().split()[0]), signal.SIGKILL)
+        remove_data(root / "data")
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -107,6 +107,77 @@ def _reachable_install(bin_dir: Path, owner: pwd.struct_passwd) -> Path:
     return copied_bin
 
 
+def server_account(run_as: str | None = None) -> pwd.struct_passwd | None:
+    """The account the server runs as: None when this process is not root (it runs as us);
+    as root, ``run_as`` or the first of ``postgres`` and ``nobody`` that exists."""
+    if os.geteuid() != 0:
+        return None
+    names = (run_as,) if run_as else _UNPRIVILEGED_USERS
+    for name in names:
+        with contextlib.suppress(KeyError):
+            return pwd.getpwnam(name)
+    raise errors.EmbeddedPostgresError(
+        f"running as root and none of the accounts {', '.join(names)} exists to run "
+        "PostgreSQL as; create one or pass run_as"
+    )
+
+
+def place_cluster(pointer: Path, system_dir: Path, *, run_as: str | None = None) -> Path:
+    """The data directory of the cluster ``pointer`` names; where it lives depends on who we are.
+
+    Not root: ``pointer`` itself (a directory), as the server runs as us. Root: the server runs
+    as an unprivileged account, which cannot enter a checkout under a private directory (a home
+    directory or ``mktemp -d`` is 0700), and loosening the user's permissions is not ours to
+    do. The cluster then lives in ``system_dir/<id>`` (``/var/lib/ipledger`` by default), a
+    directory of that account's own (initdb makes it 0700), and ``pointer`` is a symbolic link
+    to it, so that the data is found again at the next start and ``ls -l`` shows where it is.
+    ``<id>`` is derived from the pointer's absolute path: the same checkout always finds its
+    cluster again, also after its ``.data`` was removed (the cluster is kept: data is never
+    deleted behind the user's back). A cluster already initialised at ``pointer`` itself (the
+    layout before) stays where it is.
+    """
+    pointer = pointer.absolute()
+    owner = server_account(run_as)
+    if pointer.is_symlink():
+        target = pointer.resolve()
+        if owner is None and not os.access(target.parent, os.X_OK):
+            raise errors.EmbeddedPostgresError(
+                f"{pointer} points to {target}, a cluster created by root (run as root, or "
+                "remove the link to start a cluster of your own)"
+            )
+        return target
+    if owner is None or (pointer / "PG_VERSION").is_file():
+        return pointer
+    if pointer.is_dir():
+        if any(pointer.iterdir()):
+            raise errors.EmbeddedPostgresError(
+                f"{pointer} is neither empty nor a PostgreSQL data directory"
+            )
+        # Left by a start that failed before initdb (as root under a private directory).
+        pointer.rmdir()
+    digest = hashlib.sha256(str(pointer).encode()).hexdigest()[:16]
+    target = system_dir.absolute() / digest
+    system_dir.mkdir(parents=True, exist_ok=True)
+    if system_dir.stat().st_uid == 0:
+        # Whatever the umask: the account has to traverse it to reach its own directory.
+        system_dir.chmod(0o755)
+    if not _reachable_by(system_dir, owner):
+        raise errors.EmbeddedPostgresError(
+            f"the account {owner.pw_name} cannot reach {system_dir}; "
+            "choose another with IPLEDGER_SYSTEM_DATA_DIR"
+        )
+    if target.exists():
+        _log.warning(
+            "continuing the cluster in %s (the link %s was missing); remove that directory "
+            "to start afresh",
+            target,
+            pointer,
+        )
+    pointer.parent.mkdir(parents=True, exist_ok=True)
+    pointer.symlink_to(target, target_is_directory=True)
+    return target
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
@@ -259,16 +330,7 @@ class EmbeddedPostgres:
         self.stop()
 
     def _unprivileged_owner(self) -> pwd.struct_passwd | None:
-        if os.geteuid() != 0:
-            return None
-        names = (self._run_as,) if self._run_as else _UNPRIVILEGED_USERS
-        for name in names:
-            with contextlib.suppress(KeyError):
-                return pwd.getpwnam(name)
-        raise errors.EmbeddedPostgresError(
-            f"running as root and none of the accounts {', '.join(names)} exists to run "
-            "PostgreSQL as; create one or pass run_as"
-        )
+        return server_account(self._run_as)
 
     def _needs_initdb(self) -> bool:
         if (self._data_dir / "PG_VERSION").is_file():
