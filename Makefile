@@ -23,6 +23,7 @@ $(VENV)/.installed: pyproject.toml
 services: setup
 	bash compose/kafka/fetch.sh
 	bash compose/kube/build.sh
+	bash compose/helm/build.sh
 
 test: setup services
 	$(PY) -m pytest
