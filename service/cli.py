@@ -15,16 +15,16 @@ from the environment or opened at import time.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, TypeVar
 
-from service import errors
+from service import configuration, errors
 from service.adapters import children  # standard library only: signals and child processes
 from service.domain import allocation, document, events, state
 from service.settings import Settings
@@ -85,16 +85,37 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+# The ``Settings`` fields each command's flags may set (``service_options``, ``kube_options``).
+_SERVICE_FLAGS = ("database_url", "log", "kafka_bootstrap", "partitions")
+_KUBE_FLAGS = (
+    "kubeconfig",
+    "kube_context",
+    "sync_cluster",
+    "sync_qps",
+    "sync_burst",
+    "sync_concurrency",
+    "resync_interval_s",
+    "create_missing",
+    "delete_orphans",
+    "mirror_pod_ips",
+    "owner_references",
+    "mirror_node_pod_cidrs",
+)
+
+
+def _effective(
+    args: argparse.Namespace, flags: Sequence[str] = _SERVICE_FLAGS
+) -> configuration.Effective:
+    """The settings from the command's ``flags`` over the environment over the file."""
+    return configuration.load(
+        env=os.environ,
+        flags={name: getattr(args, name, None) for name in flags},
+        path=getattr(args, "config", None),
+    )
+
+
 def _settings(args: argparse.Namespace) -> Settings:
-    settings = Settings.from_env()
-    overrides = {
-        name: value
-        for name in ("database_url", "log", "kafka_bootstrap", "partitions")
-        if (value := getattr(args, name, None)) is not None
-    }
-    settings = dataclasses.replace(settings, **overrides)
-    settings.validate()
-    return settings
+    return _effective(args).settings
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -201,27 +222,8 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def _kube_settings(args: argparse.Namespace) -> Settings:
-    """The settings with the sync sub-commands' flags applied over the environment."""
-    settings = _settings(args)
-    overrides: dict[str, object] = {
-        name: value
-        for name in (
-            "kubeconfig",
-            "kube_context",
-            "sync_cluster",
-            "sync_qps",
-            "sync_burst",
-            "sync_concurrency",
-            "resync_interval_s",
-            "create_missing",
-            "delete_orphans",
-            "mirror_pod_ips",
-        )
-        if (value := getattr(args, name, None)) is not None
-    }
-    settings = dataclasses.replace(settings, **overrides)  # type: ignore[arg-type]
-    settings.validate()
-    return settings
+    """The settings with the Kubernetes sub-commands' flags too."""
+    return _effective(args, (*_SERVICE_FLAGS, *_KUBE_FLAGS)).settings
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
@@ -255,6 +257,41 @@ def cmd_adopt(args: argparse.Namespace) -> int:
     if refused:
         print(f"ipledger: {refused} CiliumNode(s) not adopted, see above", file=sys.stderr)
     return 1 if refused else 0
+
+
+# --- what operators ask: `ipledger status`, `check`, `config` (docs/operations.md) ------------
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    """Print the settings in effect, where each one came from, secrets redacted."""
+    effective = _effective(args, (*_SERVICE_FLAGS, "kubeconfig", "kube_context"))
+    if args.json:
+        path = None if effective.path is None else str(effective.path)
+        print(json.dumps({"file": path, "settings": effective.describe()}, indent=2))
+    else:
+        sys.stdout.write(configuration.as_toml(effective))
+    return 0
+
+
+def add_status_commands(
+    commands: argparse._SubParsersAction,  # type: ignore[type-arg]
+    service_options: Callable[[argparse.ArgumentParser], None],
+) -> None:
+    """Register ``status``, ``check`` and ``config`` (called by ``build_parser``)."""
+    config = commands.add_parser(
+        "config",
+        help="print the settings in effect and where each came from (secrets redacted)",
+        description="Print every setting as a TOML file, each with its source: a flag, the "
+        "environment (IPLEDGER_*), the configuration file (--config / IPLEDGER_CONFIG) or the "
+        "default, in that order of precedence. Passwords in URLs and keys are redacted.",
+    )
+    service_options(config)
+    config.add_argument("--kubeconfig", type=Path, help="env IPLEDGER_KUBECONFIG")
+    config.add_argument("--context", dest="kube_context", help="env IPLEDGER_KUBE_CONTEXT")
+    config.add_argument(
+        "--json", action="store_true", help="one JSON document: {file, settings: [...]}"
+    )
+    config.set_defaults(func=cmd_config)
 
 
 def add_sync_commands(
@@ -301,6 +338,13 @@ def add_sync_commands(
         action=argparse.BooleanOptionalAction,
         help="also write spec.ipam.pool / ipv6-pool with the pod addresses and owners",
     )
+    mirror.add_argument(
+        "--owner-references",
+        action=argparse.BooleanOptionalAction,
+        help="give the CiliumNodes it creates an ownerReference to their v1 Node, so that "
+        "garbage collection deletes them with it (reads Nodes: an optional ClusterRole; env "
+        "IPLEDGER_SYNC_OWNER_REFERENCES, default: no)",
+    )
     mirror.set_defaults(func=cmd_sync)
 
     adopt = commands.add_parser(
@@ -339,6 +383,13 @@ def build_parser() -> argparse.ArgumentParser:
     schema.set_defaults(func=cmd_schema)
 
     def service_options(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument(
+            "--config",
+            type=Path,
+            metavar="FILE",
+            help="TOML configuration file (env IPLEDGER_CONFIG); flags override the "
+            "environment, which overrides the file (docs/configuration.md)",
+        )
         sub.add_argument("--database-url", help="PostgreSQL URL (env IPLEDGER_DATABASE_URL)")
         sub.add_argument("--log", choices=["table", "kafka"], help="env IPLEDGER_LOG")
         sub.add_argument("--kafka-bootstrap", help="host:port (env IPLEDGER_KAFKA_BOOTSTRAP)")
@@ -372,6 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     service_options(show)
     show.set_defaults(func=cmd_state)
     add_sync_commands(commands, service_options)
+    add_status_commands(commands, service_options)
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
     return parser
 

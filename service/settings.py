@@ -1,8 +1,9 @@
 """Settings: one frozen object built once by the CLI and passed down; nothing reads it globally.
 
-``Settings.from_env`` reads ``IPLEDGER_*`` variables (the CLI calls it in ``main``, never at
-import time); command-line flags override single fields with ``dataclasses.replace``. The
-database URL may carry a password, so ``redacted_url`` is what logs and messages show.
+``Settings.from_env`` reads ``IPLEDGER_*`` variables; ``service.configuration.load`` (what the
+CLI calls, never at import time) layers them over the TOML configuration file and the
+command-line flags over them: flag > environment > file > default. The database URL may carry
+a password, so ``redacted_url`` is what logs and messages show.
 """
 
 from __future__ import annotations
@@ -36,6 +37,14 @@ class Settings:
     batch_max_wait_ms: int = 50
     lease_ttl_s: float = 6.0
     metrics_port: int | None = None
+    # The address /metrics and /healthz of `run` and `sync` bind to; 0.0.0.0 in a container,
+    # where Prometheus scrapes from another network namespace (compose/, the Helm chart).
+    metrics_host: str = "127.0.0.1"
+    # --- the Merkle tree of the decisions and its heads (docs/audits.md) ---
+    tree: bool = True
+    tree_head_every: int = 10_000
+    tree_digest_every: int = 1_000_000
+    signing_key: Path | None = None  # an Ed25519 private key (PEM), to sign the tree heads
     # --- the Kubernetes sync worker (`ipledger sync`, `ipledger adopt`; docs/sync.md) ---
     # With no per-cluster mapping, `sync_cluster` is mirrored into the cluster `kubeconfig` and
     # `kube_context` point at (None: in-cluster config, else $KUBECONFIG or ~/.kube/config).
@@ -43,6 +52,9 @@ class Settings:
     kube_context: str | None = None
     kube_clusters: Mapping[str, KubeTarget] = field(default_factory=dict)
     sync_cluster: str = "default"
+    # Set: CiliumNodes are written as YAML files into this directory instead of a cluster
+    # (what `make run` does without a kubeconfig; adapters/kubernetes/files.py).
+    ciliumnode_dir: Path | None = None
     sync_qps: float = 20.0  # 0: no limit
     sync_burst: int = 40
     sync_concurrency: int = 8
@@ -50,10 +62,23 @@ class Settings:
     create_missing: bool = True
     delete_orphans: bool = False
     mirror_pod_ips: bool = False
+    owner_references: bool = False  # reads v1 Nodes: an optional ClusterRole
     sync_metrics_port: int | None = None  # like metrics_port, for `ipledger sync`
+    # --- the read-only query API (`ipledger api`; docs/api.md) ---
+    api_address: str = "127.0.0.1:8080"
+    # The API's own connection, as a role that may only read (`ipledger init` creates it).
+    # None: the database URL with the user ipledger_api.
+    api_database_url: str | None = None
+    api_max_lag: int = 1000  # records behind the log at most, for /readyz
+    api_forecast_window_s: float = 86_400.0
+    api_statement_timeout_ms: int = 2000
+    # --- `ipledger watch-nodes` (docs/operations.md); patches v1 Nodes: an optional ClusterRole
+    mirror_node_pod_cidrs: bool = False
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+    def from_env(cls, env: Mapping[str, str] | None = None, *, check: bool = True) -> Settings:
+        """The settings the ``IPLEDGER_*`` variables give; ``check=False`` leaves ``validate``
+        to the caller (``service.configuration`` layers a file and flags on top first)."""
         env = os.environ if env is None else env
         defaults = cls()
 
@@ -87,9 +112,16 @@ class Settings:
             batch_max_wait_ms=integer("IPLEDGER_BATCH_MAX_WAIT_MS", defaults.batch_max_wait_ms),
             lease_ttl_s=float(integer("IPLEDGER_LEASE_TTL_S", int(defaults.lease_ttl_s))),
             metrics_port=int(metrics) if metrics else None,
+            metrics_host=env.get("IPLEDGER_METRICS_HOST") or defaults.metrics_host,
+            tree=env.get("IPLEDGER_TREE", "true").lower() not in ("0", "false", "no"),
+            tree_head_every=integer("IPLEDGER_TREE_HEAD_EVERY", defaults.tree_head_every),
+            tree_digest_every=integer("IPLEDGER_TREE_DIGEST_EVERY", defaults.tree_digest_every),
+            signing_key=Path(key) if (key := env.get("IPLEDGER_SIGNING_KEY")) else None,
             **_sync_settings(env),
+            **_api_settings(env),
         )
-        settings.validate()
+        if check:
+            settings.validate()
         return settings
 
     def validate(self) -> None:
@@ -101,7 +133,12 @@ class Settings:
             raise errors.ConfigurationError("IPLEDGER_BATCH_MAX_RECORDS must be 1..100000")
         if self.lease_ttl_s < 1:
             raise errors.ConfigurationError("IPLEDGER_LEASE_TTL_S must be at least 1")
+        if self.tree_head_every < 1 or self.tree_digest_every < 1:
+            raise errors.ConfigurationError(
+                "IPLEDGER_TREE_HEAD_EVERY and IPLEDGER_TREE_DIGEST_EVERY must be at least 1"
+            )
         self._validate_sync()
+        self._validate_api()
 
     def _validate_sync(self) -> None:
         if self.sync_qps < 0:
@@ -112,6 +149,19 @@ class Settings:
             raise errors.ConfigurationError("IPLEDGER_SYNC_CONCURRENCY must be 1..256")
         if self.resync_interval_s <= 0:
             raise errors.ConfigurationError("IPLEDGER_RESYNC_INTERVAL_S must be positive")
+
+    def _validate_api(self) -> None:
+        host, sep, port = self.api_address.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise errors.ConfigurationError(
+                f"IPLEDGER_API_ADDRESS must be host:port, not {self.api_address!r}"
+            )
+        if self.api_max_lag < 0:
+            raise errors.ConfigurationError("IPLEDGER_API_MAX_LAG must be 0 or more")
+        if self.api_forecast_window_s <= 0:
+            raise errors.ConfigurationError("IPLEDGER_API_FORECAST_WINDOW_S must be positive")
+        if self.api_statement_timeout_ms < 1:
+            raise errors.ConfigurationError("IPLEDGER_API_STATEMENT_TIMEOUT_MS must be at least 1")
 
     def kube_targets(self) -> dict[str, KubeTarget]:
         """ipledger cluster name -> the Kubernetes cluster its CiliumNodes live in."""
@@ -192,6 +242,8 @@ def _sync_settings(env: Mapping[str, str]) -> dict[str, Any]:
         values["kube_clusters"] = parse_kube_clusters(mapping)
     if cluster := env.get("IPLEDGER_SYNC_CLUSTER"):
         values["sync_cluster"] = cluster
+    if files := env.get("IPLEDGER_CILIUMNODE_DIR"):
+        values["ciliumnode_dir"] = Path(files)
     number("IPLEDGER_SYNC_QPS", "sync_qps", float)
     number("IPLEDGER_SYNC_BURST", "sync_burst", int)
     number("IPLEDGER_SYNC_CONCURRENCY", "sync_concurrency", int)
@@ -200,6 +252,30 @@ def _sync_settings(env: Mapping[str, str]) -> dict[str, Any]:
     flag("IPLEDGER_SYNC_CREATE_MISSING", "create_missing")
     flag("IPLEDGER_SYNC_DELETE_ORPHANS", "delete_orphans")
     flag("IPLEDGER_SYNC_MIRROR_POD_IPS", "mirror_pod_ips")
+    flag("IPLEDGER_SYNC_OWNER_REFERENCES", "owner_references")
+    flag("IPLEDGER_MIRROR_NODE_PODCIDRS", "mirror_node_pod_cidrs")
+    return values
+
+
+def _api_settings(env: Mapping[str, str]) -> dict[str, Any]:
+    """The query API's fields of ``Settings.from_env``; absent variables keep the defaults."""
+    values: dict[str, Any] = {}
+    if address := env.get("IPLEDGER_API_ADDRESS"):
+        values["api_address"] = address
+    if url := env.get("IPLEDGER_API_DATABASE_URL"):
+        values["api_database_url"] = url
+    for name, field_name, kind in (
+        ("IPLEDGER_API_MAX_LAG", "api_max_lag", int),
+        ("IPLEDGER_API_FORECAST_WINDOW_S", "api_forecast_window_s", float),
+        ("IPLEDGER_API_STATEMENT_TIMEOUT_MS", "api_statement_timeout_ms", int),
+    ):
+        if value := env.get(name):
+            try:
+                values[field_name] = kind(value)
+            except ValueError:
+                raise errors.ConfigurationError(
+                    f"{name} must be a {kind.__name__}, not {value!r}"
+                ) from None
     return values
 
 
