@@ -179,4 +179,5 @@ def sync_settings(settings: Settings) -> sync.SyncSettings:
         create_missing=settings.create_missing,
         delete_orphans=settings.delete_orphans,
         mirror_pod_ips=settings.mirror_pod_ips,
+        owner_references=settings.owner_references,
     )

@@ -30,7 +30,7 @@ from service.domain import allocation, document, events, state
 from service.settings import Settings
 
 if TYPE_CHECKING:
-    from service import ports
+    from service import ports, producers
 
 _T = TypeVar("_T")
 
@@ -363,6 +363,90 @@ def add_sync_commands(
     adopt.set_defaults(func=cmd_adopt)
 
 
+# --- v1 Nodes: `ipledger watch-nodes`, the leak check (service.producers; docs/operations.md) --
+
+
+def cmd_watch_nodes(args: argparse.Namespace) -> int:
+    """Append node.added / node.deleted for the v1 Nodes of each cluster until stopped."""
+    from service.processes import watch_nodes
+
+    settings = _kube_settings(args)
+    _run_async(
+        lambda: watch_nodes.run(
+            settings,
+            allow_deleting_all=args.allow_deleting_all,
+            metrics_port=args.metrics_port,
+        )
+    )
+    return 0
+
+
+def print_leaks(reports: Sequence[producers.LeakReport]) -> int:
+    """Print the leak check's outcome: a summary per cluster on stderr, and on stdout one
+    ``ip.released`` event per leaked address, ready for ``ipledger append -``. 1 if any leak."""
+    leaked = 0
+    for report in reports:
+        print(
+            f"ipledger: cluster {report.cluster}: {report.held} address(es) held, "
+            f"{report.pods} pod(s) listed, {len(report.leaks)} leaked "
+            f"(owner pod gone), {len(report.not_pods)} owner(s) not of the form namespace/pod "
+            "(not checked)",
+            file=sys.stderr,
+        )
+        for leak in report.leaks:
+            print(
+                f"  leaked {leak.address} on {leak.node}: {leak.owner} does not exist",
+                file=sys.stderr,
+            )
+            sys.stdout.buffer.write(events.encode_event(leak.release()) + b"\n")
+        leaked += len(report.leaks)
+    sys.stdout.buffer.flush()
+    if leaked:
+        print(
+            f"ipledger: {leaked} leaked address(es); nothing was released: append the events "
+            "above (ipledger append -) once the pods are known to be gone for good",
+            file=sys.stderr,
+        )
+    return 1 if leaked else 0
+
+
+def add_node_commands(
+    commands: argparse._SubParsersAction,  # type: ignore[type-arg]
+    service_options: Callable[[argparse.ArgumentParser], None],
+) -> None:
+    """Register ``watch-nodes`` (called by ``build_parser``)."""
+    watch = commands.add_parser(
+        "watch-nodes",
+        help="append node.added / node.deleted for the cluster's v1 Nodes (a producer)",
+        description="Watch the v1 Nodes of each mapped cluster and append node.added (with "
+        "their InternalIP and ExternalIP addresses) and node.deleted to the log; every start "
+        "first reconciles the Nodes with what the log says, so a restart appends nothing twice.",
+    )
+    service_options(watch)
+    watch.add_argument("--kubeconfig", type=Path, help="env IPLEDGER_KUBECONFIG")
+    watch.add_argument("--context", dest="kube_context", help="env IPLEDGER_KUBE_CONTEXT")
+    watch.add_argument(
+        "--cluster",
+        dest="sync_cluster",
+        help="the ipledger cluster when no IPLEDGER_KUBECONFIGS mapping is set "
+        "(env IPLEDGER_SYNC_CLUSTER, default 'default')",
+    )
+    watch.add_argument(
+        "--mirror-node-podcidrs",
+        dest="mirror_node_pod_cidrs",
+        action=argparse.BooleanOptionalAction,
+        help="also write each node's CIDRs to its Node's spec.podCIDRs, for Cilium's "
+        "ipam.mode=kubernetes (patches Nodes; env IPLEDGER_MIRROR_NODE_PODCIDRS)",
+    )
+    watch.add_argument(
+        "--allow-deleting-all",
+        action="store_true",
+        help="append node.deleted for every node even when the API server lists no Node",
+    )
+    watch.add_argument("--metrics-port", type=int, help="serve the counters on 127.0.0.1:PORT")
+    watch.set_defaults(func=cmd_watch_nodes)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ipledger",
@@ -423,6 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
     service_options(show)
     show.set_defaults(func=cmd_state)
     add_sync_commands(commands, service_options)
+    add_node_commands(commands, service_options)
     add_status_commands(commands, service_options)
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
     return parser

@@ -109,6 +109,10 @@ class ClusterApiNotFoundError(ClusterApiError):
     """The Kubernetes object does not exist."""
 
 
+class ClusterApiGoneError(ClusterApiError):
+    """A watch's resource version is too old for the API server (410 Gone): list again."""
+
+
 class ClusterApiRejectedError(ClusterApiError):
     """The Kubernetes API refused the request (invalid, forbidden): retrying cannot help."""
 

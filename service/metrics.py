@@ -27,7 +27,7 @@ import anyio
 import prometheus_client
 from prometheus_client import core, registry
 
-from service import allocator, errors, sync
+from service import allocator, errors, producers, sync
 
 log = logging.getLogger("ipledger.metrics")
 # A client that sends nothing for this long is dropped (each scrape is one short request).
@@ -45,6 +45,15 @@ def sync_registry(clusters: Mapping[str, sync.SyncMetrics]) -> registry.Collecto
     """The registry of ``ipledger sync``: each cluster's worker counters, labelled ``cluster``."""
     collectors = registry.CollectorRegistry(auto_describe=False)
     collectors.register(_SyncCollector(clusters))
+    return collectors
+
+
+def watch_nodes_registry(
+    clusters: Mapping[str, producers.ProducerMetrics],
+) -> registry.CollectorRegistry:
+    """The registry of ``ipledger watch-nodes``: each cluster's producer counters."""
+    collectors = registry.CollectorRegistry(auto_describe=False)
+    collectors.register(_ProducerCollector(clusters))
     return collectors
 
 
@@ -251,7 +260,18 @@ _SYNC_COUNTERS = (
     (
         "drift_repairs",
         "ipledger_sync_drift_repairs_total",
-        "CiliumNodes a resync found changed behind ipledger's back, and put back.",
+        "CiliumNodes a resync or the watch found changed behind ipledger's back, and put back.",
+    ),
+    (
+        "owner_references",
+        "ipledger_sync_owner_references_total",
+        "ownerReferences to their v1 Node given to CiliumNodes ipledger created.",
+    ),
+    ("watch_events", "ipledger_sync_watch_events_total", "CiliumNode changes the watch saw."),
+    (
+        "watch_restarts",
+        "ipledger_sync_watch_restarts_total",
+        "CiliumNode watches started again after a failure or 410 Gone.",
     ),
     ("resyncs", "ipledger_sync_resyncs_total", "Full list-and-compare passes."),
     (
@@ -272,6 +292,7 @@ _SYNC_VERBS = (
     ("status", "status_applies"),
     ("delete", "deletes"),
     ("get", "gets"),
+    ("owner", "owner_applies"),
 )
 
 
@@ -305,6 +326,60 @@ class _SyncCollector(registry.Collector):
                 requests.add_metric([name, verb], getattr(m, field))
         yield requests
         for field, metric, help_text in _SYNC_COUNTERS:
+            family = core.CounterMetricFamily(metric, help_text, labels=["cluster"])
+            for name, m in clusters:
+                family.add_metric([name], getattr(m, field))
+            yield family
+
+
+# ProducerMetrics field -> (metric name, help), for ``ipledger watch-nodes``.
+_PRODUCER_COUNTERS = (
+    ("added", "ipledger_watch_nodes_added_total", "node.added events appended."),
+    ("deleted", "ipledger_watch_nodes_deleted_total", "node.deleted events appended."),
+    (
+        "skipped",
+        "ipledger_watch_nodes_skipped_total",
+        "Node changes not sent: the event contract refuses the Node's name.",
+    ),
+    (
+        "addresses_dropped",
+        "ipledger_watch_nodes_addresses_dropped_total",
+        "Node addresses left out of a node.added: the event contract refuses them.",
+    ),
+    ("reconciles", "ipledger_watch_nodes_reconciles_total", "Listings compared with the log."),
+    (
+        "deletions_held",
+        "ipledger_watch_nodes_deletions_held_total",
+        "Deletions not sent because the API server listed no Node at all.",
+    ),
+    ("watch_events", "ipledger_watch_nodes_watch_events_total", "Node changes watched."),
+    (
+        "failures",
+        "ipledger_watch_nodes_failures_total",
+        "API server, log or projection failures (each retried).",
+    ),
+    (
+        "pod_cidrs_written",
+        "ipledger_watch_nodes_pod_cidrs_written_total",
+        "Nodes given spec.podCIDRs (--mirror-node-podcidrs).",
+    ),
+    (
+        "pod_cidrs_refused",
+        "ipledger_watch_nodes_pod_cidrs_refused_total",
+        "Nodes whose spec.podCIDRs could not be set (already set otherwise, or refused).",
+    ),
+)
+
+
+class _ProducerCollector(registry.Collector):
+    """Reads each cluster's ``producers.ProducerMetrics`` when scraped."""
+
+    def __init__(self, clusters: Mapping[str, producers.ProducerMetrics]) -> None:
+        self._clusters = dict(clusters)
+
+    def collect(self) -> Iterator[core.Metric]:
+        clusters = sorted(self._clusters.items())
+        for field, metric, help_text in _PRODUCER_COUNTERS:
             family = core.CounterMetricFamily(metric, help_text, labels=["cluster"])
             for name, m in clusters:
                 family.add_metric([name], getattr(m, field))

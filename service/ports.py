@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Generic, Literal, Protocol, TypeVar, runtime_checkable
 
 from service.domain import events
 from service.domain import state as domain
@@ -284,7 +284,8 @@ class ObservedNode:
     ``error`` (``status.ipam.operator-status.error``), ``pool`` (``spec.ipam.pool``, IPv4 address
     -> owner) and ``ipv6_pool`` (``spec.ipam.ipv6-pool``) are None when absent. ``addresses`` are
     the node's own addresses (``spec.addresses[].ip``); ``pod_cidrs_managers`` are the field
-    managers that own ``spec.ipam.podCIDRs``, filled by listings (to say who edited a field).
+    managers that own ``spec.ipam.podCIDRs``, filled by listings and watches (to say who edited
+    a field); ``node_owner`` is the UID its ownerReference to a v1 Node names, None without one.
     """
 
     name: str
@@ -295,6 +296,43 @@ class ObservedNode:
     addresses: tuple[str, ...] = ()
     pod_cidrs_managers: tuple[str, ...] = ()
     resource_version: str = ""
+    node_owner: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class KubeNode:
+    """The parts of one v1 Node ipledger reads (``ipledger watch-nodes``, ownerReferences).
+
+    ``addresses`` are ``status.addresses`` of type InternalIP, then ExternalIP, as listed;
+    ``pod_cidrs`` is ``spec.podCIDRs`` (empty until someone sets it, after which Kubernetes
+    refuses to change it).
+    """
+
+    name: str
+    uid: str
+    resource_version: str = ""
+    addresses: tuple[str, ...] = ()
+    pod_cidrs: tuple[str, ...] = ()
+
+
+_Item = TypeVar("_Item")
+ChangeType = Literal["ADDED", "MODIFIED", "DELETED"]
+
+
+@dataclass(frozen=True, slots=True)
+class Listing(Generic[_Item]):
+    """Every object of a kind, and the resource version a watch continues from."""
+
+    items: tuple[_Item, ...]
+    resource_version: str
+
+
+@dataclass(frozen=True, slots=True)
+class Change(Generic[_Item]):
+    """One event of a watch: the object after the change (as it was last, when DELETED)."""
+
+    type: ChangeType
+    item: _Item
 
 
 class ClusterClient(Protocol):
@@ -338,6 +376,51 @@ class ClusterClient(Protocol):
 
     async def delete_node(self, name: str) -> bool:
         """Delete the CiliumNode; False when it did not exist."""
+        ...
+
+    async def list_nodes_at(self) -> Listing[ObservedNode]:
+        """Every CiliumNode (with their ``pod_cidrs_managers``) and the listing's version."""
+        ...
+
+    def watch_nodes(self, resource_version: str) -> AsyncIterator[Change[ObservedNode]]:
+        """CiliumNode changes after ``resource_version`` (with ``pod_cidrs_managers``), forever.
+
+        Raises ``ClusterApiGoneError`` when the version is too old: list again and watch from
+        the new listing. Other failures raise as for any request.
+        """
+        ...
+
+    async def apply_owner(self, name: str, owner: KubeNode) -> ObservedNode:
+        """Point the CiliumNode's ownerReference at its v1 Node (apiVersion v1, kind Node, name,
+        uid: what Cilium's agent sets), under a field manager of its own, so that no spec apply
+        removes it. Raises ``ClusterApiNotFoundError`` when the CiliumNode does not exist."""
+        ...
+
+    # --- v1 Nodes and pods: each needs an optional ClusterRole (docs/operations.md, RBAC) ---
+
+    async def get_kube_node(self, name: str) -> KubeNode | None:
+        """The v1 Node, or None when it does not exist (RBAC: get nodes)."""
+        ...
+
+    async def list_kube_nodes(self) -> Listing[KubeNode]:
+        """Every v1 Node and the listing's version (RBAC: list nodes)."""
+        ...
+
+    def watch_kube_nodes(self, resource_version: str) -> AsyncIterator[Change[KubeNode]]:
+        """v1 Node changes after ``resource_version``, as ``watch_nodes`` (RBAC: watch nodes)."""
+        ...
+
+    async def set_kube_node_pod_cidrs(
+        self, name: str, uid: str, pod_cidrs: Sequence[str]
+    ) -> KubeNode:
+        """Set the v1 Node's ``spec.podCIDRs`` (and ``spec.podCIDR``, the first) if it is still
+        the Node ``uid``: ``ClusterApiNotFoundError`` when it is gone, ``ClusterApiConflictError``
+        when it is another Node of that name, ``ClusterApiRejectedError`` when refused (the
+        field is immutable once set). Never creates a Node (RBAC: patch nodes)."""
+        ...
+
+    async def list_pods(self) -> frozenset[str]:
+        """``namespace/name`` of every pod of the cluster (RBAC: list pods)."""
         ...
 
     async def close(self) -> None:

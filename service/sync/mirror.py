@@ -50,6 +50,27 @@ def error_matches(intent: ports.NodeIntent, observed: ports.ObservedNode) -> boo
     return (observed.error or "") == (intent.error or "")
 
 
+def _older(version: str, than: str) -> bool:
+    """Whether resource version ``version`` is older than ``than``.
+
+    Resource versions are opaque to clients, but every API server backed by etcd gives integers
+    that grow; a watch may deliver a change older than an apply's answer already seen, which
+    must not overwrite it. When either is not an integer nothing is taken to be older.
+    """
+    try:
+        return int(version) < int(than)
+    except ValueError:
+        return False
+
+
+def _error_code(status: int | None) -> str:
+    """A failed request's label: its HTTP status, or ``none`` when no answer came (timeout,
+    connection refused); any other number the server sent is ``other`` (bounded labels)."""
+    if status is None:
+        return "none"
+    return str(status) if 100 <= status <= 599 else "other"
+
+
 class Mirror:
     """The queue, the writers and the last-seen CiliumNodes of one cluster, for one lead.
 
@@ -189,6 +210,7 @@ class Mirror:
             self._saw(observed)
         requests = 0
         mirror_pods = self.settings.mirror_pod_ips
+        creating = observed is None
         if observed is None or not spec_matches(intent, observed, mirror_pods):
             observed = await self._request(
                 "apply",
@@ -198,6 +220,8 @@ class Mirror:
             )
             self._saw(observed)
             requests += 1
+        if creating and self.settings.owner_references and observed.node_owner is None:
+            observed = await self._own(observed)
         if not error_matches(intent, observed):
             observed = await self._request(
                 "status", client.apply_status_error(name, intent.error or "")
@@ -207,6 +231,37 @@ class Mirror:
         if not requests:
             self.metrics.unchanged += 1
         return None
+
+    async def _own(self, observed: ports.ObservedNode) -> ports.ObservedNode:
+        """Give a CiliumNode ipledger created the ownerReference Cilium's agent would give it,
+        so that garbage collection deletes it with its v1 Node. Without a Node, none."""
+        owner = await self._request("get", self.client.get_kube_node(observed.name))
+        if owner is None:
+            log.info(
+                "cluster %s: CiliumNode %s created without an ownerReference: no v1 Node %s",
+                self.cluster,
+                observed.name,
+                observed.name,
+            )
+            return observed
+        owned = await self._request("owner", self.client.apply_owner(observed.name, owner))
+        self._saw(owned)
+        self.metrics.owner_references += 1
+        return owned
+
+    def saw_change(self, observed: ports.ObservedNode) -> bool:
+        """A watched change of a CiliumNode; False when it is older than what was last seen."""
+        last = self.observed.get(observed.name)
+        if last is not None and _older(observed.resource_version, last.resource_version):
+            return False
+        self._saw(observed)
+        return True
+
+    def saw_deletion(self, observed: ports.ObservedNode) -> None:
+        last = self.observed.get(observed.name)
+        if last is None or not _older(observed.resource_version, last.resource_version):
+            self.observed.pop(observed.name, None)
+            self._touched.add(observed.name)
 
     async def _request(self, verb: str, call: Coroutine[object, None, _T]) -> _T:
         """One API request: waits for its slot first; counts it."""
@@ -228,6 +283,8 @@ class Mirror:
                 metrics.status_applies += 1
             elif verb == "delete":
                 metrics.deletes += 1
+            elif verb == "owner":
+                metrics.owner_applies += 1
             else:
                 metrics.gets += 1
 

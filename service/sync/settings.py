@@ -25,6 +25,10 @@ class SyncSettings:
     create_missing: bool = True
     delete_orphans: bool = False
     mirror_pod_ips: bool = False
+    # Give the CiliumNodes ipledger creates an ownerReference to their v1 Node (reads Nodes).
+    owner_references: bool = False
+    # Watch CiliumNodes between resyncs, so a hand edit is put back within seconds.
+    watch: bool = True
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 30.0
     retry_after_max_s: float = 300.0  # a larger Retry-After is taken as this
@@ -44,6 +48,7 @@ class SyncMetrics:
     applies: int = 0
     status_applies: int = 0
     deletes: int = 0
+    owner_applies: int = 0
     gets: int = 0
     nodes_mirrored: int = 0  # outcomes recorded without error
     unchanged: int = 0  # node changes that needed no request
@@ -53,6 +58,9 @@ class SyncMetrics:
     rejected: int = 0
     waiting: int = 0  # nodes currently waiting for their CiliumNode
     drift_repairs: int = 0
+    owner_references: int = 0  # ownerReferences to a v1 Node applied
+    watch_events: int = 0  # CiliumNode changes seen by the watch
+    watch_restarts: int = 0  # watches started again (failure or 410 Gone)
     resyncs: int = 0
     takeovers: int = 0
     lock_waits: int = 0  # lock attempts that found another instance holding it

@@ -14,7 +14,10 @@ all sharing one ``ports.SyncStore``. A ``ClusterSync`` waits for its cluster's l
   the lead and the worker waits for the lock again;
 - the **resync** lists the CiliumNodes at start and every ``resync_interval_s`` and compares them
   with every node: a hand edit of ipledger's fields is put back and logged at WARNING. The
-  writers start only after the first listing, which tells them what is already true.
+  writers start only after the first listing, which tells them what is already true;
+- the **watch** follows every CiliumNode change from that listing on, so a hand edit is put back
+  within seconds instead of at the next resync (and logged the same way, naming the field
+  manager); a watch that is too old (410 Gone) asks for a resync and continues from its listing.
 
 It reads the projection and writes only progress, through the store; it never writes the log
 or the projection, and the allocator never waits for it.
@@ -61,6 +64,11 @@ class ClusterSync:
         self._outcome_added = anyio.Event()
         self._resync_requested = anyio.Event()
         self._resynced = anyio.Event()
+        self._listed_version = ""
+        # The latest intent of every node seen (resync rows, the feed) and the last outcome
+        # recorded or written for it, so the watch can tell a hand edit from a pending write.
+        self._intents: dict[str, ports.NodeIntent] = {}
+        self._synced: dict[str, tuple[int | None, str | None]] = {}
 
     def request_resync(self) -> None:
         """Run the next full resync now rather than at the end of the interval."""
@@ -90,6 +98,7 @@ class ClusterSync:
 
     async def _lead(self, stop: anyio.Event) -> None:
         self._outcomes = []
+        self._intents, self._synced = {}, {}
         mirror = self.mirror = sync_mirror.Mirror(
             self.cluster,
             self.client,
@@ -131,6 +140,7 @@ class ClusterSync:
                     self.cluster, cursor, settings.fetch_limit, with_pod_ips=settings.mirror_pod_ips
                 )
                 for intent in rows:
+                    self._intents[intent.name] = intent
                     mirror.offer(intent)
                 if rows:
                     cursor = (rows[-1].version, rows[-1].name)
@@ -142,6 +152,7 @@ class ClusterSync:
 
     def _record(self, name: str, version: int, error: str | None) -> None:
         self._outcomes.append((name, version, error))
+        self._synced[name] = (version, error)
         self._outcome_added.set()
         self._outcome_added = anyio.Event()
 
@@ -203,8 +214,11 @@ class ClusterSync:
                 continue
             failures = 0
             if not writers_started:
-                # Only now: the writers rely on the listing to skip what is already true.
+                # Only now: the writers rely on the listing to skip what is already true, and
+                # the watch continues from it.
                 tasks.start_soon(mirror.run_writers)
+                if self.settings.watch:
+                    tasks.start_soon(self._watch_loop, mirror)
                 writers_started = True
             resynced, self._resynced = self._resynced, anyio.Event()
             resynced.set()
@@ -231,12 +245,16 @@ class ClusterSync:
         settings = self.settings
         mirror.begin_listing()
         await mirror.bucket.take()
-        listed = await self.client.list_nodes()
+        listing = await self.client.list_nodes_at()
+        listed = listing.items
+        self._listed_version = listing.resource_version
         mirror.replace_observed(listed)
         rows = await self.store.all_nodes(self.cluster, with_pod_ips=settings.mirror_pod_ips)
         self.metrics.resyncs += 1
         offered = 0
         for intent, synced_version, sync_error in rows:
+            self._intents[intent.name] = intent
+            self._synced[intent.name] = (synced_version, sync_error)
             observed = mirror.observed.get(intent.name)
             if intent.deleted:
                 if settings.delete_orphans and observed is not None:
@@ -263,6 +281,71 @@ class ClusterSync:
             len(rows),
             offered,
         )
+
+    # --- the watch --------------------------------------------------------------------------
+
+    async def _watch_loop(self, mirror: sync_mirror.Mirror) -> None:
+        """Follow CiliumNode changes from the last listing on, for as long as the lead lasts."""
+        version = self._listed_version
+        failures = 0
+        while True:
+            try:
+                async for change in self.client.watch_nodes(version):
+                    failures = 0
+                    self.metrics.watch_events += 1
+                    version = change.item.resource_version or version
+                    self._watched(mirror, change)
+            except errors.ClusterApiGoneError:
+                # Too old to continue: a new listing compares everything, then watch from it.
+                self.metrics.watch_restarts += 1
+                log.info("cluster %s: CiliumNode watch expired; listing again", self.cluster)
+                resynced = self._resynced
+                self.request_resync()
+                await resynced.wait()
+                version = self._listed_version
+                continue
+            except errors.ClusterApiError as exc:
+                failures += 1
+                self.metrics.watch_restarts += 1
+                delay = pacing.backoff_delay(
+                    failures, exc.retry_after, self.settings, jitter=random.uniform(0.5, 1.0)
+                )
+                if failures == 1 or failures % 20 == 0:
+                    log.warning(
+                        "cluster %s: CiliumNode watch failed: %s; again in %.1fs",
+                        self.cluster,
+                        exc,
+                        delay,
+                    )
+                await anyio.sleep(delay)
+
+    def _watched(
+        self, mirror: sync_mirror.Mirror, change: ports.Change[ports.ObservedNode]
+    ) -> None:
+        observed = change.item
+        if change.type == "DELETED":
+            # Not recreated here: a CiliumNode deleted with its v1 Node (garbage collection)
+            # must stay deleted; the resync writes a node whose object is missing.
+            mirror.saw_deletion(observed)
+            return
+        if not mirror.saw_change(observed):
+            return  # older than what a write already returned
+        intent = self._intents.get(observed.name)
+        if intent is None or intent.deleted:
+            return
+        settings = self.settings
+        if sync_mirror.spec_matches(
+            intent, observed, settings.mirror_pod_ips
+        ) and sync_mirror.error_matches(intent, observed):
+            return
+        synced_version, sync_error = self._synced.get(observed.name, (None, None))
+        mirrored = (
+            synced_version is not None and synced_version >= intent.version and not sync_error
+        )
+        # Not yet mirrored: its write is pending and will make it true anyway.
+        if mirrored and mirror.offer(intent, repair=True):
+            self.metrics.drift_repairs += 1
+            self._warn_drift(intent, observed)
 
     def _warn_drift(self, intent: ports.NodeIntent, observed: ports.ObservedNode) -> None:
         wanted = [str(c) for c in intent.pod_cidrs]

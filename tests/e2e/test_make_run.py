@@ -118,7 +118,7 @@ def test_quick_start_end_to_end(data_dir: Path) -> None:
         assert b"appended 14 event(s), 0 invalid" in appended.stdout
         bad = ipledger(env, "append", str(EXAMPLES / "bad-events.jsonl"))
         assert bad.returncode == 1
-        assert b"appended 0 event(s), 4 invalid line(s) not appended" in bad.stdout
+        assert b"appended 0 event(s), 16 invalid line(s) not appended" in bad.stdout
         assert b"line 2: invalid event: unknown event type 'node.renamed'" in bad.stderr
 
         shown = ipledger(env, "state", "--wait-caught-up", "--timeout", "60")

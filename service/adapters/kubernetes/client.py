@@ -3,6 +3,11 @@
 Built by ``service.bootstrap.open_cluster_clients`` (one per ipledger cluster) and used by the
 sync worker (``service.sync``) and ``ipledger adopt``. Why lightkube: docs/kubernetes-client.md.
 
+It also reads v1 Nodes (ownerReferences, ``ipledger watch-nodes``) and pods (the leak check of
+``ipledger check``), and writes a Node's ``spec.podCIDRs`` with a merge patch that carries the
+Node's UID (so it can neither create a Node nor write one that replaced it): each of those needs
+an optional ClusterRole (compose/kubernetes/rbac-optional.yaml).
+
 Writes are server-side applies under the field manager ``ipledger`` with ``force=True``: ipledger
 runs the cluster's IPAM, so the fields it applies are its own even when Cilium's operator (or a
 hand edit) owned them before. Each apply names exactly ipledger's fields, so everything else on
@@ -21,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import email.utils
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +34,20 @@ import httpx2
 import msgspec
 from lightkube import ApiError, AsyncClient, ConfigError, KubeConfig
 from lightkube.generic_resource import create_global_resource
+from lightkube.resources.core_v1 import Node, Pod
 from lightkube.types import PatchType
 
 from service import errors, ports
 
 FIELD_MANAGER = "ipledger"
+# The ownerReference is applied under a manager of its own: were it in ipledger's spec applies,
+# every later apply without it would remove it (SSA drops what a manager stops applying).
+OWNER_FIELD_MANAGER = "ipledger-owner"
+# The server ends each watch request after this long and lightkube opens the next one from the
+# last version seen, so a connection that died silently is noticed within this time.
+WATCH_TIMEOUT_S = 240
+_WATCHED = frozenset({"ADDED", "MODIFIED", "DELETED"})
+_NODE_ADDRESS_TYPES = ("InternalIP", "ExternalIP")
 API_VERSION = "cilium.io/v2"
 KIND = "CiliumNode"
 CiliumNode = create_global_resource("cilium.io", "v2", KIND, "ciliumnodes")
@@ -85,9 +99,18 @@ class _ManagedFieldsEntry(msgspec.Struct, frozen=True):
     fields_v1: dict[str, Any] | None = msgspec.field(default=None, name="fieldsV1")
 
 
+class _OwnerReference(msgspec.Struct, frozen=True):
+    kind: str = ""
+    uid: str = ""
+    api_version: str = msgspec.field(default="", name="apiVersion")
+
+
 class _Metadata(msgspec.Struct, frozen=True):
     name: str
     resource_version: str = msgspec.field(default="", name="resourceVersion")
+    owner_references: list[_OwnerReference] | None = msgspec.field(
+        default=None, name="ownerReferences"
+    )
     managed_fields: list[_ManagedFieldsEntry] | None = msgspec.field(
         default=None, name="managedFields"
     )
@@ -170,11 +193,97 @@ class KubernetesClusterClient:
         return _observed(found)
 
     async def list_nodes(self) -> list[ports.ObservedNode]:
+        return list((await self.list_nodes_at()).items)
+
+    async def list_nodes_at(self) -> ports.Listing[ports.ObservedNode]:
         nodes: list[ports.ObservedNode] = []
         with _translate("listing CiliumNodes"):
-            async for item in self._client.list(CiliumNode, chunk_size=LIST_CHUNK):
+            listing = self._client.list(CiliumNode, chunk_size=LIST_CHUNK)
+            async for item in listing:
                 nodes.append(_observed(item, with_managers=True))
-        return nodes
+            version = _listed_version(listing)
+        return ports.Listing(tuple(nodes), version)
+
+    async def watch_nodes(
+        self, resource_version: str
+    ) -> AsyncIterator[ports.Change[ports.ObservedNode]]:
+        with _translate(f"watching CiliumNodes from {resource_version}"):
+            async for kind, item in self._client.watch(
+                CiliumNode, resource_version=resource_version, server_timeout=WATCH_TIMEOUT_S
+            ):
+                if kind in _WATCHED:
+                    yield ports.Change(kind, _observed(item, with_managers=True))  # type: ignore[arg-type]
+
+    async def apply_owner(self, name: str, owner: ports.KubeNode) -> ports.ObservedNode:
+        body = owner_body(name, owner)
+        try:
+            with _translate(f"applying the ownerReference of CiliumNode {name}"):
+                applied = await self._client.patch(
+                    CiliumNode,
+                    name,
+                    body,
+                    patch_type=PatchType.APPLY,
+                    field_manager=OWNER_FIELD_MANAGER,
+                    force=True,
+                )
+        except errors.ClusterApiRejectedError:
+            # An apply creates what is missing; Cilium's schema requires spec, which this one
+            # lacks, so a deleted CiliumNode is refused (422) rather than created: say so.
+            if await self.get_node(name) is None:
+                raise errors.ClusterApiNotFoundError(
+                    f"applying the ownerReference of CiliumNode {name}: not found", status=404
+                ) from None
+            raise
+        return _observed(applied)
+
+    async def get_kube_node(self, name: str) -> ports.KubeNode | None:
+        try:
+            with _translate(f"reading Node {name}"):
+                found = await self._client.get(Node, name)
+        except errors.ClusterApiNotFoundError:
+            return None
+        return _kube_node(found)
+
+    async def list_kube_nodes(self) -> ports.Listing[ports.KubeNode]:
+        nodes: list[ports.KubeNode] = []
+        with _translate("listing Nodes"):
+            listing = self._client.list(Node, chunk_size=LIST_CHUNK)
+            async for item in listing:
+                nodes.append(_kube_node(item))
+            version = _listed_version(listing)
+        return ports.Listing(tuple(nodes), version)
+
+    async def watch_kube_nodes(
+        self, resource_version: str
+    ) -> AsyncIterator[ports.Change[ports.KubeNode]]:
+        with _translate(f"watching Nodes from {resource_version}"):
+            async for kind, item in self._client.watch(
+                Node, resource_version=resource_version, server_timeout=WATCH_TIMEOUT_S
+            ):
+                if kind in _WATCHED:
+                    yield ports.Change(kind, _kube_node(item))  # type: ignore[arg-type]
+
+    async def set_kube_node_pod_cidrs(
+        self, name: str, uid: str, pod_cidrs: Sequence[str]
+    ) -> ports.KubeNode:
+        # A merge patch, not an apply: it answers 404 for a missing Node instead of creating
+        # one, and the UID in it makes the server refuse to write a Node that replaced this one.
+        body = {
+            "metadata": {"uid": uid},
+            "spec": {"podCIDR": pod_cidrs[0] if pod_cidrs else None, "podCIDRs": list(pod_cidrs)},
+        }
+        with _translate(f"patching spec.podCIDRs of Node {name}"):
+            patched = await self._client.patch(Node, name, body, patch_type=PatchType.MERGE)
+        return _kube_node(patched)
+
+    async def list_pods(self) -> frozenset[str]:
+        pods: set[str] = set()
+        with _translate("listing pods"):
+            async for pod in self._client.list(Pod, namespace="*", chunk_size=LIST_CHUNK):
+                meta = pod.metadata
+                if meta is not None and meta.name:
+                    pods.add(f"{meta.namespace}/{meta.name}")
+        return frozenset(pods)
 
     async def delete_node(self, name: str) -> bool:
         try:
@@ -233,6 +342,42 @@ def status_body(name: str, error: str) -> dict[str, Any]:
     }
 
 
+def owner_body(name: str, owner: ports.KubeNode) -> dict[str, Any]:
+    """The apply body for the ownerReference, exactly as Cilium's agent writes it."""
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": {
+            "name": name,
+            "ownerReferences": [
+                {"apiVersion": "v1", "kind": "Node", "name": owner.name, "uid": owner.uid}
+            ],
+        },
+    }
+
+
+def _listed_version(listing: object) -> str:
+    version = getattr(listing, "resourceVersion", "")
+    return version if isinstance(version, str) else ""
+
+
+def _kube_node(node: Node) -> ports.KubeNode:
+    meta, spec, status = node.metadata, node.spec, node.status
+    if meta is None or not meta.name:
+        raise errors.ClusterApiError("a Node without a name")
+    by_type: dict[str, list[str]] = {kind: [] for kind in _NODE_ADDRESS_TYPES}
+    for address in (status.addresses if status is not None else None) or ():
+        if address.type in by_type and address.address not in by_type[address.type]:
+            by_type[address.type].append(address.address)
+    return ports.KubeNode(
+        name=meta.name,
+        uid=meta.uid or "",
+        resource_version=meta.resourceVersion or "",
+        addresses=tuple(a for kind in _NODE_ADDRESS_TYPES for a in by_type[kind]),
+        pod_cidrs=tuple((spec.podCIDRs if spec is not None else None) or ()),
+    )
+
+
 def _address_key(address: ports.Address) -> tuple[int, int]:
     return address.version, int(address)
 
@@ -255,6 +400,14 @@ def _observed(obj: Mapping[str, Any], *, with_managers: bool = False) -> ports.O
         addresses=tuple(a.ip for a in addresses or () if a.ip),
         pod_cidrs_managers=_pod_cidrs_managers(node.metadata) if with_managers else (),
         resource_version=node.metadata.resource_version,
+        node_owner=next(
+            (
+                ref.uid
+                for ref in node.metadata.owner_references or ()
+                if ref.kind == "Node" and ref.api_version == "v1"
+            ),
+            None,
+        ),
     )
 
 
@@ -281,9 +434,10 @@ def _translate(doing: str) -> Iterator[None]:
     try:
         yield
     except ApiError as exc:
-        status = exc.status
-        code = status.code if status.code is not None else exc.response.status_code
-        raise _status_error(doing, code, status.message or "", exc.response) from exc
+        # A watch's ERROR event (410 Gone) becomes an ApiError without a response.
+        status, response = exc.status, exc.response
+        code = status.code if status.code is not None else response.status_code if response else 0
+        raise _status_error(doing, code, status.message or "", response) from exc
     except httpx2.HTTPStatusError as exc:
         response = exc.response
         raise _status_error(doing, response.status_code, response.text[:200], response) from exc
@@ -312,6 +466,8 @@ def _status_error(
     kind: type[errors.ClusterApiError]
     if code == 404:
         kind = errors.ClusterApiNotFoundError
+    elif code == 410:
+        kind = errors.ClusterApiGoneError
     elif code == 409:
         kind = errors.ClusterApiConflictError
     elif code == 429:
