@@ -124,12 +124,12 @@ def test_the_sync_workers_counters_are_labelled_by_cluster() -> None:
         for (name, labels), value in got.items()
         if name == "ipledger_sync_requests_total" and dict(labels)["cluster"] == "east"
     }
-    assert by_verb == {"apply": 3, "status": 1, "delete": 1, "get": 1}
+    assert by_verb == {"apply": 3, "status": 1, "delete": 1, "get": 1, "owner": 0}
     assert sum(by_verb.values()) == east.requests
     # Every counter of SyncMetrics is exported (requests through its verbs).
     exported = {name.removeprefix("ipledger_sync_").removesuffix("_total") for name, _ in got}
     fields = {field.name for field in dataclasses.fields(sync.SyncMetrics)}
-    assert fields - {"applies", "status_applies", "deletes", "gets"} == exported
+    assert fields - {"applies", "status_applies", "deletes", "gets", "owner_applies"} == exported
 
 
 @pytest.mark.anyio

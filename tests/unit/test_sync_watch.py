@@ -62,8 +62,10 @@ async def test_a_hand_edit_is_put_back_by_the_watch_and_logged(
             client.edit("a", pod_cidrs=["10.9.9.0/24"], manager="kubectl-edit")
             client.edit("b", error="someone else's error", manager="kubectl-patch")
             await waiting.until(
-                lambda: client.nodes["a"].pod_cidrs == ("10.0.1.0/24",)
-                and client.nodes["b"].error in (None, ""),
+                lambda: (
+                    client.nodes["a"].pod_cidrs == ("10.0.1.0/24",)
+                    and client.nodes["b"].error in (None, "")
+                ),
                 timeout=5,
                 what="both hand edits put back",
             )

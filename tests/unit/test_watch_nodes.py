@@ -22,6 +22,7 @@ What is checked:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -30,7 +31,7 @@ import anyio
 import anyio.abc
 import pytest
 
-from service import allocator, producers
+from service import allocator, metrics, producers
 from service.adapters import memory
 from service.adapters.kubernetes.memory import MemoryClusterClient
 from service.domain import allocation, events, state
@@ -323,3 +324,12 @@ async def test_the_leak_check_reports_exactly_the_addresses_of_gone_pods(world: 
     assert await world.reader.owner_addresses("default", "shop/cart-2") == []
     again = await producers.find_leaks("default", world.reader, world.kube)
     assert again.leaks == () and again.held == 3
+
+
+def test_every_counter_is_exported_labelled_by_cluster() -> None:
+    east = producers.ProducerMetrics(added=3, skipped=1)
+    text = metrics.render(metrics.watch_nodes_registry({"east": east}))
+    assert 'ipledger_watch_nodes_added_total{cluster="east"} 3.0' in text
+    assert 'ipledger_watch_nodes_skipped_total{cluster="east"} 1.0' in text
+    for field in dataclasses.fields(producers.ProducerMetrics):
+        assert f"ipledger_watch_nodes_{field.name}_total" in text
