@@ -21,6 +21,7 @@ from service.adapters import children
 from service.adapters.kafka import log as kafka_log
 from service.adapters.kafka import sink as kafka_sink
 from service.adapters.kubernetes import client as kube_client
+from service.adapters.kubernetes import files as kube_files
 from service.adapters.postgres import (
     embedded,
     migrate,
@@ -156,8 +157,13 @@ def open_cluster_clients(settings: Settings) -> dict[str, ports.ClusterClient]:
 
     ``IPLEDGER_KUBECONFIGS`` maps clusters to kubeconfig files and contexts; without it, the one
     cluster ``sync_cluster`` uses ``kubeconfig``/``kube_context``, else in-cluster config or the
-    current context. No connection is opened until the first request.
+    current context. No connection is opened until the first request. With ``ciliumnode_dir``
+    there is no cluster: ``sync_cluster``'s CiliumNodes are written as files there.
     """
+    if settings.ciliumnode_dir is not None:
+        files = kube_files.FileClusterClient(settings.ciliumnode_dir.absolute())
+        log.info("cluster %s: CiliumNodes as %s", settings.sync_cluster, files.description)
+        return {settings.sync_cluster: files}
     clients: dict[str, ports.ClusterClient] = {}
     for cluster, target in settings.kube_targets().items():
         client = kube_client.KubernetesClusterClient.connect(target.kubeconfig, target.context)

@@ -1,10 +1,10 @@
 """The contract of ``ports.ClusterClient``, written once and run against every adapter.
 
-Each test runs against ``MemoryClusterClient`` (no service) and ``KubernetesClusterClient`` on
-the session's real API server with Cilium's CRD (``kube_apiserver``, requested only by the
-Kubernetes parameter; its CiliumNodes are all deleted before and after each test). "Another
-writer" is Cilium's agent: the memory client's ``edit``, or a lightkube apply under the field
-manager ``cilium-agent``.
+Each test runs against ``MemoryClusterClient`` (no service), ``FileClusterClient`` (a fresh
+directory) and ``KubernetesClusterClient`` on the session's real API server with Cilium's CRD
+(``kube_apiserver``, requested only by the Kubernetes parameter; its CiliumNodes are all deleted
+before and after each test). "Another writer" is Cilium's agent: the memory client's ``edit``,
+an edit of the node's YAML file, or a lightkube apply under the field manager ``cilium-agent``.
 
 Asserted for every adapter: an apply creates a missing object and returns it as stored; applies
 replace exactly ipledger's fields (IPv4 then IPv6 CIDRs as given, pod addresses split by family,
@@ -19,13 +19,16 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
+import yaml
 from lightkube import AsyncClient, KubeConfig
 from lightkube.models.meta_v1 import ObjectMeta
 
 from service import errors, ports
 from service.adapters.kubernetes import client as kube_client
+from service.adapters.kubernetes.files import FileClusterClient
 from service.adapters.kubernetes.memory import MemoryClusterClient
 from tests.harness.kube import KubeAPIServer
 
@@ -43,7 +46,7 @@ class ClientUnderTest:
     agent_writes_addresses: Callable[[str, Sequence[str]], Awaitable[None]]
 
 
-@pytest.fixture(params=["memory", pytest.param("kubernetes", marks=pytest.mark.kube)])
+@pytest.fixture(params=["memory", "files", pytest.param("kubernetes", marks=pytest.mark.kube)])
 def adapter(request: pytest.FixtureRequest) -> str:
     if request.param == "kubernetes":
         # Requested here, outside the event loop: starting the server blocks.
@@ -54,8 +57,24 @@ def adapter(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 async def under_test(
-    adapter: str, request: pytest.FixtureRequest
+    adapter: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[ClientUnderTest]:
+    if adapter == "files":
+        files = FileClusterClient(tmp_path / "ciliumnodes")
+
+        async def edit_file(name: str, addresses: Sequence[str]) -> None:
+            path = files.directory / f"{name}.yaml"
+            new = {"apiVersion": "cilium.io/v2", "kind": "CiliumNode", "metadata": {"name": name}}
+            obj = yaml.safe_load(path.read_text()) if path.exists() else new
+            obj.setdefault("spec", {})["addresses"] = [
+                {"type": "InternalIP", "ip": ip} for ip in addresses
+            ]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(yaml.safe_dump(obj))
+
+        yield ClientUnderTest(files, edit_file)
+        await files.close()
+        return
     if adapter == "memory":
         memory = MemoryClusterClient()
 
