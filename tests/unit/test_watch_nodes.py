@@ -26,10 +26,12 @@ import dataclasses
 import json
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import anyio
 import anyio.abc
 import pytest
+import yaml
 
 from service import allocator, metrics, producers
 from service.adapters import memory
@@ -333,3 +335,35 @@ def test_every_counter_is_exported_labelled_by_cluster() -> None:
     assert 'ipledger_watch_nodes_skipped_total{cluster="east"} 1.0' in text
     for field in dataclasses.fields(producers.ProducerMetrics):
         assert f"ipledger_watch_nodes_{field.name}_total" in text
+
+
+def test_each_option_has_a_clusterrole_of_its_own_with_only_what_it_uses() -> None:
+    path = Path(__file__).parents[2] / "compose" / "kubernetes" / "rbac-optional.yaml"
+    documents = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    roles = {
+        d["metadata"]["name"]: {
+            (group, resource): sorted(rule["verbs"])
+            for rule in d["rules"]
+            for group in rule["apiGroups"]
+            for resource in rule["resources"]
+        }
+        for d in documents
+        if d["kind"] == "ClusterRole"
+    }
+    assert roles == {
+        "ipledger-sync-owner-references": {("", "nodes"): ["get"]},
+        "ipledger-watch-nodes": {("", "nodes"): ["list", "watch"]},
+        "ipledger-watch-nodes-podcidrs": {("", "nodes"): ["patch"]},
+        "ipledger-leak-check": {("", "pods"): ["list"]},
+    }
+    bound = {
+        d["roleRef"]["name"]: [(s["kind"], s["name"]) for s in d["subjects"]]
+        for d in documents
+        if d["kind"] == "ClusterRoleBinding"
+    }
+    assert bound == {
+        "ipledger-sync-owner-references": [("ServiceAccount", "ipledger-sync")],
+        "ipledger-watch-nodes": [("ServiceAccount", "ipledger-watch-nodes")],
+        "ipledger-watch-nodes-podcidrs": [("ServiceAccount", "ipledger-watch-nodes")],
+        "ipledger-leak-check": [("User", "ipledger-operator")],
+    }
