@@ -105,10 +105,9 @@ async def cluster(adapter: str, request: pytest.FixtureRequest) -> AsyncIterator
             await raw.create(Node(metadata=ObjectMeta(name=name), status=status))
         else:
             await raw.patch(
-                Node,
+                Node.Status,
                 name,
                 {"status": {"addresses": [{"type": t, "address": a} for t, a in addresses]}},
-                subresource="status",
                 patch_type=kube_client.PatchType.MERGE,
             )
         found = await client.get_kube_node(name)

@@ -201,10 +201,9 @@ async def test_watch_nodes_end_state_equals_the_nodes_present_across_restarts(
         await create_node(core, "node-3", "192.168.1.3")
         await core.delete(Node, "node-0")
         await core.patch(
-            Node,
+            Node.Status,
             "node-1",
             {"status": {"addresses": [{"type": "InternalIP", "address": "192.168.1.101"}]}},
-            subresource="status",
             patch_type=PatchType.MERGE,
         )
 

@@ -2,7 +2,7 @@
 
 The real allocator (``PartitionAllocator`` over the PostgreSQL table log) turns events into the
 projection; the real ``ClusterSync`` mirrors it through the lightkube adapter onto CiliumNodes
-served by apiextensions-apiserver with Cilium's unmodified CRD, so every object written is
+served by kube-apiserver with Cilium's unmodified CRD, so every object written is
 validated by the server against Cilium's schema (``metrics.rejected`` stays 0 in every test).
 Nothing is mocked; 429 / Retry-After cannot be provoked on this server and is covered in
 tests/unit/test_sync_unit.py with the in-memory client.
@@ -330,7 +330,8 @@ async def test_a_foreign_manager_taking_pod_cidrs_is_reverted_at_resync_and_logg
 ) -> None:
     """ipledger applies with force: Cilium's operator (or anyone) loses spec.ipam.podCIDRs."""
     await ledger.append(pool(), added("node-a"))
-    worker = sync.ClusterSync(CLUSTER, kube, store, settings())
+    # At the resync: without the watch, which puts it back at once (test_nodes_and_watch.py).
+    worker = sync.ClusterSync(CLUSTER, kube, store, settings(watch=False))
 
     async with running(worker):
         await converged(pg_dsn, kube)
@@ -370,7 +371,9 @@ async def test_hand_edits_of_spec_and_status_are_repaired(
     pg_dsn: str,
 ) -> None:
     await ledger.append(pool(), added("node-a"), added("node-b"))
-    worker = sync.ClusterSync(CLUSTER, kube, store, settings())
+    # The resync's repair: without the watch, which would put the edits back at once
+    # (tests/integration/test_nodes_and_watch.py).
+    worker = sync.ClusterSync(CLUSTER, kube, store, settings(watch=False))
 
     async with running(worker):
         await converged(pg_dsn, kube)
