@@ -18,8 +18,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
-# Real services the integration tests start themselves: Kafka jars from Maven Central,
-# apiextensions-apiserver and etcd built from the Go module proxy. Cached under .cache/.
+# Real services the integration tests and benchmarks start themselves: Kafka jars from Maven
+# Central; kube-apiserver and etcd built, and Cilium's CiliumNode CRDs taken, from the Go module
+# proxy (compose/kube/build.sh, about six minutes cold). Cached under $(IPLEDGER_CACHE).
 services: setup
 	bash compose/kafka/fetch.sh
 	bash compose/kube/build.sh
@@ -37,7 +38,7 @@ lint: setup
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
-bench: setup
+bench: setup services
 	$(PY) -m bench
 
 run: setup

@@ -1,7 +1,7 @@
 """The Kubernetes sync benchmark: 5,000 nodes allocated at once, mirrored onto CiliumNodes.
 
 Run by ``python -m bench`` (``--only sync``). Everything is real and on loopback: PostgreSQL
-(embedded, fsync on), the apiextensions-apiserver + etcd of tests/harness/kube.py serving
+(embedded, fsync on), the kube-apiserver + etcd of tests/harness/kube.py serving
 Cilium's CRD, the allocator over the PostgreSQL table log, and ``service.sync.ClusterSync``
 through the lightkube adapter. The servers are processes of their own; the allocator and the
 sync worker share this one, as they would not in production (their CPU is told apart below).
@@ -353,7 +353,8 @@ def _server_cpu() -> dict[str, float]:
 
     totals: dict[str, float] = {}
     for pid in children.get(os.getpid(), []):
-        label = {"apiextensions-a": "apiserver", "postgres": "PostgreSQL"}.get(
+        # /proc's comm is cut at 15 characters: "kube-apiserver" fits.
+        label = {"kube-apiserver": "apiserver", "postgres": "PostgreSQL"}.get(
             names[pid], names[pid]
         )
         totals[label] = totals.get(label, 0.0) + tree(pid)

@@ -3,8 +3,9 @@
 Pins down the API behaviour the sync worker relies on: server-side apply of `spec.ipam.podCIDRs`
 and of `status` through the status subresource under the `ipledger` field manager, conflicts
 with other managers, the CRD schema's verdicts, resource versions, and objects surviving an API
-server restart. Also records what this server does not serve (the legacy `/api`), so a failure
-there points at the harness rather than at the code under test.
+server restart. Also checks the harness itself: the core API is served (it is kube-apiserver,
+not a CRD-only server), credentials it mints have only what RBAC grants them, and the audit log
+records requests, so a failure there points at the harness rather than at the code under test.
 
 Runs against the session-scoped `kube_apiserver` fixture from tests/harness/kube.py. Every test
 works on its own CiliumNode names and deletes them afterwards, because the server is shared.
@@ -28,8 +29,10 @@ from lightkube.generic_resource import (
     create_global_resource,
 )
 from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.authentication_v1 import SelfSubjectReview
 from lightkube.resources.core_v1 import Namespace
 
+from tests import waiting
 from tests.harness.kube import KubeAPIServer
 
 pytestmark = [pytest.mark.kube, pytest.mark.anyio]
@@ -239,10 +242,91 @@ async def test_watch_from_the_list_resource_version_sees_only_later_changes(
     assert (event, meta(node).name) == ("ADDED", later)
 
 
-async def test_legacy_core_api_is_not_served(client: AsyncClient) -> None:
-    missing = await api_error(client.get(Namespace, "default"))
+async def test_the_core_api_is_served(client: AsyncClient) -> None:
+    default = await client.get(Namespace, "default")
 
-    assert missing.response.status_code == 404
+    assert meta(default).name == "default"
+
+
+async def test_minted_credentials_have_only_what_rbac_grants(
+    kube_apiserver: KubeAPIServer, new_node_name: NodeFactory, client: AsyncClient
+) -> None:
+    user = f"reader-{uuid.uuid4().hex[:8]}"
+    name = new_node_name()
+    await client.apply(ciliumnode(name, ["10.0.30.0/24"]))
+    reader = AsyncClient(
+        config=KubeConfig.from_file(kube_apiserver.client_certificate_kubeconfig(user))
+    )
+    try:
+        refused = await api_error(reader.get(CiliumNode, name))
+        assert refused.response.status_code == 403
+
+        kube_apiserver.apply(
+            [
+                {
+                    "apiVersion": "rbac.authorization.k8s.io/v1",
+                    "kind": "ClusterRole",
+                    "metadata": {"name": user},
+                    "rules": [
+                        {"apiGroups": ["cilium.io"], "resources": ["ciliumnodes"], "verbs": ["get"]}
+                    ],
+                },
+                {
+                    "apiVersion": "rbac.authorization.k8s.io/v1",
+                    "kind": "ClusterRoleBinding",
+                    "metadata": {"name": user},
+                    "roleRef": {
+                        "apiGroup": "rbac.authorization.k8s.io",
+                        "kind": "ClusterRole",
+                        "name": user,
+                    },
+                    "subjects": [
+                        {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}
+                    ],
+                },
+            ]
+        )
+
+        async def readable() -> bool:
+            try:
+                await reader.get(CiliumNode, name)
+            except ApiError as exc:
+                if exc.status.code != 403:
+                    raise
+                return False
+            return True
+
+        # RBAC takes a new binding into account through an informer: shortly, not at once.
+        await waiting.until(readable, timeout=30, what="the binding to take effect", interval=0.05)
+        assert (await api_error(reader.get(Namespace, "default"))).response.status_code == 403
+    finally:
+        await reader.close()
+
+    requests = [
+        (e["verb"], e["objectRef"].get("resource"), e["responseStatus"]["code"])
+        for e in kube_apiserver.audit_events(user=user)
+    ]
+    assert ("get", "ciliumnodes", 403) in requests
+    assert ("get", "ciliumnodes", 200) in requests
+    assert ("get", "namespaces", 403) in requests
+
+
+async def test_a_service_account_token_authenticates_as_the_service_account(
+    kube_apiserver: KubeAPIServer,
+) -> None:
+    kubeconfig = kube_apiserver.service_account_kubeconfig("default", "harness-check")
+    client = AsyncClient(config=KubeConfig.from_file(kubeconfig))
+    try:
+        # Every authenticated identity may ask who it is; the answer names the ServiceAccount.
+        review = await client.create(SelfSubjectReview())
+        assert review.status is not None and review.status.userInfo is not None
+        assert review.status.userInfo.username == "system:serviceaccount:default:harness-check"
+        # Forbidden is decided before the object is looked up: 403, not 404.
+        refused = await api_error(client.get(CiliumNode, "any-node"))
+        assert refused.response.status_code == 403
+        assert "system:serviceaccount:default:harness-check" in str(refused.status.message)
+    finally:
+        await client.close()
 
 
 async def test_objects_survive_an_apiserver_restart(
