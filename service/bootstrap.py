@@ -16,12 +16,13 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from service import errors, ports, sync
+from service import allocator, errors, ports, sync
 from service.adapters import children
 from service.adapters.kafka import log as kafka_log
 from service.adapters.kafka import sink as kafka_sink
 from service.adapters.kubernetes import client as kube_client
 from service.adapters.kubernetes import files as kube_files
+from service.adapters.postgres import audit as audit_reader
 from service.adapters.postgres import (
     embedded,
     migrate,
@@ -30,6 +31,7 @@ from service.adapters.postgres import (
     sync_store,
     table_log,
 )
+from service.audit import signing
 from service.settings import Settings, redacted_url
 
 log = logging.getLogger("ipledger")
@@ -142,6 +144,47 @@ def open_projection(settings: Settings) -> projection.PostgresProjection:
         holder=holder_id(),
         lease_ttl_s=settings.lease_ttl_s,
     )
+
+
+def tree_settings(settings: Settings) -> allocator.TreeSettings | None:
+    """The allocator's Merkle tree settings (None: the tree off), with the head signer."""
+    if not settings.tree:
+        return None
+    sign = None
+    if settings.signing_key is not None:
+        sign = signing.Signer.from_file(settings.signing_key)
+    return allocator.TreeSettings(
+        head_every=settings.tree_head_every,
+        digest_every=settings.tree_digest_every,
+        sign=sign,
+    )
+
+
+async def open_replay_log(settings: Settings) -> ports.EventLog:
+    """The log for a replay or an audit: read from offset 0, in no consumer group."""
+    if settings.log == "kafka":
+        assert settings.kafka_bootstrap is not None
+        return await kafka_log.KafkaEventLog.open(
+            settings.kafka_bootstrap, settings.events_topic, client_id="ipledger-replay"
+        )
+    return await open_log(settings)
+
+
+def open_projection_at(settings: Settings, url: str) -> ports.Projection:
+    """A writer's projection on the database at ``url`` (``ipledger replay --into``)."""
+    return projection.PostgresProjection.from_dsn(
+        url, log_name=settings.log_name, holder=holder_id(), lease_ttl_s=settings.lease_ttl_s
+    )
+
+
+async def migrate_url(url: str) -> None:
+    log.info("migrating %s", redacted_url(url))
+    await migrate.upgrade(url)
+
+
+def open_audit_reader(url: str) -> ports.AuditReader:
+    """Read-only access to the tree heads, leaves and rows of the database at ``url``."""
+    return audit_reader.PostgresAuditReader.from_dsn(url)
 
 
 def open_reader(settings: Settings) -> ports.ProjectionReader:

@@ -15,7 +15,7 @@ from the environment or opened at import time.
 from __future__ import annotations
 
 import argparse
-import contextlib
+import datetime
 import json
 import logging
 import os
@@ -274,124 +274,11 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    """Print pool use, nodes needing attention, log lag, writers and rejections."""
-    from rich.console import Console
-
-    from service.processes import status
-
-    settings = _settings(args)
-    console = Console(highlight=False)
-    if args.limit < 0 or args.rejections < 0:
-        raise CommandError("--limit and --rejections must be 0 or more")
-    options = {"cluster": args.cluster, "limit": args.limit, "rejections": args.rejections}
-
-    def show(report: status.Status) -> None:
-        if args.json:
-            sys.stdout.write(json.dumps(status.as_json(report)) + "\n")
-            sys.stdout.flush()
-            return
-        if args.watch is not None:
-            if console.is_terminal:
-                console.clear()
-            else:
-                console.print(f"--- {report.read_at:%Y-%m-%d %H:%M:%S} UTC", markup=False)
-        status.render(report, console)
-
-    if args.watch is None:
-        show(_run_async(lambda: status.read(settings, **options)))
-        return 0
-    if args.watch <= 0:
-        raise CommandError("--watch takes a number of seconds greater than 0")
-    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a watch ends
-        _run_async(lambda: status.watch(settings, every_s=args.watch, show=show, **options))
-    return 0
-
-
-def cmd_check(args: argparse.Namespace) -> int:
-    """Compare the projection with the CiliumNodes; exit 1 when anything differs."""
-    from service.processes import check
-
-    if not args.kubernetes:
-        raise CommandError("say what to check against: --kubernetes")
-    # The Kubernetes client logs every request at INFO: noise in a report.
-    logging.getLogger("httpx2").setLevel(logging.WARNING)
-    try:
-        settings = _kube_settings(args)
-        report = _run_async(lambda: check.kubernetes(settings, cluster=args.cluster))
-    except errors.IpledgerError as exc:
-        # Exit 2, not 1: "could not check" must not read as "found problems".
-        raise CommandError(f"could not check: {exc}") from None
-    if args.json:
-        print(json.dumps(report.as_json(), indent=2))
-    else:
-        print("\n".join(report.lines()))
-    return 1 if report.problems else 0
-
-
 def add_status_commands(
     commands: argparse._SubParsersAction,  # type: ignore[type-arg]
     service_options: Callable[[argparse.ArgumentParser], None],
 ) -> None:
     """Register ``status``, ``check`` and ``config`` (called by ``build_parser``)."""
-    show = commands.add_parser(
-        "status",
-        help="pool use per element, nodes waiting or failing, log lag, writers, rejections",
-        description="Read the projection (and the log's end offsets) and print, per cluster and "
-        "pool element, the node CIDRs used and free and the pod addresses used; the nodes "
-        "waiting for a CIDR, in error or in conflict; per log partition the lag, the writer "
-        "and its lease, and the last rejected records. Changes nothing.",
-    )
-    service_options(show)
-    show.add_argument("--cluster", help="only this cluster (and its partition)")
-    show.add_argument(
-        "--json",
-        action="store_true",
-        help="one JSON document (with --watch, one per line); shape in docs/operations.md",
-    )
-    show.add_argument(
-        "--watch",
-        type=float,
-        nargs="?",
-        const=2.0,
-        metavar="SECONDS",
-        help="read again every SECONDS (default 2) until Ctrl-C",
-    )
-    show.add_argument(
-        "--limit", type=int, default=10, help="nodes named per list (default 10; all counted)"
-    )
-    show.add_argument(
-        "--rejections", type=int, default=5, help="last rejected records per partition (5)"
-    )
-    show.set_defaults(func=cmd_status)
-
-    check = commands.add_parser(
-        "check",
-        help="report where Kubernetes disagrees with ipledger (like calicoctl ipam check)",
-        description="Compare the projection with another system and list every difference, "
-        "then 'found N problems'. Exit status: 0 none, 1 problems found, 2 could not check. "
-        "--kubernetes: CiliumNodes whose spec.ipam.podCIDRs or "
-        "status.ipam.operator-status.error differ from ipledger's, nodes without a CiliumNode, "
-        "CiliumNodes ipledger does not know; in every cluster `ipledger sync` mirrors.",
-    )
-    service_options(check)
-    check.add_argument(
-        "--kubernetes",
-        action="store_true",
-        help="compare with the CiliumNodes of the clusters ipledger mirrors",
-    )
-    check.add_argument("--kubeconfig", type=Path, help="env IPLEDGER_KUBECONFIG")
-    check.add_argument("--context", dest="kube_context", help="env IPLEDGER_KUBE_CONTEXT")
-    check.add_argument(
-        "--cluster",
-        help="only this ipledger cluster (one of IPLEDGER_KUBECONFIGS, else the one cluster "
-        "mirrored; env IPLEDGER_SYNC_CLUSTER, default 'default')",
-    )
-    check.add_argument(
-        "--json", action="store_true", help="one JSON document; shape in docs/operations.md"
-    )
-    check.set_defaults(func=cmd_check)
-
     config = commands.add_parser(
         "config",
         help="print the settings in effect and where each came from (secrets redacted)",
@@ -561,6 +448,263 @@ def add_node_commands(
     watch.set_defaults(func=cmd_watch_nodes)
 
 
+# --- Audits: `ipledger replay` and `ipledger audit` (service.audit; docs/audits.md) -----------
+
+
+def _parse_until(text: str) -> tuple[int | None, datetime.datetime | None]:
+    """``--until``: a record count (an offset: the state before it) or an RFC 3339 time."""
+    if text.isdigit():
+        return int(text), None
+    try:
+        moment = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise CommandError(f"--until {text!r} is neither an offset nor an RFC 3339 time") from None
+    if moment.tzinfo is None:
+        raise CommandError(f"--until {text!r}: an RFC 3339 time needs its offset (Z, +02:00)")
+    return None, moment
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    """Replay the log with the allocator's core and batch code; verify, rebuild, or stop early.
+
+    Exit 0: everything matches (or the state was written); 1: a difference, the first one
+    printed; 2: the log or a database could not be read.
+    """
+    from service.audit import replay as replaying
+    from service.processes import replay
+
+    settings = _settings(args)
+    if not (args.verify or args.until or args.into):
+        raise CommandError("replay needs --verify, --until (with --output) or --into")
+    if args.until and not args.output:
+        raise CommandError("--until needs --output FILE (- for standard output)")
+    until = None
+    if args.until:
+        records, moment = _parse_until(args.until)
+        until = replaying.Until(records=records, time=moment)
+    children.terminate_as_interrupt()
+    job = replay.Job(into=args.into, until=until, public_key=args.public_key)
+    try:
+        outcome = replay.run(settings, job, show_progress=not args.quiet)
+    except errors.ConfigurationError as exc:
+        print(f"ipledger: {exc}", file=sys.stderr)
+        return 2
+    except (errors.LogError, errors.ProjectionError) as exc:
+        print(f"ipledger: cannot read: {exc}", file=sys.stderr)
+        return 2
+    if outcome is None:
+        print("ipledger: replay interrupted", file=sys.stderr)
+        return 130
+    if outcome.unreadable is not None:
+        print(f"ipledger: cannot read: {outcome.unreadable}", file=sys.stderr)
+        return 2
+    if until is not None:
+        merged: dict[str, object] = {}
+        for report in outcome.reports:
+            assert report.document is not None
+            merged.update(report.document["clusters"])
+        text = document.encode_document({"clusters": dict(sorted(merged.items()))}) + b"\n"
+        if args.output == "-":
+            sys.stdout.buffer.write(text)
+        else:
+            Path(args.output).write_bytes(text)
+        stops = ", ".join(f"{r.partition}: {r.stopped_at}" for r in outcome.reports)
+        print(f"ipledger: state after {stops} record(s) (partition: records)", file=sys.stderr)
+        return 0
+    diverged = [r.divergence for r in outcome.reports if r.divergence is not None]
+    for divergence in diverged:
+        print(f"ipledger: DIFFERENCE at {divergence.describe()}", file=sys.stderr)
+    records = sum(r.records for r in outcome.reports)
+    heads = sum(r.heads_checked for r in outcome.reports)
+    digests = sum(r.digests_checked for r in outcome.reports)
+    verb = "rebuilt into the target and verified" if args.into else "verified"
+    if diverged:
+        print(f"ipledger: {len(diverged)} partition(s) differ from the log", file=sys.stderr)
+        return 1
+    print(
+        f"ipledger: {verb}: {records} record(s) over {len(outcome.reports)} partition(s), "
+        f"{heads} tree head(s) checked ({digests} with a state digest), "
+        f"{outcome.seconds:.1f}s ({records / max(outcome.seconds, 1e-9):,.0f} records/s)"
+    )
+    return 0
+
+
+def _print_json(value: object) -> None:
+    print(json.dumps(value, indent=2, sort_keys=True, default=str))
+
+
+def _read_json(path: str) -> object:
+    try:
+        with _open(path) as stream:
+            return json.loads(stream.read())
+    except ValueError as exc:
+        raise CommandError(f"{path} is not JSON: {exc}") from None
+
+
+def _head_argument(text: str) -> object:
+    """``P:SIZE`` (a stored head) or a file holding a head (or a proof document with one)."""
+    from service.domain import merkle
+
+    partition, sep, size = text.partition(":")
+    if sep and partition.isdigit() and size.isdigit():
+        return int(partition), int(size)
+    raw = _read_json(text)
+    if isinstance(raw, dict) and "head" in raw:
+        raw = raw["head"]
+    try:
+        return merkle.decode_head(raw)
+    except merkle.ProofError as exc:
+        raise CommandError(f"{text}: {exc}") from None
+
+
+def cmd_audit_proof(args: argparse.Namespace) -> int:
+    """Print the inclusion proof of one decision (JSON, checked by ``audit verify-proof``)."""
+    from service.processes import audit
+
+    settings = _settings(args)
+    found = _run_async(lambda: audit.proof(settings, args.partition, args.offset, args.size))
+    _print_json(found)
+    return 0
+
+
+def cmd_audit_verify_proof(args: argparse.Namespace) -> int:
+    """Check a proof document offline: no database, no log. Exit 0 if it holds, 1 if not."""
+    from service.audit import proofs, signing
+    from service.domain import merkle
+
+    key = signing.load_public_key(args.public_key) if args.public_key else None
+    kept = None
+    if args.head:
+        raw = _read_json(args.head)
+        if isinstance(raw, dict) and "head" in raw:
+            raw = raw["head"]
+        try:
+            kept = merkle.decode_head(raw)
+        except merkle.ProofError as exc:
+            raise CommandError(f"{args.head}: {exc}") from None
+    try:
+        print(proofs.check_document(_read_json(args.file), public_key=key, kept_head=kept))
+    except errors.AuditError as exc:
+        print(f"ipledger: the proof does NOT hold: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_audit_consistency(args: argparse.Namespace) -> int:
+    """Print the consistency proof of two heads, after checking it against the stored tree."""
+    from service.processes import audit
+
+    settings = _settings(args)
+    old, new = _head_argument(args.head_a), _head_argument(args.head_b)
+    try:
+        found = _run_async(lambda: audit.consistency(settings, old, new))  # type: ignore[arg-type]
+    except errors.AuditError as exc:
+        print(f"ipledger: NOT consistent: {exc}", file=sys.stderr)
+        return 1
+    _print_json(found)
+    return 0
+
+
+def cmd_audit_story(args: argparse.Namespace) -> int:
+    """The history of an address, an owner or a node, each change with its event and decision."""
+    from service.processes import audit
+
+    settings = _settings(args)
+    at = None
+    if args.at:
+        _, at = _parse_until(args.at)
+        if at is None:
+            raise CommandError("--at takes an RFC 3339 time")
+    story = _run_async(
+        lambda: audit.story(
+            settings, args.kind, args.subject, cluster=args.cluster, at=at, prove=args.prove
+        )
+    )
+    if args.json:
+        _print_json(story)
+        return 0
+    changes = story["changes"]
+    print(f"{args.kind} {args.subject} (cluster {args.cluster}): {len(changes)} change(s)")
+    for change in changes:
+        who = " ".join(
+            f"{k}={change[k]}" for k in ("address", "node", "owner") if change.get(k) is not None
+        )
+        error = (change.get("decision") or {}).get("error")
+        print(
+            f"  {change['time']}  {change['change']:<14} {who}  "
+            f"[partition {change['partition']}, offset {change['offset']}, "
+            f"event {change.get('event')!r}]"
+            + (f"  error: {error}" if error else "")
+            + ("  (proof attached: --json)" if "proof" in change else "")
+        )
+    return 0
+
+
+def add_audit_commands(
+    commands: argparse._SubParsersAction,  # type: ignore[type-arg]
+    service_options: Callable[[argparse.ArgumentParser], None],
+) -> None:
+    """Register ``replay`` and ``audit`` (called by ``build_parser``)."""
+    again = commands.add_parser(
+        "replay", help="replay the log: verify the projection, rebuild it, or a past state"
+    )
+    service_options(again)
+    again.add_argument(
+        "--verify", action="store_true", help="compare everything committed with the replay"
+    )
+    again.add_argument(
+        "--until", help="stop at an offset (the state before it) or an RFC 3339 log time"
+    )
+    again.add_argument("--output", help="with --until: write the state document here (- stdout)")
+    again.add_argument(
+        "--into", metavar="DATABASE_URL", help="rebuild a projection in that database, then verify"
+    )
+    again.add_argument(
+        "--public-key", type=Path, help="check the tree heads' signatures with this key (PEM)"
+    )
+    again.add_argument("--quiet", action="store_true", help="no progress display")
+    again.set_defaults(func=cmd_replay)
+
+    audit = commands.add_parser("audit", help="proofs and histories from the evidence")
+    verbs = audit.add_subparsers(dest="audit_command", required=True)
+    proof = verbs.add_parser("proof", help="the inclusion proof of one decision (JSON)")
+    service_options(proof)
+    proof.add_argument("--partition", type=int, default=0)
+    proof.add_argument("--offset", type=int, required=True)
+    proof.add_argument("--size", type=int, help="against the head of this size (default: latest)")
+    proof.set_defaults(func=cmd_audit_proof)
+
+    check = verbs.add_parser("verify-proof", help="check a proof document offline")
+    check.add_argument("file", help="the proof document (JSON), or - for standard input")
+    check.add_argument("--public-key", type=Path, help="the head must be signed by this key")
+    check.add_argument("--head", help="a head you kept (JSON): the proof must be against it")
+    check.set_defaults(func=cmd_audit_verify_proof)
+
+    consistent = verbs.add_parser(
+        "consistency", help="prove that head B's tree extends head A's (nothing rewritten)"
+    )
+    service_options(consistent)
+    consistent.add_argument("head_a", help="a head file (JSON) or PARTITION:SIZE of a stored one")
+    consistent.add_argument("head_b", help="likewise, the later head")
+    consistent.set_defaults(func=cmd_audit_consistency)
+
+    for kind, what in (
+        ("ip", "an address"),
+        ("owner", "an owner (namespace/pod)"),
+        ("node", "a node"),
+    ):
+        story = verbs.add_parser(kind, help=f"the history of {what}, each change with its event")
+        service_options(story)
+        story.add_argument("subject", help=what)
+        story.add_argument("--cluster", default="default")
+        story.add_argument("--at", help="RFC 3339 time: the state of things then")
+        story.add_argument(
+            "--prove", action="store_true", help="attach each decision's inclusion proof"
+        )
+        story.add_argument("--json", action="store_true", help="JSON for scripts")
+        story.set_defaults(func=cmd_audit_story, kind=kind)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ipledger",
@@ -621,6 +765,7 @@ def build_parser() -> argparse.ArgumentParser:
     service_options(show)
     show.set_defaults(func=cmd_state)
     add_sync_commands(commands, service_options)
+    add_audit_commands(commands, service_options)
     add_node_commands(commands, service_options)
     add_status_commands(commands, service_options)
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")

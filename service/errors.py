@@ -119,3 +119,7 @@ class ClusterApiRejectedError(ClusterApiError):
 
 class ClusterApiConflictError(ClusterApiRejectedError):
     """The Kubernetes API reported a conflict with another writer of the object."""
+
+
+class AuditError(IpledgerError):
+    """The evidence does not check out (a proof, a tree head, a signature, a replay)."""

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, Protocol, TypeVar, runtime_checkable
 
-from service.domain import events
+from service.domain import events, merkle
 from service.domain import state as domain
 
 
@@ -103,6 +103,19 @@ class AppliedRecord:
     log_time: datetime.datetime | None
     rejected: bool
     wrong_partition: bool = False
+    # The record's leaf in the partition's Merkle tree (None with the tree off).
+    leaf: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedHead:
+    """A tree head as the projection stores it: the head, its JSON (``body``, as published),
+    its hash (the next head's ``previous``) and the tree's frontier at its size, concatenated."""
+
+    head: merkle.TreeHead
+    body: bytes
+    hash: bytes
+    frontier: bytes
 
 
 @dataclass(slots=True)
@@ -124,16 +137,20 @@ class Batch:
     ip_times: dict[str, list[tuple[int, datetime.datetime]]] = field(default_factory=dict)
     cluster_rows: dict[str, dict[str, Any]] = field(default_factory=dict)
     node_rows: dict[str, dict[str, dict[str, Any] | None]] = field(default_factory=dict)
+    # The tree heads the batch recorded, in size order (the last one at ``next_offset``).
+    heads: list[RecordedHead] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
 class Loaded:
     """What an allocator starts from: the state rebuilt from the committed rows, and where to
     continue reading (the partition's committed next offset when one partition was loaded, else
-    0)."""
+    0). ``tree`` is the partition's Merkle tree as of its latest head (one partition only;
+    None before the first head): its size is ``next_offset`` unless the tree was off since."""
 
     state: domain.State
     next_offset: int
+    tree: merkle.Tree | None = None
 
 
 class Projection(Protocol):
@@ -161,8 +178,9 @@ class Projection(Protocol):
     - **A batch and its offset are written together.** ``commit(batch)`` writes everything the
       batch did (a decision for each of its offsets, the rejections, the changed cluster and
       node rows with the batch's last offset as their version, a deleted node as a tombstone,
-      the held pod addresses and every holding that ended) and ``batch.next_offset`` as the
-      partition's next offset, in one transaction: all of it or nothing. The stored offset
+      the held pod addresses and every holding that ended, the tree heads with their frontiers)
+      and ``batch.next_offset`` as the partition's next offset, in one transaction: all of it
+      or nothing. The stored offset
       therefore always matches the stored state, and restarting from it applies nothing twice.
     - **Load.** ``load(partitions)`` rebuilds the state of the clusters on ``partitions`` (all
       when None) as of the last committed offset, through ``service.domain.restore``; with
@@ -176,7 +194,9 @@ class Projection(Protocol):
       ``consumed_offsets`` maps every partition that has a commit to its next offset.
     - **Outbox.** ``decisions_after(partition, start, limit)`` returns committed decisions as
       ``(offset, event id, decision JSON)`` with ``offset >= start``, in offset order, at most
-      ``limit``: the transactional outbox the relay publishes to the decisions topic from.
+      ``limit``: the transactional outbox the relay publishes to the decisions topic from;
+      ``heads_between(partition, after, upto)`` the committed tree heads with ``after < size <=
+      upto``, in size order, which the relay publishes once the decisions they cover are.
       ``outbox_offset`` is the next offset to publish (0 at first); ``advance_outbox`` moves it,
       fenced like a commit.
     - **Failures.** ``errors.ProjectionDataError`` from ``commit``: the store refused the batch's
@@ -219,6 +239,10 @@ class Projection(Protocol):
         self, partition: int, start: int, limit: int
     ) -> list[tuple[int, str | None, bytes]]:
         """``(offset, event id, decision JSON)`` of committed decisions from ``start`` on."""
+        ...
+
+    async def heads_between(self, partition: int, after: int, upto: int) -> list[RecordedHead]:
+        """The committed tree heads of ``partition`` with ``after < size <= upto``, by size."""
         ...
 
     async def outbox_offset(self, partition: int) -> int:
@@ -820,4 +844,74 @@ class ProjectionReader(Protocol):
 
     async def close(self) -> None:
         """Release connections; the reader is unusable afterwards."""
+        ...
+
+
+# --- The audit side: what `ipledger audit` and `ipledger replay` compare and prove ---------------
+
+
+@dataclass(slots=True)
+class ProjectionRows:
+    """Every row of the projection that follows from the log, in a plain comparable form.
+
+    Keys and values are tuples of plain values; the columns that do not follow from the log
+    are left out (write times, the node and cluster versions, which are the last offset of the
+    batch that wrote them and so depend on how the log was batched, history row ids).
+    ``clusters``: name -> (partition, ipv4 CIDRs, ipv4 mask, ipv6 CIDRs, ipv6 mask, cursors
+    JSON, next arrival); ``nodes``: (cluster, name) -> (seq, pod CIDRs, error, conflict,
+    addresses, pinned, waiting, cursors, deleted); ``pod_ips``: (cluster, address) -> (node,
+    owner, partition, since offset, since time); ``history``: (cluster, address, from offset)
+    -> (node, owner, partition, from time, to offset, to time); ``rejections``: (partition,
+    offset) -> (reason, key, raw). Addresses are their text (``ipaddress``'s).
+    """
+
+    clusters: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    nodes: dict[tuple[str, str], tuple[Any, ...]] = field(default_factory=dict)
+    pod_ips: dict[tuple[str, str], tuple[Any, ...]] = field(default_factory=dict)
+    history: dict[tuple[str, str, int], tuple[Any, ...]] = field(default_factory=dict)
+    rejections: dict[tuple[int, int], tuple[Any, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredDecision:
+    """A committed decision as the tree covers it: its bytes and its stored leaf (or None)."""
+
+    offset: int
+    body: bytes
+    leaf: bytes | None
+
+
+class AuditReader(Protocol):
+    """Read-only access to the evidence: the tree heads, the leaves, the projection's rows.
+
+    Read-only and consistent per call, as ``ProjectionReader``. ``heads`` are in size order;
+    ``decisions`` and ``leaves`` in offset order; ``rows`` covers the clusters on
+    ``partitions`` (all when None) and the rejections of those partitions.
+
+    Adapters: ``service.adapters.postgres.audit.PostgresAuditReader`` and, over the memory
+    projection's tables, ``service.adapters.memory_audit.MemoryAuditReader``.
+    """
+
+    async def heads(self, partition: int) -> list[RecordedHead]:
+        """Every tree head of ``partition``, by size."""
+        ...
+
+    async def leaves(self, partition: int, end: int) -> list[bytes | None]:
+        """The stored leaves of offsets 0 to ``end - 1`` (None where none is stored)."""
+        ...
+
+    async def decisions(self, partition: int, start: int, limit: int) -> list[StoredDecision]:
+        """Committed decisions from ``start`` on, at most ``limit``, with their leaves."""
+        ...
+
+    async def rows(self, partitions: Sequence[int] | None = None) -> ProjectionRows:
+        """The projection's rows for the clusters on ``partitions``."""
+        ...
+
+    async def partitions(self) -> dict[int, int]:
+        """Every partition with a commit, and its committed next offset."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections."""
         ...

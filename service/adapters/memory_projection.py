@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from service import errors, ports
 from service.adapters import memory_rows
-from service.domain import restore, state
+from service.domain import merkle, restore, state
 
 UTC = datetime.UTC
 # writer_lease.expires_at of a lease never taken or released: PostgreSQL's '-infinity'.
@@ -51,6 +51,7 @@ OPERATIONS = (
     "load",
     "commit",
     "decisions_after",
+    "heads_between",
     "outbox_offset",
     "advance_outbox",
     "consumed_offsets",
@@ -86,6 +87,8 @@ class MemoryProjectionTables:
         self.rejections: dict[int, list[memory_rows.RejectionRow]] = {}
         self.offsets: dict[int, memory_rows.OffsetRow] = {}
         self.outbox: dict[int, int] = {}
+        # Per partition, the tree heads in size order.
+        self.heads: dict[int, list[ports.RecordedHead]] = {}
         self.leases: dict[int, memory_rows.LeaseRow] = {}
         self._checks: dict[str, tuple[str, Callable[[Any], bool]]] = {}
         self._failures: collections.deque[_Failure] = collections.deque()
@@ -215,9 +218,15 @@ class MemoryProjection:
         """
         self._enter("load")
         current = state.State(track_changes=True)
-        next_offset = self._next_offset(partitions[0]) if partitions and len(partitions) == 1 else 0
+        next_offset, tree = 0, None
+        if partitions and len(partitions) == 1:
+            next_offset = self._next_offset(partitions[0])
+            heads = self.tables.heads.get(partitions[0])
+            if heads:
+                last = heads[-1]
+                tree = merkle.Tree.resume(last.head.size, last.frontier, last.hash)
         restore_clusters(self.tables, current, partitions)
-        return ports.Loaded(state=current, next_offset=next_offset)
+        return ports.Loaded(state=current, next_offset=next_offset, tree=tree)
 
     # --- committing a batch ---------------------------------------------------------------------
 
@@ -243,6 +252,13 @@ class MemoryProjection:
         rows = self.tables.decisions.get(partition, [])
         at = bisect.bisect_left(rows, start, key=memory_rows.offset_of)
         return [(row.offset, row.event_id, row.body) for row in rows[at : at + max(limit, 0)]]
+
+    async def heads_between(
+        self, partition: int, after: int, upto: int
+    ) -> list[ports.RecordedHead]:
+        """The committed tree heads of ``partition`` with ``after < size <= upto``, by size."""
+        self._enter("heads_between")
+        return [h for h in self.tables.heads.get(partition, []) if after < h.head.size <= upto]
 
     async def outbox_offset(self, partition: int) -> int:
         """The next offset the outbox relay publishes (0 before it published anything)."""

@@ -111,6 +111,7 @@ class DecisionRow:
     event_time: datetime.datetime | None
     log_time: datetime.datetime | None
     applied_at: datetime.datetime
+    leaf: bytes | None = None  # the record's Merkle leaf; None with the tree off
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +164,7 @@ class Writes:
     held: dict[str, list[PodIpRow]]
     finished: list[HistoryRow]
     offset: OffsetRow
+    heads: list[ports.RecordedHead] = dataclasses.field(default_factory=list)
 
     @classmethod
     def of(
@@ -184,6 +186,7 @@ class Writes:
             held={},
             finished=[],
             offset=OffsetRow(partition, log_name, batch.next_offset, now),
+            heads=list(batch.heads),
         )
         for applied in batch.applied:
             record, decision = applied.record, applied.decision
@@ -199,6 +202,7 @@ class Writes:
                     event_time=applied.event_time,
                     log_time=applied.log_time,
                     applied_at=now,
+                    leaf=applied.leaf,
                 )
             )
             if applied.rejected:
@@ -301,6 +305,12 @@ class Writes:
                     "UniqueViolationError: duplicate key value violates unique constraint "
                     '"pk_rejection"'
                 )
+        recorded = {head.head.size for head in tables.heads.get(self.partition, [])}
+        if any(head.head.size in recorded for head in self.heads):
+            _refuse(
+                "UniqueViolationError: duplicate key value violates unique constraint "
+                '"pk_tree_head"'
+            )
         rows: list[tuple[str, Any]] = [
             *(("decision", row) for row in self.decisions),
             *(("rejection", row) for row in self.rejections),
@@ -340,6 +350,7 @@ class Writes:
         for finished in self.finished:
             tables.history.setdefault(finished.cluster, []).append(finished)
         tables.offsets[self.partition] = self.offset
+        tables.heads.setdefault(self.partition, []).extend(self.heads)
 
 
 def _node_row(

@@ -22,13 +22,14 @@ from service.allocator.batch import (
     unstorable_record,
 )
 from service.allocator.loop import PartitionAllocator
-from service.allocator.settings import LoopSettings, Metrics
+from service.allocator.settings import LoopSettings, Metrics, TreeSettings
 
 __all__ = [
     "UNSTORABLE",
     "LoopSettings",
     "Metrics",
     "PartitionAllocator",
+    "TreeSettings",
     "apply_records",
     "check_homes",
     "check_partition_count",

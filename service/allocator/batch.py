@@ -11,11 +11,15 @@ of ``check_partition_count`` (the log's partitions, the projection's offsets).
 from __future__ import annotations
 
 import datetime
+import hashlib
 import math
 from collections.abc import Sequence
 
+import msgspec
+
 from service import errors, ports
-from service.domain import allocation, events, partitioning, restore, state
+from service.allocator.settings import TreeSettings
+from service.domain import allocation, document, events, merkle, partitioning, restore, state
 
 UTC = datetime.UTC
 # The error of a record the projection could not store (followed by the database's reason).
@@ -29,9 +33,15 @@ def apply_records(
     token: int,
     *,
     partitions: int,
+    tree: merkle.Tree | None = None,
+    evidence: TreeSettings | None = None,
 ) -> ports.Batch:
     """Apply ``records`` of ``partition`` (of ``partitions``) in order to ``current``, and collect
     what the projection must write.
+
+    With ``tree`` (the partition's Merkle tree, at ``records[0].offset`` leaves) each record's
+    leaf is appended to it and heads are recorded as ``evidence`` says, the last one at the
+    batch's end (``record_head``).
 
     Two kinds of valid event are refused without being applied, because the producer broke the
     contract that gives each cluster one total order: a record whose key is not the event's
@@ -48,6 +58,8 @@ def apply_records(
         name: len(c.changes.ips) for name, c in current.clusters.items() if c.changes is not None
     }
     fallback_time = datetime.datetime.now(UTC)
+    evidence = evidence or TreeSettings()
+    head_every, digest_every = evidence.head_every, evidence.digest_every
     last_ms: int | None = None
     log_time: datetime.datetime | None = None
     for record in records:
@@ -101,17 +113,29 @@ def apply_records(
                         [(record.offset, when)] * (held - before)
                     )
                     seen_ips[cluster.name] = held
+        body = events.encode_decision(decision)
+        leaf = None
+        if tree is not None:
+            # merkle.leaf_hash, inlined: the hot path.
+            leaf = _sha256(b"\x00" + body + record.value).digest()
+            tree.append(leaf)
+            size = tree.size
+            if (size % head_every == 0 or size % digest_every == 0) and record is not records[-1]:
+                batch.heads.append(record_head(tree, partition, current, evidence, fallback_time))
         batch.applied.append(
             ports.AppliedRecord(
                 record=record,
                 decision=decision,
-                body=events.encode_decision(decision),
+                body=body,
                 event_time=event_time,
                 log_time=log_time,
                 rejected=rejected,
                 wrong_partition=wrong_partition,
+                leaf=leaf,
             )
         )
+    if tree is not None:
+        batch.heads.append(record_head(tree, partition, current, evidence, fallback_time))
     for name, cluster in current.clusters.items():
         changes = cluster.changes
         if changes is not None and (changes.nodes or changes.pool or changes.ips):
@@ -125,6 +149,38 @@ def apply_records(
                 for node in sorted(changes.nodes)
             }
     return batch
+
+
+_sha256 = hashlib.sha256
+_head_encoder = msgspec.json.Encoder()
+
+
+def record_head(
+    tree: merkle.Tree,
+    partition: int,
+    current: state.State,
+    evidence: TreeSettings,
+    now: datetime.datetime,
+) -> ports.RecordedHead:
+    """The head of ``tree`` as it is now, chained to the last one and signed if a key is set.
+
+    Carries the state digest (of ``current``, which must be the state after the tree's last
+    leaf) when the size is a multiple of ``evidence.digest_every``.
+    """
+    digest = document.digest(current) if tree.size % evidence.digest_every == 0 else None
+    head = merkle.make_head(tree, partition, digest, rfc3339(now), tree.last_head)
+    if evidence.sign is not None:
+        signature, key_id = evidence.sign(head.signed_bytes())
+        head = msgspec.structs.replace(head, signature=signature, key_id=key_id)
+    hashed = head.hash()
+    tree.last_head = hashed
+    return ports.RecordedHead(
+        head=head, body=_head_encoder.encode(head), hash=hashed, frontier=b"".join(tree.frontier)
+    )
+
+
+def rfc3339(moment: datetime.datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _home(homes: dict[str, int], cluster: str, partitions: int) -> int:
@@ -205,16 +261,36 @@ def unstorable_record(record: ports.Record, reason: str | None) -> ports.Applied
 
 
 def rejection_batch(
-    current: state.State, token: int, record: ports.Record, applied: ports.AppliedRecord
+    current: state.State,
+    token: int,
+    record: ports.Record,
+    applied: ports.AppliedRecord,
+    *,
+    tree: merkle.Tree | None = None,
+    evidence: TreeSettings | None = None,
 ) -> ports.Batch:
-    """A batch of one rejected record: its decision and rejection rows and the next offset."""
-    return ports.Batch(
+    """A batch of one rejected record: its decision and rejection rows and the next offset,
+    and with ``tree`` its leaf and the head after it (a batch boundary as any other)."""
+    batch = ports.Batch(
         partition=record.partition,
         token=token,
         next_offset=record.offset + 1,
         state=current,
         applied=[applied],
     )
+    if tree is not None:
+        applied.leaf = merkle.leaf_hash(applied.body, record.value)
+        tree.append(applied.leaf)
+        batch.heads.append(
+            record_head(
+                tree,
+                record.partition,
+                current,
+                evidence or TreeSettings(),
+                datetime.datetime.now(UTC),
+            )
+        )
+    return batch
 
 
 def ways(size: int, reload_s: float, commit_s: float) -> int:

@@ -35,7 +35,7 @@ import anyio
 from service import backoff, errors, leadership, ports
 from service.allocator import batch as batches
 from service.allocator.settings import LoopSettings, Metrics
-from service.domain import state
+from service.domain import merkle, state
 
 log = logging.getLogger("ipledger.allocator")
 
@@ -65,6 +65,8 @@ class PartitionAllocator:
         self._last_renew = time.monotonic()
         # The log's partition count, checked against the projection each time it leads.
         self._partitions = 0
+        # The partition's Merkle tree, loaded and dropped with the state (None: the tree off).
+        self._tree: merkle.Tree | None = None
 
     async def run(self, stop: anyio.Event) -> None:
         """Lead or stand by until ``stop`` is set; never returns early on bad input.
@@ -128,10 +130,52 @@ class PartitionAllocator:
             gc.collect()
             gc.freeze()
             tasks.cancel_scope.cancel()
+        self._tree = None
+        if self.settings.tree is not None:
+            self._tree = await self._resume_tree(loaded.tree, loaded.next_offset)
         await self.projection.renew(self.partition, token)
         self._last_renew = time.monotonic()
         self.metrics.next_offset[self.partition] = loaded.next_offset
         return loaded.state, loaded.next_offset
+
+    async def _resume_tree(self, tree: merkle.Tree | None, next_offset: int) -> merkle.Tree:
+        """The tree at ``next_offset`` leaves: the latest head's, extended over any offsets
+        committed without the tree (before it existed, or while it was off).
+
+        Those leaves are computed from the committed decisions and the log's records, exactly
+        as the allocator would have, so the roots are the same as if the tree had always been on.
+        """
+        tree = tree.copy() if tree is not None else merkle.Tree()
+        if tree.size > next_offset:
+            raise errors.ProjectionError(
+                f"partition {self.partition}: a tree head at {tree.size} records, beyond the "
+                f"committed offset {next_offset}"
+            )
+        if tree.size == next_offset:
+            return tree
+        log.info(
+            "partition %d: computing the Merkle tree's leaves %d-%d from the decisions and the log",
+            self.partition,
+            tree.size,
+            next_offset - 1,
+        )
+        while tree.size < next_offset:
+            want = min(self.settings.batch_max_records, next_offset - tree.size)
+            rows = await self.projection.decisions_after(self.partition, tree.size, want)
+            records = await self.log.read(self.partition, tree.size, len(rows), 0.0)
+            for (offset, _, body), record in zip(rows, records, strict=False):
+                if offset != tree.size or record.offset != offset:
+                    raise errors.ProjectionError(
+                        f"partition {self.partition}: no decision or record at offset "
+                        f"{tree.size} to compute the Merkle tree from"
+                    )
+                tree.append(merkle.leaf_hash(body, record.value))
+            if not rows or not records:
+                raise errors.ProjectionError(
+                    f"partition {self.partition}: no decision or record at offset {tree.size} "
+                    "to compute the Merkle tree from"
+                )
+        return tree
 
     async def _renew_forever(self, token: int) -> None:
         while True:
@@ -182,7 +226,13 @@ class PartitionAllocator:
                             f"the log returned {records[0].offset}"
                         )
                     batch = batches.apply_records(
-                        current, records, self.partition, token, partitions=self._partitions
+                        current,
+                        records,
+                        self.partition,
+                        token,
+                        partitions=self._partitions,
+                        tree=self._tree,
+                        evidence=self.settings.tree,
                     )
                     if inflight is not None and (reason := await inflight.refused()) is not None:
                         return _FailedBatch(inflight.records, reason)
@@ -273,7 +323,13 @@ class PartitionAllocator:
                 started = time.perf_counter()
                 reason = await self._commit_now(
                     batches.apply_records(
-                        current, part, self.partition, token, partitions=self._partitions
+                        current,
+                        part,
+                        self.partition,
+                        token,
+                        partitions=self._partitions,
+                        tree=self._tree,
+                        evidence=self.settings.tree,
                     )
                 )
                 commit_s = time.perf_counter() - started
@@ -313,9 +369,16 @@ class PartitionAllocator:
             record.offset,
             reason,
         )
+        # The rejection's leaf goes into a copy: a refused rejection leaves the tree as it was.
+        before = self._tree.copy() if self._tree is not None else None
         refused = await self._commit_now(
             batches.rejection_batch(
-                current, token, record, batches.unstorable_record(record, reason)
+                current,
+                token,
+                record,
+                batches.unstorable_record(record, reason),
+                tree=self._tree,
+                evidence=self.settings.tree,
             )
         )
         if refused is not None:
@@ -336,8 +399,16 @@ class PartitionAllocator:
                 refused,
             )
             bare = dataclasses.replace(record, key=None)
+            self._tree = before
             refused = await self._commit_now(
-                batches.rejection_batch(current, token, bare, batches.unstorable_record(bare, None))
+                batches.rejection_batch(
+                    current,
+                    token,
+                    bare,
+                    batches.unstorable_record(bare, None),
+                    tree=self._tree,
+                    evidence=self.settings.tree,
+                )
             )
             if refused is not None:
                 raise errors.ProjectionError(
@@ -357,8 +428,14 @@ class PartitionAllocator:
                     self.partition, position, self.settings.relay_batch
                 )
                 if rows:
-                    await self.sink.publish([_published(self.partition, row) for row in rows])
-                    position = rows[-1][0] + 1
+                    upto = rows[-1][0] + 1
+                    # Each head after the decisions it covers.
+                    heads = await self.projection.heads_between(self.partition, position, upto)
+                    await self.sink.publish(
+                        [_published(self.partition, row) for row in rows]
+                        + [_published_head(head) for head in heads]
+                    )
+                    position = upto
                     await self.projection.advance_outbox(self.partition, token, position)
                     self.metrics.decisions_published += len(rows)
                     failures = 0
@@ -453,6 +530,15 @@ class _FailedBatch:
 
     records: Sequence[ports.Record]
     reason: str
+
+
+# The key of a tree head on the decisions topic (a decision's key is its event id).
+HEAD_KEY = b"ipledger.tree-head"
+
+
+def _published_head(head: ports.RecordedHead) -> tuple[bytes, bytes]:
+    """Key ``HEAD_KEY``; value ``{"partition": P, "treeHead": {...}}`` (docs/audits.md)."""
+    return HEAD_KEY, b'{"partition":%d,"treeHead":%s}' % (head.head.partition, head.body)
 
 
 def _published(partition: int, row: tuple[int, str | None, bytes]) -> tuple[bytes, bytes]:

@@ -6,12 +6,31 @@ read by the metrics endpoint. Nothing here does I/O.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+
+# Signs a tree head's signed bytes: (signature as hex, key id). Built by ``service.bootstrap``
+# from IPLEDGER_SIGNING_KEY (``service.audit.signing``).
+Signer = Callable[[bytes], tuple[str, str]]
+
+
+@dataclass(frozen=True, slots=True)
+class TreeSettings:
+    """The Merkle tree of each partition's decisions and its heads (docs/audits.md).
+
+    A head is recorded every ``head_every`` records and at every batch boundary; the heads at
+    multiples of ``digest_every`` records also carry the state digest, which costs about 2 us
+    per held address (a full pass over the state), so it is not taken at every head.
+    """
+
+    head_every: int = 10_000
+    digest_every: int = 1_000_000
+    sign: Signer | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class LoopSettings:
-    """How the loop batches, leases and retries."""
+    """How the loop batches, leases and retries; ``tree`` None turns the Merkle tree off."""
 
     batch_max_records: int = 5000
     batch_max_wait_s: float = 0.05
@@ -20,6 +39,7 @@ class LoopSettings:
     backoff_initial_s: float = 0.2
     backoff_max_s: float = 5.0
     relay_batch: int = 2000
+    tree: TreeSettings | None = field(default_factory=TreeSettings)
 
 
 @dataclass(slots=True)

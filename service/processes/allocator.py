@@ -80,6 +80,7 @@ async def _allocate(settings: Settings, *, embedded: str | None) -> None:
         loop = allocator.LoopSettings(
             batch_max_records=settings.batch_max_records,
             batch_max_wait_s=settings.batch_max_wait_ms / 1000,
+            tree=bootstrap.tree_settings(settings),
         )
         # Each worker checks it too; checked here first so that a changed partition count is
         # refused before any partition is led.

@@ -35,7 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service import errors, ports
 from service.adapters.postgres import driver
-from service.domain import restore, state
+from service.domain import merkle, restore, state
 from service.domain.pool import IPV4
 
 UTC = datetime.UTC
@@ -164,13 +164,12 @@ class PostgresProjection:
         current = state.State(track_changes=True)
         async with self._driver("loading the projection", transaction=True) as db:
             await db.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            next_offset = (
-                await self._next_offset(db, partitions[0])
-                if partitions and len(partitions) == 1
-                else 0
-            )
+            next_offset, tree = 0, None
+            if partitions and len(partitions) == 1:
+                next_offset = await self._next_offset(db, partitions[0])
+                tree = await _latest_tree(db, partitions[0])
             await restore_clusters(db, current, partitions)
-        return ports.Loaded(state=current, next_offset=next_offset)
+        return ports.Loaded(state=current, next_offset=next_offset, tree=tree)
 
     # --- committing a batch ---------------------------------------------------------------------
 
@@ -180,6 +179,15 @@ class PostgresProjection:
         async with self._driver("committing a batch", transaction=True) as db:
             await self._fence(db, batch.partition, batch.token)
             await _write_decisions(db, batch, now)
+            if batch.heads:
+                await db.copy_records_to_table(
+                    "tree_head",
+                    records=[
+                        (batch.partition, h.head.size, h.hash, h.body, h.frontier)
+                        for h in batch.heads
+                    ],
+                    columns=["partition", "size", "hash", "body", "frontier"],
+                )
             for cluster_name, changes in batch.changes.items():
                 await _write_cluster(db, batch.cluster_rows[cluster_name], batch)
                 await _write_nodes(db, cluster_name, batch.node_rows[cluster_name], batch, now)
@@ -214,6 +222,20 @@ class PostgresProjection:
                 limit,
             )
         return [(r["offset"], r["event_id"], bytes(r["body"])) for r in rows]
+
+    async def heads_between(
+        self, partition: int, after: int, upto: int
+    ) -> list[ports.RecordedHead]:
+        """The committed tree heads of ``partition`` with ``after < size <= upto``, by size."""
+        async with self._driver("reading tree heads", transaction=False) as db:
+            rows = await db.fetch(
+                "SELECT body, hash, frontier FROM tree_head "
+                "WHERE partition = $1 AND size > $2 AND size <= $3 ORDER BY size",
+                partition,
+                after,
+                upto,
+            )
+        return [recorded_head(row) for row in rows]
 
     async def outbox_offset(self, partition: int) -> int:
         async with self._driver("reading the outbox position", transaction=False) as db:
@@ -292,6 +314,37 @@ async def restore_clusters(db: Any, current: state.State, partitions: Sequence[i
         restore.finish(cluster)
 
 
+def recorded_head(row: Any) -> ports.RecordedHead:
+    """A ``tree_head`` row (``body``, ``hash``, ``frontier``) as the port's value."""
+    body = bytes(row["body"])
+    return ports.RecordedHead(
+        head=merkle.decode_head(json.loads(body)),
+        body=body,
+        hash=bytes(row["hash"]),
+        frontier=bytes(row["frontier"]),
+    )
+
+
+async def _latest_tree(db: Any, partition: int) -> merkle.Tree | None:
+    """The partition's tree as of its latest head, or None before the first."""
+    row = await db.fetchrow(
+        "SELECT body, hash, frontier FROM tree_head WHERE partition = $1 "
+        "ORDER BY size DESC LIMIT 1",
+        partition,
+    )
+    if row is None:
+        return None
+    return tree_of(recorded_head(row))
+
+
+def tree_of(head: ports.RecordedHead) -> merkle.Tree:
+    """The tree a recorded head's frontier edges, ready to be extended."""
+    try:
+        return merkle.Tree.resume(head.head.size, head.frontier, head.hash)
+    except merkle.ProofError as exc:
+        raise errors.ProjectionError(f"partition {head.head.partition}: tree head: {exc}") from None
+
+
 def _inet(family: int, value: int) -> int | bytes:
     return value if family == IPV4 else value.to_bytes(16, "big")
 
@@ -319,6 +372,7 @@ async def _write_decisions(db: Any, batch: ports.Batch, now: datetime.datetime) 
                 applied.event_time,
                 applied.log_time,
                 now,
+                applied.leaf,
             )
         )
         if applied.rejected:
@@ -339,6 +393,7 @@ async def _write_decisions(db: Any, batch: ports.Batch, now: datetime.datetime) 
             "event_time",
             "log_time",
             "applied_at",
+            "leaf",
         ],
     )
     if rejected:

@@ -180,7 +180,25 @@ decision = sa.Table(
     sa.Column("event_time", sa.DateTime(timezone=True), nullable=True),
     sa.Column("log_time", sa.DateTime(timezone=True), nullable=True),
     sa.Column("applied_at", sa.DateTime(timezone=True), nullable=False),
+    # The record's leaf in the partition's Merkle tree (service.domain.merkle.leaf_hash of
+    # ``body`` and the record's bytes); NULL on rows written before the tree existed.
+    sa.Column("leaf", sa.LargeBinary, nullable=True),
     sa.Index("ix_decision_event_id", "cluster", "event_id"),
+)
+
+# The heads of each partition's Merkle tree (docs/audits.md): one every N records and at every
+# batch boundary, written in the batch's transaction. ``body`` is the head as published (JSON,
+# signature included), ``hash`` SHA-256 of its signed bytes (the next head's ``previous``), and
+# ``frontier`` the 32-byte roots of the tree's perfect subtrees at ``size`` (its right edge),
+# concatenated: what a writer needs to go on extending the tree after a restart.
+tree_head = sa.Table(
+    "tree_head",
+    metadata,
+    sa.Column("partition", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("size", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("hash", sa.LargeBinary, nullable=False),
+    sa.Column("body", sa.LargeBinary, nullable=False),
+    sa.Column("frontier", sa.LargeBinary, nullable=False),
 )
 
 # Records that were not valid events, kept raw with the reason (nothing is dropped silently).

@@ -1,0 +1,99 @@
+"""In-memory ``ports.AuditReader`` over ``MemoryProjectionTables``, in PostgreSQL's shapes.
+
+What ``ipledger replay`` compares the database with: the replayed log is committed into memory
+tables by the allocator's own batch code and ``MemoryProjection.commit``, then read here in the
+same plain form ``postgres.audit`` reads the database in. No I/O.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Sequence
+
+from service import ports
+from service.adapters.memory_projection import MemoryProjectionTables
+
+
+class MemoryAuditReader:
+    """Audit queries over one in-memory projection's tables."""
+
+    def __init__(self, tables: MemoryProjectionTables) -> None:
+        self.tables = tables
+
+    async def heads(self, partition: int) -> list[ports.RecordedHead]:
+        return list(self.tables.heads.get(partition, []))
+
+    async def leaves(self, partition: int, end: int) -> list[bytes | None]:
+        found: list[bytes | None] = [None] * end
+        for row in self.tables.decisions.get(partition, []):
+            if row.offset < end:
+                found[row.offset] = row.leaf
+        return found
+
+    async def decisions(self, partition: int, start: int, limit: int) -> list[ports.StoredDecision]:
+        rows = [r for r in self.tables.decisions.get(partition, []) if r.offset >= start]
+        return [ports.StoredDecision(r.offset, r.body, r.leaf) for r in rows[:limit]]
+
+    async def partitions(self) -> dict[int, int]:
+        return {p: row.next_offset for p, row in self.tables.offsets.items()}
+
+    async def rows(self, partitions: Sequence[int] | None = None) -> ports.ProjectionRows:
+        tables = self.tables
+        wanted = None if not partitions else set(partitions)
+        found = ports.ProjectionRows()
+        for c in tables.clusters.values():
+            if wanted is not None and c.partition not in wanted:
+                continue
+            found.clusters[c.name] = (
+                c.partition,
+                c.ipv4_cidrs,
+                c.ipv4_mask,
+                c.ipv6_cidrs,
+                c.ipv6_mask,
+                json.dumps(json.loads(c.cursors), sort_keys=True),
+                c.next_seq,
+            )
+            for n in tables.nodes.get(c.name, {}).values():
+                found.nodes[(c.name, n.name)] = (
+                    n.seq,
+                    n.pod_cidrs,
+                    n.error,
+                    n.conflict,
+                    n.addresses,
+                    n.pinned,
+                    n.waiting,
+                    n.cursors,
+                    n.deleted,
+                )
+            for ip in tables.pod_ips.get(c.name, {}).values():
+                found.pod_ips[(c.name, _text(ip.family, ip.address))] = (
+                    ip.node,
+                    ip.owner,
+                    ip.partition,
+                    ip.since_offset,
+                    ip.since_time,
+                )
+            for h in tables.history.get(c.name, []):
+                found.history[(c.name, _text(h.family, h.address), h.from_offset)] = (
+                    h.node,
+                    h.owner,
+                    h.partition,
+                    h.from_time,
+                    h.to_offset,
+                    h.to_time,
+                )
+        for partition, rejections in tables.rejections.items():
+            if wanted is not None and partition not in wanted:
+                continue
+            for r in rejections:
+                found.rejections[(partition, r.offset)] = (r.reason, r.key, r.raw)
+        return found
+
+    async def close(self) -> None:
+        return None
+
+
+def _text(family: int, value: int) -> str:
+    address = ipaddress.IPv4Address(value) if family == 4 else ipaddress.IPv6Address(value)
+    return str(address)

@@ -1,0 +1,140 @@
+"""``ports.AuditReader`` over PostgreSQL: tree heads, leaves and the projection's rows, read-only.
+
+Used by ``ipledger audit`` and ``ipledger replay`` (built by ``service.bootstrap``). Sessions are
+read-only like the read side's (``reader.READ_ONLY_SESSION``); ``rows`` reads every table in one
+``REPEATABLE READ`` transaction, so the rows compared come from one commit.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service import errors, ports
+from service.adapters.postgres import driver, projection, reader
+
+_translate = driver.Translation(errors.ProjectionError)
+
+
+class PostgresAuditReader:
+    """Read-only audit queries over one ipledger database."""
+
+    def __init__(self, engine: AsyncEngine, *, owns_engine: bool = False) -> None:
+        self._engine = engine
+        self._owns_engine = owns_engine
+
+    @classmethod
+    def from_dsn(cls, dsn: str) -> PostgresAuditReader:
+        return cls(
+            driver.engine(dsn, pool_size=2, server_settings=reader.READ_ONLY_SESSION),
+            owns_engine=True,
+        )
+
+    async def close(self) -> None:
+        if self._owns_engine:
+            await self._engine.dispose()
+
+    def _read(self, doing: str) -> AbstractAsyncContextManager[Any]:
+        return driver.connection(self._engine, _translate, doing, transaction=True)
+
+    async def heads(self, partition: int) -> list[ports.RecordedHead]:
+        async with self._read("reading tree heads") as db:
+            rows = await db.fetch(
+                "SELECT body, hash, frontier FROM tree_head WHERE partition = $1 ORDER BY size",
+                partition,
+            )
+        return [projection.recorded_head(row) for row in rows]
+
+    async def leaves(self, partition: int, end: int) -> list[bytes | None]:
+        async with self._read("reading leaves") as db:
+            rows = await db.fetch(
+                'SELECT "offset", leaf FROM decision WHERE partition = $1 AND "offset" < $2 '
+                'ORDER BY "offset"',
+                partition,
+                end,
+            )
+        found: list[bytes | None] = [None] * end
+        for row in rows:
+            found[row["offset"]] = None if row["leaf"] is None else bytes(row["leaf"])
+        return found
+
+    async def decisions(self, partition: int, start: int, limit: int) -> list[ports.StoredDecision]:
+        async with self._read("reading decisions") as db:
+            rows = await db.fetch(
+                'SELECT "offset", body, leaf FROM decision WHERE partition = $1 '
+                'AND "offset" >= $2 ORDER BY "offset" LIMIT $3',
+                partition,
+                start,
+                limit,
+            )
+        return [
+            ports.StoredDecision(
+                r["offset"], bytes(r["body"]), None if r["leaf"] is None else bytes(r["leaf"])
+            )
+            for r in rows
+        ]
+
+    async def partitions(self) -> dict[int, int]:
+        async with self._read("reading consumed offsets") as db:
+            rows = await db.fetch("SELECT partition, next_offset FROM consumer_offset")
+        return {r["partition"]: r["next_offset"] for r in rows}
+
+    async def rows(self, partitions: Sequence[int] | None = None) -> ports.ProjectionRows:
+        found = ports.ProjectionRows()
+        wanted = list(partitions) if partitions else None
+        async with self._read("reading the projection's rows") as db:
+            await db.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            where = "WHERE ($1::int[] IS NULL OR partition = ANY($1::int[]))"
+            in_clusters = f"cluster IN (SELECT name FROM cluster {where})"
+            for r in await db.fetch(f"SELECT * FROM cluster {where}", wanted):
+                cursors = r["cursors"]
+                cursors = json.loads(cursors) if isinstance(cursors, str | bytes) else cursors
+                found.clusters[r["name"]] = (
+                    r["partition"],
+                    tuple(r["ipv4_cidrs"]),
+                    r["ipv4_mask"],
+                    tuple(r["ipv6_cidrs"]),
+                    r["ipv6_mask"],
+                    json.dumps(cursors, sort_keys=True),
+                    r["next_seq"],
+                )
+            for r in await db.fetch(f"SELECT * FROM node WHERE {in_clusters}", wanted):
+                found.nodes[(r["cluster"], r["name"])] = (
+                    r["seq"],
+                    tuple(r["pod_cidrs"]),
+                    r["error"],
+                    r["conflict"],
+                    tuple(r["addresses"]),
+                    r["pinned"],
+                    r["waiting"],
+                    tuple(r["cursors"]),
+                    r["deleted"],
+                )
+            for r in await db.fetch(f"SELECT * FROM pod_ip WHERE {in_clusters}", wanted):
+                found.pod_ips[(r["cluster"], str(r["address"]))] = (
+                    r["node"],
+                    r["owner"],
+                    r["partition"],
+                    r["since_offset"],
+                    r["since_time"],
+                )
+            for r in await db.fetch(f"SELECT * FROM ip_history WHERE {in_clusters}", wanted):
+                found.history[(r["cluster"], str(r["address"]), r["from_offset"])] = (
+                    r["node"],
+                    r["owner"],
+                    r["partition"],
+                    r["from_time"],
+                    r["to_offset"],
+                    r["to_time"],
+                )
+            for r in await db.fetch(f"SELECT * FROM rejection {where}", wanted):
+                found.rejections[(r["partition"], r["offset"])] = (
+                    r["reason"],
+                    None if r["key"] is None else bytes(r["key"]),
+                    bytes(r["raw"]),
+                )
+        return found

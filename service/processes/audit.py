@@ -1,0 +1,252 @@
+"""``ipledger audit``: proofs from the projection's tree, and the story of an address, owner, node.
+
+``proof`` builds the inclusion proof of one decision against the latest (or a given) tree head;
+``consistency`` the proof that one head's tree extends another's, checked against the stored
+tree before it is printed; ``verify-proof`` (in ``service.cli``) checks either offline. ``ip``,
+``owner`` and ``node`` tell what happened from the history, each change with the event and
+decision that caused it, and with ``prove`` each decision's inclusion proof. Reads only.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import json
+from typing import Any
+
+from service import bootstrap, errors, ports
+from service.audit import proofs
+from service.domain import events, merkle
+from service.settings import Settings
+
+
+class _Evidence:
+    """The live database's audit reader, read side and log, opened together."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.audit = bootstrap.open_audit_reader(bootstrap.database_url(settings))
+        self.reader = bootstrap.open_reader(settings)
+        self.log: ports.EventLog | None = None
+
+    async def event_log(self) -> ports.EventLog:
+        if self.log is None:
+            self.log = await bootstrap.open_log(self.settings)
+        return self.log
+
+    async def close(self) -> None:
+        await self.audit.close()
+        await self.reader.close()
+        if self.log is not None:
+            await self.log.close()
+
+    async def head(self, partition: int, size: int | None) -> merkle.TreeHead:
+        heads = await self.audit.heads(partition)
+        if not heads:
+            raise errors.AuditError(f"partition {partition} has no tree head yet")
+        if size is None:
+            return heads[-1].head
+        for recorded in heads:
+            if recorded.head.size == size:
+                return recorded.head
+        raise errors.AuditError(f"partition {partition} has no tree head of size {size}")
+
+    async def record(self, partition: int, offset: int) -> ports.Record:
+        records = await (await self.event_log()).read(partition, offset, 1, 0.0)
+        if not records or records[0].offset != offset:
+            raise errors.AuditError(f"partition {partition}: the log has no record at {offset}")
+        return records[0]
+
+    async def leaves(self, partition: int, size: int) -> list[bytes]:
+        """The first ``size`` leaves; those stored as NULL (before the tree) computed."""
+        stored = await self.audit.leaves(partition, size)
+        missing = [offset for offset, leaf in enumerate(stored) if leaf is None]
+        leaves: list[bytes | None] = list(stored)
+        for offset in missing:
+            found = await self.audit.decisions(partition, offset, 1)
+            if not found or found[0].offset != offset:
+                raise errors.AuditError(f"partition {partition}: no decision at offset {offset}")
+            record = await self.record(partition, offset)
+            leaves[offset] = merkle.leaf_hash(found[0].body, record.value)
+        return [leaf for leaf in leaves if leaf is not None]
+
+    async def inclusion(self, partition: int, offset: int, head: merkle.TreeHead) -> dict[str, Any]:
+        if not 0 <= offset < head.size:
+            raise errors.AuditError(
+                f"offset {offset} is not covered by the tree head of size {head.size}"
+            )
+        found = await self.audit.decisions(partition, offset, 1)
+        if not found or found[0].offset != offset:
+            raise errors.AuditError(f"partition {partition}: no decision at offset {offset}")
+        record = await self.record(partition, offset)
+        leaves = await self.leaves(partition, head.size)
+        return proofs.inclusion_document(head, leaves, offset, found[0].body, record.value)
+
+
+async def proof(
+    settings: Settings, partition: int, offset: int, size: int | None
+) -> dict[str, Any]:
+    """The inclusion proof of the decision at ``offset`` against the head of ``size`` (latest)."""
+    evidence = _Evidence(settings)
+    try:
+        head = await evidence.head(partition, size)
+        return await evidence.inclusion(partition, offset, head)
+    finally:
+        await evidence.close()
+
+
+async def consistency(
+    settings: Settings,
+    old: merkle.TreeHead | tuple[int, int],
+    new: merkle.TreeHead | tuple[int, int],
+) -> dict[str, Any]:
+    """The proof that ``new`` extends ``old`` (each a head, or ``(partition, size)`` of a stored
+    one), computed from the stored leaves; ``AuditError`` if it does not check out."""
+    evidence = _Evidence(settings)
+    try:
+        old_head = old if isinstance(old, merkle.TreeHead) else await evidence.head(*old)
+        new_head = new if isinstance(new, merkle.TreeHead) else await evidence.head(*new)
+        if old_head.partition != new_head.partition:
+            raise errors.AuditError("the two heads are of different partitions")
+        if old_head.size > new_head.size:
+            old_head, new_head = new_head, old_head
+        leaves = await evidence.leaves(new_head.partition, new_head.size)
+        if len(leaves) < new_head.size:
+            raise errors.AuditError(
+                f"partition {new_head.partition} has {len(leaves)} decisions, fewer than the "
+                f"head's {new_head.size}"
+            )
+        document = proofs.consistency_document(old_head, new_head, leaves)
+        stored_old = merkle.subtree_root(leaves, 0, old_head.size).hex()
+        stored_new = merkle.subtree_root(leaves, 0, new_head.size).hex()
+        if stored_old != old_head.root:
+            raise errors.AuditError(
+                f"partition {old_head.partition}: the tree of the first {old_head.size} "
+                f"decisions now has root {stored_old}, not the head's {old_head.root}: "
+                "decisions or records before that offset were rewritten"
+            )
+        if stored_new != new_head.root:
+            raise errors.AuditError(
+                f"partition {new_head.partition}: the tree of the first {new_head.size} "
+                f"decisions now has root {stored_new}, not the head's {new_head.root}"
+            )
+        proofs.check_document(document)
+        return document
+    finally:
+        await evidence.close()
+
+
+# --- the story of an address, an owner, a node ------------------------------------------------
+
+
+async def story(
+    settings: Settings,
+    kind: str,
+    subject: str,
+    *,
+    cluster: str,
+    at: datetime.datetime | None,
+    prove: bool,
+) -> dict[str, Any]:
+    """What happened to ``subject`` (an address, an owner, a node): every change, in order.
+
+    Each change names the event (partition, offset, id, time) and carries its decision; with
+    ``prove``, its inclusion proof against the partition's latest head. ``at``: only the
+    holding in force at that time (an address) or the changes up to it.
+    """
+    evidence = _Evidence(settings)
+    try:
+        changes: list[dict[str, Any]] = []
+        if kind == "ip":
+            address = ipaddress.ip_address(subject)
+            if at is not None:
+                holding = await evidence.reader.holder(cluster, address, at=at)
+                holdings = [] if holding is None else [holding]
+            else:
+                holdings = await evidence.reader.address_history(cluster, address)
+            changes = _holding_changes(holdings)
+        elif kind == "owner":
+            changes = _holding_changes(await evidence.reader.owner_history(cluster, subject))
+        else:
+            changes = await _node_changes(evidence, cluster, subject)
+        if at is not None and kind != "ip":
+            changes = [c for c in changes if c["time"] is None or c["time"] <= at.isoformat()]
+        heads: dict[int, merkle.TreeHead] = {}
+        for change in changes:
+            partition, offset = change["partition"], change["offset"]
+            found = await evidence.reader.decisions(partition, offset, 1)
+            if found and found[0].offset == offset:
+                change["event"] = found[0].event_id
+                change["decision"] = json.loads(found[0].body)
+            if prove:
+                if partition not in heads:
+                    heads[partition] = await evidence.head(partition, None)
+                if offset < heads[partition].size:
+                    change["proof"] = await evidence.inclusion(partition, offset, heads[partition])
+        return {kind: subject, "cluster": cluster, "changes": changes}
+    finally:
+        await evidence.close()
+
+
+def _holding_changes(holdings: list[ports.Holding]) -> list[dict[str, Any]]:
+    changes: list[dict[str, Any]] = []
+    for h in holdings:
+        common = {"address": str(h.address), "node": h.node, "owner": h.owner}
+        changes.append(
+            {
+                "change": "held",
+                **common,
+                "partition": h.partition,
+                "offset": h.from_offset,
+                "time": h.from_time.isoformat(),
+            }
+        )
+        if h.to_offset is not None:
+            changes.append(
+                {
+                    "change": "released",
+                    **common,
+                    "partition": h.partition,
+                    "offset": h.to_offset,
+                    "time": None if h.to_time is None else h.to_time.isoformat(),
+                }
+            )
+    changes.sort(key=lambda c: (c["partition"], c["offset"]))
+    return changes
+
+
+async def _node_changes(evidence: _Evidence, cluster: str, node: str) -> list[dict[str, Any]]:
+    """Every decision on an event naming ``node``: read from the log of the cluster's partition
+    with the decisions beside it (node events carry the node only in the record)."""
+    views = {view.name: view for view in await evidence.reader.clusters()}
+    if cluster not in views:
+        return []
+    partition = views[cluster].partition
+    event_log = await evidence.event_log()
+    end = await event_log.end_offset(partition)
+    changes: list[dict[str, Any]] = []
+    offset = 0
+    while offset < end:
+        records = await event_log.read(partition, offset, 5000, 0.0)
+        if not records:
+            break
+        for record in records:
+            event = events.decode(record.value)
+            if isinstance(event, events.DecodeFailure) or event.cluster != cluster:
+                continue
+            if getattr(event, "node", None) != node:
+                continue
+            moment = event.moment()
+            if moment is None and record.timestamp_ms is not None:
+                moment = datetime.datetime.fromtimestamp(record.timestamp_ms / 1000, datetime.UTC)
+            changes.append(
+                {
+                    "change": event.type,
+                    "node": node,
+                    "partition": partition,
+                    "offset": record.offset,
+                    "time": None if moment is None else moment.isoformat(),
+                }
+            )
+        offset = records[-1].offset + 1
+    return changes
