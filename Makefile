@@ -41,8 +41,11 @@ lint: setup
 bench: setup services
 	$(PY) -m bench
 
+# The whole product on an embedded PostgreSQL, one supervised process tree (ipledger up): the
+# allocator, the sync worker (CiliumNodes as files in .data/ciliumnodes/ unless
+# IPLEDGER_KUBECONFIG names a cluster) and the query API on 127.0.0.1:8080. Ctrl-C stops it.
 run: setup
-	$(VENV)/bin/ipledger run --embedded
+	$(VENV)/bin/ipledger up
 
 clean:
 	rm -rf $(VENV) $(IPLEDGER_CACHE) .mypy_cache .ruff_cache .pytest_cache

@@ -705,6 +705,58 @@ def add_audit_commands(
         story.set_defaults(func=cmd_audit_story, kind=kind)
 
 
+# --- the whole product on the embedded default: `ipledger up` (make run; service.processes.up) -
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    """Run the embedded PostgreSQL, the allocator, the sync worker and the API as one tree."""
+    from service.processes import up
+
+    settings = _kube_settings(args)
+    # The server is this process's child, as for `run --embedded`: SIGTERM must unwind.
+    children.terminate_as_interrupt()
+    config = getattr(args, "config", None)
+    _run_async(
+        lambda: up.run(
+            settings,
+            with_api=args.api,
+            with_sync=args.sync,
+            config=Path(config).absolute() if config else None,
+        )
+    )
+    return 0
+
+
+def add_up_commands(
+    commands: argparse._SubParsersAction,  # type: ignore[type-arg]
+    service_options: Callable[[argparse.ArgumentParser], None],
+) -> None:
+    """Register ``up`` (called by ``build_parser``)."""
+    whole = commands.add_parser(
+        "up",
+        help="the whole product on an embedded PostgreSQL: allocator, sync worker, query API "
+        "(what `make run` does)",
+        description="Start the embedded PostgreSQL under the data dir, migrate it, configure "
+        "Cilium's Helm default pool on an empty log, and run `ipledger run`, `ipledger sync` "
+        "and `ipledger api` as supervised children until Ctrl-C. Without --kubeconfig (or "
+        "IPLEDGER_KUBECONFIG) the CiliumNodes are written as YAML files into "
+        "<data dir>/ciliumnodes/.",
+    )
+    service_options(whole)
+    whole.add_argument("--kubeconfig", type=Path, help="mirror into this cluster, not files")
+    whole.add_argument("--context", dest="kube_context", help="env IPLEDGER_KUBE_CONTEXT")
+    whole.add_argument(
+        "--api", action=argparse.BooleanOptionalAction, default=True, help="run the query API"
+    )
+    whole.add_argument(
+        "--sync",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run the sync worker",
+    )
+    whole.set_defaults(func=cmd_up)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ipledger",
@@ -765,6 +817,7 @@ def build_parser() -> argparse.ArgumentParser:
     service_options(show)
     show.set_defaults(func=cmd_state)
     add_sync_commands(commands, service_options)
+    add_up_commands(commands, service_options)
     add_audit_commands(commands, service_options)
     add_node_commands(commands, service_options)
     add_status_commands(commands, service_options)

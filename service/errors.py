@@ -123,3 +123,7 @@ class ClusterApiConflictError(ClusterApiRejectedError):
 
 class AuditError(IpledgerError):
     """The evidence does not check out (a proof, a tree head, a signature, a replay)."""
+
+
+class SupervisionError(IpledgerError):
+    """A part of ``ipledger up``'s process tree kept exiting as soon as it started."""

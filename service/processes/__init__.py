@@ -9,6 +9,8 @@ adapter directly.
 - ``allocator``: ``run``, the allocator (``ipledger run``, ``run --embedded``);
 - ``sync``: ``run``, the Kubernetes sync worker (``ipledger sync``);
 - ``jobs``: the one-shot commands ``init``, ``append`` and ``adopt``;
+- ``up``: ``run``, the whole product on the embedded PostgreSQL, the allocator, the sync worker
+  and the query API as supervised children (``ipledger up``, ``make run``);
 - ``watch_nodes``: ``run``, the node-lifecycle producer (``ipledger watch-nodes``), and
   ``find_leaks``, the leak check of ``ipledger check --kubernetes``;
 - ``signals``: ``stop_on_signal``, how the long-running ones are told to stop.

@@ -1,10 +1,17 @@
-"""The quick start as a user runs it: ``ipledger run --embedded`` (what ``make run`` starts),
-then ``append``, ``state --wait-caught-up`` and the metrics endpoint, Ctrl-C, and a second run
-that continues where the first stopped. Real processes, a real embedded PostgreSQL."""
+"""What ``make run`` starts, as a user runs it, under a private (0700) directory.
+
+``ipledger up`` (``make run``): the allocator, the sync worker writing CiliumNode files and the
+query API in one tree; events appended, the state equal to ``simulate``'s, every node's file
+valid against Cilium's CRD, the API answering; Ctrl-C stops every part; a second run continues
+where the first stopped. ``ipledger run --embedded`` (the allocator alone): ``append``, ``state
+--wait-caught-up``, the metrics endpoint, Ctrl-C and a second run. Real processes, a real
+embedded PostgreSQL; as root its cluster lives under /var/lib/ipledger, linked from the data
+dir. tests/e2e/test_quick_start.py runs ``make run`` itself from a fresh clone."""
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import shutil
@@ -16,10 +23,12 @@ import tempfile
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests import waiting
+from tests.ciliumnode_schema import assert_valid, crd_schema
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
@@ -70,11 +79,13 @@ def ipledger(
 
 
 class Running:
-    def __init__(self, env: dict[str, str], log: Path) -> None:
+    def __init__(
+        self, env: dict[str, str], log: Path, command: tuple[str, ...] = ("run", "--embedded")
+    ) -> None:
         self.log = log
         with log.open("wb") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "service.cli", "run", "--embedded"],
+                [sys.executable, "-m", "service.cli", *command],
                 env={**os.environ, **env},
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -89,10 +100,7 @@ class Running:
         waiting.until_blocking(
             printed,
             timeout=60,
-            what=lambda: (
-                "ipledger run --embedded to say it is running\n"
-                + self.log.read_text(errors="replace")
-            ),
+            what=lambda: "ipledger to say it is running\n" + self.log.read_text(errors="replace"),
             interval=0.05,
         )
 
@@ -149,5 +157,110 @@ def test_quick_start_end_to_end(data_dir: Path) -> None:
         simulated = ipledger(env, "simulate", "-", stdin=stream + more)
         assert json.loads(shown.stdout) == json.loads(simulated.stdout)
         assert second.interrupt() == 0
+    finally:
+        second.kill()
+
+
+def children_of(pid: int) -> set[int]:
+    """Every process below ``pid`` (by the parent links in /proc)."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                stat = (entry / "stat").read_text()
+                parents.setdefault(int(stat[stat.rindex(")") + 2 :].split()[1]), []).append(
+                    int(entry.name)
+                )
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return state[state.rindex(")") + 2] != "Z"
+
+
+def get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        return json.loads(answer.read())
+
+
+def test_up_runs_the_whole_product_and_continues(data_dir: Path) -> None:
+    api_port = free_port()
+    env = {
+        "IPLEDGER_DATA_DIR": str(data_dir),
+        "IPLEDGER_API_ADDRESS": f"127.0.0.1:{api_port}",
+        "IPLEDGER_RESYNC_INTERVAL_S": "300",
+    }
+    for name in ("IPLEDGER_DATABASE_URL", "IPLEDGER_KUBECONFIG", "IPLEDGER_KUBECONFIGS"):
+        os.environ.pop(name, None)
+    with_api = importlib.util.find_spec("service.processes.api") is not None
+    files = data_dir / "ciliumnodes"
+    stream = (EXAMPLES / "helm-default-pool.jsonl").read_bytes()
+    first = Running(env, data_dir.parent / "up-1.log", ("up",))
+    try:
+        first.wait_ready()
+        banner = first.log.read_text()
+        assert f"CiliumNodes   {files}/" in banner
+        if os.geteuid() == 0:
+            assert "(linked from " in banner and "/var/lib/ipledger/" in banner
+        for name in ("dual-stack-cluster.jsonl", "pool-exhaustion.jsonl"):
+            assert ipledger(env, "append", str(EXAMPLES / name)).returncode == 0
+            stream += (EXAMPLES / name).read_bytes()
+        shown = ipledger(env, "state", "--wait-caught-up", "--timeout", "60")
+        assert shown.returncode == 0, shown.stderr
+        expected = json.loads(ipledger(env, "simulate", "-", stdin=stream).stdout)
+        assert json.loads(shown.stdout) == expected
+        # The sync worker mirrors the default cluster: one valid CiliumNode file per node.
+        nodes = expected["clusters"]["default"]["nodes"]
+        waiting.until_blocking(
+            lambda: all((files / f"{n}.yaml").exists() for n in nodes),
+            timeout=60,
+            what=lambda: (
+                f"a CiliumNode file for each of {sorted(nodes)} in {files}\n"
+                + first.log.read_text(errors="replace")[-3000:]
+            ),
+            interval=0.1,
+        )
+        schema = crd_schema()
+        for name, node in nodes.items():
+            written = assert_valid(files / f"{name}.yaml", schema)
+            assert written["spec"]["ipam"]["podCIDRs"] == node["podCIDRs"]
+        if with_api:
+            clusters = get_json(f"http://127.0.0.1:{api_port}/v1/clusters")
+            assert {"default", "lab"} <= {c["name"] for c in clusters["items"]}, clusters
+        parts = children_of(first.process.pid)
+        assert len(parts) >= 3  # the server, the allocator, the sync worker (and the API)
+        assert first.interrupt() == 0, first.log.read_text(errors="replace")
+        assert not [pid for pid in parts if alive(pid)], first.log.read_text(errors="replace")
+        assert "Traceback" not in first.log.read_text(errors="replace")
+    finally:
+        first.kill()
+
+    # Running it again continues where it left off.
+    second = Running(env, data_dir.parent / "up-2.log", ("up",))
+    try:
+        second.wait_ready()
+        assert "configured Cilium's Helm default pool" not in second.log.read_text()
+        more = b'{"type":"node.added","id":"again","node":"worker-c"}\n'
+        assert ipledger(env, "append", "-", stdin=more).returncode == 0
+        shown = ipledger(env, "state", "--wait-caught-up", "--timeout", "60")
+        expected = json.loads(ipledger(env, "simulate", "-", stdin=stream + more).stdout)
+        assert json.loads(shown.stdout) == expected
+        waiting.until_blocking(
+            (files / "worker-c.yaml").exists,
+            timeout=60,
+            what="the new node's CiliumNode file",
+            interval=0.1,
+        )
+        assert second.interrupt() == 0, second.log.read_text(errors="replace")
     finally:
         second.kill()

@@ -10,17 +10,15 @@ temporary file behind, and a name that is not a Kubernetes name never becomes a 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import pytest
 import yaml
 
 from service import errors
 from service.adapters.kubernetes.files import FileClusterClient
-from tests.harness import kube
+from tests.ciliumnode_schema import assert_valid, crd_schema, undeclared
 
 pytestmark = pytest.mark.anyio
 
@@ -30,42 +28,7 @@ V6 = ipaddress.IPv6Network("fd00::700/120")
 
 @pytest.fixture(scope="module")
 def schema() -> dict[str, Any]:
-    path = kube.crd_path()
-    if not path.is_file():
-        pytest.skip(f"Cilium's CiliumNode CRD is not at {path}")
-    crd = yaml.safe_load(path.read_text())
-    (served,) = [v for v in crd["spec"]["versions"] if v["name"] == "v2"]
-    found: dict[str, Any] = served["schema"]["openAPIV3Schema"]
-    return found
-
-
-def undeclared(obj: object, schema: Mapping[str, Any], where: str = "") -> Iterator[str]:
-    """Paths in ``obj`` the structural schema does not declare (what a server would prune)."""
-    if isinstance(obj, dict):
-        properties = schema.get("properties")
-        extra = schema.get("additionalProperties")
-        for key, value in obj.items():
-            path = f"{where}.{key}"
-            if where == "" and key == "metadata":
-                continue  # ObjectMeta: validated by the server itself, not the CRD schema
-            if properties is not None and key in properties:
-                yield from undeclared(value, properties[key], path)
-            elif isinstance(extra, dict):
-                yield from undeclared(value, extra, path)
-            elif not schema.get("x-kubernetes-preserve-unknown-fields"):
-                yield path
-    elif isinstance(obj, list) and isinstance(schema.get("items"), dict):
-        for index, item in enumerate(obj):
-            yield from undeclared(item, schema["items"], f"{where}[{index}]")
-
-
-def assert_valid(path: Path, schema: dict[str, Any]) -> dict[str, Any]:
-    obj: dict[str, Any] = yaml.safe_load(path.read_text())
-    jsonschema.Draft7Validator(schema).validate(obj)
-    assert list(undeclared(obj, schema)) == [], path.read_text()
-    assert obj["apiVersion"] == "cilium.io/v2" and obj["kind"] == "CiliumNode"
-    assert obj["metadata"] == {"name": path.stem}
-    return obj
+    return crd_schema()
 
 
 async def test_written_objects_are_valid_ciliumnodes(
@@ -84,6 +47,7 @@ async def test_written_objects_are_valid_ciliumnodes(
 
     first = assert_valid(tmp_path / "worker-1.yaml", schema)
     second = assert_valid(tmp_path / "worker-2.yaml", schema)
+    assert first["metadata"] == {"name": "worker-1"}  # nothing only a server would add
 
     assert first["spec"]["ipam"] == {
         "podCIDRs": ["10.0.7.0/24", "fd00::700/120"],
