@@ -47,7 +47,10 @@ async def run(
     registry = metrics.watch_nodes_registry({w.cluster: w.metrics for w in workers})
     stop = anyio.Event()
     try:
-        async with metrics.serving(registry, metrics_port), anyio.create_task_group() as tasks:
+        async with (
+            metrics.serving(registry, metrics_port, settings.metrics_host),
+            anyio.create_task_group() as tasks,
+        ):
             tasks.start_soon(signals.stop_on_signal, stop)
             async with anyio.create_task_group() as running:
                 for worker in workers:

@@ -20,7 +20,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
+import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -37,11 +42,13 @@ from service.adapters.postgres import reader as pg_reader
 from service.adapters.postgres import sync_store
 from service.domain import allocation, events, state
 from tests import waiting
+from tests.harness.kube import KubeAPIServer
 from tests.integration.test_sync import (  # noqa: F401 - fixtures
     CLUSTER,
     POLL_S,
     CiliumNode,
     Ledger,
+    _scrape,
     added,
     converged,
     event,
@@ -279,3 +286,45 @@ async def test_the_leak_check_finds_exactly_the_addresses_of_deleted_pods(
     assert [leak.address for leak in report.leaks] == [str(h.address) for h in held]
     release = report.leaks[0].release()
     assert isinstance(events.decode(events.encode_event(release)), events.IpReleased)
+
+
+async def test_ipledger_watch_nodes_runs_as_a_process_and_stops_cleanly_on_sigterm(
+    ledger: Ledger,  # noqa: F811
+    core: AsyncClient,
+    kube_apiserver: KubeAPIServer,
+    pg_dsn: str,
+    tmp_path: Path,
+) -> None:
+    await ledger.append(pool())
+    await create_node(core, "node-a", "192.168.1.10")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {
+        **os.environ,
+        "IPLEDGER_DATABASE_URL": pg_dsn,
+        "IPLEDGER_KUBECONFIG": str(kube_apiserver.kubeconfig_path),
+    }
+    log_path = tmp_path / "watch-nodes.log"
+    command = [sys.executable, "-m", "service.cli", "watch-nodes", "--metrics-port", str(port)]
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(command, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+        try:
+            await create_node(core, "node-b", "192.168.1.11")
+
+            async def both() -> bool:
+                await ledger.caught_up()
+                return set(await projected(pg_dsn)) == {"node-a", "node-b"}
+
+            await waiting.until(both, timeout=30, what="both Nodes in the projection")
+            exported = await anyio.to_thread.run_sync(_scrape, port)
+            assert 'ipledger_watch_nodes_added_total{cluster="default"} 2.0\n' in exported
+            process.send_signal(signal.SIGTERM)
+            code = await anyio.to_thread.run_sync(lambda: process.wait(timeout=30))
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    output = log_path.read_text()
+    assert code == 0, output
+    assert "cluster default: stopped: 2 node.added and 0 node.deleted appended" in output

@@ -143,3 +143,40 @@ def test_the_apply_bodies_name_only_ipledgers_fields() -> None:
         },
     }
     assert status_body["status"] == {"ipam": {"operator-status": {"error": ""}}}
+
+
+@pytest.mark.parametrize(
+    ("answer", "kind"),
+    [
+        # What an API server answers while it restarts: found by the restart test, where the
+        # streamed (unread) body of a watch's error made the translation itself fail.
+        (httpx2.Response(503, text="starting"), errors.ClusterApiUnavailableError),
+        (httpx2.Response(429, headers={"Retry-After": "2"}), errors.ClusterApiThrottledError),
+        (status(410, "too old resource version"), errors.ClusterApiGoneError),
+    ],
+)
+async def test_a_watch_refused_is_translated_like_any_request(
+    answer: httpx2.Response | Handler, kind: type[errors.ClusterApiError]
+) -> None:
+    client = answering(answer if callable(answer) else lambda request: answer)
+    try:
+        with pytest.raises(errors.ClusterApiError) as info:
+            async for _ in client.watch_nodes("7"):
+                pass
+    finally:
+        await client.close()
+    assert type(info.value) is kind
+
+
+async def test_a_410_inside_the_watch_stream_is_gone() -> None:
+    gone = (
+        b'{"type":"ERROR","object":{"kind":"Status","apiVersion":"v1","status":"Failure",'
+        b'"message":"too old resource version: 7 (90)","reason":"Expired","code":410}}\n'
+    )
+    client = answering(lambda request: httpx2.Response(200, content=gone))
+    try:
+        with pytest.raises(errors.ClusterApiGoneError):
+            async for _ in client.watch_nodes("7"):
+                pass
+    finally:
+        await client.close()

@@ -440,7 +440,7 @@ def _translate(doing: str) -> Iterator[None]:
         raise _status_error(doing, code, status.message or "", response) from exc
     except httpx2.HTTPStatusError as exc:
         response = exc.response
-        raise _status_error(doing, response.status_code, response.text[:200], response) from exc
+        raise _status_error(doing, response.status_code, _body(response), response) from exc
     except httpx2.TimeoutException as exc:
         raise errors.ClusterApiUnavailableError(
             f"{doing}: timed out ({type(exc).__name__})", status=None
@@ -454,8 +454,16 @@ def _translate(doing: str) -> Iterator[None]:
         cause = exc.__context__
         if isinstance(cause, httpx2.HTTPStatusError):
             response = cause.response
-            raise _status_error(doing, response.status_code, response.text[:200], response) from exc
+            raise _status_error(doing, response.status_code, _body(response), response) from exc
         raise
+
+
+def _body(response: httpx2.Response) -> str:
+    """The start of an error response's body; "" for a watch's, which is streamed and unread."""
+    try:
+        return response.text[:200]
+    except httpx2.ResponseNotRead:
+        return ""
 
 
 def _status_error(
