@@ -1,6 +1,7 @@
 """Checks a CiliumNode object against the ``openAPIV3Schema`` of Cilium's CiliumNode CRD.
 
-The CRD is the file the Kubernetes harness installs (``tests.harness.kube.crd_path``). Valid
+The CRD is the file the Kubernetes harness installs (``tests.harness.kube.crd_path``), taken
+from Cilium's Go module by ``make services``, or that of another Cilium release it lists. Valid
 means: the schema validates it, and it has no field the schema does not declare (an API server
 would prune such a field silently, so a file holding one would not be what the cluster
 stores). Used by tests/unit/test_ciliumnode_files.py and tests/e2e/test_make_run.py.
@@ -19,9 +20,10 @@ import yaml
 from tests.harness import kube
 
 
-def crd_schema() -> dict[str, Any]:
-    """The v2 schema of the CRD; skips the test when the CRD is not there."""
-    path = kube.crd_path()
+def crd_schema(version: str | None = None) -> dict[str, Any]:
+    """The v2 schema of Cilium ``version``'s CRD (default: the one the harness installs); skips
+    the test when ``make services`` has not fetched it."""
+    path = kube.crd_path(version)
     if not path.is_file():
         pytest.skip(f"Cilium's CiliumNode CRD is not at {path}")
     crd = yaml.safe_load(path.read_text())

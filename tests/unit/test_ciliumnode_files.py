@@ -1,10 +1,11 @@
 """The CiliumNode files ``make run`` writes without a cluster (``FileClusterClient``).
 
-Every object written is valid against the ``openAPIV3Schema`` of Cilium's CiliumNode CRD (the
-file the Kubernetes harness installs, ``tests.harness.kube.crd_path``) and has no field the
-schema does not declare: an API server would prune such a field, so the file would not be what
-the cluster stores. Also: another writer's fields survive ipledger's writes, writes leave no
-temporary file behind, and a name that is not a Kubernetes name never becomes a path.
+Every object written is valid against the ``openAPIV3Schema`` of Cilium's CiliumNode CRD, of
+every release the Kubernetes harness lists (taken from Cilium's Go module by ``make services``),
+and has no field the schema does not declare: an API server would prune such a field, so the
+file would not be what the cluster stores. Also: another writer's fields survive ipledger's
+writes, writes leave no temporary file behind, and a name that is not a Kubernetes name never
+becomes a path.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import yaml
 from service import errors
 from service.adapters.kubernetes.files import FileClusterClient
 from tests.ciliumnode_schema import assert_valid, crd_schema, undeclared
+from tests.harness import kube
 
 pytestmark = pytest.mark.anyio
 
@@ -26,9 +28,10 @@ V4 = ipaddress.IPv4Network("10.0.7.0/24")
 V6 = ipaddress.IPv6Network("fd00::700/120")
 
 
-@pytest.fixture(scope="module")
-def schema() -> dict[str, Any]:
-    return crd_schema()
+@pytest.fixture(scope="module", params=kube.cilium_crd_versions())
+def schema(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """The CRD of every Cilium release the harness lists (compose/kube/cilium-crds.txt)."""
+    return crd_schema(request.param)
 
 
 async def test_written_objects_are_valid_ciliumnodes(
