@@ -15,6 +15,7 @@ from the environment or opened at import time.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import logging
@@ -274,11 +275,124 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    """Print pool use, nodes needing attention, log lag, writers and rejections."""
+    from rich.console import Console
+
+    from service.processes import status
+
+    settings = _settings(args)
+    console = Console(highlight=False)
+    if args.limit < 0 or args.rejections < 0:
+        raise CommandError("--limit and --rejections must be 0 or more")
+    options = {"cluster": args.cluster, "limit": args.limit, "rejections": args.rejections}
+
+    def show(report: status.Status) -> None:
+        if args.json:
+            sys.stdout.write(json.dumps(status.as_json(report)) + "\n")
+            sys.stdout.flush()
+            return
+        if args.watch is not None:
+            if console.is_terminal:
+                console.clear()
+            else:
+                console.print(f"--- {report.read_at:%Y-%m-%d %H:%M:%S} UTC", markup=False)
+        status.render(report, console)
+
+    if args.watch is None:
+        show(_run_async(lambda: status.read(settings, **options)))
+        return 0
+    if args.watch <= 0:
+        raise CommandError("--watch takes a number of seconds greater than 0")
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a watch ends
+        _run_async(lambda: status.watch(settings, every_s=args.watch, show=show, **options))
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Compare the projection with the CiliumNodes; exit 1 when anything differs."""
+    from service.processes import check
+
+    if not args.kubernetes:
+        raise CommandError("say what to check against: --kubernetes")
+    # The Kubernetes client logs every request at INFO: noise in a report.
+    logging.getLogger("httpx2").setLevel(logging.WARNING)
+    try:
+        settings = _kube_settings(args)
+        report = _run_async(lambda: check.kubernetes(settings, cluster=args.cluster))
+    except errors.IpledgerError as exc:
+        # Exit 2, not 1: "could not check" must not read as "found problems".
+        raise CommandError(f"could not check: {exc}") from None
+    if args.json:
+        print(json.dumps(report.as_json(), indent=2))
+    else:
+        print("\n".join(report.lines()))
+    return 1 if report.problems else 0
+
+
 def add_status_commands(
     commands: argparse._SubParsersAction,  # type: ignore[type-arg]
     service_options: Callable[[argparse.ArgumentParser], None],
 ) -> None:
     """Register ``status``, ``check`` and ``config`` (called by ``build_parser``)."""
+    show = commands.add_parser(
+        "status",
+        help="pool use per element, nodes waiting or failing, log lag, writers, rejections",
+        description="Read the projection (and the log's end offsets) and print, per cluster and "
+        "pool element, the node CIDRs used and free and the pod addresses used; the nodes "
+        "waiting for a CIDR, in error or in conflict; per log partition the lag, the writer "
+        "and its lease, and the last rejected records. Changes nothing.",
+    )
+    service_options(show)
+    show.add_argument("--cluster", help="only this cluster (and its partition)")
+    show.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON document (with --watch, one per line); shape in docs/operations.md",
+    )
+    show.add_argument(
+        "--watch",
+        type=float,
+        nargs="?",
+        const=2.0,
+        metavar="SECONDS",
+        help="read again every SECONDS (default 2) until Ctrl-C",
+    )
+    show.add_argument(
+        "--limit", type=int, default=10, help="nodes named per list (default 10; all counted)"
+    )
+    show.add_argument(
+        "--rejections", type=int, default=5, help="last rejected records per partition (5)"
+    )
+    show.set_defaults(func=cmd_status)
+
+    check = commands.add_parser(
+        "check",
+        help="report where Kubernetes disagrees with ipledger (like calicoctl ipam check)",
+        description="Compare the projection with another system and list every difference, "
+        "then 'found N problems'. Exit status: 0 none, 1 problems found, 2 could not check. "
+        "--kubernetes: CiliumNodes whose spec.ipam.podCIDRs or "
+        "status.ipam.operator-status.error differ from ipledger's, nodes without a CiliumNode, "
+        "CiliumNodes ipledger does not know; in every cluster `ipledger sync` mirrors.",
+    )
+    service_options(check)
+    check.add_argument(
+        "--kubernetes",
+        action="store_true",
+        help="compare with the CiliumNodes of the clusters ipledger mirrors",
+    )
+    check.add_argument("--kubeconfig", type=Path, help="env IPLEDGER_KUBECONFIG")
+    check.add_argument("--context", dest="kube_context", help="env IPLEDGER_KUBE_CONTEXT")
+    check.add_argument(
+        "--cluster",
+        help="only this ipledger cluster (one of IPLEDGER_KUBECONFIGS, else the one cluster "
+        "mirrored; env IPLEDGER_SYNC_CLUSTER, default 'default')",
+    )
+    check.add_argument(
+        "--json", action="store_true", help="one JSON document; shape in docs/operations.md"
+    )
+    check.set_defaults(func=cmd_check)
+
     config = commands.add_parser(
         "config",
         help="print the settings in effect and where each came from (secrets redacted)",
