@@ -48,12 +48,12 @@ def environment_names(env: Mapping[str, Any] | Iterable[Mapping[str, Any]]) -> I
             yield item["name"]
 
 
-def cached_tool(*parts: str, build: str) -> Path:
-    """A binary `make services` builds under ``$IPLEDGER_CACHE``; skipped (failed under CI=true)
-    when it is missing, naming the script that builds it."""
+def cached_tool(*parts: str, build: str, executable: bool = True) -> Path:
+    """A binary (or, not ``executable``, a file) `make services` puts under ``$IPLEDGER_CACHE``;
+    skipped (failed under CI=true) when it is missing, naming the script that makes it."""
     cache = Path(os.environ.get("IPLEDGER_CACHE") or ROOT / ".cache")
     path = cache.joinpath(*parts)
-    if not os.access(path, os.X_OK):
+    if not os.access(path, os.X_OK if executable else os.R_OK):
         reason = f"{path} is not built: make services (bash {build})"
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(reason)
