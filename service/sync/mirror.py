@@ -103,6 +103,7 @@ class Mirror:
         self._work = anyio.Event()
         self._room = anyio.Event()
         self._failures = 0
+        self._owner_refused = False  # reading Nodes was forbidden: said once per lead
 
     # --- feeding it ---------------------------------------------------------------------------
 
@@ -235,7 +236,20 @@ class Mirror:
     async def _own(self, observed: ports.ObservedNode) -> ports.ObservedNode:
         """Give a CiliumNode ipledger created the ownerReference Cilium's agent would give it,
         so that garbage collection deletes it with its v1 Node. Without a Node, none."""
-        owner = await self._request("get", self.client.get_kube_node(observed.name))
+        try:
+            owner = await self._request("get", self.client.get_kube_node(observed.name))
+        except errors.ClusterApiRejectedError as exc:
+            # The spec was written: a missing optional permission must not fail the node.
+            if not self._owner_refused:
+                log.error(
+                    "cluster %s: no ownerReferences: %s (--owner-references needs get on nodes: "
+                    "the ClusterRole ipledger-sync-owner-references, "
+                    "compose/kubernetes/rbac-optional.yaml)",
+                    self.cluster,
+                    exc,
+                )
+            self._owner_refused = True
+            return observed
         if owner is None:
             log.info(
                 "cluster %s: CiliumNode %s created without an ownerReference: no v1 Node %s",

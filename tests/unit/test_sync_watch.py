@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 import anyio
 import pytest
 
-from service import sync
+from service import errors, ports, sync
 from service.adapters import memory
 from service.adapters.kubernetes.memory import MemoryClusterClient
 from tests import waiting
@@ -158,3 +158,35 @@ async def test_without_the_option_no_node_is_read(client: MemoryClusterClient) -
         stop.set()
     assert client.nodes["a"].node_owner is None
     assert not [r for r in client.requests if r.verb in ("get-node", "owner")]
+
+
+class NodesForbidden(MemoryClusterClient):
+    """A client whose credentials may not read v1 Nodes (the base ClusterRole only)."""
+
+    async def get_kube_node(self, name: str) -> ports.KubeNode | None:
+        self._record("get-node", name)
+        raise errors.ClusterApiRejectedError(
+            f'reading Node {name}: HTTP 403: nodes "{name}" is forbidden', status=403
+        )
+
+
+async def test_without_the_role_to_read_nodes_the_ciliumnode_is_still_written(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    client = NodesForbidden()
+    store = memory.MemorySyncStore()
+    for name in ("a", "b"):
+        store.tables.put(CLUSTER, intent(name, 1, "10.0.1.0/24"))
+    settings = sync.SyncSettings(qps=0, flush_interval_s=0, owner_references=True)
+    worker = sync.ClusterSync(CLUSTER, client, store, settings)
+    stop = anyio.Event()
+    with caplog.at_level(logging.ERROR, logger="ipledger.sync"):
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(worker.run, stop)
+            await mirrored(store, "a", 1)
+            await mirrored(store, "b", 1)
+            stop.set()
+    assert client.nodes["a"].pod_cidrs == ("10.0.1.0/24",)
+    assert worker.metrics.rejected == 0
+    (said,) = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert "ipledger-sync-owner-references" in said
