@@ -32,7 +32,7 @@ async def run(settings: Settings) -> None:
     stop = anyio.Event()
     try:
         async with (
-            metrics.serving(registry, settings.sync_metrics_port),
+            metrics.serving(registry, settings.sync_metrics_port, settings.metrics_host),
             anyio.create_task_group() as tasks,
         ):
             tasks.start_soon(signals.stop_on_signal, stop)
