@@ -278,7 +278,7 @@ def render(status: Status, console: Console) -> None:
             f"{cluster.in_error} in error, {cluster.in_conflict} in conflict"
         )
         pools = Table(box=None, pad_edge=False, header_style="bold")
-        for heading in ("CIDR", "mask", "node CIDRs used", "free", "in use", "pod IPs used"):
+        for heading in ("CIDR", "mask", "node CIDRs used / total", "free", "used", "pod IPs"):
             pools.add_column(heading, justify="left" if heading == "CIDR" else "right")
         if not view.elements:
             console.print("  no pool configured: append a pool.configured event")
