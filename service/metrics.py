@@ -9,8 +9,11 @@ the Prometheus text format) and ``GET /healthz`` (``ok``) on 127.0.0.1, and noth
 
 Started by ``service.processes.allocator`` (``IPLEDGER_METRICS_PORT``) and
 ``service.processes.sync`` (``IPLEDGER_SYNC_METRICS_PORT``). The HTTP server runs in a thread of
-its own, so a scrape never waits for the event loop, and answers from in-memory counters: it never
-touches the database, the log or the Kubernetes API.
+its own, so a scrape never waits for the event loop, and answers from memory: the counters, and
+for the allocator the pool gauges its writers' states give (``service.ipam_metrics``); it never
+touches the database, the log or the Kubernetes API. Every metric, its labels and its meaning
+are listed in docs/operations.md ("Metrics and alerts"); compose/prometheus/alerts.yaml alerts on
+them.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import contextlib
 import logging
 import socketserver
 import threading
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from wsgiref import simple_server
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
@@ -27,17 +30,28 @@ import anyio
 import prometheus_client
 from prometheus_client import core, registry
 
-from service import allocator, errors, producers, sync
+from service import allocator, errors, ipam_metrics, producers, sync
+from service.allocator import reasons
+from service.allocator.settings import Histogram
+from service.domain import state
 
 log = logging.getLogger("ipledger.metrics")
 # A client that sends nothing for this long is dropped (each scrape is one short request).
 REQUEST_TIMEOUT_S = 5.0
 
 
-def allocator_registry(counters: allocator.Metrics) -> registry.CollectorRegistry:
-    """The registry of ``ipledger run``: the counters of every partition's allocator."""
+def allocator_registry(
+    counters: allocator.Metrics,
+    states: Callable[[], Iterable[state.State]] | None = None,
+    *,
+    forecast_window_s: float = ipam_metrics.FORECAST_WINDOW_S,
+) -> registry.CollectorRegistry:
+    """The registry of ``ipledger run``: the counters of every partition's allocator and, given
+    ``states`` (the states its writers hold now), the pool gauges of their clusters."""
     collectors = registry.CollectorRegistry(auto_describe=False)
     collectors.register(_AllocatorCollector(counters))
+    if states is not None:
+        collectors.register(ipam_metrics.PoolCollector(states, forecast_window_s=forecast_window_s))
     return collectors
 
 
@@ -145,6 +159,40 @@ def _gauge(
     return family
 
 
+def _histogram(name: str, help_text: str, observed: Histogram) -> core.Metric:
+    buckets = observed.cumulative()
+    return core.HistogramMetricFamily(
+        name,
+        help_text,
+        buckets=[("+Inf" if b == float("inf") else str(b), n) for b, n in buckets],
+        sum_value=observed.sum,
+    )
+
+
+def _event_families(c: allocator.Metrics) -> Iterator[core.Metric]:
+    applied = core.CounterMetricFamily(
+        "ipledger_events_applied_total",
+        "Valid events the core applied, by type and the class of their decision's error "
+        '(reason="none": no error).',
+        labels=["type", "reason"],
+    )
+    # Every type with no error, from the start: rate() then sees the first events.
+    counts = {(kind, reasons.NONE): 0 for kind in reasons.TYPES}
+    counts.update(c.events_applied)
+    for (kind, reason), count in sorted(counts.items()):
+        applied.add_metric([kind, reason], count)
+    yield applied
+    rejected = core.CounterMetricFamily(
+        "ipledger_events_rejected_total",
+        "Records rejected without being applied (kept raw in the rejections table), by event "
+        'type ("unknown" when not one of the contract\'s) and reason class.',
+        labels=["type", "reason"],
+    )
+    for (kind, reason), count in sorted(c.events_rejected.items()):
+        rejected.add_metric([kind, reason], count)
+    yield rejected
+
+
 class _AllocatorCollector(registry.Collector):
     """Reads ``allocator.Metrics`` when scraped; names and help texts are the published ones."""
 
@@ -212,11 +260,42 @@ class _AllocatorCollector(registry.Collector):
             "partition",
             [(str(p), o) for p, o in sorted(c.next_offset.items())],
         )
+        leader = sorted(c.leader.items())
         yield _gauge(
             "ipledger_leader",
             "1 while this process is the partition's writer.",
             "partition",
-            [(str(p), float(v)) for p, v in sorted(c.leader.items())],
+            [(str(p), float(v)) for p, v in leader],
+        )
+        yield from _event_families(c)
+        yield _histogram(
+            "ipledger_batch_records",
+            "Records per committed batch.",
+            c.batch_records,
+        )
+        yield _histogram(
+            "ipledger_commit_duration_seconds",
+            "Time one batch's commit took (its transaction, with the offset).",
+            c.commit_latency,
+        )
+        # Only where this process writes: a standby's offsets are not the partition's.
+        ends, offsets = dict(c.log_end), dict(c.next_offset)
+        yield _gauge(
+            "ipledger_log_lag",
+            "Records in the log not yet applied and committed, per partition this process "
+            "writes (the log's end offset, read every few seconds, minus the next offset).",
+            "partition",
+            [
+                (str(p), float(max(ends[p] - offsets[p], 0)))
+                for p, leads in leader
+                if leads and p in ends and p in offsets
+            ],
+        )
+        yield _gauge(
+            "ipledger_log_end_offset",
+            "The log's end offset per partition, as this process's writer last read it.",
+            "partition",
+            [(str(p), float(o)) for p, o in sorted(ends.items())],
         )
 
 
@@ -325,6 +404,28 @@ class _SyncCollector(registry.Collector):
             for verb, field in _SYNC_VERBS:
                 requests.add_metric([name, verb], getattr(m, field))
         yield requests
+        yield _gauge(
+            "ipledger_sync_queue_depth",
+            "CiliumNode writes pending, not yet taken by a writer (one per node at most).",
+            "cluster",
+            [(name, float(m.queue_depth)) for name, m in clusters],
+        )
+        yield _gauge(
+            "ipledger_sync_in_flight",
+            "CiliumNode writes being sent to the API server.",
+            "cluster",
+            [(name, float(m.in_flight)) for name, m in clusters],
+        )
+        failed = core.CounterMetricFamily(
+            "ipledger_sync_request_errors_total",
+            'Requests to the Kubernetes API server that failed, by HTTP status ("none": no '
+            "answer came, a timeout or no connection).",
+            labels=["cluster", "code"],
+        )
+        for name, m in clusters:
+            for code, count in sorted(dict(m.request_errors).items()):
+                failed.add_metric([name, code], count)
+        yield failed
         for field, metric, help_text in _SYNC_COUNTERS:
             family = core.CounterMetricFamily(metric, help_text, labels=["cluster"])
             for name, m in clusters:

@@ -34,10 +34,14 @@ import anyio
 
 from service import backoff, errors, leadership, ports
 from service.allocator import batch as batches
+from service.allocator import reasons
 from service.allocator.settings import LoopSettings, Metrics
 from service.domain import merkle, state
 
 log = logging.getLogger("ipledger.allocator")
+# Rejected records logged one by one per batch at most; the rest in one line (a producer gone
+# wrong must not flood the log: the metrics and the rejections table count them all).
+LOGGED_REJECTIONS_PER_BATCH = 20
 
 
 class PartitionAllocator:
@@ -60,7 +64,11 @@ class PartitionAllocator:
         self.settings = settings or LoopSettings()
         self.sink = sink
         self.metrics = metrics or Metrics()
+        self.metrics.leader.setdefault(partition, False)
         self.on_commit = on_commit
+        # The state while leading, for the pool gauges read at scrape time (service.metrics);
+        # None while standing by or reloading, so that a dropped state is really freed.
+        self.state: state.State | None = None
         self._committed = anyio.Event()
         self._last_renew = time.monotonic()
         # The log's partition count, checked against the projection each time it leads.
@@ -106,6 +114,7 @@ class PartitionAllocator:
                 # one applied after it): drop it before reloading, or two full states would
                 # be held at once.
                 del current
+                self.state = None
                 found = await self._isolate(token, stop, failed)
                 if found is None:
                     return
@@ -115,9 +124,12 @@ class PartitionAllocator:
             if len(group.exceptions) == 1:
                 raise group.exceptions[0] from None
             raise
+        finally:
+            self.state = None
 
     async def _load(self, token: int) -> tuple[state.State, int]:
         """The committed state and the offset after it, with the lease kept alive meanwhile."""
+        self.state = None
         async with anyio.create_task_group() as tasks:
             # Loading millions of addresses can outlast the lease: keep it alive meanwhile,
             # or the first commit would find it expired and the writer would reload forever.
@@ -136,6 +148,7 @@ class PartitionAllocator:
         await self.projection.renew(self.partition, token)
         self._last_renew = time.monotonic()
         self.metrics.next_offset[self.partition] = loaded.next_offset
+        self.state = loaded.state
         return loaded.state, loaded.next_offset
 
     async def _resume_tree(self, tree: merkle.Tree | None, next_offset: int) -> merkle.Tree:
@@ -203,6 +216,7 @@ class PartitionAllocator:
         async with anyio.create_task_group() as tasks:
             if self.sink is not None:
                 tasks.start_soon(self._relay, token)
+            tasks.start_soon(self._watch_log_end)
             try:
                 while not stop.is_set():
                     records = await self.log.read(
@@ -212,6 +226,8 @@ class PartitionAllocator:
                         self.settings.batch_max_wait_s,
                     )
                     if not records:
+                        # Nothing at next_offset: the log ends there (the lag is zero).
+                        self.metrics.log_end[self.partition] = next_offset
                         if inflight is not None:
                             if (reason := await inflight.refused()) is not None:
                                 return _FailedBatch(inflight.records, reason)
@@ -271,19 +287,78 @@ class PartitionAllocator:
         metrics = self.metrics
         metrics.batches_committed += 1
         metrics.commit_seconds += seconds
+        metrics.commit_latency.observe(seconds)
+        metrics.batch_records.observe(len(batch.applied))
         metrics.records_applied += len(batch.applied)
+        by_class = metrics.events_applied
+        rejected: list[ports.AppliedRecord] = []
         for applied in batch.applied:
+            decision = applied.decision
             if applied.rejected:
-                metrics.records_rejected += 1
-                if applied.wrong_partition:
-                    metrics.records_wrong_partition += 1
-            elif applied.decision.error is not None:
+                rejected.append(applied)
+                continue
+            kind = decision.type or reasons.UNKNOWN_TYPE  # always set on an applied event
+            if decision.error is None:
+                key = (kind, reasons.NONE)
+            else:
                 metrics.decisions_with_error += 1
+                key = (kind, reasons.decision_class(kind, decision.error))
+            by_class[key] = by_class.get(key, 0) + 1
+        if rejected:
+            self._count_rejected(rejected)
         metrics.next_offset[self.partition] = batch.next_offset
         self._committed.set()
         self._committed = anyio.Event()
         if self.on_commit is not None:
             self.on_commit(batch)
+
+    def _count_rejected(self, rejected: Sequence[ports.AppliedRecord]) -> None:
+        """Count the batch's rejected records by class, and log the first ones."""
+        metrics = self.metrics
+        by_class = metrics.events_rejected
+        for number, applied in enumerate(rejected):
+            decision = applied.decision
+            metrics.records_rejected += 1
+            if applied.wrong_partition:
+                metrics.records_wrong_partition += 1
+            kind = reasons.rejection_class(decision.error, wrong_partition=applied.wrong_partition)
+            key = (reasons.type_label(decision.type), kind)
+            by_class[key] = by_class.get(key, 0) + 1
+            if number < LOGGED_REJECTIONS_PER_BATCH:
+                log.warning(
+                    "partition %d: offset %d rejected (%s): %s",
+                    self.partition,
+                    applied.record.offset,
+                    kind,
+                    decision.error,
+                    extra=event_fields(self.partition, applied),
+                )
+        if len(rejected) > LOGGED_REJECTIONS_PER_BATCH:
+            log.warning(
+                "partition %d: %d more records rejected up to offset %d (counted in "
+                "ipledger_events_rejected_total, kept in the rejections table)",
+                self.partition,
+                len(rejected) - LOGGED_REJECTIONS_PER_BATCH,
+                rejected[-1].record.offset,
+                extra={"partition": self.partition},
+            )
+
+    async def _watch_log_end(self) -> None:
+        """Keep ``Metrics.log_end`` fresh while leading: the lag metric, monitoring only.
+
+        Never fails the loop: a log that cannot say where it ends now is asked again later
+        (the loop's own reads find out soon enough if the log is really gone).
+        """
+        while True:
+            with anyio.move_on_after(self.settings.lag_poll_s):
+                try:
+                    end = await self.log.end_offset(self.partition)
+                except errors.LogError as exc:
+                    log.debug("partition %d: end offset not read: %s", self.partition, exc)
+                else:
+                    log_end = self.metrics.log_end
+                    log_end[self.partition] = max(end, log_end.get(self.partition, 0))
+            await anyio.sleep(self.settings.lag_poll_s)
 
     async def _isolate(
         self, token: int, stop: anyio.Event, failed: _FailedBatch
@@ -363,11 +438,13 @@ class PartitionAllocator:
     async def _commit_unstorable(
         self, current: state.State, token: int, record: ports.Record, reason: str
     ) -> None:
+        fields = {"partition": self.partition, "offset": record.offset}
         log.error(
             "partition %d: offset %d cannot be stored by the projection (%s); rejected",
             self.partition,
             record.offset,
             reason,
+            extra=fields,
         )
         # The rejection's leaf goes into a copy: a refused rejection leaves the tree as it was.
         before = self._tree.copy() if self._tree is not None else None
@@ -397,6 +474,7 @@ class PartitionAllocator:
                 self.partition,
                 record.offset,
                 refused,
+                extra=fields,
             )
             bare = dataclasses.replace(record, key=None)
             self._tree = before
@@ -539,6 +617,20 @@ HEAD_KEY = b"ipledger.tree-head"
 def _published_head(head: ports.RecordedHead) -> tuple[bytes, bytes]:
     """Key ``HEAD_KEY``; value ``{"partition": P, "treeHead": {...}}`` (docs/audits.md)."""
     return HEAD_KEY, b'{"partition":%d,"treeHead":%s}' % (head.head.partition, head.body)
+
+
+def event_fields(partition: int, applied: ports.AppliedRecord) -> dict[str, object]:
+    """The ``extra`` of a log line about one record: what finds it in the log and the tables.
+
+    The JSON log format (``service.logs``) writes each as a field of its own; the cluster and
+    event id are the decision's, None when the record did not carry valid ones.
+    """
+    return {
+        "cluster": applied.decision.cluster,
+        "partition": partition,
+        "offset": applied.record.offset,
+        "event_id": applied.decision.id,
+    }
 
 
 def _published(partition: int, row: tuple[int, str | None, bytes]) -> tuple[bytes, bytes]:

@@ -15,6 +15,7 @@ import logging
 import anyio
 
 from service import allocator, bootstrap, errors, metrics, ports
+from service.domain import state
 from service.processes import signals
 from service.settings import Settings
 
@@ -85,8 +86,21 @@ async def _allocate(settings: Settings, *, embedded: str | None) -> None:
         # Each worker checks it too; checked here first so that a changed partition count is
         # refused before any partition is led.
         await allocator.check_partition_count(event_log, projection)
+        workers: list[allocator.PartitionAllocator] = []
+
+        def states() -> list[state.State]:
+            # The pool gauges: the state of every partition this process writes right now.
+            return [s for worker in list(workers) if (s := worker.state) is not None]
+
         # The endpoint outlives the workers: it goes only once they are done.
-        async with metrics.serving(metrics.allocator_registry(counters), settings.metrics_port):
+        async with metrics.serving(
+            # The forecast over the same window as the query API's, so that they agree.
+            metrics.allocator_registry(
+                counters, states, forecast_window_s=settings.api_forecast_window_s
+            ),
+            settings.metrics_port,
+            settings.metrics_host,
+        ):
             try:
                 async with anyio.create_task_group() as tasks:
                     tasks.start_soon(signals.stop_on_signal, stop)
@@ -99,6 +113,7 @@ async def _allocate(settings: Settings, *, embedded: str | None) -> None:
                             sink=sink,
                             metrics=counters,
                         )
+                        workers.append(worker)
                         tasks.start_soon(worker.run, stop)
                     await stop.wait()
                     log.info("stopping: finishing the batch in flight")

@@ -151,6 +151,7 @@ class Mirror:
             if intent is None:
                 await work.wait()
                 continue
+            self._count_queue()
             if len(self.queue) < self.settings.max_queued:
                 self._room.set()
                 self._room = anyio.Event()
@@ -287,6 +288,10 @@ class Mirror:
         started = time.perf_counter()
         try:
             return await call
+        except errors.ClusterApiError as exc:
+            code = _error_code(exc.status)
+            self.metrics.request_errors[code] = self.metrics.request_errors.get(code, 0) + 1
+            raise
         finally:
             metrics = self.metrics
             metrics.request_seconds += time.perf_counter() - started
@@ -340,3 +345,9 @@ class Mirror:
         # Set and replace: every writer that saw the old event before finding no work wakes.
         self._work.set()
         self._work = anyio.Event()
+        self._count_queue()
+
+    def _count_queue(self) -> None:
+        metrics = self.metrics
+        metrics.queue_depth = len(self.queue)
+        metrics.in_flight = self.queue.in_flight

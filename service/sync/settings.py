@@ -9,7 +9,7 @@ data: no I/O, no imports of the package.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +61,10 @@ class SyncMetrics:
     owner_references: int = 0  # ownerReferences to a v1 Node applied
     watch_events: int = 0  # CiliumNode changes seen by the watch
     watch_restarts: int = 0  # watches started again (failure or 410 Gone)
+    queue_depth: int = 0  # writes pending (not yet taken by a writer)
+    in_flight: int = 0  # writes being sent
+    # Failed requests to the API server by HTTP status ("none": no answer came).
+    request_errors: dict[str, int] = field(default_factory=dict)
     resyncs: int = 0
     takeovers: int = 0
     lock_waits: int = 0  # lock attempts that found another instance holding it
