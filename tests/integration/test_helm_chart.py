@@ -42,6 +42,7 @@ NAMESPACE = "default"
 EVERYTHING_ON = {
     "prometheus.serviceMonitor.enabled": "true",
     "database.url": "postgresql://ipledger:secret@postgres:5432/ipledger",
+    "database.apiUrl": "postgresql://ipledger_api:secret2@postgres:5432/ipledger",
     "sync.deleteOrphans": "true",
     "sync.mirrorPodIPs": "true",
 }
@@ -55,7 +56,7 @@ def helm() -> Path:
 def render(helm: Path, values: dict[str, str] | None = None) -> list[dict[str, Any]]:
     arguments = [str(helm), "template", RELEASE, str(CHART), "--namespace", NAMESPACE]
     for key, value in (values or {}).items():
-        arguments += ["--set-string" if key == "database.url" else "--set", f"{key}={value}"]
+        arguments += ["--set-string" if key.startswith("database.") else "--set", f"{key}={value}"]
     result = subprocess.run(arguments, capture_output=True, text=True, check=False, timeout=120)
     assert result.returncode == 0, result.stderr
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
@@ -74,7 +75,7 @@ def containers(obj: dict[str, Any]) -> list[dict[str, Any]]:
 def test_helm_lint_strict(helm: Path, values: dict[str, str]) -> None:
     arguments = [str(helm), "lint", "--strict", str(CHART)]
     for key, value in values.items():
-        arguments += ["--set-string" if key == "database.url" else "--set", f"{key}={value}"]
+        arguments += ["--set-string" if key.startswith("database.") else "--set", f"{key}={value}"]
     result = subprocess.run(arguments, capture_output=True, text=True, check=False, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "0 chart(s) failed" in result.stdout
@@ -114,7 +115,14 @@ def test_what_the_chart_renders(helm: Path) -> None:
     everything = render(helm, EVERYTHING_ON)
     monitor = by_kind(everything, "ServiceMonitor")[f"{RELEASE}-ipledger"]
     assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
-    assert set(by_kind(everything, "Secret")) == {f"{RELEASE}-ipledger-database"}
+    secret = by_kind(everything, "Secret")[f"{RELEASE}-ipledger-database"]
+    assert set(secret["stringData"]) == {"url", "api-url"}
+    # `init` creates the API's role from the URL the API then connects with.
+    job = by_kind(everything, "Job")[f"{RELEASE}-ipledger-setup"]
+    api = by_kind(everything, "Deployment")[f"{RELEASE}-ipledger-api"]
+    for pod in (job, api):
+        refs = {e["name"]: e.get("valueFrom") for e in containers(pod)[0]["env"]}
+        assert refs["IPLEDGER_API_DATABASE_URL"]["secretKeyRef"]["key"] == "api-url"
 
     without_sync = render(helm, {"sync.enabled": "false"})
     kinds = {obj["kind"] for obj in without_sync}

@@ -147,6 +147,11 @@ def test_start_order(compose: dict[str, Any]) -> None:
             "init": {"condition": "service_completed_successfully"}
         }, name
     assert services["init"]["restart"] == "no"
+    # `init` creates the API's read-only role from the very URL the API connects with.
+    assert (
+        services["init"]["environment"]["IPLEDGER_API_DATABASE_URL"]
+        == services["api"]["environment"]["IPLEDGER_API_DATABASE_URL"]
+    )
     assert services["configure-pool"]["profiles"] == ["bootstrap"]
 
 

@@ -45,6 +45,16 @@ app.kubernetes.io/component: {{ index . 1 }}
       key: {{ .Values.database.key }}
 {{- end -}}
 
+{{/* The API's read-only role: what `ipledger init` creates and `ipledger api` connects as. */}}
+{{- define "ipledger.apiDatabaseEnv" -}}
+- name: IPLEDGER_API_DATABASE_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "ipledger.databaseSecret" . }}
+      key: {{ .Values.database.apiKey }}
+      optional: true
+{{- end -}}
+
 {{/* The log: what init, append and run read. */}}
 {{- define "ipledger.logEnv" -}}
 - name: IPLEDGER_LOG
