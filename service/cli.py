@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, BinaryIO, TypeVar
 from service import configuration, errors
 from service.adapters import children  # standard library only: signals and child processes
 from service.domain import allocation, document, events, state
-from service.settings import Settings
+from service.settings import Settings, redacted_url
 
 if TYPE_CHECKING:
     from service import ports, producers
@@ -275,6 +275,29 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _what_next(exc: errors.IpledgerError, settings: Settings | None) -> str:
+    """``exc``'s message with where to look: which database, log or cluster failed."""
+    if isinstance(exc, errors.ProjectionError):
+        where = (
+            redacted_url(settings.database_url)
+            if settings is not None and settings.database_url
+            else "the embedded database"
+        )
+        return (
+            f"cannot read the projection at {where} ({exc}): is PostgreSQL running, and the "
+            "database URL (--database-url, IPLEDGER_DATABASE_URL) right?"
+        )
+    if isinstance(exc, errors.LogError):
+        where = f" at {settings.kafka_bootstrap}" if settings and settings.kafka_bootstrap else ""
+        return f"cannot read the log's end offsets{where} ({exc}): is the log reachable?"
+    if isinstance(exc, errors.ClusterApiError):
+        return (
+            f"cannot list the CiliumNodes ({exc}): is the API server reachable with this "
+            "kubeconfig and context, and may it list ciliumnodes (compose/kubernetes/rbac.yaml)?"
+        )
+    return str(exc)
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     """Print pool use, nodes needing attention, log lag, writers and rejections."""
     from rich.console import Console
@@ -299,13 +322,16 @@ def cmd_status(args: argparse.Namespace) -> int:
                 console.print(f"--- {report.read_at:%Y-%m-%d %H:%M:%S} UTC", markup=False)
         status.render(report, console)
 
-    if args.watch is None:
-        show(_run_async(lambda: status.read(settings, **options)))
-        return 0
-    if args.watch <= 0:
+    if args.watch is not None and args.watch <= 0:
         raise CommandError("--watch takes a number of seconds greater than 0")
-    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a watch ends
-        _run_async(lambda: status.watch(settings, every_s=args.watch, show=show, **options))
+    try:
+        if args.watch is None:
+            show(_run_async(lambda: status.read(settings, **options)))
+            return 0
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a watch ends
+            _run_async(lambda: status.watch(settings, every_s=args.watch, show=show, **options))
+    except (errors.ProjectionError, errors.LogError) as exc:
+        raise errors.IpledgerError(_what_next(exc, settings)) from None
     return 0
 
 
@@ -317,12 +343,13 @@ def cmd_check(args: argparse.Namespace) -> int:
         raise CommandError("say what to check against: --kubernetes")
     # The Kubernetes client logs every request at INFO: noise in a report.
     logging.getLogger("httpx2").setLevel(logging.WARNING)
+    settings: Settings | None = None
     try:
         settings = _kube_settings(args)
         report = _run_async(lambda: check.kubernetes(settings, cluster=args.cluster))
     except errors.IpledgerError as exc:
         # Exit 2, not 1: "could not check" must not read as "found problems".
-        raise CommandError(f"could not check: {exc}") from None
+        raise CommandError(f"could not check: {_what_next(exc, settings)}") from None
     if args.json:
         print(json.dumps(report.as_json(), indent=2))
     else:
