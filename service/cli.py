@@ -32,7 +32,7 @@ from service.domain import allocation, document, events, state
 from service.settings import Settings, redacted_url
 
 if TYPE_CHECKING:
-    from service import ports, producers
+    from service import ports
 
 _T = TypeVar("_T")
 
@@ -346,7 +346,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     settings: Settings | None = None
     try:
         settings = _kube_settings(args)
-        report = _run_async(lambda: check.kubernetes(settings, cluster=args.cluster))
+        report = _run_async(
+            lambda: check.kubernetes(settings, cluster=args.cluster, leaks=args.leaks)
+        )
     except errors.IpledgerError as exc:
         # Exit 2, not 1: "could not check" must not read as "found problems".
         raise CommandError(f"could not check: {_what_next(exc, settings)}") from None
@@ -407,6 +409,13 @@ def add_status_commands(
         "--kubernetes",
         action="store_true",
         help="compare with the CiliumNodes of the clusters ipledger mirrors",
+    )
+    check.add_argument(
+        "--leaks",
+        action="store_true",
+        help="with --kubernetes, also report addresses whose owner pod no longer exists and "
+        "print the ip.released events that would give them back; releases nothing (lists "
+        "pods: the ClusterRole ipledger-leak-check)",
     )
     check.add_argument("--kubeconfig", type=Path, help="env IPLEDGER_KUBECONFIG")
     check.add_argument("--context", dest="kube_context", help="env IPLEDGER_KUBE_CONTEXT")
@@ -505,7 +514,7 @@ def add_sync_commands(
     adopt.set_defaults(func=cmd_adopt)
 
 
-# --- v1 Nodes: `ipledger watch-nodes`, the leak check (service.producers; docs/operations.md) --
+# --- v1 Nodes: `ipledger watch-nodes` (service.producers; docs/operations.md) ---------------
 
 
 def cmd_watch_nodes(args: argparse.Namespace) -> int:
@@ -521,35 +530,6 @@ def cmd_watch_nodes(args: argparse.Namespace) -> int:
         )
     )
     return 0
-
-
-def print_leaks(reports: Sequence[producers.LeakReport]) -> int:
-    """Print the leak check's outcome: a summary per cluster on stderr, and on stdout one
-    ``ip.released`` event per leaked address, ready for ``ipledger append -``. 1 if any leak."""
-    leaked = 0
-    for report in reports:
-        print(
-            f"ipledger: cluster {report.cluster}: {report.held} address(es) held, "
-            f"{report.pods} pod(s) listed, {len(report.leaks)} leaked "
-            f"(owner pod gone), {len(report.not_pods)} owner(s) not of the form namespace/pod "
-            "(not checked)",
-            file=sys.stderr,
-        )
-        for leak in report.leaks:
-            print(
-                f"  leaked {leak.address} on {leak.node}: {leak.owner} does not exist",
-                file=sys.stderr,
-            )
-            sys.stdout.buffer.write(events.encode_event(leak.release()) + b"\n")
-        leaked += len(report.leaks)
-    sys.stdout.buffer.flush()
-    if leaked:
-        print(
-            f"ipledger: {leaked} leaked address(es); nothing was released: append the events "
-            "above (ipledger append -) once the pods are known to be gone for good",
-            file=sys.stderr,
-        )
-    return 1 if leaked else 0
 
 
 def add_node_commands(
