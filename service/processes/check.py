@@ -17,8 +17,12 @@ CiliumNodes (``ports.ClusterClient.list_nodes``):
 Each problem says whether the sync worker has mirrored the node's current version
 (``ports.ProjectionReader.sync_progress``): not yet means the difference may just be in flight,
 mirrored means someone else changed the CiliumNode since. ``compare`` is pure; more checks
-(``--leaks``, ...) are further functions returning ``Problem`` lists for the same report.
-Reads only; writes nothing anywhere.
+are further functions returning ``Problem`` lists for the same report.
+
+With ``leaks`` (``--leaks``), also the leak check (``service.producers.find_leaks``): every
+address held by an owner ``namespace/pod`` whose pod the API server does not list is a ``leaked``
+problem, and the report carries the ``ip.released`` event an operator may append for each
+(``releases``). Reads only; writes nothing anywhere, releases nothing.
 """
 
 from __future__ import annotations
@@ -28,7 +32,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from service import bootstrap, errors, ports
+import msgspec
+
+from service import bootstrap, errors, ports, producers
+from service.domain import events
 from service.settings import Settings
 
 VERSION = 1
@@ -36,6 +43,8 @@ POD_CIDRS = "pod_cidrs"
 ERROR = "error"
 MISSING = "missing"
 UNKNOWN = "unknown"
+LEAKED = "leaked"
+LEAKS = "leaks"
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,28 +93,40 @@ class Report:
 
     checked: list[Checked] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
+    # The ip.released an operator may append, one per leaked address (the leak check).
+    releases: list[events.IpReleased] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
         """The ``--json`` document (docs/operations.md, "ipledger check"): stable, additive."""
-        return {
+        document = {
             "version": VERSION,
             "checked": [dataclasses.asdict(c) for c in self.checked],
             "problems": [p.as_json() for p in self.problems],
             "found": len(self.problems),
         }
+        if self.releases:
+            document["releases"] = [msgspec.to_builtins(e) for e in self.releases]
+        return document
 
     def lines(self) -> list[str]:
         """The report for people: what was checked, one line per problem, ``found N problems``."""
         out = []
         for checked in self.checked:
-            out.append(
-                f"{checked.check}: cluster {checked.cluster}: {checked.ipledger} node(s) in "
-                f"ipledger, {checked.other} CiliumNode(s)"
-            )
+            if checked.check == LEAKS:
+                counted = f"{checked.ipledger} address(es) held, {checked.other} pod(s)"
+            else:
+                counted = f"{checked.ipledger} node(s) in ipledger, {checked.other} CiliumNode(s)"
+            out.append(f"{checked.check}: cluster {checked.cluster}: {counted}")
             for problem in self.problems:
                 if (problem.check, problem.cluster) == (checked.check, checked.cluster):
                     note = f" ({problem.note})" if problem.note else ""
                     out.append(f"  {problem.name}: {problem.message}{note}")
+        if self.releases:
+            out.append(
+                "ip.released events that give the leaked addresses back; nothing was released: "
+                "append them (ipledger append -) once the pods are known to be gone for good"
+            )
+            out.extend(events.encode_event(e).decode() for e in self.releases)
         found = len(self.problems)
         out.append(f"found {found} problem{'' if found == 1 else 's'}")
         return out
@@ -214,8 +235,27 @@ def _text(value: str | None) -> str:
     return repr(value) if value else "empty"
 
 
-async def kubernetes(settings: Settings, *, cluster: str | None = None) -> Report:
-    """Check every mirrored cluster (or ``cluster`` alone) against its CiliumNodes."""
+def leak_problems(found: producers.LeakReport) -> list[Problem]:
+    """The leak check's outcome as problems of the report (one per leaked address)."""
+    return [
+        Problem(
+            LEAKS,
+            found.cluster,
+            leak.address,
+            LEAKED,
+            f"held by {leak.owner} on node {leak.node}, and no such pod exists",
+            ipledger=leak.owner,
+            note="its ip.released is below",
+        )
+        for leak in found.leaks
+    ]
+
+
+async def kubernetes(
+    settings: Settings, *, cluster: str | None = None, leaks: bool = False
+) -> Report:
+    """Check every mirrored cluster (or ``cluster`` alone) against its CiliumNodes, and with
+    ``leaks`` its held addresses against its pods."""
     settings = _only(settings, cluster)
     report = Report()
     reader = bootstrap.open_reader(settings)
@@ -227,11 +267,29 @@ async def kubernetes(settings: Settings, *, cluster: str | None = None) -> Repor
             progress = {p.name: p for p in await reader.sync_progress(name)}
             report.checked.append(Checked("kubernetes", name, len(nodes), len(observed)))
             report.problems.extend(compare(name, nodes, observed, progress))
+            if leaks:
+                found = await _find_leaks(name, reader, client)
+                report.checked.append(Checked(LEAKS, name, found.held, found.pods))
+                report.problems.extend(leak_problems(found))
+                report.releases.extend(leak.release() for leak in found.leaks)
     finally:
         for client in clients.values():
             await client.close()
         await reader.close()
     return report
+
+
+async def _find_leaks(
+    cluster: str, reader: ports.ProjectionReader, client: ports.ClusterClient
+) -> producers.LeakReport:
+    try:
+        return await producers.find_leaks(cluster, reader, client)
+    except errors.ClusterApiRejectedError as exc:
+        raise errors.ClusterApiRejectedError(
+            f"{exc} (--leaks lists pods: the ClusterRole ipledger-leak-check of "
+            "compose/kubernetes/rbac-optional.yaml)",
+            status=exc.status,
+        ) from exc
 
 
 def _only(settings: Settings, cluster: str | None) -> Settings:

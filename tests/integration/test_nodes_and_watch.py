@@ -328,3 +328,60 @@ async def test_ipledger_watch_nodes_runs_as_a_process_and_stops_cleanly_on_sigte
     output = log_path.read_text()
     assert code == 0, output
     assert "cluster default: stopped: 2 node.added and 0 node.deleted appended" in output
+
+
+async def test_ipledger_check_leaks_prints_the_releases_and_appending_them_ends_the_leak(
+    ledger: Ledger,  # noqa: F811
+    core: AsyncClient,
+    kube_apiserver: KubeAPIServer,
+    pg_dsn: str,
+) -> None:
+    for obj in (
+        Namespace(metadata=ObjectMeta(name="web")),
+        ServiceAccount(metadata=ObjectMeta(name="default", namespace="web")),
+    ):
+        with contextlib.suppress(ApiError):
+            await core.create(obj)
+    with contextlib.suppress(ApiError):
+        await core.delete(Pod, "front-1", namespace="web", grace_period=0)
+    spec = PodSpec(containers=[Container(name="c", image="example.invalid/c")])
+    await core.create(Pod(metadata=ObjectMeta(name="front-1", namespace="web"), spec=spec))
+    await ledger.append(
+        pool(),
+        added("node-a"),
+        event("ip.requested", node="node-a", owner="web/front-1"),  # both families
+        event("ip.requested", node="node-a", owner="web/front-gone"),
+    )
+    env = {
+        **os.environ,
+        "IPLEDGER_DATABASE_URL": pg_dsn,
+        "IPLEDGER_KUBECONFIG": str(kube_apiserver.kubeconfig_path),
+    }
+
+    def ipledger(*args: str, given: str | None = None) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "service.cli", *args]
+        return subprocess.run(
+            command, env=env, input=given, capture_output=True, text=True, timeout=60, check=False
+        )
+
+    def check() -> subprocess.CompletedProcess[str]:
+        return ipledger("check", "--kubernetes", "--leaks")
+
+    try:
+        first = await anyio.to_thread.run_sync(check)
+        releases = [line for line in first.stdout.splitlines() if line.startswith("{")]
+        given = "\n".join(releases) + "\n"
+        appended = await anyio.to_thread.run_sync(lambda: ipledger("append", "-", given=given))
+        await ledger.caught_up()
+        second = await anyio.to_thread.run_sync(check)
+    finally:
+        with contextlib.suppress(ApiError):
+            await core.delete(Pod, "front-1", namespace="web", grace_period=0)
+
+    assert first.returncode == 1, first.stderr
+    leak_lines = [line for line in first.stdout.splitlines() if "held by" in line]
+    assert len(leak_lines) == 2 and all("web/front-gone" in line for line in leak_lines)
+    assert "leaks: cluster default: 4 address(es) held" in first.stdout
+    assert len(releases) == 2 and appended.returncode == 0, appended.stderr
+    assert "leaks: cluster default: 2 address(es) held" in second.stdout
+    assert "held by" not in second.stdout

@@ -37,6 +37,7 @@ from service import allocator, metrics, producers
 from service.adapters import memory
 from service.adapters.kubernetes.memory import MemoryClusterClient
 from service.domain import allocation, events, state
+from service.processes import check
 from tests import fakes, waiting
 
 pytestmark = pytest.mark.anyio
@@ -367,3 +368,24 @@ def test_each_option_has_a_clusterrole_of_its_own_with_only_what_it_uses() -> No
         "ipledger-watch-nodes-podcidrs": [("ServiceAccount", "ipledger-watch-nodes")],
         "ipledger-leak-check": [("User", "ipledger-operator")],
     }
+
+
+def test_leaks_are_problems_of_the_check_report_with_their_releases() -> None:
+    leak = producers.Leak("default", "node-a", "shop/cart-2", "10.0.1.2")
+    found = producers.LeakReport("default", held=3, pods=2, leaks=(leak,), not_pods=())
+    report = check.Report(
+        checked=[check.Checked(check.LEAKS, "default", 3, 2)],
+        problems=check.leak_problems(found),
+        releases=[leak.release()],
+    )
+
+    lines = report.lines()
+    assert lines[0] == "leaks: cluster default: 3 address(es) held, 2 pod(s)"
+    assert lines[1].startswith("  10.0.1.2: held by shop/cart-2 on node node-a, and no such pod")
+    released = events.decode(lines[3])
+    assert isinstance(released, events.IpReleased)
+    assert (released.node, released.owner, released.ip) == ("node-a", "shop/cart-2", "10.0.1.2")
+    assert lines[-1] == "found 1 problem"
+    document = report.as_json()
+    assert document["releases"] == [json.loads(lines[3])]
+    assert document["problems"][0]["kind"] == "leaked"
