@@ -183,16 +183,12 @@ async def replay_partition(
 
 
 async def _apply_log(run: _Run, end: int, until: Until | None) -> Divergence | None:
+    """Read the log in chunks, apply each in batches that end at the committed heads."""
     heads = run.heads
     next_head = 0
     offset = 0
     while offset < end:
-        stop = min(end, offset + CHUNK)
-        while next_head < len(heads) and heads[next_head].head.size <= offset:
-            next_head += 1
-        if next_head < len(heads):
-            stop = min(stop, heads[next_head].head.size)
-        records = list(await run.log.read(run.partition, offset, stop - offset, 0.0))
+        records = list(await run.log.read(run.partition, offset, min(CHUNK, end - offset), 0.0))
         for at, record in enumerate(records):
             if record.offset != offset + at:
                 return Divergence(
@@ -219,25 +215,36 @@ async def _apply_log(run: _Run, end: int, until: Until | None) -> Divergence | N
             records = kept
             if not records:
                 return None
-        applied = batches.apply_records(
-            run.current,
-            records,
-            run.partition,
-            run.token,
-            partitions=run.partitions,
-            tree=run.tree,
-            evidence=_NO_HEADS,
-        )
-        await run.projection.commit(applied)
-        if until is None and (divergence := await _compare_decisions(run, applied)):
-            return divergence
-        offset = applied.next_offset
+        stored: dict[int, ports.StoredDecision] = {}
+        if until is None:
+            found = await run.live.decisions(run.partition, offset, len(records))
+            stored = {d.offset: d for d in found}
+        chunk_start, chunk_end = offset, offset + len(records)
+        while offset < chunk_end:
+            while next_head < len(heads) and heads[next_head].head.size <= offset:
+                next_head += 1
+            stop = chunk_end
+            if next_head < len(heads):
+                stop = min(stop, heads[next_head].head.size)
+            applied = batches.apply_records(
+                run.current,
+                records[offset - chunk_start : stop - chunk_start],
+                run.partition,
+                run.token,
+                partitions=run.partitions,
+                tree=run.tree,
+                evidence=_NO_HEADS,
+            )
+            await run.projection.commit(applied)
+            if until is None and (divergence := _compare_decisions(run, applied, stored)):
+                return divergence
+            offset = applied.next_offset
+            while next_head < len(heads) and heads[next_head].head.size == offset:
+                if divergence := _check_head(run, heads, next_head):
+                    return divergence
+                next_head += 1
         if cut:
             return None
-        while next_head < len(heads) and heads[next_head].head.size == offset:
-            if divergence := _check_head(run, heads, next_head):
-                return divergence
-            next_head += 1
         run.progress(offset, end)
     return None
 
@@ -252,11 +259,9 @@ def _before(records: Sequence[ports.Record], moment: datetime.datetime) -> list[
     return kept
 
 
-async def _compare_decisions(run: _Run, applied: ports.Batch) -> Divergence | None:
-    first = applied.applied[0].record.offset
-    stored = {
-        d.offset: d for d in await run.live.decisions(run.partition, first, len(applied.applied))
-    }
+def _compare_decisions(
+    run: _Run, applied: ports.Batch, stored: dict[int, ports.StoredDecision]
+) -> Divergence | None:
     for item in applied.applied:
         offset = item.record.offset
         found = stored.get(offset)
