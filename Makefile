@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 IPLEDGER_CACHE ?= $(CURDIR)/.cache
 export IPLEDGER_CACHE
 
-.PHONY: setup test test-unit lint bench run services clean
+.PHONY: setup test test-unit lint bench run demo services clean
 
 setup: $(VENV)/.installed
 
@@ -46,6 +46,12 @@ bench: setup services
 # IPLEDGER_KUBECONFIG names a cluster) and the query API on 127.0.0.1:8080. Ctrl-C stops it.
 run: setup
 	$(VENV)/bin/ipledger up
+
+# A scripted tour on the embedded default (examples/demo.sh): ipledger up on .data/demo, the
+# examples appended step by step, the results through the API, ipledger status and the
+# CiliumNode files, then everything stopped.
+demo: setup
+	bash examples/demo.sh
 
 clean:
 	rm -rf $(VENV) $(IPLEDGER_CACHE) .mypy_cache .ruff_cache .pytest_cache

@@ -29,6 +29,7 @@ import pytest
 
 from tests import waiting
 from tests.ciliumnode_schema import assert_valid, crd_schema
+from tests.e2e.embedded_data import remove_data
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
@@ -39,18 +40,6 @@ def free_port() -> int:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
         return port
-
-
-def remove_data(data: Path) -> None:
-    """Stop a server a killed run left behind, then remove the data and, as root, the cluster
-    its ``postgres`` link points to (under /var/lib/ipledger)."""
-    pointer = data / "postgres"
-    pid_file = pointer / "postmaster.pid"
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        os.kill(int(pid_file.read_text().split()[0]), signal.SIGKILL)
-    if pointer.is_symlink():
-        shutil.rmtree(pointer.resolve(), ignore_errors=True)
-    shutil.rmtree(data, ignore_errors=True)
 
 
 @pytest.fixture
