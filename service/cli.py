@@ -878,6 +878,24 @@ def add_up_commands(
     whole.set_defaults(func=cmd_up)
 
 
+_SETTINGS_EPILOG = (
+    "Settings: a flag beats its IPLEDGER_* variable, which beats the --config file, which beats "
+    "the default; `ipledger config` prints what is in effect (docs/configuration.md)."
+)
+
+
+def _describe(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Give each sub-command without a description its one-line help as one, and those that
+    read settings the precedence as an epilog, so that every ``--help`` says what it does."""
+    helps = {action.dest: action.help for action in commands._choices_actions}
+    for name, sub in commands.choices.items():
+        if sub.description is None and helps.get(name):
+            text = str(helps[name])
+            sub.description = text[0].upper() + text[1:] + "."
+        if sub.epilog is None and any("--config" in a.option_strings for a in sub._actions):
+            sub.epilog = _SETTINGS_EPILOG
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ipledger",
@@ -905,10 +923,28 @@ def build_parser() -> argparse.ArgumentParser:
             help="TOML configuration file (env IPLEDGER_CONFIG); flags override the "
             "environment, which overrides the file (docs/configuration.md)",
         )
-        sub.add_argument("--database-url", help="PostgreSQL URL (env IPLEDGER_DATABASE_URL)")
-        sub.add_argument("--log", choices=["table", "kafka"], help="env IPLEDGER_LOG")
-        sub.add_argument("--kafka-bootstrap", help="host:port (env IPLEDGER_KAFKA_BOOTSTRAP)")
-        sub.add_argument("--partitions", type=int, help="env IPLEDGER_PARTITIONS")
+        sub.add_argument(
+            "--database-url",
+            metavar="URL",
+            help="postgresql://user:password@host:port/db (env IPLEDGER_DATABASE_URL; default: "
+            "the embedded server of `make run`)",
+        )
+        sub.add_argument(
+            "--log",
+            choices=["table", "kafka"],
+            help="the event log: a PostgreSQL table or Kafka (env IPLEDGER_LOG; default table)",
+        )
+        sub.add_argument(
+            "--kafka-bootstrap",
+            metavar="HOST:PORT[,...]",
+            help="Kafka brokers (env IPLEDGER_KAFKA_BOOTSTRAP)",
+        )
+        sub.add_argument(
+            "--partitions",
+            type=int,
+            metavar="N",
+            help="partitions of the log, fixed once it is in use (env IPLEDGER_PARTITIONS; 1)",
+        )
 
     init = commands.add_parser("init", help="migrate the database; create Kafka topics")
     service_options(init)
@@ -943,6 +979,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_node_commands(commands, service_options)
     add_status_commands(commands, service_options)
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    _describe(commands)
     return parser
 
 
