@@ -1,11 +1,12 @@
 """The producer examples of docs/events.md, run as written against a real Kafka broker.
 
-The Python (aiokafka) example and the Kafka console-producer example are read from the doc (the
-code block after each ``<!-- producer: ... -->`` marker), so the doc cannot drift from what
-works. Each test gives the example a topic of its own with four partitions: the topic name,
+The Python (aiokafka), kcat and Kafka console-producer examples are read from the doc (the code
+block after each ``<!-- producer: ... -->`` marker), so the doc cannot drift from what works.
+Each test gives the example a topic of its own with four partitions: the topic name,
 ``kafka:9092`` and ``bin/kafka-console-producer.sh`` are the only words replaced (by the topic,
 the test broker and the console producer's class on the harness's classpath, kafka-tools from
-compose/kafka/pom.xml). Then every record on the topic is read back and must be a valid event,
+compose/kafka/pom.xml). kcat (Debian's package) is not installed by the project: without it that
+test is skipped. Then every record on the topic is read back and must be a valid event,
 keyed by its cluster, on that cluster's home partition (``service.domain.partitioning``) -
 which is what the allocator checks before applying anything.
 """
@@ -15,9 +16,11 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import uuid
+import zlib
 from pathlib import Path
 
 import pytest
@@ -132,3 +135,27 @@ async def test_the_console_producer_example(
     found = await records_on(kafka_broker.bootstrap, topic)
     assert_keyed_on_home_partitions(found, ids_in(example("console")))
     assert len(found) == 1
+
+
+async def test_the_kcat_example(kafka_broker: KafkaBroker, topic: str, tmp_path: Path) -> None:
+    kcat = shutil.which("kcat")
+    if kcat is None:
+        pytest.skip("kcat is not installed (Debian: apt-get install kcat)")
+    code = example("kcat")
+    for word, replacement in (("kafka:9092", kafka_broker.bootstrap), (DOC_TOPIC, topic)):
+        assert code.count(word) == 1, word
+        code = code.replace(word, replacement)
+    script = tmp_path / "produce.sh"
+    script.write_text(f"set -euo pipefail\n{code}\n", encoding="utf-8")
+    result = subprocess.run(
+        ["bash", str(script)], capture_output=True, text=True, check=False, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    found = await records_on(kafka_broker.bootstrap, topic)
+    assert_keyed_on_home_partitions(found, ids_in(example("kcat")))
+    assert len(found) == 1
+    # The example's cluster is one whose CRC-32 partition (librdkafka's default) is not its
+    # home, so without -X partitioner=murmur2_random this test would fail.
+    (key,) = {key for _, key, _ in found}
+    assert key is not None
+    assert zlib.crc32(key) % PARTITIONS != partitioning.home_partition(key.decode(), PARTITIONS)
