@@ -118,6 +118,36 @@ class RecordedHead:
     frontier: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class NodeSnapshot:
+    """A node's fields a reader sees right after the event at ``offset`` changed them.
+
+    ``fields``: ``pod_cidrs``, ``error``, ``conflict``, ``addresses``, ``pinned``, ``waiting``
+    as in the node row; None when the event deleted the node. ``time`` is the event's (else the
+    log's).
+    """
+
+    cluster: str
+    node: str
+    offset: int
+    time: datetime.datetime
+    fields: Mapping[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSnapshot:
+    """A cluster's pool right after the event at ``offset`` configured it (or created the
+    cluster)."""
+
+    cluster: str
+    offset: int
+    time: datetime.datetime
+    ipv4_cidrs: tuple[str, ...]
+    ipv4_mask: int | None
+    ipv6_cidrs: tuple[str, ...]
+    ipv6_mask: int | None
+
+
 @dataclass(slots=True)
 class Batch:
     """Everything one allocator batch did to one partition, committed as one transaction.
@@ -137,6 +167,10 @@ class Batch:
     ip_times: dict[str, list[tuple[int, datetime.datetime]]] = field(default_factory=dict)
     cluster_rows: dict[str, dict[str, Any]] = field(default_factory=dict)
     node_rows: dict[str, dict[str, dict[str, Any] | None]] = field(default_factory=dict)
+    # What each event changed that a reader sees, in log order (service.allocator.history):
+    # written insert-only, for the readers' ``at`` (as of a log offset).
+    node_history: list[NodeSnapshot] = field(default_factory=list)
+    pool_history: list[PoolSnapshot] = field(default_factory=list)
     # The tree heads the batch recorded, in size order (the last one at ``next_offset``).
     heads: list[RecordedHead] = field(default_factory=list)
 

@@ -82,6 +82,9 @@ class MemoryProjectionTables:
         self.nodes: dict[str, dict[str, memory_rows.NodeRow]] = {}
         self.pod_ips: dict[str, dict[tuple[int, int], memory_rows.PodIpRow]] = {}
         self.history: dict[str, list[memory_rows.HistoryRow]] = {}
+        # Per cluster, in log order (insert-only, as in PostgreSQL).
+        self.node_history: dict[str, list[memory_rows.NodeHistoryRow]] = {}
+        self.cluster_history: dict[str, list[memory_rows.ClusterHistoryRow]] = {}
         # Per partition, in offset order.
         self.decisions: dict[int, list[memory_rows.DecisionRow]] = {}
         self.rejections: dict[int, list[memory_rows.RejectionRow]] = {}

@@ -30,7 +30,16 @@ if TYPE_CHECKING:
 # The ranges of PostgreSQL's integer and bigint columns.
 INT4 = (-(2**31), 2**31 - 1)
 INT8 = (-(2**63), 2**63 - 1)
-TABLES = ("cluster", "node", "pod_ip", "ip_history", "decision", "rejection")
+TABLES = (
+    "cluster",
+    "node",
+    "pod_ip",
+    "ip_history",
+    "decision",
+    "rejection",
+    "node_history",
+    "cluster_history",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +104,38 @@ class HistoryRow:
     from_time: datetime.datetime
     to_offset: int
     to_time: datetime.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class NodeHistoryRow:
+    """A row of ``node_history``: a node's visible fields after the event at ``offset``."""
+
+    cluster: str
+    name: str
+    offset: int
+    partition: int
+    time: datetime.datetime
+    deleted: bool
+    pod_cidrs: tuple[str, ...]
+    error: str | None
+    conflict: str | None
+    addresses: tuple[str, ...]
+    pinned: bool
+    waiting: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterHistoryRow:
+    """A row of ``cluster_history``: the pool a cluster had from the event at ``offset`` on."""
+
+    cluster: str
+    offset: int
+    partition: int
+    time: datetime.datetime
+    ipv4_cidrs: tuple[str, ...]
+    ipv4_mask: int | None
+    ipv6_cidrs: tuple[str, ...]
+    ipv6_mask: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +205,8 @@ class Writes:
     held: dict[str, list[PodIpRow]]
     finished: list[HistoryRow]
     offset: OffsetRow
+    node_history: list[NodeHistoryRow] = dataclasses.field(default_factory=list)
+    cluster_history: list[ClusterHistoryRow] = dataclasses.field(default_factory=list)
     heads: list[ports.RecordedHead] = dataclasses.field(default_factory=list)
 
     @classmethod
@@ -235,6 +278,20 @@ class Writes:
                 writes.nodes.append(_node_row(name, node_name, node, version, now))
             if changes.ips:
                 writes._ips(tables, name, changes.ips, batch.ip_times[name])
+        writes.node_history = [_node_history_row(snap, partition) for snap in batch.node_history]
+        writes.cluster_history = [
+            ClusterHistoryRow(
+                snap.cluster,
+                snap.offset,
+                partition,
+                snap.time,
+                snap.ipv4_cidrs,
+                snap.ipv4_mask,
+                snap.ipv6_cidrs,
+                snap.ipv6_mask,
+            )
+            for snap in batch.pool_history
+        ]
         return writes
 
     def _ips(
@@ -318,6 +375,8 @@ class Writes:
             *(("node", row) for row in self.nodes),
             *(("pod_ip", row) for rows in self.held.values() for row in rows),
             *(("ip_history", row) for row in self.finished),
+            *(("node_history", row) for row in self.node_history),
+            *(("cluster_history", row) for row in self.cluster_history),
         ]
         rows.append(("consumer_offset", self.offset))
         for table, row in rows:
@@ -349,6 +408,10 @@ class Writes:
                 current[(held.family, held.address)] = held
         for finished in self.finished:
             tables.history.setdefault(finished.cluster, []).append(finished)
+        for changed in self.node_history:
+            tables.node_history.setdefault(changed.cluster, []).append(changed)
+        for pool in self.cluster_history:
+            tables.cluster_history.setdefault(pool.cluster, []).append(pool)
         tables.offsets[self.partition] = self.offset
         tables.heads.setdefault(self.partition, []).extend(self.heads)
 
@@ -379,6 +442,39 @@ def _node_row(
     )
 
 
+def _node_history_row(snap: ports.NodeSnapshot, partition: int) -> NodeHistoryRow:
+    fields = snap.fields
+    if fields is None:
+        return NodeHistoryRow(
+            cluster=snap.cluster,
+            name=snap.node,
+            offset=snap.offset,
+            partition=partition,
+            time=snap.time,
+            deleted=True,
+            pod_cidrs=(),
+            error=None,
+            conflict=None,
+            addresses=(),
+            pinned=False,
+            waiting=False,
+        )
+    return NodeHistoryRow(
+        cluster=snap.cluster,
+        name=snap.node,
+        offset=snap.offset,
+        partition=partition,
+        time=snap.time,
+        deleted=False,
+        pod_cidrs=tuple(fields["pod_cidrs"]),
+        error=fields["error"],
+        conflict=fields["conflict"],
+        addresses=tuple(fields["addresses"]),
+        pinned=fields["pinned"],
+        waiting=fields["waiting"],
+    )
+
+
 def has_offset(rows: Sequence[DecisionRow] | Sequence[RejectionRow], offset: int) -> bool:
     at = bisect.bisect_left(rows, offset, key=offset_of)
     return at < len(rows) and rows[at].offset == offset
@@ -398,6 +494,13 @@ _INT_COLUMNS: dict[str, dict[str, tuple[int, int]]] = {
     "node": {"seq": INT8, "version": INT8},
     "pod_ip": {"partition": INT4, "since_offset": INT8},
     "ip_history": {"partition": INT4, "from_offset": INT8, "to_offset": INT8},
+    "node_history": {"offset": INT8, "partition": INT4},
+    "cluster_history": {
+        "offset": INT8,
+        "partition": INT4,
+        "ipv4_mask": INT4,
+        "ipv6_mask": INT4,
+    },
     "consumer_offset": {"partition": INT4, "next_offset": INT8},
 }
 _ARRAY_INT_COLUMNS = {"node": ("cursors",)}

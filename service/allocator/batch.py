@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import msgspec
 
 from service import errors, ports
+from service.allocator import history
 from service.allocator.settings import TreeSettings
 from service.domain import allocation, document, events, merkle, partitioning, restore, state
 
@@ -62,6 +63,8 @@ def apply_records(
     head_every, digest_every = evidence.head_every, evidence.digest_every
     last_ms: int | None = None
     log_time: datetime.datetime | None = None
+    # This batch's latest snapshot of each node it changed (history.after).
+    snapshots: dict[tuple[str, str], dict[str, object] | None] = {}
     for record in records:
         # Records appended together share a timestamp: convert each distinct one once.
         if record.timestamp_ms != last_ms:
@@ -101,8 +104,12 @@ def apply_records(
             rejected = wrong_partition = True
             event_time = event.moment()
         else:
+            watch = history.before(current, event)
             decision = allocation.apply(current, event)
             event_time = event.moment()
+            if watch is not None:
+                when = event_time or log_time or fallback_time
+                history.after(batch, current, event, record.offset, when, watch, snapshots)
             cluster = current.clusters.get(event.cluster)
             if cluster is not None and cluster.changes is not None:
                 held = len(cluster.changes.ips)

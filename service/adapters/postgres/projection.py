@@ -193,6 +193,7 @@ class PostgresProjection:
                 await _write_nodes(db, cluster_name, batch.node_rows[cluster_name], batch, now)
                 if changes.ips:
                     await _write_ips(db, cluster_name, batch, changes, batch.ip_times[cluster_name])
+            await _write_history(db, batch)
             await db.execute(
                 "INSERT INTO consumer_offset (partition, log, next_offset, updated_at) "
                 "VALUES ($1, $2, $3, $4) ON CONFLICT (partition) DO UPDATE "
@@ -562,3 +563,77 @@ async def _write_ips(
                 "to_time",
             ],
         )
+
+
+async def _write_history(db: Any, batch: ports.Batch) -> None:
+    """What the batch's events changed of nodes and pools, insert-only (COPY), for ``as_of``."""
+    partition = batch.partition
+    if batch.node_history:
+        rows: list[tuple[Any, ...]] = []
+        for snap in batch.node_history:
+            fields = snap.fields
+            if fields is None:
+                deleted = (snap.cluster, snap.node, snap.offset, partition, snap.time, True)
+                rows.append((*deleted, [], None, None, [], False, False))
+                continue
+            rows.append(
+                (
+                    snap.cluster,
+                    snap.node,
+                    snap.offset,
+                    partition,
+                    snap.time,
+                    False,
+                    fields["pod_cidrs"],
+                    fields["error"],
+                    fields["conflict"],
+                    fields["addresses"],
+                    fields["pinned"],
+                    fields["waiting"],
+                )
+            )
+        await db.copy_records_to_table("node_history", records=rows, columns=_NODE_HISTORY)
+    if batch.pool_history:
+        await db.copy_records_to_table(
+            "cluster_history",
+            records=[
+                (
+                    snap.cluster,
+                    snap.offset,
+                    partition,
+                    snap.time,
+                    list(snap.ipv4_cidrs),
+                    snap.ipv4_mask,
+                    list(snap.ipv6_cidrs),
+                    snap.ipv6_mask,
+                )
+                for snap in batch.pool_history
+            ],
+            columns=_CLUSTER_HISTORY,
+        )
+
+
+_NODE_HISTORY = [
+    "cluster",
+    "name",
+    "offset",
+    "partition",
+    "time",
+    "deleted",
+    "pod_cidrs",
+    "error",
+    "conflict",
+    "addresses",
+    "pinned",
+    "waiting",
+]
+_CLUSTER_HISTORY = [
+    "cluster",
+    "offset",
+    "partition",
+    "time",
+    "ipv4_cidrs",
+    "ipv4_mask",
+    "ipv6_cidrs",
+    "ipv6_mask",
+]

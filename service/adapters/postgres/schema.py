@@ -165,6 +165,44 @@ ip_history = sa.Table(
     sa.Index("ix_ip_history_node", "cluster", "node", "from_time"),
 )
 
+# What each event changed of a node that a reader sees, one row per event and node
+# (service.allocator.history): the node as of any log offset is its latest row at or before
+# that offset, and ``deleted`` rows end it. Insert-only and written with COPY by the batch's
+# commit; pod address events write nothing here (they change only the node's cursor), so the
+# rows grow with node events, not with pods. No "to" offset: closing a row would mean updating
+# it, and the next row's offset is that end anyway.
+node_history = sa.Table(
+    "node_history",
+    metadata,
+    sa.Column("cluster", sa.Text, primary_key=True),
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("offset", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("partition", sa.Integer, nullable=False),
+    sa.Column("time", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("deleted", sa.Boolean, nullable=False),
+    sa.Column("pod_cidrs", sa.ARRAY(sa.Text), nullable=False),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("conflict", sa.Text, nullable=True),
+    sa.Column("addresses", sa.ARRAY(sa.Text), nullable=False),
+    sa.Column("pinned", sa.Boolean, nullable=False),
+    sa.Column("waiting", sa.Boolean, nullable=False),
+)
+
+# Every pool a cluster had, from the event that configured it (the first row: the event that
+# created the cluster). Insert-only, a row per pool.configured that changed something.
+cluster_history = sa.Table(
+    "cluster_history",
+    metadata,
+    sa.Column("cluster", sa.Text, primary_key=True),
+    sa.Column("offset", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("partition", sa.Integer, nullable=False),
+    sa.Column("time", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("ipv4_cidrs", sa.ARRAY(sa.Text), nullable=False),
+    sa.Column("ipv4_mask", sa.Integer, nullable=True),
+    sa.Column("ipv6_cidrs", sa.ARRAY(sa.Text), nullable=False),
+    sa.Column("ipv6_mask", sa.Integer, nullable=True),
+)
+
 # What each log record did: the audit trail and the outbox of the decisions topic.
 decision = sa.Table(
     "decision",
