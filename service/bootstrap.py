@@ -61,7 +61,11 @@ class Embedded:
         if state_file.exists():
             port = int(json.loads(state_file.read_text())["port"])
         cluster = embedded.place_cluster(root / "postgres", settings.system_data_dir)
-        server = embedded.EmbeddedPostgres(cluster, port=port)
+        # As root the binaries may need a copy the server's account can reach: beside the
+        # cluster, which place_cluster made reachable (the temporary directory may be private).
+        system = settings.system_data_dir.absolute()
+        copies = system if cluster.parent == system else None
+        server = embedded.EmbeddedPostgres(cluster, port=port, binaries_copy_dir=copies)
         return cls(server=server, state_file=state_file)
 
     @property

