@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, TypeVar
 
-from service import configuration, errors
+from service import configuration, errors, logs
 from service.adapters import children  # standard library only: signals and child processes
 from service.domain import allocation, document, events, state
 from service.settings import Settings, redacted_url
@@ -979,6 +979,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_node_commands(commands, service_options)
     add_status_commands(commands, service_options)
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    parser.add_argument(
+        "--log-format",
+        choices=logs.FORMATS,
+        default=None,
+        help=f"human (the default) or json: one JSON object per line (${logs.FORMAT_VARIABLE})",
+    )
     _describe(commands)
     return parser
 
@@ -986,11 +992,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    try:
+        log_format = args.log_format or logs.parse_format(
+            os.environ.get(logs.FORMAT_VARIABLE) or "human", logs.FORMAT_VARIABLE
+        )
+    except ValueError as exc:
+        print(f"ipledger: {exc}", file=sys.stderr)
+        return 2
+    logs.configure(str(args.log_level), log_format)
     # aiokafka logs every failed reconnect at ERROR; the allocator reports failures itself.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     # alembic announces each of its plugins at INFO when it is imported, which the commands do
@@ -999,10 +1008,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(args)
     except (CommandError, FileNotFoundError) as exc:
-        print(f"ipledger: {exc}", file=sys.stderr)
+        print(f"ipledger: {logs.redact(str(exc))}", file=sys.stderr)
         return 2
     except errors.IpledgerError as exc:
-        print(f"ipledger: {exc}", file=sys.stderr)
+        print(f"ipledger: {logs.redact(str(exc))}", file=sys.stderr)
         return 1
     except children.Terminated:
         return children.Terminated.exit_code
