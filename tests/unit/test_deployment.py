@@ -265,6 +265,14 @@ def test_the_image_the_files_name_is_the_one_the_dockerfile_describes(
         (deployment.ROOT / "compose" / "helm" / "ipledger" / "values.yaml").read_text()
     )
     assert tag == f"{values['image']['repository']}:{chart['appVersion']}"
+    manifest = yaml.safe_load(
+        (deployment.ROOT / "compose" / "kubernetes" / "deployment.yaml").read_text()
+    )
+    pod = manifest["spec"]["template"]["spec"]
+    assert [c["image"] for c in pod["containers"]] == [tag]
+    # The Dockerfile's USER, so the manifest runs the image as it was built to run.
+    uid = next(line for line in header.splitlines() if line.startswith("USER ")).split()[1]
+    assert pod["containers"][0]["securityContext"]["runAsUser"] == int(uid.split(":")[0])
 
 
 def test_hadolint_finds_nothing_in_the_dockerfile() -> None:
