@@ -213,6 +213,8 @@ def newcomer(request: pytest.FixtureRequest) -> Iterator[Newcomer]:
     if as_root and os.geteuid() != 0:
         pytest.skip("the quick start as root needs root")
     account = pwd.getpwnam("nobody") if os.geteuid() == 0 and not as_root else None
+    system = Path("/var/lib/ipledger")
+    before = set(system.iterdir()) if system.is_dir() else set()
     private = Path(tempfile.mkdtemp(prefix="ipledger-newcomer-"))  # 0700, as mktemp -d
     clone = private / "ipledger"
     home = private / "home"
@@ -233,6 +235,10 @@ def newcomer(request: pytest.FixtureRequest) -> Iterator[Newcomer]:
     finally:
         remove_data(clone / ".data")
         shutil.rmtree(private, ignore_errors=True)
+        # As root, the copy of the clone venv's PostgreSQL binaries went there too.
+        for left in set(system.iterdir()) - before if system.is_dir() else ():
+            if left.name.startswith("ipledger-pginstall-"):
+                shutil.rmtree(left, ignore_errors=True)
 
 
 def test_the_quick_start_works_on_a_fresh_clone_as_written(newcomer: Newcomer) -> None:
