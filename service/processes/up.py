@@ -90,6 +90,7 @@ async def run(
         await _supervise(parts)
     finally:
         server.stop()
+    log.info("stopped: every part and PostgreSQL; `make run` again continues from here")
 
 
 def plan(
