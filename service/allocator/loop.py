@@ -175,7 +175,8 @@ class PartitionAllocator:
         while tree.size < next_offset:
             want = min(self.settings.batch_max_records, next_offset - tree.size)
             rows = await self.projection.decisions_after(self.partition, tree.size, want)
-            records = await self.log.read(self.partition, tree.size, len(rows), 0.0)
+            # Kafka has fetched nothing yet when first asked: a wait of its own.
+            records = await self.log.read(self.partition, tree.size, len(rows), 5.0)
             for (offset, _, body), record in zip(rows, records, strict=False):
                 if offset != tree.size or record.offset != offset:
                     raise errors.ProjectionError(

@@ -19,6 +19,9 @@ from service.audit import proofs
 from service.domain import events, merkle
 from service.settings import Settings
 
+# How long a read waits for records known to be there (a Kafka consumer fetches on first ask).
+READ_WAIT_S = 5.0
+
 
 class _Evidence:
     """The live database's audit reader, read side and log, opened together."""
@@ -52,7 +55,7 @@ class _Evidence:
         raise errors.AuditError(f"partition {partition} has no tree head of size {size}")
 
     async def record(self, partition: int, offset: int) -> ports.Record:
-        records = await (await self.event_log()).read(partition, offset, 1, 0.0)
+        records = await (await self.event_log()).read(partition, offset, 1, READ_WAIT_S)
         if not records or records[0].offset != offset:
             raise errors.AuditError(f"partition {partition}: the log has no record at {offset}")
         return records[0]
@@ -169,8 +172,10 @@ async def story(
             changes = _holding_changes(await evidence.reader.owner_history(cluster, subject))
         else:
             changes = await _node_changes(evidence, cluster, subject)
-        if at is not None and kind != "ip":
-            changes = [c for c in changes if c["time"] is None or c["time"] <= at.isoformat()]
+        if at is not None:
+            # Times are UTC ISO texts of one form: their order is the times' order.
+            cutoff = at.astimezone(datetime.UTC).isoformat()
+            changes = [c for c in changes if c["time"] is None or c["time"] <= cutoff]
         heads: dict[int, merkle.TreeHead] = {}
         for change in changes:
             partition, offset = change["partition"], change["offset"]
@@ -227,7 +232,7 @@ async def _node_changes(evidence: _Evidence, cluster: str, node: str) -> list[di
     changes: list[dict[str, Any]] = []
     offset = 0
     while offset < end:
-        records = await event_log.read(partition, offset, 5000, 0.0)
+        records = await event_log.read(partition, offset, 5000, READ_WAIT_S)
         if not records:
             break
         for record in records:
