@@ -37,6 +37,7 @@ from tests.harness import kube
 
 CHART = deployment.ROOT / "compose" / "helm" / "ipledger"
 RBAC = deployment.ROOT / "compose" / "kubernetes" / "rbac.yaml"
+OPTIONAL_RBAC = deployment.ROOT / "compose" / "kubernetes" / "rbac-optional.yaml"
 RELEASE = "rel"
 NAMESPACE = "default"
 EVERYTHING_ON = {
@@ -45,6 +46,9 @@ EVERYTHING_ON = {
     "database.apiUrl": "postgresql://ipledger_api:secret2@postgres:5432/ipledger",
     "sync.deleteOrphans": "true",
     "sync.mirrorPodIPs": "true",
+    "sync.ownerReferences": "true",
+    "watchNodes.enabled": "true",
+    "watchNodes.mirrorNodePodCIDRs": "true",
 }
 
 
@@ -153,6 +157,35 @@ def test_the_rbac_is_compose_kubernetes_rbac(helm: Path) -> None:
     assert rules[0]["verbs"] == [*role["rules"][0]["verbs"], "delete"]
     assert rules[1:] == role["rules"][1:]
     assert '# verbs: ["get", "list", "watch", "create", "patch", "delete"]' in RBAC.read_text()
+
+
+def test_the_optional_rbac_is_compose_kubernetes_rbac_optional(helm: Path) -> None:
+    source = list(yaml.safe_load_all(OPTIONAL_RBAC.read_text(encoding="utf-8")))
+    roles = {doc["metadata"]["name"]: doc for doc in source if doc["kind"] == "ClusterRole"}
+    bindings = {
+        doc["metadata"]["name"]: doc for doc in source if doc["kind"] == "ClusterRoleBinding"
+    }
+    objects = render(helm, EVERYTHING_ON)
+    rendered_roles = by_kind(objects, "ClusterRole")
+    rendered_bindings = by_kind(objects, "ClusterRoleBinding")
+    for name in (
+        "ipledger-sync-owner-references",
+        "ipledger-watch-nodes",
+        "ipledger-watch-nodes-podcidrs",
+    ):
+        chart_name = f"{RELEASE}-ipledger-{name.removeprefix('ipledger-')}"
+        assert rendered_roles[chart_name]["rules"] == roles[name]["rules"], name
+        (subject,) = rendered_bindings[chart_name]["subjects"]
+        (expected,) = bindings[name]["subjects"]
+        assert subject["name"] == expected["name"], name
+    watch = by_kind(objects, "Deployment")[f"{RELEASE}-ipledger-watch-nodes"]
+    pod = watch["spec"]["template"]["spec"]
+    assert watch["spec"]["replicas"] == 1, "watch-nodes is not meant to run twice"
+    assert pod["serviceAccountName"] == "ipledger-watch-nodes"
+    assert pod["containers"][0]["args"][0] == "watch-nodes"
+    # Off by default: the base install grants nothing on v1 Nodes.
+    default_roles = by_kind(render(helm), "ClusterRole").values()
+    assert all(rule["resources"] != ["nodes"] for r in default_roles for rule in r["rules"])
 
 
 def test_every_variable_set_is_one_the_code_reads_and_the_reference_documents(
