@@ -20,11 +20,13 @@ $(VENV)/.installed: pyproject.toml
 
 # Real services the integration tests and benchmarks start themselves: Kafka jars from Maven
 # Central; kube-apiserver and etcd built, and Cilium's CiliumNode CRDs taken, from the Go module
-# proxy (compose/kube/build.sh, about six minutes cold). Cached under $(IPLEDGER_CACHE).
+# proxy (compose/kube/build.sh, about six minutes cold); helm and promtool (which tests the alert
+# rules) built from it too. Cached under $(IPLEDGER_CACHE).
 services: setup
 	bash compose/kafka/fetch.sh
 	bash compose/kube/build.sh
 	bash compose/helm/build.sh
+	bash compose/prometheus/build.sh
 
 test: setup services
 	$(PY) -m pytest
