@@ -46,7 +46,7 @@ import pytest
 from service import allocator, errors, ports
 from service.adapters import memory
 from service.adapters.postgres import projection as pg_projection
-from service.domain import allocation, document, events, partitioning, state
+from service.domain import allocation, document, events, merkle, partitioning, state
 from tests import fakes
 from tests.streams import key_of, mixed_stream
 
@@ -403,3 +403,43 @@ async def test_partitions_have_their_own_leases_offsets_and_clusters(database: D
     assert sorted((await first.load()).state.clusters) == sorted(names)
     assert sorted((await first.load([0, 1])).state.clusters) == sorted(names)
     assert [row[0] for row in await second.decisions_after(1, 0, 100)] == list(range(40))
+
+
+async def test_tree_heads_commit_with_their_batch_and_load_resumes_the_tree(
+    database: Database,
+) -> None:
+    projection = database.projection()
+    token = await acquired(projection)
+    values = mixed_stream(250, seed=12)
+    loaded = await projection.load([0])
+    assert loaded.tree is None
+    current, tree = loaded.state, merkle.Tree()
+    evidence = allocator.TreeSettings(head_every=40, digest_every=120)
+    for start in range(0, len(values), 100):
+        batch = allocator.apply_records(
+            current,
+            records(values[start : start + 100], start=start),
+            0,
+            token,
+            partitions=1,
+            tree=tree,
+            evidence=evidence,
+        )
+        await projection.commit(batch)
+    heads = await projection.heads_between(0, 0, len(values))
+    # Every 40 records and at each batch's end (100, 200, 250), chained, by size.
+    assert [h.head.size for h in heads] == [40, 80, 100, 120, 160, 200, 240, 250]
+    assert [h.head.previous for h in heads] == [None, *(h.hash.hex() for h in heads[:-1])]
+    assert [h.head.state_digest is not None for h in heads] == [
+        h.head.size % 120 == 0 for h in heads
+    ]
+    assert [h.head.size for h in await projection.heads_between(0, 100, 200)] == [120, 160, 200]
+    oracle = state.State()
+    leaves = [
+        merkle.leaf_hash(events.encode_decision(allocation.apply_record(oracle, v)[0]), v)
+        for v in values
+    ]
+    assert all(h.head.root == merkle.subtree_root(leaves, 0, h.head.size).hex() for h in heads)
+    resumed = (await projection.load([0])).tree
+    assert resumed is not None
+    assert (resumed.size, resumed.root(), resumed.last_head) == (250, tree.root(), heads[-1].hash)
