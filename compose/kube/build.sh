@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Build the test Kubernetes control plane and fetch Cilium's CRDs into $IPLEDGER_CACHE/kube/:
 #   bin/kube-apiserver   k8s.io/kubernetes/cmd/kube-apiserver, Kubernetes v1.36.3
+#   bin/kube-controller-manager  k8s.io/kubernetes/cmd/kube-controller-manager, the same version
+#                        (only its garbage collector runs, in one test)
 #   bin/etcd             go.etcd.io/etcd/server/v3
 #   crds/cilium-VERSION/ciliumnodes.yaml
 #                        Cilium's CiliumNode CRD, unmodified from Cilium's Go module, for every
@@ -29,6 +31,10 @@ crd_in_module="pkg/k8s/apis/cilium.io/client/crds/v2/ciliumnodes.yaml"
 # binary name -> Go package (a package main inside a module go.mod requires).
 declare -A packages=(
     [kube-apiserver]="k8s.io/kubernetes/cmd/kube-apiserver"
+    # Only for the garbage-collection test of ownerReferences (tests/integration/
+    # test_nodes_and_watch.py runs its garbage-collector controller alone); most of it is
+    # compiled for kube-apiserver already.
+    [kube-controller-manager]="k8s.io/kubernetes/cmd/kube-controller-manager"
     [etcd]="go.etcd.io/etcd/server/v3"
 )
 # Built by earlier versions of this script and no longer used by the harness.
@@ -126,11 +132,14 @@ k8s_minor="${k8s_version#v1.}"
 k8s_minor="${k8s_minor%%.*}"
 declare -A ldflags=(
     [kube-apiserver]="-s -w"
+    [kube-controller-manager]="-s -w"
     [etcd]="-s -w"
 )
 for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-    ldflags[kube-apiserver]+=" -X $pkg.gitVersion=$k8s_version -X $pkg.gitMajor=1"
-    ldflags[kube-apiserver]+=" -X $pkg.gitMinor=$k8s_minor -X $pkg.gitTreeState=clean"
+    for name in kube-apiserver kube-controller-manager; do
+        ldflags[$name]+=" -X $pkg.gitVersion=$k8s_version -X $pkg.gitMajor=1"
+        ldflags[$name]+=" -X $pkg.gitMinor=$k8s_minor -X $pkg.gitTreeState=clean"
+    done
 done
 for name in "${!packages[@]}"; do
     # Built next to the target and renamed, so an interrupted build never leaves a half-written
@@ -146,5 +155,6 @@ for name in "${obsolete[@]}"; do
     rm -f "$bin_dir/$name"
 done
 inputs_hash >"$stamp"
-echo "build.sh: kube-apiserver $k8s_version, etcd and $(crd_entries | wc -l) Cilium CRD(s)" \
+echo "build.sh: kube-apiserver and kube-controller-manager $k8s_version, etcd and" \
+    "$(crd_entries | wc -l) Cilium CRD(s)" \
     "ready in $kube_dir in $((SECONDS - started))s"

@@ -9,10 +9,11 @@
   node.deleted was ever refused (no duplicate decision-changing event);
 - the leak check finds exactly the addresses whose pod was deleted.
 
-The v1 Node tests need an API server serving the core API (they are skipped against the
-standalone apiextensions-apiserver, and fail under ``CI=true``). Garbage collection needs
-kube-controller-manager, which the harness does not run: the ownerReference is checked field by
-field instead (what GC reads), not its effect.
+The v1 Node tests need an API server serving the core API (they are skipped without one, and
+fail under ``CI=true``). Garbage collection is kube-controller-manager's, which the harness does
+not run: ``garbage_collector`` runs that binary (built by compose/kube/build.sh) with its
+garbage-collector controller alone, for the one test that deletes a Node and waits for its
+CiliumNode to go.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,7 @@ from service.adapters.postgres import reader as pg_reader
 from service.adapters.postgres import sync_store
 from service.domain import allocation, events, state
 from tests import waiting
-from tests.harness.kube import KubeAPIServer
+from tests.harness.kube import KubeAPIServer, binary_dir
 from tests.integration.test_sync import (  # noqa: F401 - fixtures
     CLUSTER,
     POLL_S,
@@ -385,3 +386,70 @@ async def test_ipledger_check_leaks_prints_the_releases_and_appending_them_ends_
     assert len(releases) == 2 and appended.returncode == 0, appended.stderr
     assert "leaks: cluster default: 2 address(es) held" in second.stdout
     assert "held by" not in second.stdout
+
+
+@pytest.fixture(scope="module")
+def garbage_collector(
+    kube_apiserver: KubeAPIServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[int]:
+    """kube-controller-manager with only its garbage collector, on the session's API server.
+
+    Module-scoped (the leak check counts it as the module's, not a test's); yields its pid.
+    """
+    binary = binary_dir() / "kube-controller-manager"
+    if not binary.exists():
+        reason = f"{binary} not built: make services"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    log_path = tmp_path_factory.mktemp("kcm") / "kube-controller-manager.log"
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [
+                str(binary),
+                f"--kubeconfig={kube_apiserver.kubeconfig_path}",
+                "--controllers=garbage-collector-controller",
+                "--leader-elect=false",
+                "--use-service-account-credentials=false",
+                "--secure-port=0",
+            ],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        yield process.pid
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+async def test_garbage_collection_deletes_the_ciliumnode_with_its_node(
+    garbage_collector: int,
+    ledger: Ledger,  # noqa: F811
+    kube: KubernetesClusterClient,  # noqa: F811
+    core: AsyncClient,
+    store: sync_store.PostgresSyncStore,  # noqa: F811
+    pg_dsn: str,
+) -> None:
+    await create_node(core, "node-a", "192.168.1.10")
+    await create_node(core, "node-b", "192.168.1.11")
+    await ledger.append(pool(), added("node-a"), added("node-b"))
+    worker = sync.ClusterSync(CLUSTER, kube, store, settings(owner_references=True))
+    async with running(worker):
+        await converged(pg_dsn, kube)
+        await waiting.until(
+            lambda: worker.metrics.owner_references == 2, timeout=10, what="both ownerReferences"
+        )
+        await core.delete(Node, "node-a")
+
+        async def collected() -> bool:
+            return await kube.get_node("node-a") is None
+
+        # The collector's informers start with it: the first collection may take a while.
+        await waiting.until(collected, timeout=60, what="node-a's CiliumNode collected")
+        assert await kube.get_node("node-b") is not None
