@@ -28,6 +28,7 @@ BENCHMARKS: dict[str, str] = {
     "core": "bench.core",
     "allocator": "bench.allocator",
     "sync": "bench.sync",
+    "metrics": "bench.metrics",
     "replay": "bench.replay",
 }
 
