@@ -25,6 +25,7 @@ import pytest
 
 from service.adapters import children
 from tests import waiting
+from tests.e2e.embedded_data import remove_data
 from tests.harness import kafka, kube
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="child subreapers are Linux's")
@@ -173,13 +174,17 @@ def test_a_test_session_that_fails_or_is_terminated_stops_every_server(
 
 def test_ipledger_run_embedded_terminated_while_its_server_starts_stops_it(scratch: Path) -> None:
     data = scratch / "data"
-    report, output = watched(
-        [sys.executable, "-m", "service.cli", "run", "--embedded"],
-        {"IPLEDGER_DATA_DIR": str(data)},
-        # SIGTERM once the server runs (initdb's helpers stay in ipledger's own group).
-        term_at_groups=1,
-        unset=("IPLEDGER_DATABASE_URL", "IPLEDGER_LOG", "IPLEDGER_METRICS_PORT"),
-    )
+    try:
+        report, output = watched(
+            [sys.executable, "-m", "service.cli", "run", "--embedded"],
+            {"IPLEDGER_DATA_DIR": str(data)},
+            # SIGTERM once the server runs (initdb's helpers stay in ipledger's own group).
+            term_at_groups=1,
+            unset=("IPLEDGER_DATABASE_URL", "IPLEDGER_LOG", "IPLEDGER_METRICS_PORT"),
+        )
+    finally:
+        # As root the cluster went to /var/lib/ipledger, where data/postgres points.
+        remove_data(data)
     assert report["terminated"], output[-4000:]
     # Still starting: Terminated unwound it. Already running: its own handler stopped it.
     assert report["returncode"] in (children.Terminated.exit_code, 0), output[-4000:]
