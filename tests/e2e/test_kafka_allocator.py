@@ -25,8 +25,10 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from service.adapters.kafka import log as kafka_log
+from service.adapters.postgres import audit as pg_audit
 from service.adapters.postgres import reader as pg_reader
-from service.domain import events
+from service.allocator.loop import HEAD_KEY
+from service.domain import events, merkle
 from tests.e2e.conftest import (
     Allocators,
     assert_projection_matches,
@@ -121,7 +123,8 @@ async def read_published(
                 fetched = await consumer.getmany(tp, timeout_ms=200, max_records=5000)
                 for message in fetched.get(tp, ()):
                     messages.append((message.key, message.value))
-                    offsets.add(json.loads(message.value)["offset"])
+                    if message.key != HEAD_KEY:
+                        offsets.add(json.loads(message.value)["offset"])
     finally:
         await consumer.stop()
     return messages
@@ -138,6 +141,8 @@ def assert_published(messages: Sequence[tuple[bytes, bytes]], records: Sequence[
     first: dict[int, tuple[bytes, dict[str, object]]] = {}
     duplicates = 0
     for key, value in messages:
+        if key == HEAD_KEY:
+            continue
         body = json.loads(value)
         offset = body["offset"]
         assert body["partition"] == 0
@@ -209,6 +214,26 @@ async def test_decisions_are_published_after_commit_in_order_keyed_by_event_id(
     finally:
         await reader.close()
     assert (position.partition, position.published) == (0, len(records))
+    # The tree heads too: each after the decisions it covers, as committed, the last one
+    # covering every record.
+    audit = pg_audit.PostgresAuditReader.from_dsn(pg_dsn)
+    try:
+        stored = {h.head.size: h.head for h in await audit.heads(0)}
+    finally:
+        await audit.close()
+    seen: set[int] = set()
+    published: dict[int, merkle.TreeHead] = {}
+    for key, value in messages:
+        body = json.loads(value)
+        if key != HEAD_KEY:
+            seen.add(body["offset"])
+            continue
+        head = merkle.decode_head(body["treeHead"])
+        assert body["partition"] == head.partition == 0
+        assert set(range(head.size)) <= seen, f"head {head.size} before its decisions"
+        published[head.size] = head
+    assert published == stored
+    assert max(published) == len(records)
 
 
 async def test_kill_9_at_random_points_with_kafka_loses_nothing_and_applies_nothing_twice(
