@@ -43,7 +43,7 @@ import datetime
 import hashlib
 import logging
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 import anyio
@@ -285,7 +285,20 @@ class NodeProducer:
     # --- watching -----------------------------------------------------------------------------
 
     async def _follow(self, version: str) -> None:
-        async for change in self.client.watch_kube_nodes(version):
+        stream = self.client.watch_kube_nodes(version)
+        try:
+            await self._follow_stream(stream)
+        finally:
+            # Ended between two changes (while appending), the stream is suspended at its
+            # yield: close it now, so its HTTP response is released here and not by the garbage
+            # collector on some later turn of the loop.
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                    await aclose()
+
+    async def _follow_stream(self, stream: AsyncIterator[ports.Change[ports.KubeNode]]) -> None:
+        async for change in stream:
             self.metrics.watch_events += 1
             node = change.item
             if change.type == "DELETED":
