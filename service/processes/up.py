@@ -111,6 +111,11 @@ def plan(
         target = sync_target(settings)
         if isinstance(target, Path):
             sync_env["IPLEDGER_CILIUMNODE_DIR"] = str(target)
+        # What `up --kubeconfig/--context` was given reaches the sync worker as its variables.
+        if settings.kubeconfig is not None:
+            sync_env["IPLEDGER_KUBECONFIG"] = str(settings.kubeconfig.absolute())
+        if settings.kube_context is not None:
+            sync_env["IPLEDGER_KUBE_CONTEXT"] = settings.kube_context
         parts.append(Part("sync", ("sync",), sync_env, reader=True))
     if with_api and importlib.util.find_spec("service.processes.api") is None:
         log.warning("this build has no query API (service.processes.api); running without it")

@@ -3,7 +3,9 @@
 ``ipledger up`` (``make run``): the allocator, the sync worker writing CiliumNode files and the
 query API in one tree; events appended, the state equal to ``simulate``'s, every node's file
 valid against Cilium's CRD, the API answering; Ctrl-C stops every part; a second run continues
-where the first stopped. ``ipledger run --embedded`` (the allocator alone): ``append``, ``state
+where the first stopped. ``ipledger up --kubeconfig`` mirrors into that cluster (the real
+kube-apiserver of the harness) and writes no files. ``ipledger run --embedded`` (the allocator
+alone): ``append``, ``state
 --wait-caught-up``, the metrics endpoint, Ctrl-C and a second run. Real processes, a real
 embedded PostgreSQL; as root its cluster lives under /var/lib/ipledger, linked from the data
 dir. tests/e2e/test_quick_start.py runs ``make run`` itself from a fresh clone."""
@@ -26,10 +28,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from lightkube import Client, KubeConfig
 
+from service.adapters.kubernetes.client import CiliumNode
 from tests import waiting
 from tests.ciliumnode_schema import assert_valid, crd_schema
 from tests.e2e.embedded_data import remove_data
+from tests.harness.kube import KubeAPIServer
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
@@ -253,3 +258,59 @@ def test_up_runs_the_whole_product_and_continues(data_dir: Path) -> None:
         assert second.interrupt() == 0, second.log.read_text(errors="replace")
     finally:
         second.kill()
+
+
+@pytest.mark.kube
+def test_up_with_a_kubeconfig_mirrors_into_that_cluster(
+    data_dir: Path, kube_apiserver: KubeAPIServer
+) -> None:
+    env = {
+        "IPLEDGER_DATA_DIR": str(data_dir),
+        "IPLEDGER_API_ADDRESS": f"127.0.0.1:{free_port()}",
+    }
+    for name in ("IPLEDGER_DATABASE_URL", "IPLEDGER_KUBECONFIG", "IPLEDGER_CILIUMNODE_DIR"):
+        os.environ.pop(name, None)
+    command = ("up", "--no-api", "--kubeconfig", str(kube_apiserver.kubeconfig_path))
+    running = Running(env, data_dir.parent / "up-kube.log", command)
+    try:
+        running.wait_ready()
+        assert f"the cluster of {kube_apiserver.kubeconfig_path}" in running.log.read_text()
+        appended = ipledger(env, "append", str(EXAMPLES / "dual-stack-cluster.jsonl"))
+        assert appended.returncode == 0, appended.stderr
+
+        def mirrored() -> bool:
+            listed = kubectl_like(kube_apiserver)
+            return listed == {
+                "cp-1": ["10.0.0.0/24", "fd00::/120"],
+                "worker-a": ["10.0.1.0/24", "fd00::100/120"],
+                "worker-b": ["10.0.2.0/24", "fd00::200/120"],
+            }
+
+        waiting.until_blocking(
+            mirrored,
+            timeout=60,
+            what=lambda: (
+                "the three CiliumNodes on the API server\n"
+                + running.log.read_text(errors="replace")[-3000:]
+            ),
+            interval=0.2,
+        )
+        assert not (data_dir / "ciliumnodes").exists()
+        assert running.interrupt() == 0, running.log.read_text(errors="replace")
+    finally:
+        running.kill()
+        client = Client(config=KubeConfig.from_file(kube_apiserver.kubeconfig_path))
+        client.deletecollection(CiliumNode)
+        client.close()
+
+
+def kubectl_like(server: KubeAPIServer) -> dict[str, Any]:
+    """The CiliumNodes' ``spec.ipam.podCIDRs`` on the server, by name."""
+    client = Client(config=KubeConfig.from_file(server.kubeconfig_path))
+    try:
+        return {
+            node.metadata.name: (node.spec or {}).get("ipam", {}).get("podCIDRs")
+            for node in client.list(CiliumNode)
+        }
+    finally:
+        client.close()
