@@ -28,6 +28,7 @@ from service.adapters.postgres import (
     migrate,
     projection,
     reader,
+    roles,
     sync_store,
     table_log,
 )
@@ -233,4 +234,56 @@ def sync_settings(settings: Settings) -> sync.SyncSettings:
         delete_orphans=settings.delete_orphans,
         mirror_pod_ips=settings.mirror_pod_ips,
         owner_references=settings.owner_references,
+    )
+
+
+# --- the read-only query API (`ipledger api`; docs/api.md) ---------------------------------------
+
+API_ROLE = "ipledger_api"
+
+
+def api_database_url(settings: Settings) -> str:
+    """The API's own connection: ``api_database_url``, else the database URL as ``ipledger_api``."""
+    if settings.api_database_url:
+        return settings.api_database_url
+    return roles.with_user(database_url(settings), API_ROLE)
+
+
+async def ensure_api_role(settings: Settings) -> str:
+    """``ipledger init``: the API's read-only role, created or brought back to reading only."""
+    role, password = roles.role_of(api_database_url(settings))
+    await roles.ensure_read_only_role(database_url(settings), role, password)
+    return role
+
+
+async def check_api_role(settings: Settings) -> None:
+    """Refuse (``ConfigurationError``) an API role that may write any table."""
+    url = api_database_url(settings)
+    writable = await roles.writable_tables(url)
+    if writable:
+        role, _ = roles.role_of(url)
+        shown = ", ".join(writable[:5]) + (" ..." if len(writable) > 5 else "")
+        raise errors.ConfigurationError(
+            f"the API's database role {role} can write ({shown}): the API connects only as a "
+            "role that may read; run `ipledger init` to create one (ipledger_api), or set "
+            "IPLEDGER_API_DATABASE_URL to a read-only role"
+        )
+
+
+def open_api_reader(settings: Settings) -> ports.ProjectionReader:
+    """The API's read side: read-only sessions as the API's role, every statement time-bound."""
+    return reader.PostgresProjectionReader.from_dsn(
+        api_database_url(settings),
+        pool_size=8,
+        statement_timeout_ms=settings.api_statement_timeout_ms,
+    )
+
+
+async def open_log_end(settings: Settings) -> ports.EventLog:
+    """The log, for its end offsets only (readiness): as the API's role for the table log."""
+    if settings.log == "kafka":
+        assert settings.kafka_bootstrap is not None
+        return await kafka_log.KafkaEventLog.open(settings.kafka_bootstrap, settings.events_topic)
+    return table_log.PostgresTableLog.from_dsn(
+        api_database_url(settings), partitions=settings.partitions, pool_size=1
     )

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime
 import json
 import logging
@@ -514,6 +515,58 @@ def add_sync_commands(
     adopt.set_defaults(func=cmd_adopt)
 
 
+# --- the whole product on the embedded default: `ipledger up` (make run; service.processes.up) -
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    """Run the embedded PostgreSQL, the allocator, the sync worker and the API as one tree."""
+    from service.processes import up
+
+    settings = _kube_settings(args)
+    # The server is this process's child, as for `run --embedded`: SIGTERM must unwind.
+    children.terminate_as_interrupt()
+    config = getattr(args, "config", None)
+    _run_async(
+        lambda: up.run(
+            settings,
+            with_api=args.api,
+            with_sync=args.sync,
+            config=Path(config).absolute() if config else None,
+        )
+    )
+    return 0
+
+
+def add_up_commands(
+    commands: argparse._SubParsersAction,  # type: ignore[type-arg]
+    service_options: Callable[[argparse.ArgumentParser], None],
+) -> None:
+    """Register ``up`` (called by ``build_parser``)."""
+    whole = commands.add_parser(
+        "up",
+        help="the whole product on an embedded PostgreSQL: allocator, sync worker, query API "
+        "(what `make run` does)",
+        description="Start the embedded PostgreSQL under the data dir, migrate it, configure "
+        "Cilium's Helm default pool on an empty log, and run `ipledger run`, `ipledger sync` "
+        "and `ipledger api` as supervised children until Ctrl-C. Without --kubeconfig (or "
+        "IPLEDGER_KUBECONFIG) the CiliumNodes are written as YAML files into "
+        "<data dir>/ciliumnodes/.",
+    )
+    service_options(whole)
+    whole.add_argument("--kubeconfig", type=Path, help="mirror into this cluster, not files")
+    whole.add_argument("--context", dest="kube_context", help="env IPLEDGER_KUBE_CONTEXT")
+    whole.add_argument(
+        "--api", action=argparse.BooleanOptionalAction, default=True, help="run the query API"
+    )
+    whole.add_argument(
+        "--sync",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run the sync worker",
+    )
+    whole.set_defaults(func=cmd_up)
+
+
 # --- v1 Nodes: `ipledger watch-nodes` (service.producers; docs/operations.md) ---------------
 
 
@@ -826,56 +879,40 @@ def add_audit_commands(
         story.set_defaults(func=cmd_audit_story, kind=kind)
 
 
-# --- the whole product on the embedded default: `ipledger up` (make run; service.processes.up) -
+# --- the query API: `ipledger api` (service.api; docs/api.md) ------------------------------------
 
 
-def cmd_up(args: argparse.Namespace) -> int:
-    """Run the embedded PostgreSQL, the allocator, the sync worker and the API as one tree."""
-    from service.processes import up
+def cmd_api(args: argparse.Namespace) -> int:
+    """Serve the read-only query API until SIGINT or SIGTERM."""
+    from service.processes import api as api_process
 
-    settings = _kube_settings(args)
-    # The server is this process's child, as for `run --embedded`: SIGTERM must unwind.
-    children.terminate_as_interrupt()
-    config = getattr(args, "config", None)
-    _run_async(
-        lambda: up.run(
-            settings,
-            with_api=args.api,
-            with_sync=args.sync,
-            config=Path(config).absolute() if config else None,
-        )
-    )
+    settings = _settings(args)
+    if args.address is not None:
+        settings = dataclasses.replace(settings, api_address=args.address)
+        settings.validate()
+    _run_async(lambda: api_process.run(settings))
     return 0
 
 
-def add_up_commands(
+def add_api_commands(
     commands: argparse._SubParsersAction,  # type: ignore[type-arg]
     service_options: Callable[[argparse.ArgumentParser], None],
 ) -> None:
-    """Register ``up`` (called by ``build_parser``)."""
-    whole = commands.add_parser(
-        "up",
-        help="the whole product on an embedded PostgreSQL: allocator, sync worker, query API "
-        "(what `make run` does)",
-        description="Start the embedded PostgreSQL under the data dir, migrate it, configure "
-        "Cilium's Helm default pool on an empty log, and run `ipledger run`, `ipledger sync` "
-        "and `ipledger api` as supervised children until Ctrl-C. Without --kubeconfig (or "
-        "IPLEDGER_KUBECONFIG) the CiliumNodes are written as YAML files into "
-        "<data dir>/ciliumnodes/.",
+    """Register ``api`` (called by ``build_parser``)."""
+    serve = commands.add_parser(
+        "api",
+        help="serve the read-only HTTP query API (docs/api.md)",
+        description="Serve the read-only HTTP JSON query API over the projection: clusters, "
+        "pools, nodes, addresses, owners, decisions and rejections, as of any log offset. It "
+        "connects as the read-only role `ipledger init` creates (IPLEDGER_API_DATABASE_URL) "
+        "and refuses a role that can write.",
     )
-    service_options(whole)
-    whole.add_argument("--kubeconfig", type=Path, help="mirror into this cluster, not files")
-    whole.add_argument("--context", dest="kube_context", help="env IPLEDGER_KUBE_CONTEXT")
-    whole.add_argument(
-        "--api", action=argparse.BooleanOptionalAction, default=True, help="run the query API"
+    service_options(serve)
+    serve.add_argument(
+        "--address",
+        help="host:port to listen on (env IPLEDGER_API_ADDRESS, default 127.0.0.1:8080)",
     )
-    whole.add_argument(
-        "--sync",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="run the sync worker",
-    )
-    whole.set_defaults(func=cmd_up)
+    serve.set_defaults(func=cmd_api)
 
 
 _SETTINGS_EPILOG = (
@@ -974,10 +1011,11 @@ def build_parser() -> argparse.ArgumentParser:
     service_options(show)
     show.set_defaults(func=cmd_state)
     add_sync_commands(commands, service_options)
-    add_up_commands(commands, service_options)
     add_audit_commands(commands, service_options)
     add_node_commands(commands, service_options)
+    add_up_commands(commands, service_options)
     add_status_commands(commands, service_options)
+    add_api_commands(commands, service_options)
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
     parser.add_argument(
         "--log-format",

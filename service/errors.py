@@ -125,5 +125,17 @@ class AuditError(IpledgerError):
     """The evidence does not check out (a proof, a tree head, a signature, a replay)."""
 
 
+class QueryError(IpledgerError):
+    """The query API cannot answer the request as asked."""
+
+
+class QueryInvalidError(QueryError):
+    """A parameter of the request is not valid (HTTP 400)."""
+
+
+class QueryNotFoundError(QueryError):
+    """What the request names does not exist, or did not exist as of its basis (HTTP 404)."""
+
+
 class SupervisionError(IpledgerError):
     """A part of ``ipledger up``'s process tree kept exiting as soon as it started."""

@@ -764,6 +764,52 @@ class NodeSync:
         return self.synced_version is not None and self.synced_version >= self.version
 
 
+@dataclass(frozen=True, slots=True)
+class NodeAt:
+    """One node as it stood right after the record at a log offset (from the node history).
+
+    The fields as in ``NodeView``; ``changed_*`` name the last event at or before that offset
+    that changed the node's fields (pod address events do not), its time and event id.
+    """
+
+    cluster: str
+    name: str
+    pod_cidrs: tuple[Network, ...]
+    error: str | None
+    conflict: str | None
+    addresses: tuple[Address, ...]
+    waiting: bool
+    pinned: bool
+    ipv4_pod_ips: int
+    ipv6_pod_ips: int
+    changed_offset: int
+    changed_time: datetime.datetime
+    changed_event_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterAt:
+    """A cluster as it stood right after the record at ``offset`` of its partition.
+
+    ``elements`` with the node CIDRs and pod addresses held then; the node counts: live nodes,
+    those holding at least one CIDR, waiting, with an error, in conflict. ``pool_offset`` is the
+    event that gave the cluster that pool (or created it).
+    """
+
+    name: str
+    partition: int
+    offset: int
+    pool_offset: int
+    ipv4_mask: int | None
+    ipv6_mask: int | None
+    elements: tuple[PoolElementUse, ...]
+    nodes: int
+    nodes_with_cidrs: int
+    nodes_waiting: int
+    nodes_in_error: int
+    nodes_in_conflict: int
+
+
 class ProjectionReader(Protocol):
     """Read-only queries over what the allocator and the sync worker committed.
 
@@ -874,6 +920,59 @@ class ProjectionReader(Protocol):
 
     async def sync_progress(self, cluster: str) -> list[NodeSync]:
         """Every node of ``cluster`` (tombstones too) by name, with what the worker mirrored."""
+        ...
+
+    # --- as of a log offset: the history tables (the query API's ``as_of``) ---------------------
+    # ``at`` is an offset of the cluster's partition: the answer is the projection as it stood
+    # right after the record at ``at`` was applied, exactly as ``simulate`` over the records up
+    # to ``at`` would have it. Pass ``applied_offset`` for "now".
+
+    async def cluster_partitions(self) -> dict[str, int]:
+        """Every cluster's name and partition (a cluster never changes partition)."""
+        ...
+
+    async def applied_offset(
+        self, partition: int, *, at_time: datetime.datetime | None = None
+    ) -> int | None:
+        """The last offset of ``partition`` applied (None: none yet); with ``at_time``, the last
+        one whose time (the event's, else the log's) is at or before it (None: none)."""
+        ...
+
+    async def cluster_at(self, cluster: str, at: int) -> ClusterAt | None:
+        """``cluster`` with its pool, pool use and node counts at ``at``; None if it did not
+        exist yet (or does not exist)."""
+        ...
+
+    async def nodes_at(
+        self,
+        cluster: str,
+        at: int,
+        *,
+        error: bool | None = None,
+        conflict: bool | None = None,
+        waiting: bool | None = None,
+        prefix: str = "",
+        after: str = "",
+        limit: int | None = None,
+    ) -> list[NodeAt]:
+        """``cluster``'s live nodes at ``at`` by name, filtered and paged as ``nodes`` does."""
+        ...
+
+    async def node_at(self, cluster: str, name: str, at: int) -> NodeAt | None:
+        """One node at ``at``, or None (unknown, deleted, or not there yet)."""
+        ...
+
+    async def cluster_decisions(
+        self, cluster: str, start: int, upto: int, limit: int
+    ) -> list[CommittedDecision]:
+        """The decisions about ``cluster`` with ``start <= offset <= upto``, by offset."""
+        ...
+
+    async def cluster_rejections(
+        self, cluster: str, start: int, upto: int, limit: int
+    ) -> list[Rejection]:
+        """The rejected records naming ``cluster`` (their decision's cluster) with ``start <=
+        offset <= upto``, by offset."""
         ...
 
     async def close(self) -> None:

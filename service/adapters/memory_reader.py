@@ -308,6 +308,176 @@ class MemoryProjectionReader:
             )
         return result
 
+    # --- as of a log offset ----------------------------------------------------------------------
+
+    async def cluster_partitions(self) -> dict[str, int]:
+        """Every cluster's name and partition."""
+        self._check_open()
+        return {name: row.partition for name, row in self.tables.clusters.items()}
+
+    async def applied_offset(
+        self, partition: int, *, at_time: datetime.datetime | None = None
+    ) -> int | None:
+        """The last applied offset of ``partition``, or the last one at or before ``at_time``."""
+        self._check_open()
+        if at_time is None:
+            row = self.tables.offsets.get(partition)
+            return None if row is None or row.next_offset < 1 else row.next_offset - 1
+        found = [
+            row.offset
+            for row in self.tables.decisions.get(partition, [])
+            if (row.event_time or row.log_time or row.applied_at) <= at_time
+        ]
+        return max(found) if found else None
+
+    async def cluster_at(self, cluster: str, at: int) -> ports.ClusterAt | None:
+        """``cluster`` with its pool, pool use and node counts right after offset ``at``."""
+        self._check_open()
+        pools = [row for row in self.tables.cluster_history.get(cluster, []) if row.offset <= at]
+        if not pools:
+            return None
+        pool = max(pools, key=lambda row: row.offset)
+        nodes = self._nodes_at(cluster, at)
+        counts = self._pod_ip_counts_at(cluster, at)
+        cidrs = [
+            (cidr, counts.get(node.name, (0, 0))[1 if ":" in cidr else 0])
+            for node in nodes
+            for cidr in node.pod_cidrs
+        ]
+        return ports.ClusterAt(
+            name=cluster,
+            partition=pool.partition,
+            offset=at,
+            pool_offset=pool.offset,
+            ipv4_mask=pool.ipv4_mask,
+            ipv6_mask=pool.ipv6_mask,
+            elements=pool_use.element_use(
+                ipv4_cidrs=pool.ipv4_cidrs,
+                ipv4_mask=pool.ipv4_mask,
+                ipv6_cidrs=pool.ipv6_cidrs,
+                ipv6_mask=pool.ipv6_mask,
+                node_cidrs=cidrs,
+            ),
+            nodes=len(nodes),
+            nodes_with_cidrs=sum(1 for node in nodes if node.pod_cidrs),
+            nodes_waiting=sum(1 for node in nodes if node.waiting),
+            nodes_in_error=sum(1 for node in nodes if node.error is not None),
+            nodes_in_conflict=sum(1 for node in nodes if node.conflict is not None),
+        )
+
+    async def nodes_at(
+        self,
+        cluster: str,
+        at: int,
+        *,
+        error: bool | None = None,
+        conflict: bool | None = None,
+        waiting: bool | None = None,
+        prefix: str = "",
+        after: str = "",
+        limit: int | None = None,
+    ) -> list[ports.NodeAt]:
+        """``cluster``'s live nodes right after offset ``at``, by name, filtered and paged."""
+        self._check_open()
+        rows = [
+            row
+            for row in self._nodes_at(cluster, at)
+            if _bytewise(row.name) > _bytewise(after)
+            and row.name.startswith(prefix)
+            and (error is None or (row.error is not None) == error)
+            and (conflict is None or (row.conflict is not None) == conflict)
+            and (waiting is None or row.waiting == waiting)
+        ]
+        if limit is not None:
+            rows = rows[: max(limit, 0)]
+        counts = self._pod_ip_counts_at(cluster, at)
+        return [self._node_at(row, counts.get(row.name, (0, 0))) for row in rows]
+
+    async def node_at(self, cluster: str, name: str, at: int) -> ports.NodeAt | None:
+        """One node right after offset ``at``, or None."""
+        self._check_open()
+        rows = [
+            row
+            for row in self.tables.node_history.get(cluster, [])
+            if row.name == name and row.offset <= at
+        ]
+        if not rows:
+            return None
+        row = max(rows, key=lambda row: row.offset)
+        if row.deleted:
+            return None
+        return self._node_at(row, self._pod_ip_counts_at(cluster, at).get(name, (0, 0)))
+
+    def _nodes_at(self, cluster: str, at: int) -> list[memory_rows.NodeHistoryRow]:
+        latest: dict[str, memory_rows.NodeHistoryRow] = {}
+        for row in self.tables.node_history.get(cluster, []):
+            if row.offset <= at and (
+                row.name not in latest or latest[row.name].offset < row.offset
+            ):
+                latest[row.name] = row
+        return sorted(
+            (row for row in latest.values() if not row.deleted),
+            key=lambda row: _bytewise(row.name),
+        )
+
+    def _pod_ip_counts_at(self, cluster: str, at: int) -> dict[str, tuple[int, int]]:
+        counts: dict[str, list[int]] = {}
+        for holding in self._holdings(cluster, lambda _family, _value, _owner: True):
+            if holding.from_offset <= at and (holding.to_offset is None or holding.to_offset > at):
+                count = counts.setdefault(holding.node, [0, 0])
+                count[0 if holding.address.version == IPV4 else 1] += 1
+        return {node: (v4, v6) for node, (v4, v6) in counts.items()}
+
+    def _node_at(self, row: memory_rows.NodeHistoryRow, pod_ips: tuple[int, int]) -> ports.NodeAt:
+        return ports.NodeAt(
+            cluster=row.cluster,
+            name=row.name,
+            pod_cidrs=tuple(ipaddress.ip_network(cidr) for cidr in row.pod_cidrs),
+            error=row.error,
+            conflict=row.conflict,
+            addresses=tuple(ipaddress.ip_address(address) for address in row.addresses),
+            waiting=row.waiting,
+            pinned=row.pinned,
+            ipv4_pod_ips=pod_ips[0],
+            ipv6_pod_ips=pod_ips[1],
+            changed_offset=row.offset,
+            changed_time=row.time,
+            changed_event_id=self._event_id(row.partition, row.offset),
+        )
+
+    async def cluster_decisions(
+        self, cluster: str, start: int, upto: int, limit: int
+    ) -> list[ports.CommittedDecision]:
+        """Decisions about ``cluster`` on its partition with ``start <= offset <= upto``."""
+        self._check_open()
+        home = self.tables.clusters.get(cluster)
+        if home is None:
+            return []
+        found = [
+            decision
+            for decision in await self.decisions(home.partition, start)
+            if decision.offset <= upto and decision.cluster == cluster
+        ]
+        return found[: max(limit, 0)]
+
+    async def cluster_rejections(
+        self, cluster: str, start: int, upto: int, limit: int
+    ) -> list[ports.Rejection]:
+        """Rejected records naming ``cluster`` on its partition, ``start <= offset <= upto``."""
+        self._check_open()
+        home = self.tables.clusters.get(cluster)
+        if home is None:
+            return []
+        decisions = self.tables.decisions.get(home.partition, [])
+        found = [
+            rejection
+            for rejection in await self.rejections(home.partition, start)
+            if rejection.offset <= upto
+            and (decided := _at_offset(decisions, rejection.offset)) is not None
+            and decided.cluster == cluster
+        ]
+        return found[: max(limit, 0)]
+
     async def close(self) -> None:
         """Refuse further use; the tables stay."""
         self._closed = True
@@ -335,6 +505,11 @@ def _node_view(row: memory_rows.NodeRow, pod_ips: tuple[int, int]) -> ports.Node
         version=row.version,
         updated_at=row.updated_at,
     )
+
+
+def _bytewise(text: str) -> bytes:
+    # PostgreSQL's C collation: UTF-8 bytes, which orders like code points.
+    return text.encode("utf-8", "surrogatepass")
 
 
 def _address(family: int, value: int) -> ports.Address:

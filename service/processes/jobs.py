@@ -18,8 +18,10 @@ APPEND_CHUNK = 1000
 
 
 async def init(settings: Settings) -> None:
-    """Create or upgrade the database schema and, with Kafka, the topics."""
+    """Create or upgrade the database schema, the query API's read-only role and, with Kafka,
+    the topics."""
     await bootstrap.migrate_database(settings)
+    await bootstrap.ensure_api_role(settings)
     await bootstrap.ensure_topics(settings)
 
 

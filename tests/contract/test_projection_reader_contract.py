@@ -481,3 +481,73 @@ async def test_sync_progress_of_every_node_tombstones_included(world: World) -> 
     assert (after[second].synced_version, after[second].error) == (0, "the API server said no")
     assert after[second].mirrored is (world.versions["east", second] == 0)
     assert await world.reader.sync_progress("nowhere") == []
+
+
+async def test_as_of_an_offset_is_simulate_over_the_prefix(world: World) -> None:
+    """The history readers (``cluster_at``, ``nodes_at``, ``node_at``) at offsets inside and at
+    the ends of batches answer as ``simulate`` over the records up to that offset."""
+    reader = world.reader
+    last = len(world.log) - 1
+    assert await reader.applied_offset(0) == last
+    assert await reader.applied_offset(7) is None
+    assert await reader.cluster_partitions() == {"default": 0, "east": 0}
+    for at in (OFFSET["n"], BATCH - 1, BATCH, 100, 250, last):
+        oracle, _ = simulate(world.log[: at + 1])
+        for name, cluster in sorted(oracle.clusters.items()):
+            view = await reader.cluster_at(name, at)
+            assert view is not None
+            assert (view.name, view.partition, view.offset) == (name, 0, at)
+            assert [(e.cidr, e.total, e.used) for e in view.elements] == [
+                (e.network, e.slots.capacity, e.slots.used)
+                for family in (IPV4, IPV6)
+                for e in cluster.pools[family].elements
+            ]
+            assert view.nodes == len(cluster.nodes)
+            assert view.nodes_waiting == len(cluster.waiting)
+            assert view.nodes_in_error == sum(1 for n in cluster.nodes.values() if n.error)
+            nodes = await reader.nodes_at(name, at)
+            assert [n.name for n in nodes] == sorted(cluster.nodes, key=str.encode)
+            for view_at in nodes:
+                node = cluster.nodes[view_at.name]
+                held = {f: len(r.owner_of) for f, r in node.ranges.items()}
+                assert tuple(str(c) for c in view_at.pod_cidrs) == tuple(node.pod_cidr_texts())
+                assert (view_at.error, view_at.conflict, view_at.pinned) == (
+                    node.error,
+                    node.conflict,
+                    node.pinned,
+                )
+                assert view_at.waiting is (view_at.name in cluster.waiting)
+                assert (view_at.ipv4_pod_ips, view_at.ipv6_pod_ips) == (
+                    held.get(IPV4, 0),
+                    held.get(IPV6, 0),
+                )
+                assert view_at.changed_offset <= at
+            if nodes:
+                assert await reader.node_at(name, nodes[0].name, at) == nodes[0]
+                assert await reader.nodes_at(name, at, after=nodes[0].name, limit=1) == nodes[1:2]
+    # "east" begins after the story; nobody is a node before being added.
+    assert await reader.cluster_at("east", OFFSET["e"]) is None
+    assert await reader.node_at("default", "w1", OFFSET["p"]) is None
+    w1 = await reader.node_at("default", "w1", last)
+    assert w1 is not None and (w1.changed_offset, w1.changed_event_id) == (OFFSET["n"], "n")
+    at_eleven = await reader.applied_offset(0, at_time=_at("2026-11-17T11:00:00Z"))
+    assert at_eleven == OFFSET["a"]
+    assert await reader.applied_offset(0, at_time=_at("2026-11-16T00:00:00Z")) is None
+
+
+async def test_a_clusters_decisions_and_rejections_up_to_an_offset(world: World) -> None:
+    reader = world.reader
+    decisions = await reader.cluster_decisions("east", 0, 200, 1000)
+    assert decisions
+    assert all(d.cluster == "east" and d.offset <= 200 for d in decisions)
+    assert [d.offset for d in decisions] == sorted(d.offset for d in decisions)
+    expected = [d for d in await reader.decisions(0) if d.cluster == "east" and d.offset <= 200]
+    assert decisions == expected
+    assert await reader.cluster_decisions("east", 0, 200, 3) == expected[:3]
+    rejections = await reader.cluster_rejections("east", 0, len(world.log), 1000)
+    by_offset = {d.offset: d for d in await reader.decisions(0)}
+    assert rejections == [
+        r for r in await reader.rejections(0) if by_offset[r.offset].cluster == "east"
+    ]
+    assert rejections
+    assert await reader.cluster_decisions("nowhere", 0, 10, 10) == []

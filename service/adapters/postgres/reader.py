@@ -62,10 +62,16 @@ class PostgresProjectionReader:
         self._owns_engine = owns_engine
 
     @classmethod
-    def from_dsn(cls, dsn: str, *, pool_size: int = 2) -> PostgresProjectionReader:
-        """A reader with an engine of its own whose sessions are read-only."""
+    def from_dsn(
+        cls, dsn: str, *, pool_size: int = 2, statement_timeout_ms: int | None = None
+    ) -> PostgresProjectionReader:
+        """A reader with an engine of its own whose sessions are read-only (and whose every
+        statement the server cancels after ``statement_timeout_ms``, when given)."""
+        session = dict(READ_ONLY_SESSION)
+        if statement_timeout_ms is not None:
+            session["statement_timeout"] = str(statement_timeout_ms)
         return cls(
-            driver.engine(dsn, pool_size=pool_size, server_settings=READ_ONLY_SESSION),
+            driver.engine(dsn, pool_size=pool_size, server_settings=session),
             owns_engine=True,
         )
 
@@ -346,6 +352,216 @@ class PostgresProjectionReader:
             )
             for row in rows
         ]
+
+    # --- as of a log offset (node_history, cluster_history, ip_holding) -------------------------
+
+    async def cluster_partitions(self) -> dict[str, int]:
+        """Every cluster's name and partition."""
+        rows = await self._fetch(
+            "reading clusters' partitions", "SELECT name, partition FROM cluster"
+        )
+        return {row["name"]: row["partition"] for row in rows}
+
+    async def applied_offset(
+        self, partition: int, *, at_time: datetime.datetime | None = None
+    ) -> int | None:
+        """The last applied offset of ``partition``, or the last one at or before ``at_time``."""
+        if at_time is None:
+            rows = await self._fetch(
+                "reading the applied offset",
+                "SELECT next_offset - 1 AS at FROM consumer_offset WHERE partition = $1",
+                partition,
+            )
+        else:
+            rows = await self._fetch(
+                "finding the offset of a time",
+                'SELECT max("offset") AS at FROM decision WHERE partition = $1 '
+                "AND coalesce(event_time, log_time, applied_at) <= $2",
+                partition,
+                at_time,
+            )
+        if not rows or rows[0]["at"] is None or rows[0]["at"] < 0:
+            return None
+        return int(rows[0]["at"])
+
+    async def cluster_at(self, cluster: str, at: int) -> ports.ClusterAt | None:
+        """``cluster`` with its pool, pool use and node counts right after offset ``at``."""
+        async with self._read("reading a cluster as of an offset") as db:
+            await db.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            pool = await db.fetchrow(
+                'SELECT "offset", partition, ipv4_cidrs, ipv4_mask, ipv6_cidrs, ipv6_mask '
+                'FROM cluster_history WHERE cluster = $1 AND "offset" <= $2 '
+                'ORDER BY "offset" DESC LIMIT 1',
+                cluster,
+                at,
+            )
+            if pool is None:
+                return None
+            nodes = await db.fetch(
+                f"SELECT n.pod_cidrs, n.error, n.conflict, n.waiting, p.v4, p.v6 "
+                f"FROM ({_NODES_AT}) n {_POD_IP_COUNTS_AT} WHERE NOT n.deleted",
+                cluster,
+                at,
+                "",
+                "",
+            )
+        cidrs = [
+            (cidr, node["v6"] if ":" in cidr else node["v4"])
+            for node in nodes
+            for cidr in node["pod_cidrs"]
+        ]
+        return ports.ClusterAt(
+            name=cluster,
+            partition=pool["partition"],
+            offset=at,
+            pool_offset=pool["offset"],
+            ipv4_mask=pool["ipv4_mask"],
+            ipv6_mask=pool["ipv6_mask"],
+            elements=pool_use.element_use(
+                ipv4_cidrs=pool["ipv4_cidrs"],
+                ipv4_mask=pool["ipv4_mask"],
+                ipv6_cidrs=pool["ipv6_cidrs"],
+                ipv6_mask=pool["ipv6_mask"],
+                node_cidrs=cidrs,
+            ),
+            nodes=len(nodes),
+            nodes_with_cidrs=sum(1 for node in nodes if node["pod_cidrs"]),
+            nodes_waiting=sum(1 for node in nodes if node["waiting"]),
+            nodes_in_error=sum(1 for node in nodes if node["error"] is not None),
+            nodes_in_conflict=sum(1 for node in nodes if node["conflict"] is not None),
+        )
+
+    async def nodes_at(
+        self,
+        cluster: str,
+        at: int,
+        *,
+        error: bool | None = None,
+        conflict: bool | None = None,
+        waiting: bool | None = None,
+        prefix: str = "",
+        after: str = "",
+        limit: int | None = None,
+    ) -> list[ports.NodeAt]:
+        """``cluster``'s live nodes right after offset ``at``, by name, filtered and paged."""
+        rows = await self._fetch(
+            "reading nodes as of an offset",
+            f"SELECT n.*, p.v4, p.v6, d.event_id FROM ({_NODES_AT}) n {_POD_IP_COUNTS_AT} "
+            'LEFT JOIN decision d ON d.partition = n.partition AND d."offset" = n."offset" '
+            "WHERE NOT n.deleted "
+            "AND ($5::bool IS NULL OR (n.error IS NOT NULL) = $5) "
+            "AND ($6::bool IS NULL OR (n.conflict IS NOT NULL) = $6) "
+            "AND ($7::bool IS NULL OR n.waiting = $7) "
+            'ORDER BY n.name COLLATE "C" LIMIT $8',
+            cluster,
+            at,
+            prefix,
+            after,
+            error,
+            conflict,
+            waiting,
+            None if limit is None else max(limit, 0),
+        )
+        return [_node_at(row) for row in rows]
+
+    async def node_at(self, cluster: str, name: str, at: int) -> ports.NodeAt | None:
+        """One node right after offset ``at``, or None."""
+        rows = await self._fetch(
+            "reading a node as of an offset",
+            "SELECT n.*, p.v4, p.v6, d.event_id FROM ("
+            "SELECT * FROM node_history WHERE cluster = $1 AND name = $3 "
+            'AND "offset" <= $2 ORDER BY "offset" DESC LIMIT 1) n '
+            f"{_POD_IP_COUNTS_AT} "
+            'LEFT JOIN decision d ON d.partition = n.partition AND d."offset" = n."offset" '
+            "WHERE NOT n.deleted",
+            cluster,
+            at,
+            name,
+        )
+        return _node_at(rows[0]) if rows else None
+
+    async def cluster_decisions(
+        self, cluster: str, start: int, upto: int, limit: int
+    ) -> list[ports.CommittedDecision]:
+        """Decisions about ``cluster`` on its partition with ``start <= offset <= upto``."""
+        rows = await self._fetch(
+            "reading a cluster's decisions",
+            f"SELECT {_DECISION_COLUMNS} FROM decision WHERE partition = "
+            "(SELECT partition FROM cluster WHERE name = $1) AND cluster = $1 "
+            'AND "offset" >= $2 AND "offset" <= $3 ORDER BY "offset" LIMIT $4',
+            cluster,
+            start,
+            upto,
+            max(limit, 0),
+        )
+        return [_decision(row) for row in rows]
+
+    async def cluster_rejections(
+        self, cluster: str, start: int, upto: int, limit: int
+    ) -> list[ports.Rejection]:
+        """Rejected records naming ``cluster`` on its partition, ``start <= offset <= upto``."""
+        rows = await self._fetch(
+            "reading a cluster's rejections",
+            'SELECT r.partition, r."offset", r.reason, r.key, r.raw, r.rejected_at '
+            'FROM rejection r JOIN decision d ON d.partition = r.partition AND d."offset" = '
+            'r."offset" WHERE r.partition = (SELECT partition FROM cluster WHERE name = $1) '
+            'AND d.cluster = $1 AND r."offset" >= $2 AND r."offset" <= $3 '
+            'ORDER BY r."offset" LIMIT $4',
+            cluster,
+            start,
+            upto,
+            max(limit, 0),
+        )
+        return [_rejection(row) for row in rows]
+
+
+# The latest node_history row of each node of cluster $1 at or before offset $2, names starting
+# with $3 and after $4 (bytewise).
+_NODES_AT = (
+    'SELECT DISTINCT ON (h.name COLLATE "C") h.* FROM node_history h '
+    'WHERE h.cluster = $1 AND h."offset" <= $2 AND starts_with(h.name, $3) '
+    'AND h.name > $4 COLLATE "C" ORDER BY h.name COLLATE "C", h."offset" DESC'
+)
+# Pod addresses held on each node right after offset $2, per family.
+_POD_IP_COUNTS_AT = (
+    "LEFT JOIN LATERAL (SELECT count(*) FILTER (WHERE family(i.address) = 4) AS v4, "
+    "count(*) FILTER (WHERE family(i.address) = 6) AS v6 FROM ip_holding i "
+    "WHERE i.cluster = n.cluster AND i.node = n.name AND i.from_offset <= $2 "
+    "AND (i.to_offset IS NULL OR i.to_offset > $2)) p ON true"
+)
+
+
+def _node_at(row: Any) -> ports.NodeAt:
+    return ports.NodeAt(
+        cluster=row["cluster"],
+        name=row["name"],
+        pod_cidrs=tuple(ipaddress.ip_network(cidr) for cidr in row["pod_cidrs"]),
+        error=row["error"],
+        conflict=row["conflict"],
+        addresses=tuple(ipaddress.ip_address(address) for address in row["addresses"]),
+        waiting=row["waiting"],
+        pinned=row["pinned"],
+        ipv4_pod_ips=row["v4"] or 0,
+        ipv6_pod_ips=row["v6"] or 0,
+        changed_offset=row["offset"],
+        changed_time=row["time"],
+        changed_event_id=row["event_id"],
+    )
+
+
+def _decision(row: Any) -> ports.CommittedDecision:
+    return ports.CommittedDecision(
+        partition=row["partition"],
+        offset=row["offset"],
+        cluster=row["cluster"],
+        event_id=row["event_id"],
+        type=row["type"],
+        error=row["error"],
+        body=bytes(row["body"]),
+        event_time=row["event_time"],
+        log_time=row["log_time"],
+        applied_at=row["applied_at"],
+    )
 
 
 def _node_view(row: Any) -> ports.NodeView:

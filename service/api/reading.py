@@ -1,0 +1,163 @@
+"""How the query API reads a request: names and addresses, ``as_of``, cursors, the basis, ETags.
+
+Used by ``service.api.routes``. Names are checked as the event contract checks them (the
+annotated types of ``service.domain.events``), addresses parsed by ``service.domain.addresses``
+(Go's netip rules, what the allocator accepts), so the API answers about exactly the names and
+addresses a record could have carried. A refused value is ``errors.QueryInvalidError`` naming the
+parameter. No I/O but the read port's ``applied_offset``.
+
+**The basis.** Every answer is the projection as it stood right after one record of the
+cluster's partition, its basis: the last applied record, or the one ``as_of`` names (a log
+offset: that record, or the last applied one if the log has not got that far; an RFC 3339 time:
+the last record whose time, the event's else the log's, is at or before it). A cursor carries
+the basis of the page that made it, so the pages of one listing all come from one basis even
+while the allocator goes on. Because history is insert-only, the answer for a path, a query and a
+basis never changes: the ETag is a hash of the three, checked before any query runs.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime
+import hashlib
+import ipaddress
+import json
+import re
+from typing import Any
+
+import msgspec
+
+from service import errors, ports
+from service.domain import addresses, events
+
+# Part of every ETag: a new version of the bodies' format must not match an old tag.
+BODY_VERSION = "1"
+_OFFSET = re.compile(r"[0-9]{1,19}")
+_ClusterName = msgspec.json.Decoder(events.ClusterName)
+_NodeName = msgspec.json.Decoder(events.NodeName)
+_Owner = msgspec.json.Decoder(events.Owner)
+
+
+def _checked(decoder: msgspec.json.Decoder[str], what: str, value: str) -> str:
+    try:
+        return decoder.decode(json.dumps(value))
+    except msgspec.ValidationError as exc:
+        raise errors.QueryInvalidError(f"{what} {value!r} is not valid: {exc}") from None
+
+
+def cluster_name(value: str) -> str:
+    """A cluster name as the contract allows it (a DNS-1123 label)."""
+    return _checked(_ClusterName, "cluster", value)
+
+
+def node_name(value: str) -> str:
+    """A node name as the contract allows it (a DNS-1123 subdomain)."""
+    return _checked(_NodeName, "node", value)
+
+
+def owner_name(value: str) -> str:
+    """An owner as the contract allows it (1-512 characters, no control character)."""
+    return _checked(_Owner, "owner", value)
+
+
+def address(value: str) -> ports.Address:
+    """A pod address, read as the allocator reads one."""
+    try:
+        return addresses.parse_address(value)
+    except ValueError as exc:
+        raise errors.QueryInvalidError(f"ip {value!r} is not an address: {exc}") from None
+
+
+def as_of(value: str | None) -> int | datetime.datetime | None:
+    """``as_of``: a log offset (digits), an RFC 3339 time, or None (now)."""
+    if value is None:
+        return None
+    if _OFFSET.fullmatch(value):
+        return int(value)
+    try:
+        time = msgspec.json.decode(json.dumps(value), type=events.EventTime)
+        moment = datetime.datetime.fromisoformat(time)
+    except (msgspec.ValidationError, ValueError):
+        raise errors.QueryInvalidError(
+            f"as_of {value!r} is neither a log offset (digits) nor an RFC 3339 time "
+            "(2026-11-17T10:00:00Z)"
+        ) from None
+    return moment
+
+
+async def basis(
+    reader: ports.ProjectionReader,
+    cluster: str,
+    partition: int,
+    wanted: int | datetime.datetime | None,
+) -> int:
+    """The offset the answer reflects (see the module's docstring); 404 if there is none."""
+    now = await reader.applied_offset(partition)
+    if now is None:
+        raise errors.QueryNotFoundError(f"no record of partition {partition} is applied yet")
+    if wanted is None:
+        return now
+    if isinstance(wanted, int):
+        return min(wanted, now)
+    found = await reader.applied_offset(partition, at_time=wanted)
+    if found is None:
+        raise errors.QueryNotFoundError(
+            f"cluster {cluster}: no record at or before {rfc3339(wanted)}"
+        )
+    return min(found, now)
+
+
+class Cursor(msgspec.Struct, frozen=True, array_like=True):
+    """Where the next page starts (after ``key``), and the basis it is read at."""
+
+    key: str | int
+    basis: int
+
+
+_cursor_decoder = msgspec.json.Decoder(Cursor)
+
+
+def cursor(key: str | int, at: int) -> str:
+    """The opaque ``next`` of a page."""
+    return base64.urlsafe_b64encode(msgspec.json.encode(Cursor(key, at))).decode().rstrip("=")
+
+
+def read_cursor(value: str | None) -> Cursor | None:
+    """``after``, as a ``next`` of this API made it; 400 for anything else."""
+    if value is None or value == "":
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+        return _cursor_decoder.decode(raw)
+    except (binascii.Error, ValueError, msgspec.DecodeError):
+        raise errors.QueryInvalidError(
+            f"after {value!r} is not a cursor: pass the `next` of the previous page"
+        ) from None
+
+
+def etag(path: str, query: str, bases: list[tuple[int, int]]) -> str:
+    """The strong ETag of an answer: a hash of what determines it."""
+    digest = hashlib.sha256(
+        json.dumps([BODY_VERSION, path, query, sorted(bases)]).encode()
+    ).hexdigest()
+    return f'"{digest[:32]}"'
+
+
+def matches(if_none_match: str | None, tag: str) -> bool:
+    """Whether ``If-None-Match`` names ``tag`` (or ``*``)."""
+    if not if_none_match:
+        return False
+    candidates = {part.strip().removeprefix("W/") for part in if_none_match.split(",")}
+    return "*" in candidates or tag in candidates
+
+
+def rfc3339(moment: datetime.datetime) -> str:
+    """A time on the wire: RFC 3339 in UTC with microseconds, as stored."""
+    return moment.astimezone(datetime.UTC).isoformat().replace("+00:00", "Z")
+
+
+def network(text: Any) -> str:
+    """A CIDR's one text (``addresses.format_network``)."""
+    value = text if not isinstance(text, str) else ipaddress.ip_network(text)
+    return addresses.format_network(value)

@@ -1,0 +1,128 @@
+"""``ipledger api``: the read-only query API, served by uvicorn until SIGINT or SIGTERM.
+
+Called by ``service.cli`` (``cmd_api``) and by whatever runs it in its own process tree (``make
+run``): ``run(settings)`` is the whole process. In order: refuse a database role that can write
+(``bootstrap.check_api_role``), open the read side as that role with a statement timeout on every
+query (``bootstrap.open_api_reader``) and the log for its end offsets (readiness), build the
+application (``service.api``), bind ``IPLEDGER_API_ADDRESS`` (default 127.0.0.1:8080), serve,
+and close everything on the way out. uvicorn bounds the request line and headers
+(``MAX_HEADER_BYTES``) and the number of connections; the application bounds the query string.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import socket
+from collections.abc import Callable
+
+import anyio
+import uvicorn
+
+from service import api, bootstrap, errors, ports
+from service.processes import signals
+from service.settings import Settings
+
+log = logging.getLogger("ipledger.api")
+# The request line and all headers together, at most (h11's incomplete-event limit): a larger
+# request is refused before the application sees it.
+MAX_HEADER_BYTES = 8192
+MAX_CONNECTIONS = 1000
+# Called with the host and the port once the API listens.
+Ready = Callable[[str, int], None]
+
+
+def bind(settings: Settings) -> tuple[str, int]:
+    """``IPLEDGER_API_ADDRESS`` as (host, port); ``[::1]:8080`` spells an IPv6 host."""
+    host, _, port = settings.api_address.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+async def run(
+    settings: Settings, *, ready: Ready | None = None, stop: anyio.Event | None = None
+) -> None:
+    """Serve the query API until SIGINT or SIGTERM, or until ``stop`` is set.
+
+    ``ready(host, port)`` is called once it listens (the port the system chose for port 0). A
+    role that can write, or an address that cannot be bound, raises ``ConfigurationError``
+    before anything is served.
+    """
+    await bootstrap.check_api_role(settings)
+    reader = bootstrap.open_api_reader(settings)
+    try:
+        event_log = await bootstrap.open_log_end(settings)
+        try:
+            await serve(settings, reader, event_log, ready=ready, stop=stop)
+        finally:
+            await event_log.close()
+    finally:
+        await reader.close()
+
+
+async def serve(
+    settings: Settings,
+    reader: ports.ProjectionReader,
+    event_log: ports.EventLog,
+    *,
+    ready: Ready | None = None,
+    stop: anyio.Event | None = None,
+) -> None:
+    """Serve ``reader`` on the configured address until a signal or ``stop``."""
+
+    async def log_ends() -> dict[int, int]:
+        return {p: await event_log.end_offset(p) for p in await event_log.partitions()}
+
+    app = api.build_app(
+        reader,
+        api.ApiConfig(
+            forecast_window=datetime.timedelta(seconds=settings.api_forecast_window_s),
+            max_lag=settings.api_max_lag,
+        ),
+        log_ends,
+    )
+    host, port = bind(settings)
+    listening = _listen(host, port)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            http="h11",
+            h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+            limit_concurrency=MAX_CONNECTIONS,
+            lifespan="off",
+            log_config=None,
+            access_log=False,
+            server_header=False,
+        )
+    )
+    stop = stop or anyio.Event()
+    bound = listening.getsockname()[1]
+    try:
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(signals.stop_on_signal, stop)
+            tasks.start_soon(_until, stop, server)
+            log.info("query API on http://%s:%d/ (docs: /docs)", host, bound)
+            if ready is not None:
+                ready(host, bound)
+            # Not server.serve(): it installs uvicorn's own signal handlers over the process's
+            # (signals.stop_on_signal) and raises the signals again when it ends.
+            await server._serve(sockets=[listening])
+            tasks.cancel_scope.cancel()
+    finally:
+        listening.close()
+
+
+async def _until(stop: anyio.Event, server: uvicorn.Server) -> None:
+    await stop.wait()
+    server.should_exit = True
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        listening = socket.create_server((host, port), family=family, backlog=2048)
+    except OSError as exc:
+        raise errors.ConfigurationError(
+            f"cannot serve the API on {host}:{port}: {exc.strerror or exc}"
+        ) from exc
+    listening.setblocking(False)
+    return listening
