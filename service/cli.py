@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import datetime
 import json
 import logging
@@ -90,6 +89,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 # The ``Settings`` fields each command's flags may set (``service_options``, ``kube_options``).
 _SERVICE_FLAGS = ("database_url", "log", "kafka_bootstrap", "partitions")
+_API_FLAGS = ("api_address",)
 _KUBE_FLAGS = (
     "kubeconfig",
     "kube_context",
@@ -886,10 +886,7 @@ def cmd_api(args: argparse.Namespace) -> int:
     """Serve the read-only query API until SIGINT or SIGTERM."""
     from service.processes import api as api_process
 
-    settings = _settings(args)
-    if args.address is not None:
-        settings = dataclasses.replace(settings, api_address=args.address)
-        settings.validate()
+    settings = _effective(args, (*_SERVICE_FLAGS, *_API_FLAGS)).settings
     _run_async(lambda: api_process.run(settings))
     return 0
 
@@ -910,7 +907,9 @@ def add_api_commands(
     service_options(serve)
     serve.add_argument(
         "--address",
-        help="host:port to listen on (env IPLEDGER_API_ADDRESS, default 127.0.0.1:8080)",
+        dest="api_address",
+        metavar="HOST:PORT",
+        help="where to listen (env IPLEDGER_API_ADDRESS, default 127.0.0.1:8080)",
     )
     serve.set_defaults(func=cmd_api)
 

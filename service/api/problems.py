@@ -62,11 +62,16 @@ def problem(
 def _validation(request: Request[Any, Any, Any], exc: ValidationException) -> Response[bytes]:
     extra = exc.extra if isinstance(exc.extra, list) else []
     reasons = [
-        f"{item.get('source', 'parameter')} parameter {item.get('key')!r}: {item.get('message')}"
+        f"{_source(item.get('source'))} parameter {item.get('key')!r}: {item.get('message')}"
         for item in extra
         if isinstance(item, dict)
     ]
     return problem(request, 400, "; ".join(reasons) or "the request is not valid")
+
+
+def _source(source: object) -> str:
+    # Litestar names it with its ParamType enum ("path", "query").
+    return str(getattr(source, "value", source) or "request")
 
 
 def _http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:

@@ -318,7 +318,7 @@ def _flags() -> dict[str, set[str]]:
     """Every option string of every sub-command, by the Settings field it sets through
     ``configuration.load`` (the flags the CLI layers over the environment)."""
     found: dict[str, set[str]] = {}
-    fields = {*cli._SERVICE_FLAGS, *cli._KUBE_FLAGS}
+    fields = {*cli._SERVICE_FLAGS, *cli._KUBE_FLAGS, *cli._API_FLAGS}
     commands = next(
         action
         for action in cli.build_parser()._actions
