@@ -23,7 +23,7 @@ import anyio
 from rich.console import Console
 from rich.table import Table
 
-from service import bootstrap, errors, ports
+from service import bootstrap, errors, forecast, ports
 from service.settings import Settings
 
 VERSION = 1
@@ -37,6 +37,9 @@ class ClusterStatus:
     first ``limit`` named)."""
 
     view: ports.ClusterView
+    # Per element of ``view.elements``: when it runs out at the recent rate (None: no window).
+    forecasts: tuple[forecast.Forecast | None, ...]
+    window: datetime.timedelta | None
     waiting: int
     waiting_nodes: tuple[ports.NodeView, ...]
     in_error: int
@@ -82,10 +85,13 @@ async def gather(
     cluster: str | None = None,
     limit: int = 10,
     rejections: int = 5,
+    window: datetime.timedelta | None = None,
 ) -> Status:
     """Read the status (of one ``cluster``, or all); ``limit`` nodes named per list, the last
-    ``rejections`` rejected records per partition. An unknown ``cluster`` is a
-    ``ConfigurationError`` saying how to list the known ones.
+    ``rejections`` rejected records per partition; with ``window``, each element's exhaustion
+    forecast at the net allocation rate of that recent window, computed as the query API
+    computes it (``service.forecast``; the window is the API's ``forecast_window_s``). An
+    unknown ``cluster`` is a ``ConfigurationError`` saying how to list the known ones.
     """
     views = await reader.clusters()
     if cluster is not None:
@@ -100,9 +106,14 @@ async def gather(
         waiting = await reader.nodes(view.name, waiting=True)
         failed = await reader.nodes(view.name, error=True)
         conflicts = await reader.nodes(view.name, conflict=True)
+        outlooks: tuple[forecast.Forecast | None, ...] = (None,) * len(view.elements)
+        if window is not None:
+            outlooks = await _forecasts(reader, view, window)
         clusters.append(
             ClusterStatus(
                 view=view,
+                forecasts=outlooks,
+                window=window,
                 waiting=len(waiting),
                 waiting_nodes=tuple(waiting[:limit]),
                 in_error=len(failed),
@@ -142,13 +153,53 @@ async def sources(
     """The read side and the log the settings name, closed again afterwards."""
     reader = bootstrap.open_reader(settings)
     try:
-        event_log = await bootstrap.open_log(settings)
+        # In no consumer group (a Kafka log): status reads end offsets, it is no consumer.
+        event_log = await bootstrap.open_replay_log(settings)
         try:
             yield reader, event_log
         finally:
             await event_log.close()
     finally:
         await reader.close()
+
+
+async def _forecasts(
+    reader: ports.ProjectionReader, view: ports.ClusterView, window: datetime.timedelta
+) -> tuple[forecast.Forecast | None, ...]:
+    """Each element's forecast: its use now against its use ``window`` before the cluster's
+    partition's last applied record (from its time, not the clock: a quiet log is not a
+    shrinking pool), or since the cluster began when it is younger than the window."""
+    last = await reader.applied_offset(view.partition)
+    if last is None:
+        return (None,) * len(view.elements)
+    decided = await reader.decisions(view.partition, last, 1)
+    if not decided:
+        return (None,) * len(view.elements)
+    end = _decided_at(decided[0])
+    start = await reader.applied_offset(view.partition, at_time=end - window)
+    then = None if start is None else await reader.cluster_at(view.name, start)
+    elapsed = window
+    used_then: dict[ports.Network, int] = {}
+    if then is None:
+        first = await reader.cluster_decisions(view.name, 0, last, 1)
+        began = _decided_at(first[0]) if first else end
+        elapsed = min(window, max(end - began, datetime.timedelta(0)))
+    else:
+        used_then = {element.cidr: element.used for element in then.elements}
+    return tuple(
+        forecast.forecast(
+            used_then=used_then.get(element.cidr, 0),
+            used_now=element.used,
+            free_now=element.free,
+            elapsed=elapsed,
+            now=end,
+        )
+        for element in view.elements
+    )
+
+
+def _decided_at(decision: ports.CommittedDecision) -> datetime.datetime:
+    return decision.event_time or decision.log_time or decision.applied_at
 
 
 async def read(settings: Settings, *, cluster: str | None, limit: int, rejections: int) -> Status:
@@ -161,6 +212,7 @@ async def read(settings: Settings, *, cluster: str | None, limit: int, rejection
             cluster=cluster,
             limit=limit,
             rejections=rejections,
+            window=datetime.timedelta(seconds=settings.api_forecast_window_s),
         )
 
 
@@ -197,8 +249,9 @@ def _cluster_json(cluster: ClusterStatus) -> dict[str, object]:
                     "used_percent": _percent(element.used, element.total),
                 },
                 "pod_addresses": {"used": element.pod_ips, "capacity": element.pod_ip_capacity},
+                "forecast": _forecast_json(outlook, cluster.window),
             }
-            for element in view.elements
+            for element, outlook in zip(view.elements, cluster.forecasts, strict=True)
         ],
         "waiting": {
             "count": cluster.waiting,
@@ -212,6 +265,20 @@ def _cluster_json(cluster: ClusterStatus) -> dict[str, object]:
             "count": cluster.in_conflict,
             "nodes": [{"name": n.name, "conflict": n.conflict} for n in cluster.conflict_nodes],
         },
+    }
+
+
+def _forecast_json(
+    outlook: forecast.Forecast | None, window: datetime.timedelta | None
+) -> dict[str, object] | None:
+    """The query API's ``forecast`` of a pool element, field for field (docs/api.md)."""
+    if outlook is None or window is None:
+        return None
+    return {
+        "window_seconds": window.total_seconds(),
+        "node_cidrs_per_day": outlook.rate_per_s * 86_400,
+        "seconds_left": outlook.seconds_left,
+        "exhausts_at": None if outlook.exhausted_at is None else _time(outlook.exhausted_at),
     }
 
 
@@ -278,11 +345,12 @@ def render(status: Status, console: Console) -> None:
             f"{cluster.in_error} in error, {cluster.in_conflict} in conflict"
         )
         pools = Table(box=None, pad_edge=False, header_style="bold")
-        for heading in ("CIDR", "mask", "node CIDRs used / total", "free", "used", "pod IPs"):
-            pools.add_column(heading, justify="left" if heading == "CIDR" else "right")
+        headings = ("CIDR", "mask", "node CIDRs used / total", "free", "used", "pod IPs")
+        for heading in (*headings, "runs out"):
+            pools.add_column(heading, justify="right" if heading in headings[1:] else "left")
         if not view.elements:
             console.print("  no pool configured: append a pool.configured event")
-        for element in view.elements:
+        for element, outlook in zip(view.elements, cluster.forecasts, strict=True):
             pools.add_row(
                 str(element.cidr),
                 f"/{element.mask}",
@@ -290,6 +358,7 @@ def render(status: Status, console: Console) -> None:
                 f"{element.free:,}",
                 f"{_percent(element.used, element.total):.1f}%",
                 f"{element.pod_ips:,} / {element.pod_ip_capacity:,}",
+                _runs_out(outlook),
             )
         if view.elements:
             console.print(pools)
@@ -321,6 +390,26 @@ def render(status: Status, console: Console) -> None:
                     markup=False,
                     highlight=False,
                 )
+
+
+def _runs_out(outlook: forecast.Forecast | None) -> str:
+    """When the element runs out at the recent rate: ``now``, ``in 3.2 days (2026-12-06)``,
+    ``not growing``; ``—`` without a forecast."""
+    if outlook is None:
+        return "—"
+    left = outlook.seconds_left
+    if left is None:
+        return "not growing"
+    if left == 0:
+        return "now"
+    if left < 3600:
+        text = f"in {left / 60:.0f} min"
+    elif left < 2 * 86_400:
+        text = f"in {left / 3600:.1f} h"
+    else:
+        text = f"in {left / 86_400:,.1f} days"
+    at = outlook.exhausted_at
+    return text if at is None else f"{text} ({at:%Y-%m-%d})"
 
 
 def _names(
@@ -370,6 +459,7 @@ async def watch(
                     cluster=cluster,
                     limit=limit,
                     rejections=rejections,
+                    window=datetime.timedelta(seconds=settings.api_forecast_window_s),
                 )
             )
             await anyio.sleep(every_s)

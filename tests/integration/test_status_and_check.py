@@ -28,7 +28,7 @@ import anyio
 import anyio.to_thread
 import pytest
 
-from service import allocator, cli
+from service import allocator, cli, configuration
 from service.adapters.kubernetes.client import KubernetesClusterClient
 from service.adapters.postgres import projection as pg_projection
 from service.adapters.postgres import table_log
@@ -77,6 +77,23 @@ STORY = [
     _event("node.added", "east-1", cluster="east", node="e1"),
 ]
 MALFORMED_OFFSET = 9
+
+
+def _hourly(values: list[bytes]) -> list[bytes]:
+    """The story one event an hour from 2026-11-20T00:00Z (its n-th record at n o'clock), so
+    that the forecast's window has a length; the malformed record has no time of its own."""
+    timed = []
+    for hour, value in enumerate(values):
+        try:
+            body = json.loads(value)
+        except ValueError:
+            timed.append(value)
+            continue
+        timed.append(json.dumps({**body, "time": f"2026-11-20T{hour:02d}:00:00Z"}).encode())
+    return timed
+
+
+STORY = _hourly(STORY)
 FULL = "allocator full"
 REFUSED = "requested CIDR (10.0.0.0/24) is already allocated"
 
@@ -119,9 +136,11 @@ class Ledger:
 
 @pytest.fixture
 async def ledger(pg_dsn: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Ledger]:
-    for name in [name for name in os.environ if name.startswith("IPLEDGER_")]:
-        if name != "IPLEDGER_CACHE":
-            monkeypatch.delenv(name)
+    # The commands read settings from the environment: none of the caller's may leak in (the
+    # harness's own variables, IPLEDGER_CACHE and the like, are not settings and stay).
+    for option in configuration.OPTIONS:
+        monkeypatch.delenv(option.env, raising=False)
+    monkeypatch.delenv(configuration.CONFIG_VARIABLE, raising=False)
     monkeypatch.setenv("COLUMNS", "160")  # rich draws for a terminal this wide
     ledger = Ledger(pg_dsn)
     try:
@@ -174,6 +193,14 @@ async def test_status_json_reports_pools_nodes_lag_writer_and_rejections(
             "node_cidrs": {"total": 2, "used": 2, "free": 0, "used_percent": 100.0},
             # alpha's two pods and bravo's one, in two /24s of 254 addresses each.
             "pod_addresses": {"used": 3, "capacity": 508},
+            # Two blocks in the 11 hours since the pool came (younger than the day's window):
+            # none left, so it runs out at the last record's time.
+            "forecast": {
+                "window_seconds": 86_400.0,
+                "node_cidrs_per_day": pytest.approx(2 / 11 * 24),
+                "seconds_left": 0.0,
+                "exhausts_at": "2026-11-20T11:00:00Z",
+            },
         }
     ]
     assert default["waiting"] == {"count": 2, "nodes": ["charlie", "echo"]}
@@ -193,6 +220,13 @@ async def test_status_json_reports_pools_nodes_lag_writer_and_rejections(
         "used": 1,
         "free": 255,
         "used_percent": 0.4,
+    }
+    # One block in the hour since east's pool came: 255 more hours.
+    assert east["pool"][0]["forecast"] == {
+        "window_seconds": 86_400.0,
+        "node_cidrs_per_day": pytest.approx(24.0),
+        "seconds_left": pytest.approx(255 * 3600),
+        "exhausts_at": "2026-12-01T02:00:00Z",
     }
     (partition,) = status["partitions"]
     assert partition["partition"] == 0
@@ -236,7 +270,21 @@ async def test_status_text_is_a_table_per_cluster_and_element(
         for line in lines
     )
     (row,) = [line for line in lines if line.lstrip().startswith("10.0.0.0/23")]
-    assert row.split() == ["10.0.0.0/23", "/24", "2", "/", "2", "0", "100.0%", "3", "/", "508"]
+    assert row.split() == [
+        "10.0.0.0/23",
+        "/24",
+        "2",
+        "/",
+        "2",
+        "0",
+        "100.0%",
+        "3",
+        "/",
+        "508",
+        "now",
+    ]
+    (east_row,) = [line for line in lines if line.lstrip().startswith("10.8.0.0/16")]
+    assert east_row.split()[-3:] == ["10.6", "days", "(2026-12-01)"]
     assert "  Waiting for a CIDR: 2" in lines
     assert "    charlie" in lines
     assert "    ... and 1 more (--limit, or --json)" in lines
@@ -268,7 +316,7 @@ async def test_status_of_one_cluster_and_of_an_unknown_one(
 async def test_status_watch_reads_again_until_ctrl_c(
     ledger: Ledger, pg_dsn: str, tmp_path: Path
 ) -> None:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("IPLEDGER_")}
+    env = dict(os.environ)  # the fixture took the settings' variables out
     argv = ["status", "--database-url", pg_dsn, "--json", "--watch", "0.1"]
     with (
         (tmp_path / "stderr").open("wb") as stderr,
