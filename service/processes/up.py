@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib.util
 import logging
 import os
 import random
@@ -117,9 +116,7 @@ def plan(
         if settings.kube_context is not None:
             sync_env["IPLEDGER_KUBE_CONTEXT"] = settings.kube_context
         parts.append(Part("sync", ("sync",), sync_env, reader=True))
-    if with_api and importlib.util.find_spec("service.processes.api") is None:
-        log.warning("this build has no query API (service.processes.api); running without it")
-    elif with_api:
+    if with_api:
         parts.append(Part("api", ("api",), common, reader=True))
     return parts
 

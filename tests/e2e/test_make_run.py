@@ -13,7 +13,6 @@ dir. tests/e2e/test_quick_start.py runs ``make run`` itself from a fresh clone."
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import os
 import shutil
@@ -196,7 +195,6 @@ def test_up_runs_the_whole_product_and_continues(data_dir: Path) -> None:
     }
     for name in ("IPLEDGER_DATABASE_URL", "IPLEDGER_KUBECONFIG", "IPLEDGER_KUBECONFIGS"):
         os.environ.pop(name, None)
-    with_api = importlib.util.find_spec("service.processes.api") is not None
     files = data_dir / "ciliumnodes"
     stream = (EXAMPLES / "helm-default-pool.jsonl").read_bytes()
     first = Running(env, data_dir.parent / "up-1.log", ("up",))
@@ -228,11 +226,12 @@ def test_up_runs_the_whole_product_and_continues(data_dir: Path) -> None:
         for name, node in nodes.items():
             written = assert_valid(files / f"{name}.yaml", schema)
             assert written["spec"]["ipam"]["podCIDRs"] == node["podCIDRs"]
-        if with_api:
-            clusters = get_json(f"http://127.0.0.1:{api_port}/v1/clusters")
-            assert {"default", "lab"} <= {c["name"] for c in clusters["items"]}, clusters
+        clusters = get_json(f"http://127.0.0.1:{api_port}/v1/clusters")
+        assert {"default", "lab"} <= {c["name"] for c in clusters["items"]}, clusters
+        lab_3 = get_json(f"http://127.0.0.1:{api_port}/v1/clusters/lab/nodes/lab-3")
+        assert lab_3["node"]["podCIDRs"] == ["10.20.8.0/24"], lab_3
         parts = children_of(first.process.pid)
-        assert len(parts) >= 3  # the server, the allocator, the sync worker (and the API)
+        assert len(parts) >= 4  # the server, the allocator, the sync worker, the API
         assert first.interrupt() == 0, first.log.read_text(errors="replace")
         assert not [pid for pid in parts if alive(pid)], first.log.read_text(errors="replace")
         assert "Traceback" not in first.log.read_text(errors="replace")
