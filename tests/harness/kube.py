@@ -412,14 +412,17 @@ class KubeAPIServer:
         return path
 
     def audit_events(self, *, user: str | None = None) -> list[dict[str, Any]]:
-        """The audit log's events so far (ResponseComplete and Panic stages), optionally one user's.
+        """The audit log's events so far, optionally only `user`'s.
 
-        The log backend writes each event before the response is sent (blocking mode), so a
-        request that has been answered is in the file.
+        Stages: ResponseComplete (and Panic) for every request, ResponseStarted too for
+        long-running ones such as watches. The log backend writes each event before the
+        response is sent (blocking mode), so a request that has been answered is in the file.
         """
         events = []
         with self.audit_log_path.open() as log:
             for line in log:
+                if not line.endswith("\n"):
+                    break  # being written right now: an event of a request not yet answered
                 if not line.strip():
                     continue
                 event: dict[str, Any] = json.loads(line)
