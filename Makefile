@@ -21,8 +21,10 @@ $(VENV)/.installed: pyproject.toml
 # Real services the integration tests and benchmarks start themselves: Kafka jars from Maven
 # Central; kube-apiserver and etcd built, and Cilium's CiliumNode CRDs taken, from the Go module
 # proxy (compose/kube/build.sh, about six minutes cold); helm and promtool (which tests the alert
-# rules) built from it too. Cached under $(IPLEDGER_CACHE).
+# rules) built from it too. Cached under $(IPLEDGER_CACHE). kcat and docker-compose, which the
+# docs' examples and the compose file are checked with, come from Debian (as root).
 services: setup
+	bash compose/debian-tools.sh
 	bash compose/kafka/fetch.sh
 	bash compose/kube/build.sh
 	bash compose/helm/build.sh

@@ -61,6 +61,18 @@ def cached_tool(*parts: str, build: str, executable: bool = True) -> Path:
     return path
 
 
+def debian_tool(name: str) -> Path:
+    """A tool `make services` installs from Debian's archive (compose/debian-tools.sh, as root);
+    skipped when it is missing, failed under CI=true, where a missing tool must not pass."""
+    path = installed_tool(name)
+    if path is None:
+        reason = f"{name} is not installed: make services (bash compose/debian-tools.sh, as root)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return path
+
+
 def installed_tool(*names: str) -> Path | None:
     """The first of ``names`` on PATH or in the venv running the tests, or None."""
     venv_bin = Path(sys.executable).parent

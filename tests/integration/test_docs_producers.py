@@ -5,10 +5,11 @@ block after each ``<!-- producer: ... -->`` marker), so the doc cannot drift fro
 Each test gives the example a topic of its own with four partitions: the topic name,
 ``kafka:9092`` and ``bin/kafka-console-producer.sh`` are the only words replaced (by the topic,
 the test broker and the console producer's class on the harness's classpath, kafka-tools from
-compose/kafka/pom.xml). kcat (Debian's package) is not installed by the project: without it that
-test is skipped. Then every record on the topic is read back and must be a valid event,
-keyed by its cluster, on that cluster's home partition (``service.domain.partitioning``) -
-which is what the allocator checks before applying anything.
+compose/kafka/pom.xml). kcat is Debian's package, which `make services` installs as root
+(compose/debian-tools.sh): without it that test is skipped, and fails under CI=true. Then
+every record on the topic is read back and must be a valid event, keyed by its cluster, on
+that cluster's home partition (``service.domain.partitioning``) - which is what the allocator
+checks before applying anything.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 import uuid
@@ -28,6 +28,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from service.adapters.kafka import log as kafka_log
 from service.domain import events, partitioning
+from tests import deployment
 from tests.harness import kafka
 from tests.harness.kafka import KafkaBroker
 
@@ -138,9 +139,7 @@ async def test_the_console_producer_example(
 
 
 async def test_the_kcat_example(kafka_broker: KafkaBroker, topic: str, tmp_path: Path) -> None:
-    kcat = shutil.which("kcat")
-    if kcat is None:
-        pytest.skip("kcat is not installed (Debian: apt-get install kcat)")
+    deployment.debian_tool("kcat")  # the script below runs kcat from PATH
     code = example("kcat")
     for word, replacement in (("kafka:9092", kafka_broker.bootstrap), (DOC_TOPIC, topic)):
         assert code.count(word) == 1, word
