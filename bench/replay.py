@@ -81,7 +81,10 @@ async def _allocate(
     log_name: str = "table",
 ) -> float:
     """Run the allocator of every partition until ``ends``; events/s."""
-    projection = pg_projection.PostgresProjection.from_dsn(dsn, log_name=log_name, holder="bench")
+    # A long lease: on a loaded machine a stalled loop would lose it and reload mid-run.
+    projection = pg_projection.PostgresProjection.from_dsn(
+        dsn, log_name=log_name, holder="bench", lease_ttl_s=60.0
+    )
     settings = allocator.LoopSettings(tree=allocator.TreeSettings() if tree else None)
     workers = [
         allocator.PartitionAllocator(event_log, projection, p, settings=settings) for p in ends
