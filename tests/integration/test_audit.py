@@ -15,10 +15,13 @@ import json
 import random
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
+import anyio
 import asyncpg
 import msgspec
 import pytest
@@ -27,12 +30,13 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from service import allocator, errors
 from service.adapters.postgres import audit as pg_audit
+from service.adapters.postgres import embedded, table_log
 from service.adapters.postgres import projection as pg_projection
-from service.adapters.postgres import table_log
 from service.audit import proofs, replay, signing
 from service.domain import allocation, document, events, merkle, state
 from service.processes import audit
 from service.settings import Settings
+from tests.harness import postgres as pg_harness
 from tests.integration.test_allocator_table_log import run_until
 from tests.streams import key_of, mixed_stream
 
@@ -57,17 +61,14 @@ def key_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture
-async def ledger(pg_dsn: str, key_file: Path) -> AsyncIterator[str]:
-    """A database whose table log holds RECORDS, all applied by the allocator."""
-    event_log = table_log.PostgresTableLog.from_dsn(pg_dsn)
+async def _build(dsn: str, key_file: Path) -> None:
+    """Append RECORDS to the table log of ``dsn`` and apply them all with the allocator."""
+    event_log = table_log.PostgresTableLog.from_dsn(dsn)
     try:
         for start in range(0, len(RECORDS), 300):
             chunk = RECORDS[start : start + 300]
             await event_log.append([(key_of(r), r) for r in chunk])
-        projection = pg_projection.PostgresProjection.from_dsn(
-            pg_dsn, log_name="table", holder="test"
-        )
+        projection = pg_projection.PostgresProjection.from_dsn(dsn, log_name="table", holder="test")
         tree = allocator.TreeSettings(
             head_every=HEAD_EVERY,
             digest_every=DIGEST_EVERY,
@@ -83,7 +84,28 @@ async def ledger(pg_dsn: str, key_file: Path) -> AsyncIterator[str]:
         await projection.close()
     finally:
         await event_log.close()
-    yield pg_dsn
+
+
+@pytest.fixture(scope="module")
+def ledger_template(
+    pg_server: embedded.EmbeddedPostgres, pg_template: str, key_file: Path
+) -> Iterator[str]:
+    """A database built once per module (RECORDS applied), cloned by every test."""
+    name = f"audit_{uuid.uuid4().hex[:12]}"
+    pg_harness._run(
+        pg_harness._execute, pg_server.dsn, f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"'
+    )
+    # Its own event loop in a thread, as the harness builds its databases.
+    with ThreadPoolExecutor(max_workers=1) as thread:
+        thread.submit(anyio.run, _build, pg_server.dsn_for(name), key_file).result()
+    yield name
+    pg_harness._run(pg_harness._execute, pg_server.dsn, f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def ledger(pg_server: embedded.EmbeddedPostgres, ledger_template: str) -> Iterator[str]:
+    """A database of this test's own whose table log holds RECORDS, all applied."""
+    yield from pg_harness._scratch_database(pg_server, ledger_template)
 
 
 async def _replay(dsn: str, public: Path | None = None) -> replay.PartitionReport:
