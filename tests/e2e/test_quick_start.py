@@ -9,7 +9,7 @@ blocks after it (no service needed) are run; ``make run`` is started again, and 
 be what it was (it continued, nothing was configured again), then stopped again. After each stop
 nothing it started may be left running.
 
-Run as root (the servers's account cannot enter the clone: the cluster goes to
+Run as root (the server's account cannot enter the clone: the cluster goes to
 /var/lib/ipledger, linked from .data) and as an unprivileged account (``nobody``, with a home of
 its own under the private directory; when the tests are not run as root, as the current user).
 
