@@ -11,6 +11,7 @@ equals ``simulate`` over the log's prefix.
 from __future__ import annotations
 
 import base64
+import datetime
 import json
 import random
 import subprocess
@@ -514,3 +515,27 @@ async def test_the_story_of_an_address_names_each_event_and_proves_it(ledger: st
         assert change["event"] == events.decode(RECORDS[change["offset"]]).id
         assert change["change"] == "released" or address in change["decision"]["ips"]
         assert "ok" in proofs.check_document(change["proof"])
+
+
+async def test_the_state_at_a_log_time_equals_simulate_over_the_records_up_to_it(
+    ledger: str,
+) -> None:
+    event_log = table_log.PostgresTableLog.from_dsn(ledger)
+    live = pg_audit.PostgresAuditReader.from_dsn(ledger)
+    try:
+        stamps = [r.timestamp_ms or 0 for r in await event_log.read(0, 0, len(RECORDS), 0.0)]
+        moment = datetime.datetime.fromtimestamp(stamps[1000] / 1000, datetime.UTC)
+        until = replay.Until(time=moment)
+        report = await replay.replay_partition(event_log, live, 0, 1, until=until)
+    finally:
+        await live.close()
+        await event_log.close()
+    # The table log's times are its appends' (300 records each): the prefix up to the time.
+    upto = sum(1 for stamp in stamps if stamp <= stamps[1000])
+    assert 1000 < upto < len(RECORDS)
+    assert all(stamps[n] > stamps[1000] for n in range(upto, len(RECORDS)))
+    oracle = state.State()
+    for record in RECORDS[:upto]:
+        allocation.apply_record(oracle, record)
+    assert report.stopped_at == upto
+    assert report.document == document.state_document(oracle)
