@@ -15,11 +15,12 @@ import base64
 import json
 from typing import Any
 
+import msgspec
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from service import errors
 from service.audit import signing
-from service.domain import merkle
+from service.domain import events, merkle
 
 INCLUSION = "ipledger.inclusion-proof/v1"
 CONSISTENCY = "ipledger.consistency-proof/v1"
@@ -104,6 +105,7 @@ def _check_inclusion(
         raise merkle.ProofError("the proof's partition is not its head's")
     decision = base64.b64decode(document["decisionBytes"], validate=True)
     record = base64.b64decode(document["recordBytes"], validate=True)
+    _check_canonical_decision(decision)
     leaf = merkle.leaf_hash(decision, record)
     if document.get("leaf") is not None and merkle.unhex(document["leaf"], "leaf") != leaf:
         raise merkle.ProofError("the leaf is not the hash of the decision and the record")
@@ -113,6 +115,25 @@ def _check_inclusion(
         f"ok: the decision at partition {head.partition}, offset {offset} is in the tree head "
         f"of size {head.size} (root {head.root})"
     )
+
+
+def _check_canonical_decision(decision: bytes) -> None:
+    """The leaf hashes the decision's bytes and the record's bytes with nothing between them,
+    so bytes moved across that boundary would give the same leaf: a document whose decision
+    ends with the record's first bytes (or lacks its own last ones) would prove a decision that
+    was never made. A decision is stored exactly as ``events.encode_decision`` writes it, so
+    only bytes that decode to one decision and encode back to themselves are accepted, which
+    leaves one place for the boundary."""
+    try:
+        parsed = msgspec.json.decode(decision, type=events.Decision)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise merkle.ProofError(f"the decision bytes are not one decision: {exc}") from None
+    if events.encode_decision(parsed) != decision:
+        raise merkle.ProofError(
+            "the decision bytes are not a decision as ipledger stores it (encoded anew they "
+            "differ): the boundary between the decision and the record is not where the leaf "
+            "puts it"
+        )
 
 
 def _check_consistency(
