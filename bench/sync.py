@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Self
 
 import anyio
+import httpx2
 from lightkube import AsyncClient, KubeConfig
 
 import bench
@@ -304,7 +305,9 @@ def _buckets(profiler: cProfile.Profile) -> dict[str, float]:
 
 
 async def _delete_all_ciliumnodes(kubeconfig: Path) -> None:
-    client = AsyncClient(config=KubeConfig.from_file(kubeconfig))
+    # kube-apiserver deletes a collection in one request that lasts until the last object is
+    # gone (each deletion audited): longer than lightkube's default timeout for 5,000 objects.
+    client = AsyncClient(config=KubeConfig.from_file(kubeconfig), timeout=httpx2.Timeout(300))
     try:
         await client.deletecollection(kube_client.CiliumNode)
         with anyio.fail_after(60):
