@@ -30,6 +30,7 @@ BENCHMARKS: dict[str, str] = {
     "sync": "bench.sync",
     "metrics": "bench.metrics",
     "replay": "bench.replay",
+    "api": "bench.api",
 }
 
 
