@@ -52,7 +52,7 @@ class Embedded:
     state_file: Path
 
     @classmethod
-    def for_settings(cls, settings: Settings) -> Embedded:
+    def for_settings(cls, settings: Settings, *, end_with_parent: bool = False) -> Embedded:
         root = settings.data_dir.resolve()
         # The user's directory keeps its permissions: as root the cluster lives elsewhere, with
         # data_dir/postgres pointing there (embedded.place_cluster says why and where).
@@ -66,7 +66,9 @@ class Embedded:
         # cluster, which place_cluster made reachable (the temporary directory may be private).
         system = settings.system_data_dir.absolute()
         copies = system if cluster.parent == system else None
-        server = embedded.EmbeddedPostgres(cluster, port=port, binaries_copy_dir=copies)
+        server = embedded.EmbeddedPostgres(
+            cluster, port=port, binaries_copy_dir=copies, end_with_parent=end_with_parent
+        )
         return cls(server=server, state_file=state_file)
 
     @property

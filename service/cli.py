@@ -1042,6 +1042,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # alembic announces each of its plugins at INFO when it is imported, which the commands do
     # only after this point (so that simulate and schema need none of it).
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    # A part of `ipledger up` stops (SIGTERM) when up dies, even by SIGKILL.
+    if not children.end_with_supervisor(os.environ):
+        print("ipledger: the `ipledger up` that started this process is gone", file=sys.stderr)
+        return children.Terminated.exit_code
     try:
         code: int = args.func(args)
     except (CommandError, FileNotFoundError) as exc:

@@ -16,17 +16,27 @@ without doing it itself. Short of SIGKILL, which nothing survives to handle, it 
 
 Callers start their servers with ``start_new_session=True`` and register a ``weakref.finalize``
 (or ``atexit``) hook that stops them at interpreter exit, as a net under their own ``stop()``.
+
+Against SIGKILL of the parent there is only the kernel: :func:`signal_on_parent_death` (Linux's
+``PR_SET_PDEATHSIG``) has a child signalled when the thread that started it dies. ``ipledger up``
+uses it for its parts (each calls :func:`end_with_supervisor` when it starts, seeing
+:data:`SUPERVISOR_VARIABLE`) and for its PostgreSQL, so that a supervisor killed outright does
+not leave a tree holding the API's port and the database behind it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import os
 import signal
 import subprocess
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 
 class Terminated(KeyboardInterrupt):
@@ -55,6 +65,56 @@ def terminate_as_interrupt() -> bool:
         return False
     signal.signal(signal.SIGTERM, _raise_terminated)
     return True
+
+
+# The pid of the `ipledger up` that started this process; set by it in each part's environment.
+SUPERVISOR_VARIABLE = "IPLEDGER_SUPERVISOR_PID"
+_PR_SET_PDEATHSIG = 1
+
+
+def _prctl() -> Any:
+    """libc's prctl, or None where there is none (not Linux)."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        return ctypes.CDLL(name, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+def signal_on_parent_death(signum: int) -> bool:
+    """Ask the kernel to send ``signum`` to this process when the parent's thread that started
+    it dies (Linux only; False elsewhere): first thing in a child's main. The parent must start
+    such children from a thread that lives as long as they should (its main thread)."""
+    prctl = _prctl()
+    return prctl is not None and int(prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0)) == 0
+
+
+def parent_death_hook(signum: int) -> Callable[[], None] | None:
+    """A ``preexec_fn`` doing what :func:`signal_on_parent_death` does, for a child that is not
+    Python. libc is looked up here, in the parent: the hook itself makes only the one call, as
+    code between fork and exec must."""
+    prctl = _prctl()
+    if prctl is None:
+        return None
+
+    def hook() -> None:
+        prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0)
+
+    return hook
+
+
+def end_with_supervisor(env: dict[str, str] | os._Environ[str]) -> bool:
+    """In a part of ``ipledger up``: be sent SIGTERM (a clean stop, :class:`Terminated`) when the
+    supervisor dies, however it dies. False when it is gone already (this process should end
+    at once); True otherwise, also when no supervisor started this process."""
+    supervisor = env.get(SUPERVISOR_VARIABLE)
+    if not supervisor or not supervisor.isdigit():
+        return True
+    signal_on_parent_death(signal.SIGTERM)
+    # It may have died between starting this process and the call above.
+    return os.getppid() == int(supervisor)
 
 
 def kill_group(process: subprocess.Popen[bytes]) -> None:

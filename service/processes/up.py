@@ -43,6 +43,7 @@ import anyio
 import anyio.abc
 
 from service import backoff, bootstrap, errors
+from service.adapters import children  # signals only: the parts end with this supervisor
 from service.processes import allocator, jobs
 from service.settings import Settings
 
@@ -76,7 +77,7 @@ async def run(
 
     ``config``: the configuration file this command was given, handed to the parts too.
     """
-    server = bootstrap.Embedded.for_settings(settings)
+    server = bootstrap.Embedded.for_settings(settings, end_with_parent=True)
     # Started on this thread, blocking, as `ipledger run --embedded` does (see there why).
     dsn = server.start()
     try:
@@ -255,7 +256,7 @@ class _Child:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            env={**os.environ, **self.part.env},
+            env={**os.environ, **self.part.env, children.SUPERVISOR_VARIABLE: str(os.getpid())},
             # A group of its own: the terminal's Ctrl-C reaches only this supervisor, which
             # stops the parts in order; terminate() signals the whole group.
             start_new_session=True,

@@ -313,3 +313,52 @@ def kubectl_like(server: KubeAPIServer) -> dict[str, Any]:
         }
     finally:
         client.close()
+
+
+def test_up_killed_outright_takes_its_parts_with_it(data_dir: Path) -> None:
+    # SIGKILL leaves up no chance to stop anything: the kernel's parent-death signal does it
+    # (SIGTERM to each part, SIGINT to PostgreSQL), so the next make run finds the API's port
+    # and the database free.
+    api_port = free_port()
+    env = {"IPLEDGER_DATA_DIR": str(data_dir), "IPLEDGER_API_ADDRESS": f"127.0.0.1:{api_port}"}
+    for name in ("IPLEDGER_DATABASE_URL", "IPLEDGER_KUBECONFIG", "IPLEDGER_KUBECONFIGS"):
+        os.environ.pop(name, None)
+    first = Running(env, data_dir.parent / "up-1.log", ("up",))
+    try:
+        first.wait_ready()
+        waiting.until_blocking(
+            lambda: len(children_of(first.process.pid)) >= 4,
+            timeout=60,
+            what="the server, the allocator, the sync worker and the API",
+            interval=0.1,
+        )
+        parts = children_of(first.process.pid)
+        first.process.kill()
+        first.process.wait(timeout=10)
+        waiting.until_blocking(
+            lambda: not [pid for pid in parts if alive(pid)],
+            timeout=60,
+            what=lambda: f"no part of the killed up left running: {parts}",
+            interval=0.1,
+        )
+    finally:
+        first.kill()
+    second = Running(env, data_dir.parent / "up-2.log", ("up",))
+    try:
+        second.wait_ready()
+
+        def answers() -> bool:
+            with contextlib.suppress(OSError):
+                clusters = get_json(f"http://127.0.0.1:{api_port}/v1/clusters")
+                return "default" in {c["name"] for c in clusters["items"]}
+            return False
+
+        waiting.until_blocking(
+            answers,
+            timeout=60,
+            what=lambda: "the second up's API\n" + second.log.read_text(errors="replace")[-3000:],
+            interval=0.2,
+        )
+        assert second.interrupt() == 0, second.log.read_text(errors="replace")
+    finally:
+        second.kill()

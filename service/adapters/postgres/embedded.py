@@ -217,8 +217,12 @@ class EmbeddedPostgres:
         settings: Mapping[str, str] | None = None,
         start_timeout_s: float = 60.0,
         stop_timeout_s: float = 30.0,
+        end_with_parent: bool = False,
     ) -> None:
         self._data_dir = data_dir.resolve()
+        # The server gets SIGINT (a fast shutdown) when the thread that started it dies, even by
+        # SIGKILL: for a caller that starts it on its main thread and must not leave it behind.
+        self._end_with_parent = end_with_parent
         self._port = port
         self._bin_dir = bin_dir
         self._fsync = fsync
@@ -404,6 +408,10 @@ class EmbeddedPostgres:
             # Its own process group: a Ctrl-C meant for ipledger must not reach the server before
             # ipledger has stopped using it, and kill() can take the backends down with it.
             start_new_session=True,
+            # Only a prctl call (children.parent_death_hook): nothing that could take a lock.
+            preexec_fn=(  # noqa: PLW1509
+                children.parent_death_hook(signal.SIGINT) if self._end_with_parent else None
+            ),
             **_drop_privileges(owner),
         )
         # A net under stop(): a program that ends without stopping the server (an exception
