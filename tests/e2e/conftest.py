@@ -41,9 +41,11 @@ class Allocators:
         (path,) = self.tmp_path.glob(f"*-{index}.log")
         return path.read_text(errors="replace")
 
-    def logs(self) -> str:
+    def logs(self, tail: int | None = 3000) -> str:
+        """Every process's log, each cut to its last ``tail`` characters (for a failure's
+        message; None: whole, for counting lines)."""
         return "\n".join(
-            f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}"
+            f"--- {p.name}\n{p.read_text(errors='replace')[-tail if tail else 0 :]}"
             for p in sorted(self.tmp_path.glob("*.log"))
         )
 
