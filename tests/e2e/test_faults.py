@@ -231,6 +231,11 @@ async def test_dropped_connections_mid_stream_lose_nothing(
     await wait_consumed(pg_dsn, len(records), 120, allocators)
 
     assert process.poll() is None, allocators.logs()
-    retried, reloaded = recoveries(allocators)
-    assert retried >= 1 and reloaded >= 2, allocators.logs()
+    if log_kind == "table":
+        # The table log's LISTEN connection is always open, so a termination always hits it.
+        # With Kafka the allocator touches PostgreSQL only to commit, and a termination of an
+        # idle pooled connection can be absorbed by the pool's pre-ping, unseen (a fresh-clone
+        # CI run logged no retry after five terminations): there only the outcome is certain.
+        retried, reloaded = recoveries(allocators)
+        assert retried >= 1 and reloaded >= 2, allocators.logs()
     await stream.assert_complete(records)

@@ -270,7 +270,11 @@ async def test_deleting_ciliumnodes_is_refused_without_the_delete_orphans_rule(
             await ledger.append(deleted("node-a"))
 
             def refused() -> bool:
-                return any(r[0] == "delete" and r[4] == 403 for r in audit.requests())
+                # The server audits the refusal before the worker has read the answer: wait
+                # for the worker to have counted it too.
+                return worker.metrics.rejected >= 1 and any(
+                    r[0] == "delete" and r[4] == 403 for r in audit.requests()
+                )
 
             await waiting.until(refused, timeout=30, what="the delete to be refused", interval=0.05)
             stop.set()
