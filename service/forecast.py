@@ -1,9 +1,11 @@
 """When a pool runs out: the exhaustion forecast, as arithmetic over two observations of its use.
 
-Used by the query API (``service.api``: the ``forecast`` of each pool element), and meant for
-every other reader that reports headroom (``ipledger status``, the metrics): one definition of
-"runs out in", so that a dashboard, the command line and the API agree. Pure: no I/O, no clock
-(the caller says what "now" is), no randomness.
+Used by the query API (``service.api``: the ``forecast`` of each pool element) and ``ipledger
+status``, and meant for every other reader that reports headroom (the metrics): one definition
+of "runs out in", so that a dashboard, the command line and the API agree. ``forecast`` is pure:
+no I/O, no clock (the caller says what "now" is), no randomness. ``pool_forecasts`` picks the
+window's two observations for a pool through ``ports.ProjectionReader`` (the only I/O here, and
+through the read port only), so that the API and ``status`` choose the window the same way.
 
 The model is deliberately simple and says so: the net allocation rate over a recent window (what
 was taken minus what was given back, between the window's start and its end) is assumed to go
@@ -16,6 +18,8 @@ from __future__ import annotations
 
 import datetime
 from dataclasses import dataclass
+
+from service import ports
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,3 +64,50 @@ def forecast(
     except OverflowError:
         at = None
     return Forecast(rate_per_s=rate, seconds_left=left, exhausted_at=at)
+
+
+def _decided_at(decision: ports.CommittedDecision) -> datetime.datetime:
+    return decision.event_time or decision.log_time or decision.applied_at
+
+
+async def pool_forecasts(
+    reader: ports.ProjectionReader,
+    *,
+    cluster: str,
+    partition: int,
+    at: int,
+    elements: tuple[ports.PoolElementUse, ...],
+    window: datetime.timedelta,
+) -> tuple[Forecast, ...] | None:
+    """The forecast of each of ``elements`` (``cluster``'s pool use at offset ``at`` of its
+    ``partition``), at the net rate of the ``window`` that ends at the record at ``at``.
+
+    The window ends at that record's time (the event's, else the log's), not at the clock: a
+    quiet log is not a shrinking pool. It starts at the last record applied ``window`` before;
+    a cluster younger than the window is measured from its first decision (from zero use), over
+    the shorter time. None when the partition has no record at or after ``at``.
+    """
+    decided = await reader.decisions(partition, at, 1)
+    if not decided:
+        return None
+    end = _decided_at(decided[0])
+    start = await reader.applied_offset(partition, at_time=end - window)
+    then = None if start is None else await reader.cluster_at(cluster, start)
+    elapsed = window
+    used_then: dict[ports.Network, int] = {}
+    if then is None:
+        first = await reader.cluster_decisions(cluster, 0, at, 1)
+        began = _decided_at(first[0]) if first else end
+        elapsed = min(window, max(end - began, datetime.timedelta(0)))
+    else:
+        used_then = {element.cidr: element.used for element in then.elements}
+    return tuple(
+        forecast(
+            used_then=used_then.get(element.cidr, 0),
+            used_now=element.used,
+            free_now=element.free,
+            elapsed=elapsed,
+            now=end,
+        )
+        for element in elements
+    )

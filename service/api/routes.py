@@ -326,19 +326,23 @@ async def list_pools(
         return answer.not_modified()
     view = await _cluster_at(state, answer)
     config: ApiConfig = state.config
-    used_then, elapsed, now = await _window(state, answer, config.forecast_window)
     skip = _index(start, 0)
     elements = list(view.elements)[skip:]
     page, more = _page(elements, limit)
-    items = []
-    for element in page:
-        outlook = forecast.forecast(
-            used_then=used_then.get(element.cidr, 0),
-            used_now=element.used,
-            free_now=element.free,
-            elapsed=elapsed,
-            now=now,
+    outlooks = await forecast.pool_forecasts(
+        _reader(state),
+        cluster=answer.cluster,
+        partition=answer.partition,
+        at=answer.basis,
+        elements=tuple(page),
+        window=config.forecast_window,
+    )
+    if outlooks is None:
+        raise errors.QueryNotFoundError(
+            f"partition {answer.partition} has no record at offset {answer.basis}"
         )
+    items = []
+    for element, outlook in zip(page, outlooks, strict=True):
         items.append(
             models.PoolElement(
                 family="ipv4" if element.cidr.version == 4 else "ipv6",
@@ -368,33 +372,6 @@ async def list_pools(
         basis=answer.stamp,
     )
     return answer.ok(body)
-
-
-async def _record_time(
-    reader: ports.ProjectionReader, partition: int, offset: int
-) -> datetime.datetime:
-    found = await reader.decisions(partition, offset, 1)
-    if not found:
-        raise errors.QueryNotFoundError(f"partition {partition} has no record at offset {offset}")
-    return found[0].event_time or found[0].log_time or found[0].applied_at
-
-
-async def _window(
-    state: State, answer: _Answer, window: datetime.timedelta
-) -> tuple[dict[ports.Network, int], datetime.timedelta, datetime.datetime]:
-    """Node CIDRs used per element at the window's start, the window's length, its end."""
-    reader = _reader(state)
-    end = await _record_time(reader, answer.partition, answer.basis)
-    start = await reader.applied_offset(answer.partition, at_time=end - window)
-    then = None if start is None else await reader.cluster_at(answer.cluster, start)
-    if then is None:
-        # The cluster is younger than the window: from its first record.
-        first = await reader.cluster_decisions(answer.cluster, 0, answer.basis, 1)
-        began = (
-            end if not first else (first[0].event_time or first[0].log_time or first[0].applied_at)
-        )
-        return {}, min(window, max(end - began, datetime.timedelta(0))), end
-    return {element.cidr: element.used for element in then.elements}, window, end
 
 
 # --- nodes ----------------------------------------------------------------------------------------

@@ -166,40 +166,24 @@ async def sources(
 async def _forecasts(
     reader: ports.ProjectionReader, view: ports.ClusterView, window: datetime.timedelta
 ) -> tuple[forecast.Forecast | None, ...]:
-    """Each element's forecast: its use now against its use ``window`` before the cluster's
-    partition's last applied record (from its time, not the clock: a quiet log is not a
-    shrinking pool), or since the cluster began when it is younger than the window."""
+    """Each element's forecast as the query API gives it for "now" (``forecast.pool_forecasts``
+    at the partition's last applied record); none before the partition's first record."""
     last = await reader.applied_offset(view.partition)
-    if last is None:
-        return (None,) * len(view.elements)
-    decided = await reader.decisions(view.partition, last, 1)
-    if not decided:
-        return (None,) * len(view.elements)
-    end = _decided_at(decided[0])
-    start = await reader.applied_offset(view.partition, at_time=end - window)
-    then = None if start is None else await reader.cluster_at(view.name, start)
-    elapsed = window
-    used_then: dict[ports.Network, int] = {}
-    if then is None:
-        first = await reader.cluster_decisions(view.name, 0, last, 1)
-        began = _decided_at(first[0]) if first else end
-        elapsed = min(window, max(end - began, datetime.timedelta(0)))
-    else:
-        used_then = {element.cidr: element.used for element in then.elements}
-    return tuple(
-        forecast.forecast(
-            used_then=used_then.get(element.cidr, 0),
-            used_now=element.used,
-            free_now=element.free,
-            elapsed=elapsed,
-            now=end,
+    outlooks = (
+        None
+        if last is None
+        else await forecast.pool_forecasts(
+            reader,
+            cluster=view.name,
+            partition=view.partition,
+            at=last,
+            elements=view.elements,
+            window=window,
         )
-        for element in view.elements
     )
-
-
-def _decided_at(decision: ports.CommittedDecision) -> datetime.datetime:
-    return decision.event_time or decision.log_time or decision.applied_at
+    if outlooks is None:
+        return (None,) * len(view.elements)
+    return outlooks
 
 
 async def read(settings: Settings, *, cluster: str | None, limit: int, rejections: int) -> Status:
