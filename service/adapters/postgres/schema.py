@@ -77,6 +77,16 @@ writer_lease = sa.Table(
     sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
 )
 
+# The ``ipledger run`` processes sharing the table log's partitions (adapters.postgres.members):
+# one row per process, its heartbeat moving ``expires_at``; a row past it is a dead member.
+allocator_member = sa.Table(
+    "allocator_member",
+    metadata,
+    sa.Column("member", sa.Text, primary_key=True),
+    sa.Column("joined_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+)
+
 # The truth about how far the log has been applied: the next offset to read, per partition.
 consumer_offset = sa.Table(
     "consumer_offset",
