@@ -8,14 +8,14 @@ PY     := $(VENV)/bin/python
 IPLEDGER_CACHE ?= $(CURDIR)/.cache
 export IPLEDGER_CACHE
 
-.PHONY: setup test test-unit lint bench run demo services clean
+.PHONY: setup test test-unit lint bench bench-quick bench-soak run demo services clean
 
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,bench]'
 	touch $@
 
 # Real services the integration tests and benchmarks start themselves: Kafka jars from Maven
@@ -42,8 +42,23 @@ lint: setup
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
+# The whole suite against the real services (an hour or more): the results merged into
+# $(BENCH_JSON), the generated part of docs/benchmarks.md and its plots (docs/img/) rewritten.
+# BENCH_ARGS='--only allocator' reruns one benchmark and keeps the others' rows. The soak is
+# long and runs only as make bench-soak (its last figures stay in the report).
+BENCH_JSON ?= docs/bench-results.json
+BENCH_ARGS ?=
+BENCH_QUICK ?= .data/bench-quick
 bench: setup services
-	$(PY) -m bench
+	$(PY) -m bench --keep-going --json $(BENCH_JSON) --report docs/benchmarks.md --plots docs/img $(BENCH_ARGS)
+
+# A smoke run of every benchmark at --quick sizes (a few minutes); its report and plots go to
+# $(BENCH_QUICK)/, not docs/: quick sizes are not the figures of record.
+bench-quick: setup services
+	$(PY) -m bench --quick --keep-going --fresh --json $(BENCH_QUICK)/results.json --report $(BENCH_QUICK)/benchmarks.md --plots $(BENCH_QUICK)/img $(BENCH_ARGS)
+
+bench-soak: setup services
+	$(PY) -m bench --only soak --keep-going --json $(BENCH_JSON) --report docs/benchmarks.md --plots docs/img $(BENCH_ARGS)
 
 # The whole product on an embedded PostgreSQL, one supervised process tree (ipledger up): the
 # allocator, the sync worker (CiliumNodes as files in .data/ciliumnodes/ unless

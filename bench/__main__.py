@@ -1,26 +1,41 @@
-"""``python -m bench`` (``make bench``): run the benchmarks and print one table of results.
+"""``python -m bench`` (``make bench``): run the benchmarks, print one table, write the report.
 
 Benchmarks register in ``BENCHMARKS`` below: a name and the module that implements it. A module
 provides ``run(args: argparse.Namespace) -> list[bench.Result]`` and may provide
 ``add_arguments(parser)`` for options of its own (prefix them with the benchmark's name). A
 registered module that is not there yet is reported as missing, not an error, so benchmarks can
-land one at a time.
+land one at a time. Those in ``LONG`` (the soak) run only when named with ``--only`` or with
+``--long``; their last results stay in the results file until they run again.
+
+Three forms:
+
+- ``python -m bench [--only NAME ...] [--quick] [--json PATH] [--report MD] [--plots DIR]``
+  runs benchmarks. With ``--json`` the results are merged into PATH: the rows of the benchmarks
+  that ran replace their earlier rows, the others are kept with the date they were measured
+  (``--fresh`` starts the file anew). ``--report`` then rewrites the generated part of MD from
+  the whole file (``bench.report``) and ``--plots`` draws its plots (``bench.plots``).
+- ``python -m bench report RESULTS.json [--report MD] [--plots DIR]``: the same rendering from
+  a results file, without running anything.
+- ``python -m bench compare OLD.json NEW.json``: regressions beyond noise (``bench.compare``);
+  exit status 1 when there is one.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import importlib
 import importlib.util
-import json
 import sys
 import time
+import traceback
 from collections.abc import Sequence
+from pathlib import Path
 from types import ModuleType
 
 import bench
+from bench import report
+from bench import results as results_file
 from service.adapters import children
 
 # name -> module; run in this order.
@@ -31,7 +46,14 @@ BENCHMARKS: dict[str, str] = {
     "metrics": "bench.metrics",
     "replay": "bench.replay",
     "api": "bench.api",
+    "scale": "bench.scale",
+    "scaleout": "bench.scaleout",
+    "dashboard": "bench.dashboard",
+    "soak": "bench.soak",
 }
+
+# Too long for every ``make bench``: run when asked for (``--only soak``, ``--long``).
+LONG = frozenset({"soak"})
 
 
 def _available() -> dict[str, ModuleType]:
@@ -48,15 +70,30 @@ def build_parser(modules: dict[str, ModuleType]) -> argparse.ArgumentParser:
         "--only",
         action="append",
         choices=sorted(BENCHMARKS),
-        help="run only this benchmark (repeatable); default: every one that exists",
+        help="run only this benchmark (repeatable); default: every one that exists but the long",
     )
+    parser.add_argument("--long", action="store_true", help="also run the long ones (the soak)")
     parser.add_argument(
         "--quick", action="store_true", help="small sizes and few repetitions: a smoke run"
     )
     parser.add_argument(
         "--repeat", type=int, default=None, help="repetitions of each timed run (median shown)"
     )
-    parser.add_argument("--json", metavar="PATH", help="also write the results to PATH as JSON")
+    parser.add_argument(
+        "--json", metavar="PATH", help="merge the results into PATH (JSON, see bench.results)"
+    )
+    parser.add_argument(
+        "--fresh", action="store_true", help="with --json: replace PATH instead of merging"
+    )
+    parser.add_argument(
+        "--report", metavar="MD", help="rewrite the generated part of MD (needs --json)"
+    )
+    parser.add_argument("--plots", metavar="DIR", help="draw the plots as PNG into DIR")
+    parser.add_argument(
+        "--keep-going",
+        action="store_true",
+        help="when a benchmark fails, report it and run the others (exit status 1 at the end)",
+    )
     for module in modules.values():
         add_arguments = getattr(module, "add_arguments", None)
         if add_arguments is not None:
@@ -64,23 +101,16 @@ def build_parser(modules: dict[str, ModuleType]) -> argparse.ArgumentParser:
     return parser
 
 
-def format_value(value: float, unit: str) -> str:
-    if unit in {"events/s", "B", "nodes", "addresses"} or abs(value) >= 1000:
-        return f"{value:,.0f}"
-    if unit == "ratio":
-        return f"{value:.3f}"
-    if abs(value) >= 10:
-        return f"{value:.1f}"
-    return f"{value:.3g}"
-
-
 def print_table(results: Sequence[bench.Result]) -> None:
-    header = ("benchmark", "figure", "value", "unit", "target", "met")
+    header = ("benchmark", "figure", "value", "min", "max", "n", "unit", "target", "met")
     rows = [
         (
             r.benchmark,
             r.name,
-            format_value(r.value, r.unit),
+            report.format_value(r.value, r.unit),
+            report.format_value(r.min, r.unit) if r.samples else "",
+            report.format_value(r.max, r.unit) if r.samples else "",
+            str(r.n),
             r.unit,
             r.target,
             "" if r.met is None else ("yes" if r.met else "NO"),
@@ -88,7 +118,7 @@ def print_table(results: Sequence[bench.Result]) -> None:
         for r in results
     ]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    right = {2}
+    right = {2, 3, 4, 5}
     for row in [header, tuple("-" * w for w in widths), *rows]:
         cells = [
             cell.rjust(widths[i]) if i in right else cell.ljust(widths[i])
@@ -102,45 +132,97 @@ def print_table(results: Sequence[bench.Result]) -> None:
             print(f"{r.benchmark} / {r.name}: {r.detail}")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    # A CI timeout's SIGTERM unwinds like Ctrl-C: the benchmarks' servers are stopped on the way.
-    children.terminate_as_interrupt()
+def render(suite: results_file.Suite, report_path: str | None, plots: str | None) -> None:
+    """Draw the plots (first: the report links the ones that exist) and rewrite the report."""
+    drawn: dict[str, Path] = {}
+    if plots:
+        # Imported here: matplotlib is an optional dependency (the bench extra), slow to load.
+        from bench import plots as plots_module  # noqa: PLC0415
+
+        drawn = plots_module.draw_all(suite, Path(plots))
+        for path in drawn.values():
+            print(f"bench: plot {path}", file=sys.stderr)
+    if report_path:
+        report.rewrite(Path(report_path), suite, drawn)
+        print(f"bench: report {report_path}", file=sys.stderr)
+
+
+def run_benchmarks(argv: Sequence[str] | None) -> int:
     modules = _available()
     args = build_parser(modules).parse_args(argv)
-    wanted = args.only or list(BENCHMARKS)
+    if args.report and not args.json:
+        print("bench: --report needs --json (it is rendered from that file)", file=sys.stderr)
+        return 2
+    wanted = args.only or [n for n in BENCHMARKS if args.long or n not in LONG]
     missing = [name for name in wanted if name not in modules]
     for name in missing:
         print(f"bench: {name}: not implemented yet ({BENCHMARKS[name]})", file=sys.stderr)
     info = bench.machine()
+    versions = bench.versions()
     started = datetime.datetime.now(datetime.UTC)
-    print(f"ipledger benchmarks, {started:%Y-%m-%d %H:%M} UTC")
-    for key, value in info.items():
+    print(f"ipledger benchmarks, {started:%Y-%m-%d %H:%M} UTC{' (quick)' if args.quick else ''}")
+    for key, value in {**info, **versions}.items():
         print(f"  {key}: {value}")
     print(flush=True)
-    results: list[bench.Result] = []
+    suite = results_file.Suite.start(
+        started, info, versions, list(sys.argv[1:] if argv is None else argv), bool(args.quick)
+    )
+    failed: list[str] = []
     for name in wanted:
         if name not in modules:
             continue
         began = time.monotonic()
-        results.extend(modules[name].run(args))
+        try:
+            rows = modules[name].run(args)
+        except Exception:
+            if not args.keep_going:
+                raise
+            traceback.print_exc()
+            failed.append(name)
+            suite.add_failure(name, traceback.format_exc(limit=3), time.monotonic() - began)
+            continue
+        suite.add(name, rows, time.monotonic() - began, bench.machine())
         print(f"[{name} done in {time.monotonic() - began:.0f} s]", file=sys.stderr)
     print()
-    print_table(results)
+    print_table(suite.results)
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as out:
-            json.dump(
-                {
-                    "date": started.isoformat(timespec="seconds"),
-                    "machine": info,
-                    "argv": sys.argv[1:] if argv is None else list(argv),
-                    "results": [dataclasses.asdict(r) for r in results],
-                },
-                out,
-                indent=2,
-            )
-            out.write("\n")
-    # A missed target is a finding to report, not a failure of the command.
+        path = Path(args.json)
+        merged = suite if args.fresh or not path.exists() else results_file.load(path).merge(suite)
+        results_file.save(merged, path)
+        print(f"bench: results {path}", file=sys.stderr)
+        render(merged, args.report, args.plots)
+    elif args.plots:
+        render(suite, None, args.plots)
+    # A missed target is a finding to report, not a failure of the command; a crash is.
+    if failed:
+        print(f"bench: failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
+
+
+def report_command(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench report", description="render the report from a results file"
+    )
+    parser.add_argument("results", help="a results file written by python -m bench --json")
+    parser.add_argument("--report", metavar="MD", default="docs/benchmarks.md")
+    parser.add_argument("--plots", metavar="DIR", default=None)
+    args = parser.parse_args(argv)
+    render(results_file.load(Path(args.results)), args.report, args.plots)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    # A CI timeout's SIGTERM unwinds like Ctrl-C: the benchmarks' servers are stopped on the way.
+    children.terminate_as_interrupt()
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["compare"]:
+        from bench import compare  # noqa: PLC0415 - only this form needs it
+
+        return compare.main(arguments[1:])
+    if arguments[:1] == ["report"]:
+        return report_command(arguments[1:])
+    return run_benchmarks(argv)
 
 
 if __name__ == "__main__":
