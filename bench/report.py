@@ -173,9 +173,8 @@ def render(
     by_benchmark: dict[str, list[bench.Result]] = {}
     for r in suite.results:
         by_benchmark.setdefault(r.benchmark, []).append(r)
-    for name, run in suite.runs.items():
-        if name not in by_benchmark and not run.get("failed"):
-            by_benchmark.setdefault(name, [])
+    for name in suite.runs:
+        by_benchmark.setdefault(name, [])
     for name, rows_of in by_benchmark.items():
         run = suite.runs.get(name, {})
         out += [f"#### {name}", "", f"Measured {_when(run)}."]

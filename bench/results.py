@@ -90,7 +90,9 @@ class Suite:
         replaced = set(newer.runs) - failed
         rows = [r for r in self.results if r.benchmark not in replaced]
         rows += [r for r in newer.results if r.benchmark in replaced]
-        order = {name: i for i, name in enumerate([*self.runs, *newer.runs])}
+        order: dict[str, int] = {}
+        for name in [*self.runs, *newer.runs]:
+            order.setdefault(name, len(order))
         rows.sort(key=lambda r: order.get(r.benchmark, len(order)))
         runs = dict(self.runs)
         for name, run in newer.runs.items():
