@@ -401,15 +401,20 @@ def worker_fill(options: argparse.Namespace) -> dict[str, Any]:
     gc.collect()
     after_nodes = resident_bytes()
 
+    memory_curve: list[tuple[int, int]] = []
+
     def pod_chunks() -> Iterator[list[bytes]]:
-        # Pods arrive round-robin over the nodes, as a scheduler spreads them.
+        # Pods arrive round-robin over the nodes, as a scheduler spreads them. Resident memory
+        # is read between chunks (outside the timed apply) for the report's memory plot.
         for pod in range(pods):
+            memory_curve.append((pod * nodes, resident_bytes()))
             yield [records.ip_requested(names[i], pod_owner(i, pod)) for i in range(nodes)]
 
     pods_seconds, pods_cpu = timed_chunks(current, pod_chunks())
     gc.collect()
     after_pods = resident_bytes()
     filled_peak = peak_resident_bytes()
+    memory_curve.append((pods * nodes, after_pods))
     addresses = sum(r.slots.used for n in cluster.nodes.values() for r in n.ranges.values())
     placed = sum(1 for n in cluster.nodes.values() if n.ranges and n.error is None)
 
@@ -448,6 +453,7 @@ def worker_fill(options: argparse.Namespace) -> dict[str, Any]:
         "after_pods_rss": after_pods,
         "after_churn_rss": after_churn,
         "filled_peak_rss": filled_peak,
+        "memory_curve": memory_curve,
         "peak_rss": peak_resident_bytes(),  # fill and churn
     }
     if options.family == "ipv4":
@@ -1305,6 +1311,7 @@ def mixed_results(
                     + ", ".join(f"{r:,.0f}" for r in out["rates"])
                     + f"; rejected {out['errors']}; same digest every run: {out['deterministic']}"
                 ),
+                samples=tuple(out["rates"]),
             )
         )
         results.append(
@@ -1314,6 +1321,7 @@ def mixed_results(
                 bench.median(out["cpu_rates"]),
                 "events/s",
                 detail=", ".join(f"{r:,.0f}" for r in out["cpu_rates"]),
+                samples=tuple(out["cpu_rates"]),
             )
         )
     return results
@@ -1386,6 +1394,24 @@ def long_churn_results(v4: dict[str, Any], v6: dict[str, Any]) -> list[bench.Res
     return results
 
 
+def memory_series(out: dict[str, Any], label: str) -> tuple[bench.Series, ...]:
+    """Resident memory against addresses held during the fill (the report's plot)."""
+    curve = out.get("memory_curve") or []
+    if not curve:
+        return ()
+    return (
+        bench.Series.of(
+            "core-memory-vs-addresses",
+            f"{label}, {out['nodes']:,} nodes",
+            [held / 1e6 for held, _ in curve],
+            [rss / 2**20 for _, rss in curve],
+            title="Resident memory of the allocation core against addresses held",
+            x_label="million addresses held",
+            y_label="resident memory, MiB",
+        ),
+    )
+
+
 def fill_results(v4: dict[str, Any], v6: dict[str, Any], quick: bool) -> list[bench.Result]:
     results: list[bench.Result] = []
 
@@ -1422,6 +1448,7 @@ def fill_results(v4: dict[str, Any], v6: dict[str, Any], quick: bool) -> list[be
                 target=f"<= {MEMORY_TARGET:,}" if judged else "",
                 met=(out["peak_rss"] <= MEMORY_TARGET and complete) if judged else None,
                 detail=fill_detail(out),
+                series=memory_series(out, label),
             )
         )
         results.append(
