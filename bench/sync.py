@@ -89,6 +89,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--sync-concurrency", type=int, default=16, help="writes in flight, no-limit run"
     )
+    parser.add_argument(
+        "--sync-sweep",
+        default="500,1000,2000",
+        help="node counts of the extra no-limit runs behind the convergence plot (comma "
+        "separated; empty for none; --quick: 100,250)",
+    )
 
 
 @dataclass(slots=True)
@@ -157,6 +163,28 @@ async def _run(args: argparse.Namespace, services: Services) -> list[bench.Resul
     )
     unlimited = await one_run(services, nodes, unlimited_settings)
     profiled = await one_run(services, nodes, unlimited_settings, profile=True)
+    sweep_sizes = "100,250" if args.quick else args.sync_sweep
+    sweep = {nodes: unlimited.seconds}
+    for size in sorted({int(n) for n in sweep_sizes.split(",") if n.strip()} - {nodes}):
+        sweep[size] = (await one_run(services, size, unlimited_settings)).seconds
+    convergence = (
+        bench.Series.of(
+            "sync-convergence-vs-nodes",
+            f"no QPS limit ({args.sync_concurrency} in flight)",
+            sorted(sweep),
+            [sweep[n] for n in sorted(sweep)],
+            title="CiliumNode convergence: nodes allocated at once until all are correct",
+            x_label="nodes allocated in one append",
+            y_label="seconds until the last CiliumNode is applied",
+        ),
+        bench.Series.of(
+            "sync-convergence-vs-nodes",
+            f"paced at QPS {qps:g}",
+            [nodes],
+            [paced.seconds],
+            kind="scatter",
+        ),
+    )
 
     bound = nodes / qps + 10
     results = [
@@ -169,6 +197,7 @@ async def _run(args: argparse.Namespace, services: Services) -> list[bench.Resul
             paced.seconds <= bound and paced.mismatches == 0,
             f"{paced.requests} requests, {paced.retries} retries, allocator committed after "
             f"{paced.allocated_s:.2f} s, {paced.mismatches} objects wrong at the end",
+            series=convergence,
         ),
         bench.Result(
             NAME,
