@@ -13,18 +13,21 @@ import logging
 import os
 import socket
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from service import allocator, errors, ports, sync
 from service.adapters import children
 from service.adapters.kafka import log as kafka_log
+from service.adapters.kafka import membership as kafka_membership
 from service.adapters.kafka import sink as kafka_sink
 from service.adapters.kubernetes import client as kube_client
 from service.adapters.kubernetes import files as kube_files
 from service.adapters.postgres import audit as audit_reader
 from service.adapters.postgres import (
     embedded,
+    members,
     migrate,
     projection,
     reader,
@@ -150,6 +153,22 @@ def open_projection(settings: Settings) -> projection.PostgresProjection:
         log_name=settings.log_name,
         holder=holder_id(),
         lease_ttl_s=settings.lease_ttl_s,
+    )
+
+
+def open_membership(
+    settings: Settings, member: str, partitions: Sequence[int]
+) -> ports.PartitionMembership:
+    """How ``ipledger run`` processes share the partitions (docs/scaling.md): Kafka's consumer
+    group for the Kafka log, member rows in PostgreSQL for the table log. ``member`` is the
+    projection's lease holder."""
+    if settings.log == "kafka":
+        assert settings.kafka_bootstrap is not None
+        return kafka_membership.KafkaMembership(
+            settings.kafka_bootstrap, settings.events_topic, instance_id=settings.instance_id
+        )
+    return members.PostgresMembership.from_dsn(
+        database_url(settings), partitions, member, ttl_s=settings.lease_ttl_s
     )
 
 

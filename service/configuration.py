@@ -72,6 +72,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("batch_max_records", "allocator.batch_max_records", "IPLEDGER_BATCH_MAX_RECORDS", "int"),
     Option("batch_max_wait_ms", "allocator.batch_max_wait_ms", "IPLEDGER_BATCH_MAX_WAIT_MS", "int"),
     Option("lease_ttl_s", "allocator.lease_ttl_s", "IPLEDGER_LEASE_TTL_S", "int"),
+    Option("instance_id", "allocator.instance_id", "IPLEDGER_INSTANCE_ID", "str"),
     Option("metrics_port", "allocator.metrics_port", "IPLEDGER_METRICS_PORT", "int"),
     Option("metrics_host", "metrics.host", "IPLEDGER_METRICS_HOST", "str"),
     Option("tree", "audit.tree", "IPLEDGER_TREE", "bool"),

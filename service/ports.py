@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, Protocol, TypeVar, runtime_checkable
 
@@ -306,6 +306,27 @@ class ReportsConsumerPosition(Protocol):
 
     async def commit_consumer_offset(self, partition: int, offset: int) -> None:
         """Record ``offset`` as the next one to consume on ``partition``; best effort."""
+        ...
+
+
+class PartitionMembership(Protocol):
+    """This process's place among the ``ipledger run`` processes that share the log's partitions.
+
+    It says which partitions this process should lead, so that N processes lead about P/N
+    partitions each and a dead one's partitions move to the others (docs/scaling.md). It only
+    spreads the work: the writer lease (``Projection.try_acquire``) stays the single-writer
+    guarantee, so two processes that briefly both want a partition (a rebalance under way)
+    still cannot both write it. Kafka: the consumer group protocol; the table log: member rows
+    and fair shares in PostgreSQL.
+    """
+
+    async def run(self, assigned: Callable[[frozenset[int]], None]) -> None:
+        """Join, and stay a member until cancelled; then leave (best effort, shielded).
+
+        ``assigned`` is called with this process's partitions once joined and again each time
+        they change. A failure to reach the group is retried inside (the last assignment
+        stands meanwhile: the leases fence); only a configuration error is raised.
+        """
         ...
 
 

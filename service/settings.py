@@ -36,6 +36,9 @@ class Settings:
     batch_max_records: int = 5000
     batch_max_wait_ms: int = 50
     lease_ttl_s: float = 6.0
+    # Kafka static group membership (docs/scaling.md): a stable name per `run` process (a
+    # StatefulSet's pod name), so that a restart gets its partitions back without a rebalance.
+    instance_id: str | None = None
     metrics_port: int | None = None
     # The address /metrics and /healthz of `run` and `sync` bind to; 0.0.0.0 in a container,
     # where Prometheus scrapes from another network namespace (compose/, the Helm chart).
@@ -111,6 +114,7 @@ class Settings:
             batch_max_records=integer("IPLEDGER_BATCH_MAX_RECORDS", defaults.batch_max_records),
             batch_max_wait_ms=integer("IPLEDGER_BATCH_MAX_WAIT_MS", defaults.batch_max_wait_ms),
             lease_ttl_s=float(integer("IPLEDGER_LEASE_TTL_S", int(defaults.lease_ttl_s))),
+            instance_id=env.get("IPLEDGER_INSTANCE_ID") or None,
             metrics_port=int(metrics) if metrics else None,
             metrics_host=env.get("IPLEDGER_METRICS_HOST") or defaults.metrics_host,
             tree=env.get("IPLEDGER_TREE", "true").lower() not in ("0", "false", "no"),

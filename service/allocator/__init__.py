@@ -1,6 +1,9 @@
 """The single-writer allocator: read a batch from the log, apply it, commit it with its offset.
 
-A package of three modules, imported downwards only (``.importlinter``):
+A package of four modules, imported downwards only (``.importlinter``):
+
+- ``assignment``: ``lead_assigned``, which runs the workers of the partitions a
+  ``ports.PartitionMembership`` gives this process (N processes sharing P partitions);
 
 - ``loop``: ``PartitionAllocator``, the writer (or hot standby) of one log partition: the lease,
   the read-apply-commit loop with one commit in flight, reloading after failures, isolating the
@@ -11,9 +14,11 @@ A package of three modules, imported downwards only (``.importlinter``):
 - ``settings``: ``LoopSettings`` and ``Metrics``, plain values.
 
 Callers use the names re-exported here: ``allocator.PartitionAllocator``,
-``allocator.apply_records``, ``allocator.LoopSettings``, ``allocator.Metrics``.
+``allocator.apply_records``, ``allocator.LoopSettings``, ``allocator.Metrics``,
+``allocator.lead_assigned``.
 """
 
+from service.allocator.assignment import lead_assigned
 from service.allocator.batch import (
     UNSTORABLE,
     apply_records,
@@ -33,5 +38,6 @@ __all__ = [
     "apply_records",
     "check_homes",
     "check_partition_count",
+    "lead_assigned",
     "unstorable_record",
 ]

@@ -3,9 +3,10 @@
 Called by ``service.cli`` (``cmd_run``) with the settings and nothing else. In order: the
 embedded PostgreSQL of ``run --embedded`` (``make run``), the schema and the topics, the adapters
 (``service.bootstrap``), Cilium's Helm default pool on an empty embedded log, the partition-count
-check, the metrics endpoint (``IPLEDGER_METRICS_PORT``), then every partition's worker, writer or
-hot standby, until SIGINT or SIGTERM; each finishes the batch it has in flight, then everything
-is closed in reverse order.
+check, the metrics endpoint (``IPLEDGER_METRICS_PORT``), then the worker of every partition this
+process is assigned (``allocator.lead_assigned``: the processes of one deployment share the
+partitions, docs/scaling.md), writer or standing by for its lease, until SIGINT or SIGTERM;
+each finishes the batch it has in flight, then everything is closed in reverse order.
 """
 
 from __future__ import annotations
@@ -102,19 +103,24 @@ async def _allocate(settings: Settings, *, embedded: str | None) -> None:
             settings.metrics_host,
         ):
             try:
+                partitions = await event_log.partitions()
+                workers.extend(
+                    allocator.PartitionAllocator(
+                        event_log,
+                        projection,
+                        partition,
+                        settings=loop,
+                        sink=sink,
+                        metrics=counters,
+                    )
+                    for partition in partitions
+                )
+                # N processes share the partitions: each leads those its membership (Kafka's
+                # group, or member rows for the table log) assigns it; the lease still fences.
+                membership = bootstrap.open_membership(settings, projection.holder, partitions)
                 async with anyio.create_task_group() as tasks:
                     tasks.start_soon(signals.stop_on_signal, stop)
-                    for partition in await event_log.partitions():
-                        worker = allocator.PartitionAllocator(
-                            event_log,
-                            projection,
-                            partition,
-                            settings=loop,
-                            sink=sink,
-                            metrics=counters,
-                        )
-                        workers.append(worker)
-                        tasks.start_soon(worker.run, stop)
+                    tasks.start_soon(allocator.lead_assigned, workers, membership, stop)
                     await stop.wait()
                     log.info("stopping: finishing the batch in flight")
             except* errors.ConfigurationError as refused:
