@@ -72,5 +72,11 @@ run: setup
 demo: setup
 	bash examples/demo.sh
 
+# The web dashboard's static files (service/dashboard/static, committed) rebuilt from its
+# TypeScript sources with the esbuild and TypeScript pinned in its package-lock.json, which
+# npm installs under $(IPLEDGER_CACHE)/dashboard-npm (compose/dashboard/build.sh).
+dashboard:
+	bash compose/dashboard/build.sh
+
 clean:
 	rm -rf $(VENV) $(IPLEDGER_CACHE) .mypy_cache .ruff_cache .pytest_cache

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Command-line tools some tests run as users would, from Debian's archive (no other registry
-# ships them): kcat (the kcat producer example of docs/events.md) and docker-compose (reads
-# compose/docker-compose.yaml offline, with no daemon). Called by `make services`. Installs
-# only what is missing, and only as root with apt-get; otherwise says what to install and
-# leaves it to the tests, which fail under CI=true when a tool is missing.
+# ships them): kcat (the kcat producer example of docs/events.md), docker-compose (reads
+# compose/docker-compose.yaml offline, with no daemon) and chromium (the dashboard's browser
+# tests drive it headless through Playwright, whose own browser download cannot be reached).
+# Called by `make services`. Installs only what is missing, and only as root with apt-get;
+# otherwise says what to install and leaves it to the tests, which fail under CI=true when a
+# tool is missing.
 set -euo pipefail
 
-declare -A packages=([kcat]=kcat [docker-compose]=docker-compose)
+declare -A packages=([kcat]=kcat [docker-compose]=docker-compose [chromium]=chromium)
 missing=()
 for tool in "${!packages[@]}"; do
     command -v "$tool" >/dev/null 2>&1 || missing+=("${packages[$tool]}")

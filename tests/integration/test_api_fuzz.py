@@ -131,6 +131,7 @@ OPERATIONS = [
     ("GET", "/v1/clusters/{cluster}/owners/{owner}"),
     ("GET", "/v1/clusters/{cluster}/decisions"),
     ("GET", "/v1/clusters/{cluster}/rejections"),
+    ("GET", "/v1/clusters/{cluster}/map"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
 ]
