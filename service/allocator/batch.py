@@ -158,6 +158,37 @@ def apply_records(
     return batch
 
 
+def extend(batch: ports.Batch, more: ports.Batch) -> None:
+    """Append ``more`` (applied right after ``batch``, from ``batch.next_offset`` on) to ``batch``,
+    so that both are committed as one transaction.
+
+    The loop groups what arrives while a commit is in flight into the next batch: a commit's
+    cost per batch (each node it touched written once, an address held and given back within
+    the batch never stored as current) then falls as the load rises. Nothing the core decided
+    depends on where batches end, so the decisions and the state are the same either way.
+    """
+    if more.partition != batch.partition or more.applied[0].record.offset != batch.next_offset:
+        raise ValueError("a batch can only be extended by the one applied right after it")
+    batch.next_offset = more.next_offset
+    batch.applied.extend(more.applied)
+    for name, changes in more.changes.items():
+        earlier = batch.changes.get(name)
+        if earlier is None:
+            batch.changes[name] = changes
+        else:
+            earlier.nodes |= changes.nodes
+            earlier.pool = earlier.pool or changes.pool
+            earlier.ips.extend(changes.ips)
+        batch.ip_times.setdefault(name, []).extend(more.ip_times.get(name, []))
+        batch.cluster_rows[name] = more.cluster_rows[name]
+        # The later snapshot of a node is the one that stands; kept in name order.
+        rows = batch.node_rows.get(name, {}) | more.node_rows.get(name, {})
+        batch.node_rows[name] = {node: rows[node] for node in sorted(rows)}
+    batch.node_history.extend(more.node_history)
+    batch.pool_history.extend(more.pool_history)
+    batch.heads.extend(more.heads)
+
+
 _sha256 = hashlib.sha256
 _head_encoder = msgspec.json.Encoder()
 

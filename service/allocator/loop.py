@@ -251,6 +251,8 @@ class PartitionAllocator:
                         tree=self._tree,
                         evidence=self.settings.tree,
                     )
+                    if inflight is not None:
+                        records = await self._group(current, token, batch, records, inflight)
                     if inflight is not None and (reason := await inflight.refused()) is not None:
                         return _FailedBatch(inflight.records, reason)
                     inflight = _InFlight(records)
@@ -261,6 +263,60 @@ class PartitionAllocator:
             finally:
                 tasks.cancel_scope.cancel()
         return None
+
+    async def _group(
+        self,
+        current: state.State,
+        token: int,
+        batch: ports.Batch,
+        records: Sequence[ports.Record],
+        inflight: _InFlight,
+    ) -> Sequence[ports.Record]:
+        """While the commit before ``batch`` is still running, apply into ``batch`` what the log
+        already holds after it (group commit); the records ``batch`` now covers.
+
+        The time would otherwise be spent waiting for that commit, and the next commit costs
+        less per event the more it groups (each node it changed is written once, addresses
+        held and given back within it are never stored as current). Under a light load the
+        commit is done first and nothing changes: a batch is committed as soon as it can be.
+        Reads here never wait for the log, and stop at ``batch_group_max_records``.
+        """
+        limit = self.settings.batch_group_max_records
+        grouped: list[ports.Record] | None = None
+        size = len(records)
+        # Let the commit run first: one that is already done has nothing to wait for.
+        await anyio.lowlevel.checkpoint()
+        while not inflight.done.is_set() and size < limit:
+            more = await self.log.read(
+                self.partition,
+                batch.next_offset,
+                min(self.settings.batch_max_records, limit - size),
+                0.0,
+            )
+            if not more:
+                break
+            if more[0].offset != batch.next_offset:
+                raise errors.LogError(
+                    f"partition {self.partition}: expected offset {batch.next_offset}, "
+                    f"the log returned {more[0].offset}"
+                )
+            batches.extend(
+                batch,
+                batches.apply_records(
+                    current,
+                    more,
+                    self.partition,
+                    token,
+                    partitions=self._partitions,
+                    tree=self._tree,
+                    evidence=self.settings.tree,
+                ),
+            )
+            if grouped is None:
+                grouped = list(records)
+            grouped.extend(more)
+            size = len(grouped)
+        return records if grouped is None else grouped
 
     async def _commit(self, batch: ports.Batch, handle: _InFlight) -> None:
         try:

@@ -36,6 +36,9 @@ class LoopSettings:
     """How the loop batches, leases and retries; ``tree`` None turns the Merkle tree off."""
 
     batch_max_records: int = 5000
+    # While a commit runs, the next batch goes on taking what the log already holds, up to this
+    # many records (group commit: the loop's ``_group``).
+    batch_group_max_records: int = 40_000
     batch_max_wait_s: float = 0.05
     lease_poll_s: float = 1.0
     renew_every_s: float = 2.0

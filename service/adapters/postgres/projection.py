@@ -36,7 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from service import errors, ports
 from service.adapters.postgres import driver
 from service.domain import merkle, restore, state
-from service.domain.pool import IPV4
+from service.domain.pool import IPV4, IPV6
 
 UTC = datetime.UTC
 NODES_CHANNEL = "ipledger_nodes"
@@ -164,6 +164,11 @@ class PostgresProjection:
         current = state.State(track_changes=True)
         async with self._driver("loading the projection", transaction=True) as db:
             await db.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            # The writer's idle-in-transaction timeout is for transactions holding row locks;
+            # this one holds none, and between two fetches of its cursor the client may build
+            # millions of addresses for longer than the timeout on a loaded machine (the
+            # server then closed the connection and the load started over, for ever).
+            await db.execute("SET LOCAL idle_in_transaction_session_timeout = 0")
             next_offset, tree = 0, None
             if partitions and len(partitions) == 1:
                 next_offset = await self._next_offset(db, partitions[0])
@@ -491,22 +496,21 @@ async def _write_ips(
     # thousands of addresses per second, ipaddress's string parser was the largest cost.
     keys = [(c.family, c.address) for c in changes.ips]
     wire = {key: _inet(*key) for key in keys}
+    # The addresses come back as integers (IPv6 as text) computed by the server, as ``load``
+    # reads them: decoding each into an ipaddress object was the commit's largest Python cost.
     previous = await db.fetch(
         "DELETE FROM pod_ip WHERE cluster = $1 AND address = ANY($2::inet[]) "
-        "RETURNING address, node, owner, partition, since_offset, since_time",
+        "RETURNING CASE WHEN family(address) = 4 THEN address - '0.0.0.0'::inet END AS v4, "
+        "CASE WHEN family(address) = 6 THEN host(address) END AS v6, "
+        "node, owner, partition, since_offset, since_time",
         cluster_name,
         list(wire.values()),
     )
-    holding: dict[tuple[int, int], tuple[str, str, int, int, datetime.datetime] | None] = {
-        (r["address"].version, int(r["address"])): (
-            r["node"],
-            r["owner"],
-            r["partition"],
-            r["since_offset"],
-            r["since_time"],
-        )
-        for r in previous
-    }
+    holding: dict[tuple[int, int], tuple[str, str, int, int, datetime.datetime] | None] = {}
+    for r in previous:
+        v4 = r["v4"]
+        key = (IPV4, v4) if v4 is not None else (IPV6, int(ipaddress.IPv6Address(r["v6"])))
+        holding[key] = (r["node"], r["owner"], r["partition"], r["since_offset"], r["since_time"])
     finished: list[tuple[Any, ...]] = []
     for change, key, when in zip(changes.ips, keys, times, strict=True):
         offset, moment = when
