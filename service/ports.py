@@ -831,6 +831,27 @@ class ClusterAt:
     nodes_in_conflict: int
 
 
+#: What an answer is asked to reflect: now (None), a log offset of the cluster's partition, or
+#: the last record at or before a time (the query API's ``as_of``).
+Wanted = int | datetime.datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Based(Generic[_Item]):
+    """An answer read together with the offset it reflects, in one consistent read.
+
+    ``applied``: the partition's last applied offset (None: nothing applied yet). ``basis``: the
+    offset the answer reflects: ``applied`` for now; for an offset, the smaller of it and
+    ``applied``; for a time, the last record at or before it (the latest by time, the highest
+    offset among equal times), at most ``applied``; None when there is none. ``value`` is
+    empty (or None) when ``basis`` is None.
+    """
+
+    applied: int | None
+    basis: int | None
+    value: _Item
+
+
 class ProjectionReader(Protocol):
     """Read-only queries over what the allocator and the sync worker committed.
 
@@ -956,7 +977,8 @@ class ProjectionReader(Protocol):
         self, partition: int, *, at_time: datetime.datetime | None = None
     ) -> int | None:
         """The last offset of ``partition`` applied (None: none yet); with ``at_time``, the last
-        one whose time (the event's, else the log's) is at or before it (None: none)."""
+        record at or before it by time (the event's, else the log's, else when it was applied):
+        the latest such time, the highest offset among equal ones (None: none)."""
         ...
 
     async def cluster_at(self, cluster: str, at: int) -> ClusterAt | None:
@@ -981,6 +1003,30 @@ class ProjectionReader(Protocol):
 
     async def node_at(self, cluster: str, name: str, at: int) -> NodeAt | None:
         """One node at ``at``, or None (unknown, deleted, or not there yet)."""
+        ...
+
+    # --- the basis and the answer in one read (the query API's hot routes) --------------------
+    # Each is ``applied_offset`` (with ``at_time`` for a time), the basis as ``Based`` says, and
+    # the answer at that basis, read at once: one statement, one round trip to the store.
+
+    async def address_history_based(
+        self, cluster: str, partition: int, address: Address, wanted: Wanted
+    ) -> Based[list[Holding]]:
+        """The holdings of ``address`` that had begun at the basis (``from_offset <= basis``),
+        in the order they started, as ``address_history`` has them."""
+        ...
+
+    async def owner_history_based(
+        self, cluster: str, partition: int, owner: str, wanted: Wanted
+    ) -> Based[list[Holding]]:
+        """The holdings of ``owner`` that had begun at the basis, in the order they started
+        (then by address), as ``owner_history`` has them."""
+        ...
+
+    async def node_based(
+        self, cluster: str, partition: int, name: str, wanted: Wanted
+    ) -> Based[NodeAt | None]:
+        """``node_at(cluster, name, basis)``."""
         ...
 
     async def cluster_decisions(

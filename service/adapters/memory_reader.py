@@ -324,11 +324,49 @@ class MemoryProjectionReader:
             row = self.tables.offsets.get(partition)
             return None if row is None or row.next_offset < 1 else row.next_offset - 1
         found = [
-            row.offset
+            (time, row.offset)
             for row in self.tables.decisions.get(partition, [])
-            if (row.event_time or row.log_time or row.applied_at) <= at_time
+            if (time := row.event_time or row.log_time or row.applied_at) <= at_time
         ]
-        return max(found) if found else None
+        return max(found)[1] if found else None
+
+    async def _basis(self, partition: int, wanted: ports.Wanted) -> tuple[int | None, int | None]:
+        applied = await self.applied_offset(partition)
+        if applied is None or wanted is None:
+            return applied, applied
+        if isinstance(wanted, int):
+            return applied, min(wanted, applied)
+        found = await self.applied_offset(partition, at_time=wanted)
+        return applied, None if found is None else min(found, applied)
+
+    async def address_history_based(
+        self, cluster: str, partition: int, address: ports.Address, wanted: ports.Wanted
+    ) -> ports.Based[list[ports.Holding]]:
+        """``address_history`` begun at the basis (ports.Based), from one state of the rows."""
+        applied, basis = await self._basis(partition, wanted)
+        if basis is None:
+            return ports.Based(applied, basis, [])
+        history = await self.address_history(cluster, address)
+        return ports.Based(applied, basis, [h for h in history if h.from_offset <= basis])
+
+    async def owner_history_based(
+        self, cluster: str, partition: int, owner: str, wanted: ports.Wanted
+    ) -> ports.Based[list[ports.Holding]]:
+        """``owner_history`` begun at the basis (ports.Based), from one state of the rows."""
+        applied, basis = await self._basis(partition, wanted)
+        if basis is None:
+            return ports.Based(applied, basis, [])
+        history = await self.owner_history(cluster, owner)
+        return ports.Based(applied, basis, [h for h in history if h.from_offset <= basis])
+
+    async def node_based(
+        self, cluster: str, partition: int, name: str, wanted: ports.Wanted
+    ) -> ports.Based[ports.NodeAt | None]:
+        """``node_at`` at the basis (ports.Based), from one state of the rows."""
+        applied, basis = await self._basis(partition, wanted)
+        if basis is None:
+            return ports.Based(applied, basis, None)
+        return ports.Based(applied, basis, await self.node_at(cluster, name, basis))
 
     async def cluster_at(self, cluster: str, at: int) -> ports.ClusterAt | None:
         """``cluster`` with its pool, pool use and node counts right after offset ``at``."""

@@ -12,7 +12,9 @@ offset: that record, or the last applied one if the log has not got that far; an
 the last record whose time, the event's else the log's, is at or before it). A cursor carries
 the basis of the page that made it, so the pages of one listing all come from one basis even
 while the allocator goes on. Because history is insert-only, the answer for a path, a query and a
-basis never changes: the ETag is a hash of the three, checked before any query runs.
+basis never changes: the ETag is a hash of the three, checked before the answer's query runs,
+or, on the routes that read the basis and the answer in one statement (``ports.Based``: an
+address, its history, an owner, a node), before the body is built.
 """
 
 from __future__ import annotations
@@ -94,18 +96,30 @@ async def basis(
 ) -> int:
     """The offset the answer reflects (see the module's docstring); 404 if there is none."""
     now = await reader.applied_offset(partition)
-    if now is None:
-        raise errors.QueryNotFoundError(f"no record of partition {partition} is applied yet")
     if wanted is None:
-        return now
+        return settled(cluster, partition, wanted, now, now)
     if isinstance(wanted, int):
-        return min(wanted, now)
-    found = await reader.applied_offset(partition, at_time=wanted)
+        return settled(cluster, partition, wanted, now, wanted)
+    found = None if now is None else await reader.applied_offset(partition, at_time=wanted)
+    return settled(cluster, partition, wanted, now, found)
+
+
+def settled(
+    cluster: str,
+    partition: int,
+    wanted: int | datetime.datetime | None,
+    applied: int | None,
+    found: int | None,
+) -> int:
+    """The basis from the partition's last ``applied`` offset and the record ``found`` for
+    ``wanted`` (itself for an offset, the last at or before a time; ``ports.Based`` reads
+    both in one go); 404 when nothing is applied yet, or nothing was at that time."""
+    if applied is None:
+        raise errors.QueryNotFoundError(f"no record of partition {partition} is applied yet")
     if found is None:
-        raise errors.QueryNotFoundError(
-            f"cluster {cluster}: no record at or before {rfc3339(wanted)}"
-        )
-    return min(found, now)
+        when = rfc3339(wanted) if isinstance(wanted, datetime.datetime) else str(wanted)
+        raise errors.QueryNotFoundError(f"cluster {cluster}: no record at or before {when}")
+    return min(found, applied)
 
 
 class Cursor(msgspec.Struct, frozen=True, array_like=True):

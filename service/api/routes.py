@@ -15,9 +15,9 @@ from __future__ import annotations
 import base64
 import datetime
 import json
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from litestar import Request, Response, get
 from litestar.datastructures import State
@@ -29,6 +29,7 @@ from service.api import models, problems, reading
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 1000
+_T = TypeVar("_T")
 _FAMILY = {4: "ipv4", 6: "ipv6"}
 
 Limit = Annotated[
@@ -178,6 +179,27 @@ async def _answer(
         at = await reading.basis(_reader(state), name, partition, wanted)
     tag = reading.etag(request.url.path, request.url.query, [(partition, at)])
     return _Answer(request, name, partition, at, tag)
+
+
+async def _based(
+    request: Request[Any, Any, Any],
+    state: State,
+    cluster: str,
+    as_of: str | None,
+    after: reading.Cursor | None,
+    read: Callable[[ports.ProjectionReader, str, int, ports.Wanted], Awaitable[ports.Based[_T]]],
+) -> tuple[_Answer, _T]:
+    """``_answer`` and the answer, read together (``ports.Based``: one statement): the basis
+    and the ETag as ``_answer`` settles them, the 304 check left to the caller."""
+    name = reading.cluster_name(cluster)
+    wanted = reading.as_of(as_of)
+    partition = await _partition(state, name)
+    if after is not None and isinstance(after.basis, int) and after.basis >= 0:
+        wanted = after.basis
+    based = await read(_reader(state), name, partition, wanted)
+    at = reading.settled(name, partition, wanted, based.applied, based.basis)
+    tag = reading.etag(request.url.path, request.url.query, [(partition, at)])
+    return _Answer(request, name, partition, at, tag), based.value
 
 
 def _time(moment: datetime.datetime | None) -> str | None:
@@ -446,10 +468,18 @@ async def get_node(
 ) -> Response[models.NodeDetail]:
     """PodCIDRs, error, conflict, addresses, pod addresses used/free per family, last change."""
     name = reading.node_name(node)
-    answer = await _answer(request, state, cluster, as_of)
+    answer, view = await _based(
+        request,
+        state,
+        cluster,
+        as_of,
+        None,
+        lambda reader, cluster, partition, wanted: reader.node_based(
+            cluster, partition, name, wanted
+        ),
+    )
     if answer.fresh:
         return answer.not_modified()
-    view = await _reader(state).node_at(answer.cluster, name, answer.basis)
     if view is None:
         raise errors.QueryNotFoundError(
             f"cluster {answer.cluster} has no node {name} at offset {answer.basis}"
@@ -493,10 +523,10 @@ async def get_ip(
 ) -> Response[models.Holder]:
     """The current holder (node, owner, since); 404 when nobody holds it."""
     value = reading.address(ip)
-    answer = await _answer(request, state, cluster, as_of)
+    answer, holdings = await _based(request, state, cluster, as_of, None, _address_history(value))
     if answer.fresh:
         return answer.not_modified()
-    history = _as_of(await _reader(state).address_history(answer.cluster, value), answer.basis)
+    history = _as_of(holdings, answer.basis)
     held = [holding for holding in history if holding.until is None]
     if not held:
         raise errors.QueryNotFoundError(
@@ -522,11 +552,22 @@ async def get_ip_history(
     """Every holding, ended and current, in the order they started."""
     value = reading.address(ip)
     start = reading.read_cursor(after)
-    answer = await _answer(request, state, cluster, as_of, start)
+    answer, holdings = await _based(request, state, cluster, as_of, start, _address_history(value))
     if answer.fresh:
         return answer.not_modified()
-    history = _as_of(await _reader(state).address_history(answer.cluster, value), answer.basis)
+    history = _as_of(holdings, answer.basis)
     return answer.ok(_holding_page(history, start, limit, answer))
+
+
+def _address_history(
+    value: ports.Address,
+) -> Callable[[ports.ProjectionReader, str, int, ports.Wanted], Awaitable[ports.Based[Any]]]:
+    def read(
+        reader: ports.ProjectionReader, cluster: str, partition: int, wanted: ports.Wanted
+    ) -> Awaitable[ports.Based[list[ports.Holding]]]:
+        return reader.address_history_based(cluster, partition, value, wanted)
+
+    return read
 
 
 def _holding_page(
@@ -562,10 +603,19 @@ async def get_owner(
     ``history=true`` every holding it had."""
     name = reading.owner_name(owner.removeprefix("/"))
     start = reading.read_cursor(after)
-    answer = await _answer(request, state, cluster, as_of, start)
+    answer, began = await _based(
+        request,
+        state,
+        cluster,
+        as_of,
+        start,
+        lambda reader, cluster, partition, wanted: reader.owner_history_based(
+            cluster, partition, name, wanted
+        ),
+    )
     if answer.fresh:
         return answer.not_modified()
-    holdings = _as_of(await _reader(state).owner_history(answer.cluster, name), answer.basis)
+    holdings = _as_of(began, answer.basis)
     if not history:
         holdings = sorted(
             (holding for holding in holdings if holding.until is None),

@@ -535,6 +535,47 @@ async def test_as_of_an_offset_is_simulate_over_the_prefix(world: World) -> None
     assert await reader.applied_offset(0, at_time=_at("2026-11-16T00:00:00Z")) is None
 
 
+async def test_the_basis_and_the_answer_read_together(world: World) -> None:
+    """``*_based`` give the basis ``ports.Based`` defines and, at it, what the separate reads
+    give (the query API's hot routes read both in one statement)."""
+    reader = world.reader
+    last = len(world.log) - 1
+    ip = ipaddress.ip_address("10.4.0.1")
+    at_eleven = _at("2026-11-17T11:00:00Z")
+    cases: list[tuple[ports.Wanted, int | None]] = [
+        (None, last),
+        (OFFSET["a"], OFFSET["a"]),
+        (OFFSET["n"], OFFSET["n"]),
+        (10**12, last),
+        (at_eleven, OFFSET["a"]),
+        (_at("2026-11-17T13:00:00Z"), OFFSET["c"]),
+        (_at("2026-11-16T00:00:00Z"), None),
+    ]
+    for wanted, basis in cases:
+        by_address = await reader.address_history_based("default", 0, ip, wanted)
+        by_owner = await reader.owner_history_based("default", 0, "shop/cart-1", wanted)
+        node = await reader.node_based("default", 0, "w1", wanted)
+        for based in (by_address, by_owner, node):
+            assert (based.applied, based.basis) == (last, basis), wanted
+        if basis is None:
+            assert (by_address.value, by_owner.value, node.value) == ([], [], None)
+            continue
+        assert by_address.value == [
+            h for h in await reader.address_history("default", ip) if h.from_offset <= basis
+        ]
+        assert by_owner.value == [
+            h
+            for h in await reader.owner_history("default", "shop/cart-1")
+            if h.from_offset <= basis
+        ]
+        assert node.value == await reader.node_at("default", "w1", basis)
+    assert (await reader.address_history_based("default", 0, ip, OFFSET["b"])).value == [CART_1]
+    assert (await reader.address_history_based("default", 0, ip, OFFSET["n"])).value == []
+    nothing = await reader.node_based("default", 7, "w1", None)
+    assert (nothing.applied, nothing.basis, nothing.value) == (None, None, None)
+    assert (await reader.node_based("default", 0, "nobody", None)).value is None
+
+
 async def test_a_clusters_decisions_and_rejections_up_to_an_offset(world: World) -> None:
     reader = world.reader
     decisions = await reader.cluster_decisions("east", 0, 200, 1000)

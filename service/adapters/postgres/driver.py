@@ -107,19 +107,25 @@ def _reason(exc: BaseException) -> str:
 
 
 def engine(
-    dsn: str, *, pool_size: int, server_settings: Mapping[str, str] | None = None
+    dsn: str,
+    *,
+    pool_size: int,
+    server_settings: Mapping[str, str] | None = None,
+    pre_ping: bool = True,
 ) -> AsyncEngine:
     """An asyncpg engine for ``dsn`` (``postgresql://...``); connects on first use.
 
     Pooled connections are pinged before use: connections the server dropped (restart,
     ``pg_terminate_backend``) would otherwise wait in the pool, and each would fail one request
-    and cost its caller one backoff.
+    and cost its caller one backoff. ``pre_ping=False`` saves the ping's round trips (a
+    ``BEGIN``, the ping, and the ``ROLLBACK`` of the reset on return) for a caller that runs
+    idempotent statements and retries one on a new connection itself (the read side).
     """
     connect_args = {} if server_settings is None else {"server_settings": dict(server_settings)}
     return create_async_engine(
         sa.make_url(dsn).set(drivername="postgresql+asyncpg"),
         pool_size=pool_size,
-        pool_pre_ping=True,
+        pool_pre_ping=pre_ping,
         connect_args=connect_args,
     )
 

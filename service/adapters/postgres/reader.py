@@ -16,11 +16,13 @@ database's collation. asyncpg and SQLAlchemy exceptions become ``errors.Projecti
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service import errors, ports
@@ -30,6 +32,15 @@ from service.domain import document, state
 
 READ_ONLY_SESSION = {"default_transaction_read_only": "on"}
 _translate = driver.Translation(errors.ProjectionError)
+# Failures of a pooled connection itself (closed by the server, or broken), after which the
+# same statement on a new connection may succeed; anything else is the statement's own.
+_LOST_CONNECTION = (
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    asyncpg.AdminShutdownError,
+    asyncpg.PostgresConnectionError,
+    ConnectionError,
+)
 
 _NODE_COLUMNS = (
     "n.cluster, n.name, n.pod_cidrs, n.error, n.conflict, n.addresses, n.waiting, n.pinned, "
@@ -43,8 +54,9 @@ _POD_IP_COUNTS = (
 )
 # Holdings, ended and current (the view ip_holding), with the events that began and ended them.
 _HOLDINGS = (
-    "SELECT h.cluster, h.address, h.node, h.owner, h.partition, h.from_offset, h.from_time, "
-    "h.to_offset, h.to_time, b.event_id AS from_event_id, e.event_id AS to_event_id "
+    "SELECT true AS h_found, h.cluster, h.address, h.node, h.owner, h.partition, "
+    "h.from_offset, h.from_time, h.to_offset, h.to_time, b.event_id AS from_event_id, "
+    "e.event_id AS to_event_id "
     "FROM ip_holding h "
     'LEFT JOIN decision b ON b.partition = h.partition AND b."offset" = h.from_offset '
     'LEFT JOIN decision e ON e.partition = h.partition AND e."offset" = h.to_offset '
@@ -71,7 +83,7 @@ class PostgresProjectionReader:
         if statement_timeout_ms is not None:
             session["statement_timeout"] = str(statement_timeout_ms)
         return cls(
-            driver.engine(dsn, pool_size=pool_size, server_settings=session),
+            driver.engine(dsn, pool_size=pool_size, server_settings=session, pre_ping=False),
             owns_engine=True,
         )
 
@@ -79,12 +91,32 @@ class PostgresProjectionReader:
         if self._owns_engine:
             await self._engine.dispose()
 
-    def _read(self, doing: str) -> AbstractAsyncContextManager[Any]:
-        return driver.connection(self._engine, _translate, doing, transaction=True)
+    @contextlib.asynccontextmanager
+    async def _read(self, doing: str) -> AsyncIterator[Any]:
+        """A connection in one ``REPEATABLE READ READ ONLY`` transaction (one ``BEGIN``), for
+        the answers that take several statements."""
+        async with (
+            driver.connection(self._engine, _translate, doing, transaction=False) as db,
+            db.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            yield db
 
     async def _fetch(self, doing: str, query: str, *args: Any) -> list[Any]:
-        async with self._read(doing) as db:
-            await db.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        """One statement, outside any explicit transaction: a statement sees one snapshot, so
+        its answer is consistent by itself, and it costs one round trip (no ``BEGIN``,
+        ``COMMIT``, ping or reset around it; every session is read-only already). A pooled
+        connection found dead (the server restarted, or ended it) is discarded and the
+        statement runs once more on a new one, which is what a ping before use would have
+        bought, at the price of a round trip per call."""
+        try:
+            return await self._fetch_once(doing, query, args)
+        except errors.ProjectionError as exc:
+            if not isinstance(exc.__cause__, _LOST_CONNECTION):
+                raise
+        return await self._fetch_once(doing, query, args)
+
+    async def _fetch_once(self, doing: str, query: str, args: tuple[Any, ...]) -> list[Any]:
+        async with driver.connection(self._engine, _translate, doing, transaction=False) as db:
             rows: list[Any] = await db.fetch(query, *args)
             return rows
 
@@ -94,7 +126,6 @@ class PostgresProjectionReader:
         """Every cluster's state, rebuilt from the rows as ``PostgresProjection.load`` does."""
         current = state.State()
         async with self._read("reading the state") as db:
-            await db.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
             await projection.restore_clusters(db, current, None)
         return current
 
@@ -107,7 +138,6 @@ class PostgresProjectionReader:
     async def clusters(self) -> list[ports.ClusterView]:
         """Every cluster by name, with its pool and the use of each element."""
         async with self._read("reading clusters") as db:
-            await db.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
             clusters = await db.fetch(
                 "SELECT name, partition, version, ipv4_cidrs, ipv4_mask, ipv6_cidrs, ipv6_mask "
                 'FROM cluster ORDER BY name COLLATE "C"'
@@ -375,8 +405,8 @@ class PostgresProjectionReader:
         else:
             rows = await self._fetch(
                 "finding the offset of a time",
-                'SELECT max("offset") AS at FROM decision WHERE partition = $1 '
-                "AND coalesce(event_time, log_time, applied_at) <= $2",
+                f'SELECT "offset" AS at FROM decision WHERE partition = $1 AND {_TIME} <= $2 '
+                f'ORDER BY {_TIME} DESC, "offset" DESC LIMIT 1',
                 partition,
                 at_time,
             )
@@ -387,7 +417,6 @@ class PostgresProjectionReader:
     async def cluster_at(self, cluster: str, at: int) -> ports.ClusterAt | None:
         """``cluster`` with its pool, pool use and node counts right after offset ``at``."""
         async with self._read("reading a cluster as of an offset") as db:
-            await db.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
             pool = await db.fetchrow(
                 'SELECT "offset", partition, ipv4_cidrs, ipv4_mask, ipv6_cidrs, ipv6_mask '
                 'FROM cluster_history WHERE cluster = $1 AND "offset" <= $2 '
@@ -480,6 +509,78 @@ class PostgresProjectionReader:
         )
         return _node_at(rows[0]) if rows else None
 
+    # --- the basis and the answer in one statement ----------------------------------------------
+
+    async def _based(
+        self, doing: str, query: str, partition: int, wanted: ports.Wanted, *args: Any
+    ) -> tuple[int | None, int | None, list[Any]]:
+        """Run ``query`` (``_BASED`` ahead of it binds $1-$3) with ``args`` as $4...; the
+        applied offset, the basis, and the rows that carry an answer (``h_found``)."""
+        at_offset = wanted if isinstance(wanted, int) else None
+        at_time = wanted if isinstance(wanted, datetime.datetime) else None
+        rows = await self._fetch(doing, query, partition, at_offset, at_time, *args)
+        applied = rows[0]["applied"] if rows else None
+        basis = rows[0]["basis"] if rows else None
+        return (
+            None if applied is None or applied < 0 else int(applied),
+            None if basis is None else int(basis),
+            [row for row in rows if row["h_found"]],
+        )
+
+    async def address_history_based(
+        self, cluster: str, partition: int, address: ports.Address, wanted: ports.Wanted
+    ) -> ports.Based[list[ports.Holding]]:
+        """The holdings of ``address`` begun at the basis, with the basis, in one statement."""
+        applied, basis, rows = await self._based(
+            "reading an address's history",
+            f"{_BASED} LEFT JOIN LATERAL ({_HOLDINGS} WHERE h.cluster = $4 "
+            "AND h.address = $5::inet AND h.from_offset <= q.basis) h ON true "
+            "ORDER BY h.from_offset",
+            partition,
+            wanted,
+            cluster,
+            str(address),
+        )
+        return ports.Based(applied, basis, [_holding(row) for row in rows])
+
+    async def owner_history_based(
+        self, cluster: str, partition: int, owner: str, wanted: ports.Wanted
+    ) -> ports.Based[list[ports.Holding]]:
+        """The holdings of ``owner`` begun at the basis, with the basis, in one statement."""
+        applied, basis, rows = await self._based(
+            "reading an owner's history",
+            f"{_BASED} LEFT JOIN LATERAL ({_HOLDINGS} WHERE h.cluster = $4 "
+            "AND h.owner = $5 AND h.from_offset <= q.basis) h ON true "
+            "ORDER BY h.from_offset, h.address",
+            partition,
+            wanted,
+            cluster,
+            owner,
+        )
+        return ports.Based(applied, basis, [_holding(row) for row in rows])
+
+    async def node_based(
+        self, cluster: str, partition: int, name: str, wanted: ports.Wanted
+    ) -> ports.Based[ports.NodeAt | None]:
+        """``node_at`` at the basis, with the basis, in one statement."""
+        applied, basis, rows = await self._based(
+            "reading a node as of an offset",
+            f"{_BASED} LEFT JOIN LATERAL (SELECT true AS h_found, n.*, p.v4, p.v6, d.event_id "
+            "FROM (SELECT * FROM node_history WHERE cluster = $4 AND name = $5 "
+            'AND "offset" <= q.basis ORDER BY "offset" DESC LIMIT 1) n '
+            "LEFT JOIN LATERAL (SELECT count(*) FILTER (WHERE family(i.address) = 4) AS v4, "
+            "count(*) FILTER (WHERE family(i.address) = 6) AS v6 FROM ip_holding i "
+            "WHERE i.cluster = n.cluster AND i.node = n.name AND i.from_offset <= q.basis "
+            "AND (i.to_offset IS NULL OR i.to_offset > q.basis)) p ON true "
+            'LEFT JOIN decision d ON d.partition = n.partition AND d."offset" = n."offset" '
+            "WHERE NOT n.deleted) h ON true",
+            partition,
+            wanted,
+            cluster,
+            name,
+        )
+        return ports.Based(applied, basis, _node_at(rows[0]) if rows else None)
+
     async def cluster_decisions(
         self, cluster: str, start: int, upto: int, limit: int
     ) -> list[ports.CommittedDecision]:
@@ -515,6 +616,22 @@ class PostgresProjectionReader:
         return [_rejection(row) for row in rows]
 
 
+# A record's time, as the readers' as_of=<time> compares it: the event's, else the log's, else
+# when it was applied. Exactly the expression of the index ix_decision_time (migration 0007).
+_TIME = "coalesce(event_time, log_time, applied_at)"
+# The basis of an answer (ports.Based): $1 the partition, $2 an offset wanted (or NULL), $3 a
+# time wanted (or NULL); one row ``q`` (applied, basis) that the answer's rows join laterally.
+_BASED = (
+    "SELECT q.applied, q.basis, h.* FROM (SELECT a.applied, CASE "
+    "WHEN a.applied IS NULL OR a.applied < 0 THEN NULL "
+    "WHEN $2::bigint IS NOT NULL THEN least($2::bigint, a.applied) "
+    "WHEN $3::timestamptz IS NULL THEN a.applied "
+    'ELSE (SELECT least(d."offset", a.applied) FROM decision d WHERE d.partition = $1 '
+    f"AND {_TIME} <= $3::timestamptz ORDER BY {_TIME} DESC, "
+    'd."offset" DESC LIMIT 1) END AS basis '
+    "FROM (SELECT (SELECT next_offset - 1 FROM consumer_offset WHERE partition = $1) "
+    "AS applied) a) q"
+)
 # The latest node_history row of each node of cluster $1 at or before offset $2, names starting
 # with $3 and after $4 (bytewise).
 _NODES_AT = (

@@ -233,6 +233,14 @@ decision = sa.Table(
     sa.Column("leaf", sa.LargeBinary, nullable=True),
     sa.Index("ix_decision_event_id", "cluster", "event_id"),
 )
+# The readers' as_of=<time> (``applied_offset(at_time=...)``): the last record at or before a
+# time is one descent of this index. The expression is the readers' own (migration 0007).
+sa.Index(
+    "ix_decision_time",
+    decision.c.partition,
+    sa.func.coalesce(decision.c.event_time, decision.c.log_time, decision.c.applied_at),
+    decision.c.offset,
+)
 
 # The heads of each partition's Merkle tree (docs/audits.md): one every N records and at every
 # batch boundary, written in the batch's transaction. ``body`` is the head as published (JSON,
