@@ -19,8 +19,10 @@ Nothing here writes; the only reader is the port.
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import hashlib
+import ipaddress
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,65 +112,185 @@ class _Maps:
         return found
 
     def put(self, tag: str, body: bytes) -> _Encoded:
-        encoded = _Encoded(body, gzip.compress(body, compresslevel=5, mtime=0))
+        encoded = _Encoded(body, gzip.compress(body, compresslevel=1, mtime=0))
         self._bodies[tag] = encoded
         while len(self._bodies) > _CACHED_MAPS:
             self._bodies.popitem(last=False)
         return encoded
 
 
-def _element(use: ports.PoolElementUse) -> tuple[Any, int, int, int]:
-    cidr = use.cidr
-    bits = max(use.mask - cidr.prefixlen, 0)
-    per_cell = 1 << max(bits - MAX_CELLS.bit_length() + 1, 0)
-    return cidr, bits, per_cell, (1 << bits) // per_cell
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    """One pool element's grid: where its node CIDRs are, as integers."""
+
+    use: ports.PoolElementUse
+    version: int
+    base: int
+    size: int  # addresses in the element
+    shift: int  # address bits of one node CIDR
+    per_cell: int
+    cells: int
+
+    @classmethod
+    def of(cls, use: ports.PoolElementUse) -> _Shape:
+        cidr = use.cidr
+        bits = max(use.mask - cidr.prefixlen, 0)
+        per_cell = 1 << max(bits - MAX_CELLS.bit_length() + 1, 0)
+        return cls(
+            use,
+            cidr.version,
+            int(cidr.network_address),
+            cidr.num_addresses,
+            cidr.max_prefixlen - use.mask,
+            per_cell,
+            (1 << bits) // per_cell,
+        )
+
+    def cell(self, version: int, address: int) -> int | None:
+        """The cell of an address (or a node CIDR's first one), None when not in the element."""
+        if version != self.version or not self.base <= address < self.base + self.size:
+            return None
+        return ((address - self.base) >> self.shift) // self.per_cell
 
 
-def pool_map(view: ports.ClusterAt, nodes: list[ports.NodeAt], basis: models.Basis) -> PoolMap:
-    """The map of ``view``'s pool with ``nodes`` (all live nodes at the basis) on it."""
-    shapes = [_element(use) for use in view.elements]
-    held: list[dict[int, tuple[int, int]]] = [{} for _ in shapes]
-    names: list[str] = []
-    flags: list[int] = []
-    for index, node in enumerate(nodes):
-        names.append(node.name)
-        flags.append(
+class _Live:
+    """The map of one cluster at ``basis`` in a form that later commits can update.
+
+    Built whole from the read port (the cluster's pool at the basis and every live node), and
+    then moved forward by the decisions committed since: a granted or released pod address only
+    changes its node's count of that family, found by the address's cell, so 1,000 allocations
+    cost a read of 1,000 decisions rather than of every node again. Any other decision (a node
+    added, deleted or adopted, a new pool) may change which node holds which cell, or a flag:
+    the map is then built whole again.
+    """
+
+    def __init__(self, view: ports.ClusterAt, nodes: list[ports.NodeAt], basis: int) -> None:
+        self.basis = basis
+        self.shapes = [_Shape.of(use) for use in view.elements]
+        self.names = [node.name for node in nodes]
+        self.flags = [
             (ERROR if node.error else 0)
             | (CONFLICT if node.conflict else 0)
             | (WAITING if node.waiting else 0)
             | (PINNED if node.pinned else 0)
-        )
-        for cidr in node.pod_cidrs:
-            used = node.ipv4_pod_ips if cidr.version == 4 else node.ipv6_pod_ips
-            for number, (element, bits, per_cell, _) in enumerate(shapes):
-                if cidr.version != element.version or not cidr.subnet_of(element):
-                    continue
-                position = int(cidr.network_address) - int(element.network_address)
-                cell = (position >> (element.max_prefixlen - element.prefixlen - bits)) // per_cell
-                # Several node CIDRs in one cell: the fullest one colours it.
-                if cell not in held[number] or used > held[number][cell][1]:
-                    held[number][cell] = (index, used)
-                break
-    elements = []
-    for use, (element, _bits, per_cell, cells), taken in zip(
-        view.elements, shapes, held, strict=True
-    ):
-        triples: list[int] = []
-        for cell in sorted(taken):
-            triples.extend((cell, *taken[cell]))
-        elements.append(
-            MapElement(
-                family="ipv4" if element.version == 4 else "ipv6",
-                cidr=reading.network(element),
-                mask_size=use.mask,
-                node_cidrs=use.total,
-                cells=cells,
-                per_cell=per_cell,
-                pod_capacity=max((1 << (element.max_prefixlen - use.mask)) - 2, 0),
-                held=triples,
+            for node in nodes
+        ]
+        self.used = [[node.ipv4_pod_ips, node.ipv6_pod_ips] for node in nodes]
+        self.holders: list[dict[int, int]] = [{} for _ in self.shapes]
+        for index, node in enumerate(nodes):
+            for cidr in node.pod_cidrs:
+                for shape, holders in zip(self.shapes, self.holders, strict=True):
+                    cell = shape.cell(cidr.version, int(cidr.network_address))
+                    if cell is None:
+                        continue
+                    # Several node CIDRs in one cell: the fullest one colours it.
+                    if cell not in holders or self._use(index, shape) > self._use(
+                        holders[cell], shape
+                    ):
+                        holders[cell] = index
+                    break
+        # Moving forward by addresses needs one node per cell.
+        self.movable = all(shape.per_cell == 1 for shape in self.shapes)
+
+    def _use(self, node: int, shape: _Shape) -> int:
+        return self.used[node][0 if shape.version == 4 else 1]
+
+    def advance(self, decisions: list[ports.CommittedDecision], basis: int) -> bool:
+        """Apply ``decisions`` (every one about the cluster after ``self.basis`` up to
+        ``basis``); False, with the map unchanged, when one needs the map built whole."""
+        if not self.movable:
+            return False
+        changes: list[tuple[int, int, int]] = []  # node, family index, +1 or -1
+        for decision in decisions:
+            if decision.type not in ("ip.requested", "ip.released"):
+                return False
+            if decision.error is not None:
+                continue  # a refused request or release changes nothing
+            step = 1 if decision.type == "ip.requested" else -1
+            for text in msgspec.json.decode(decision.body).get("ips", ()):
+                address = ipaddress.ip_address(text)
+                found = self._holder(address.version, int(address))
+                if found is None:
+                    return False
+                changes.append((found, 0 if address.version == 4 else 1, step))
+        for node, family, step in changes:
+            self.used[node][family] += step
+        self.basis = basis
+        return True
+
+    def _holder(self, version: int, address: int) -> int | None:
+        for shape, holders in zip(self.shapes, self.holders, strict=True):
+            cell = shape.cell(version, address)
+            if cell is not None:
+                return holders.get(cell)
+        return None
+
+    def body(self, partition: int) -> PoolMap:
+        elements = []
+        for shape, holders in zip(self.shapes, self.holders, strict=True):
+            family = 0 if shape.version == 4 else 1
+            used = self.used
+            triples: list[int] = []
+            for cell in sorted(holders):
+                node = holders[cell]
+                triples += (cell, node, used[node][family])
+            use = shape.use
+            elements.append(
+                MapElement(
+                    family="ipv4" if shape.version == 4 else "ipv6",
+                    cidr=reading.network(use.cidr),
+                    mask_size=use.mask,
+                    node_cidrs=use.total,
+                    cells=shape.cells,
+                    per_cell=shape.per_cell,
+                    pod_capacity=max((1 << shape.shift) - 2, 0),
+                    held=triples,
+                )
             )
+        return PoolMap(
+            basis=models.Basis(partition=partition, offset=self.basis),
+            elements=elements,
+            nodes=MapNodes(names=list(self.names), flags=list(self.flags)),
         )
-    return PoolMap(basis=basis, elements=elements, nodes=MapNodes(names=names, flags=flags))
+
+
+def pool_map(view: ports.ClusterAt, nodes: list[ports.NodeAt], basis: models.Basis) -> PoolMap:
+    """The map of ``view``'s pool with ``nodes`` (all live nodes at the basis) on it."""
+    return _Live(view, nodes, basis.offset).body(basis.partition)
+
+
+# Decisions read to move a map forward at most; more, and it is built whole again.
+MAX_STEPS = 20_000
+
+
+class _Lives:
+    """The newest map of each cluster, and a lock that lets one request at a time build it."""
+
+    def __init__(self) -> None:
+        self.maps: dict[str, _Live] = {}
+        self.locks: dict[str, asyncio.Lock] = {}
+
+    async def body(
+        self, reader: ports.ProjectionReader, state: State, answer: routes._Answer
+    ) -> PoolMap:
+        lock = self.locks.setdefault(answer.cluster, asyncio.Lock())
+        async with lock:
+            live = self.maps.get(answer.cluster)
+            if live is not None and live.basis < answer.basis:
+                decisions = await reader.cluster_decisions(
+                    answer.cluster, live.basis + 1, answer.basis, MAX_STEPS + 1
+                )
+                if len(decisions) > MAX_STEPS or not live.advance(decisions, answer.basis):
+                    live = None
+            if live is None or live.basis > answer.basis:
+                view = await routes._cluster_at(state, answer)
+                nodes = await reader.nodes_at(answer.cluster, answer.basis)
+                built = _Live(view, nodes, answer.basis)
+                current = self.maps.get(answer.cluster)
+                if current is None or current.basis <= answer.basis:
+                    self.maps[answer.cluster] = built
+                live = built
+            return live.body(answer.partition)
 
 
 @get(
@@ -194,11 +316,9 @@ async def get_map(
     maps: _Maps = state.setdefault("dashboard_maps", _Maps())
     encoded = maps.get(answer.tag)
     if encoded is None:
-        reader: ports.ProjectionReader = state.reader
-        view = await routes._cluster_at(state, answer)
-        nodes = await reader.nodes_at(answer.cluster, answer.basis)
-        body = msgspec.json.encode(pool_map(view, nodes, answer.stamp))
-        encoded = maps.put(answer.tag, body)
+        lives: _Lives = state.setdefault("dashboard_lives", _Lives())
+        body = await lives.body(state.reader, state, answer)
+        encoded = maps.put(answer.tag, msgspec.json.encode(body))
     if "gzip" in request.headers.get("accept-encoding", ""):
         headers["Content-Encoding"] = "gzip"
         response = Response(encoded.gzipped, media_type=MediaType.JSON, headers=headers)

@@ -99,6 +99,20 @@ async def test_the_map_as_of_an_offset_is_the_listing_then(world: World) -> None
     assert before["elements"][0]["held"] == [0, 0, 0]
 
 
+async def test_a_map_moved_forward_by_pod_decisions_is_the_listing_then(world: World) -> None:
+    """The story's offsets 2 to 6 are pod requests and releases only: each map from the one
+    before (moved by those decisions), and each the same as the listing at its basis."""
+    first = await _check_map(world, "default", 1)
+    assert first["elements"][0]["held"] == [0, 0, 0]
+    uses = []
+    for offset in range(2, 7):
+        body = await _check_map(world, "default", offset)
+        uses.append(body["elements"][0]["held"][2])
+    assert uses == [1, 0, 1, 0, 1]
+    # Back in time is built whole again, and still right.
+    assert (await _check_map(world, "default", 2))["elements"][0]["held"] == [0, 0, 1]
+
+
 async def test_the_map_follows_the_api_conventions(world: World) -> None:
     path = "/v1/clusters/east/map"
     first = await _get(world, path)

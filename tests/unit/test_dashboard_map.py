@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import json
 
 from service import ports
 from service.api import dashboard, models
@@ -68,3 +69,33 @@ def test_a_pool_larger_than_the_grid_puts_several_node_cidrs_in_a_cell() -> None
     (element,) = body.elements
     assert (element.cells, element.per_cell) == (65_536, 65_536)
     assert element.held == [1, 1, 9, 65_535, 2, 1]
+
+
+def _decision(
+    offset: int, kind: str, ips: list[str], error: str | None = None
+) -> ports.CommittedDecision:
+    body = {"id": str(offset), "type": kind, "cluster": "c", "error": error, "ips": ips}
+    return ports.CommittedDecision(
+        0, offset, "c", str(offset), kind, error, json.dumps(body).encode(), None, None, T
+    )
+
+
+def test_pod_decisions_move_the_map_forward_and_node_decisions_do_not() -> None:
+    cluster = _cluster(ports.PoolElementUse(ipaddress.ip_network("10.0.0.0/8"), 24, 2**16, 2))
+    nodes = [_node("a", ["10.0.3.0/24"], v4=5), _node("b", ["10.0.9.0/24"], v4=1)]
+    live = dashboard._Live(cluster, nodes, 9)
+    moved = live.advance(
+        [
+            _decision(10, "ip.requested", ["10.0.3.7"]),
+            _decision(11, "ip.requested", ["10.0.9.2"]),
+            _decision(12, "ip.released", ["10.0.3.1", "10.0.3.2"]),
+            _decision(13, "ip.requested", [], error="no address left"),
+        ],
+        13,
+    )
+    assert moved and live.basis == 13
+    assert live.body(0).elements[0].held == [3, 0, 4, 9, 1, 2]
+    assert not live.advance([_decision(14, "node.added", [])], 14)
+    assert live.basis == 13 and live.body(0).elements[0].held == [3, 0, 4, 9, 1, 2]
+    # An address in no held cell: the map cannot be moved, it is built whole.
+    assert not live.advance([_decision(15, "ip.requested", ["10.0.200.1"])], 15)
