@@ -49,6 +49,7 @@ BENCHMARKS: dict[str, str] = {
     "scale": "bench.scale",
     "scaleout": "bench.scaleout",
     "dashboard": "bench.dashboard",
+    "profile": "bench.profile",
     "soak": "bench.soak",
 }
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import bench
-from bench import compare, plots, report
+from bench import compare, plots, profile, report
 from bench import results as results_file
 
 MACHINE = {
@@ -277,3 +277,29 @@ def test_plots_draw_png(tmp_path: Path) -> None:
     for path in drawn.values():
         assert path.read_bytes().startswith(b"\x89PNG")
     assert plots.cdf_points([3.0, 1.0, 2.0]) == ([1.0, 2.0, 3.0], [1 / 3, 2 / 3, 1.0])
+
+
+def test_profile_folds_raw_stacks_by_innermost_frame() -> None:
+    raw = "\n".join(
+        [
+            "<module> (x.py:1);run (service/allocator.py:10);apply (service/domain/state.py:5) 30",
+            "<module> (x.py:1);run (service/allocator.py:10);execute (asyncpg/conn.py:3) 10",
+            "<module> (x.py:1);select (selectors.py:400) 60",
+            "not a stack line",
+        ]
+    )
+    buckets, functions, total = profile.fold(raw)
+    assert total == 100
+    assert buckets == {
+        "allocation core (service/domain)": 30,
+        "asyncpg (PostgreSQL driver)": 10,
+        "event loop (asyncio, anyio, selectors)": 60,
+    }
+    assert functions["apply (service/domain/state.py:5)"] == 30
+    rows = profile.where_the_time_goes("allocator", raw, Path("p.svg"), 50.0, "ctx")
+    assert rows[0].name == "allocator: samples" and "[p.svg](img/p.svg)" in rows[0].detail
+    assert [(r.name, r.value) for r in rows[1:]] == [
+        ("allocator: event loop (asyncio, anyio, selectors)", 30.0),
+        ("allocator: allocation core (service/domain)", 15.0),
+        ("allocator: asyncpg (PostgreSQL driver)", 5.0),
+    ]
