@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import json
 import os
 import random
@@ -53,7 +54,7 @@ import anyio.to_thread
 import asyncpg
 
 import bench
-from service import errors
+from service import cli, errors
 from service.adapters.kafka import log as kafka_log
 from service.adapters.postgres import reader as pg_reader
 from service.adapters.postgres import table_log
@@ -81,6 +82,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--soak-rate", type=int, default=100, help="events/s the producer appends throughout"
+    )
+    parser.add_argument(
+        "--soak-budget-s",
+        type=float,
+        default=0.0,
+        help="stop starting cycles after this many seconds (0: none); the cycles done are "
+        "reported, held against the 1,000 of the long mode",
+    )
+    parser.add_argument(
+        "--soak-spawn",
+        choices=("fork", "exec"),
+        default="fork",
+        help="fork each allocator from a process that has imported the service (fast cycles), "
+        "or exec python -m service.cli run afresh each cycle (imports included)",
     )
     parser.add_argument(
         "--soak-service-every",
@@ -200,6 +215,122 @@ async def produce(env_json: str, total: int, rate: int, acked_path: str, stop_pa
         await event_log.close()
 
 
+# --- starting allocators: exec'd afresh, or forked from a process that has imported them ------
+
+
+def zygote() -> int:
+    """Import what ``ipledger run`` imports once, then fork one allocator per request.
+
+    Requests come on stdin, one a line, each answered on stdout: ``spawn LOG`` forks a child that
+    runs ``ipledger run`` (``service.cli.main(["run"])``, the command's own code from there on)
+    with its output in LOG and answers its pid; ``kill PID`` / ``term PID`` send it SIGKILL /
+    SIGTERM and answer once it is reaped. At end of input every child still running is killed.
+
+    Why: a fresh interpreter spends over a second of CPU importing the service, several seconds
+    on a loaded machine, which would make the cycles' time mostly imports. A forked child is a
+    process of its own, killed for real; only the imports are shared, not any state (nothing
+    connects or starts a loop before the fork).
+    """
+    # What the command imports lazily, imported once here so that no child has to.
+    for module in ("service.bootstrap", "service.processes.allocator"):
+        importlib.import_module(module)
+    live: set[int] = set()
+    for line in sys.stdin:
+        command, _, argument = line.strip().partition(" ")
+        if command == "spawn":
+            sys.stdout.flush()
+            pid = os.fork()
+            if pid == 0:
+                code = 70
+                try:
+                    fd = os.open(argument, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                    os.dup2(fd, 1)
+                    os.dup2(fd, 2)
+                    os.close(fd)
+                    null = os.open(os.devnull, os.O_RDONLY)
+                    os.dup2(null, 0)
+                    code = cli.main(["run"])
+                finally:
+                    os._exit(code)
+            live.add(pid)
+            print(pid, flush=True)
+        elif command in ("kill", "term"):
+            pid = int(argument)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL if command == "kill" else signal.SIGTERM)
+            _, status = os.waitpid(pid, 0)
+            live.discard(pid)
+            print(status, flush=True)
+    for pid in live:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+    return 0
+
+
+class Forked:
+    """Allocators forked by a ``zygote`` process of this soak's own."""
+
+    def __init__(self, env: dict[str, str], workdir: Path) -> None:
+        self.workdir = workdir
+        self.count = 0
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bench.soak", "zygote"],
+            env={**os.environ, **env},
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    def _ask(self, request: str) -> str:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(request + "\n")
+        self.process.stdin.flush()
+        answer = self.process.stdout.readline()
+        if not answer:
+            raise errors.IpledgerError(f"the soak's zygote ended (asked {request!r})")
+        return answer.strip()
+
+    async def start(self) -> int:
+        self.count += 1
+        log = self.workdir / f"forked-{self.count}.log"
+        return int(await anyio.to_thread.run_sync(self._ask, f"spawn {log}"))
+
+    async def kill(self, pid: int) -> None:
+        await anyio.to_thread.run_sync(self._ask, f"kill {pid}")
+
+    def close(self) -> None:
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+
+class Execed:
+    """Allocators started as ``python -m service.cli run``, imports and all."""
+
+    def __init__(self, env: dict[str, str], allocators: Allocators) -> None:
+        self.env = env
+        self.allocators = allocators
+        self.running: dict[int, subprocess.Popen[bytes]] = {}
+
+    async def start(self) -> int:
+        process = self.allocators.start(self.env)
+        self.running[process.pid] = process
+        return process.pid
+
+    async def kill(self, pid: int) -> None:
+        process = self.running.pop(pid)
+        process.send_signal(signal.SIGKILL)
+        await anyio.to_thread.run_sync(lambda: process.wait(timeout=30))
+
+    def close(self) -> None:
+        pass
+
+
 # --- the soak --------------------------------------------------------------------------------
 
 
@@ -211,16 +342,17 @@ class Soak:
     env: dict[str, str]
     workdir: Path
     allocators: Allocators
+    launcher: Forked | Execed
     rng: random.Random = field(default_factory=lambda: random.Random(SEED))
     tally: Tally = field(default_factory=Tally)
 
     async def cycle(self, progress: Progress, service_every: int) -> None:
         began = time.monotonic()
         before = await progress.consumed()
-        process = self.allocators.start(self.env)
+        pid = await self.launcher.start()
         if self.rng.random() < 0.3:
-            # Anywhere from its start on: imports, connecting, loading, the lease wait, work.
-            await anyio.sleep(self.rng.uniform(0.0, 2.5))
+            # Anywhere from its start on: connecting, loading, the lease wait, work.
+            await anyio.sleep(self.rng.uniform(0.0, 2.0))
             at = await progress.consumed()
             committed = at is not None and before is not None and at > before
             moment = "at random, after it committed" if committed else "at random, in start-up"
@@ -230,8 +362,7 @@ class Soak:
                 await self.service_fault(progress)
             await anyio.sleep(self.rng.uniform(0.0, 0.3))
             moment = "0-0.3 s after a commit"
-        process.send_signal(signal.SIGKILL)
-        process.wait(timeout=30)
+        await self.launcher.kill(pid)
         self.tally.kinds[f"allocator kill -9 ({moment})"] += 1
         self.tally.cycle_s.append(time.monotonic() - began)
 
@@ -300,10 +431,13 @@ async def _run(args: argparse.Namespace, services: _Services) -> list[bench.Resu
         env = {"IPLEDGER_DATABASE_URL": dsn, "IPLEDGER_LOG": "table"}
     # Small batches so that kills land mid-stream; the shortest lease, so a dead writer's lease
     # is taken over within a second.
-    env |= {"IPLEDGER_BATCH_MAX_RECORDS": "25", "IPLEDGER_LEASE_TTL_S": "1"}
+    env |= {"IPLEDGER_BATCH_MAX_RECORDS": "50", "IPLEDGER_LEASE_TTL_S": "1"}
 
     allocators = Allocators(workdir)
-    soak = Soak(args, services, dsn, env, workdir, allocators)
+    launcher: Forked | Execed = (
+        Forked(env, workdir) if args.soak_spawn == "fork" else Execed(env, allocators)
+    )
+    soak = Soak(args, services, dsn, env, workdir, allocators, launcher)
     acked_path = workdir / "acked.txt"
     stop_path = workdir / "stop"
     # Enough records for the longest run the cycles could take (6 s a cycle, service faults
@@ -328,7 +462,11 @@ async def _run(args: argparse.Namespace, services: _Services) -> list[bench.Resu
     load_before = os.getloadavg()
     started = time.monotonic()
     try:
+        done = 0
         for number in range(cycles):
+            if args.soak_budget_s and time.monotonic() - started > args.soak_budget_s:
+                print(f"soak: time budget spent after {number} cycles", file=sys.stderr)
+                break
             if producer.poll() is not None:
                 raise errors.IpledgerError(
                     "soak producer ended early:\n"
@@ -337,6 +475,7 @@ async def _run(args: argparse.Namespace, services: _Services) -> list[bench.Resu
             soak.tally.progress.append((time.monotonic() - started, await progress.consumed() or 0))
             await soak.cycle(progress, args.soak_service_every)
             soak.tally.load.append(os.getloadavg()[0])
+            done = number + 1
             if (number + 1) % 50 == 0:
                 print(
                     f"soak: {number + 1}/{cycles} cycles, {time.monotonic() - started:.0f} s, "
@@ -372,9 +511,11 @@ async def _run(args: argparse.Namespace, services: _Services) -> list[bench.Resu
             producer.kill()
             producer.wait(timeout=10)
         await progress.close()
+        launcher.close()
         allocators.close()
 
     kinds = soak.tally.kinds
+    asked, cycles = cycles, done
     allocator_kills = sum(v for k, v in kinds.items() if k.startswith("allocator"))
     machine_load = (
         f"load average {' '.join(f'{x:.2f}' for x in load_before)} at the start, "
@@ -390,7 +531,8 @@ async def _run(args: argparse.Namespace, services: _Services) -> list[bench.Resu
             "cycles",
             ">= 1,000 (long mode)",
             cycles >= 1000 if not args.quick else None,
-            f"{detail_kinds}; producer at {rate} events/s throughout; {machine_load}",
+            f"{cycles} of {asked} asked; {detail_kinds}; producer at {rate} events/s "
+            f"throughout; {machine_load}",
         ),
         bench.Result(NAME, "allocator SIGKILLs", allocator_kills, "kills"),
         bench.Result(
@@ -413,7 +555,7 @@ async def _run(args: argparse.Namespace, services: _Services) -> list[bench.Resu
             detail="start an allocator, let it work, SIGKILL it (service faults included)",
             series=(
                 bench.Series.of(
-                    "soak_progress",
+                    "soak-progress",
                     "records consumed",
                     [t for t, _ in soak.tally.progress],
                     [c for _, c in soak.tally.progress],
@@ -641,6 +783,8 @@ def _comparable(body: bytes) -> dict[str, object]:
 
 
 def _main(argv: Sequence[str]) -> int:
+    if argv == ["zygote"]:
+        return zygote()
     if len(argv) == 6 and argv[0] == "produce":
         anyio.run(produce, argv[1], int(argv[2]), int(argv[3]), argv[4], argv[5])
         return 0
