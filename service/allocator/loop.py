@@ -42,6 +42,9 @@ log = logging.getLogger("ipledger.allocator")
 # Rejected records logged one by one per batch at most; the rest in one line (a producer gone
 # wrong must not flood the log: the metrics and the rejections table count them all).
 LOGGED_REJECTIONS_PER_BATCH = 20
+# While a commit runs, the next batch waits this long at most for more records at a time: the
+# log's client fetches on meanwhile, and the commit's end is noticed within this delay.
+GROUP_POLL_S = 0.002
 
 
 class PartitionAllocator:
@@ -279,7 +282,8 @@ class PartitionAllocator:
         less per event the more it groups (each node it changed is written once, addresses
         held and given back within it are never stored as current). Under a light load the
         commit is done first and nothing changes: a batch is committed as soon as it can be.
-        Reads here never wait for the log, and stop at ``batch_group_max_records``.
+        Reads here wait for the log ``GROUP_POLL_S`` at most, so that a commit that is done is
+        seen at once; they stop at ``batch_group_max_records``.
         """
         limit = self.settings.batch_group_max_records
         grouped: list[ports.Record] | None = None
@@ -291,10 +295,10 @@ class PartitionAllocator:
                 self.partition,
                 batch.next_offset,
                 min(self.settings.batch_max_records, limit - size),
-                0.0,
+                GROUP_POLL_S,
             )
             if not more:
-                break
+                continue
             if more[0].offset != batch.next_offset:
                 raise errors.LogError(
                     f"partition {self.partition}: expected offset {batch.next_offset}, "
