@@ -148,6 +148,17 @@ def render(suite: results_file.Suite, report_path: str | None, plots: str | None
         print(f"bench: report {report_path}", file=sys.stderr)
 
 
+def save(suite: results_file.Suite, path: Path, *, fresh: bool) -> results_file.Suite:
+    """Merge ``suite`` (all of this run so far) into the file at ``path``; ``fresh``: replace it.
+
+    The file is read again at every save, so that another run of other benchmarks that saved
+    in the meantime keeps its rows.
+    """
+    merged = suite if fresh or not path.exists() else results_file.load(path).merge(suite)
+    results_file.save(merged, path)
+    return merged
+
+
 def run_benchmarks(argv: Sequence[str] | None) -> int:
     modules = _available()
     args = build_parser(modules).parse_args(argv)
@@ -184,12 +195,14 @@ def run_benchmarks(argv: Sequence[str] | None) -> int:
             continue
         suite.add(name, rows, time.monotonic() - began, bench.machine())
         print(f"[{name} done in {time.monotonic() - began:.0f} s]", file=sys.stderr)
+        if args.json:
+            # Saved after each benchmark: a run stopped in its second hour keeps its first.
+            save(suite, Path(args.json), fresh=args.fresh)
     print()
     print_table(suite.results)
     if args.json:
         path = Path(args.json)
-        merged = suite if args.fresh or not path.exists() else results_file.load(path).merge(suite)
-        results_file.save(merged, path)
+        merged = save(suite, path, fresh=args.fresh)
         print(f"bench: results {path}", file=sys.stderr)
         render(merged, args.report, args.plots)
     elif args.plots:
