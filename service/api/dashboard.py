@@ -210,7 +210,9 @@ class _Live:
             for text in msgspec.json.decode(decision.body).get("ips", ()):
                 address = ipaddress.ip_address(text)
                 found = self._holder(address.version, int(address))
-                if found is None:
+                # A release on a node in conflict re-examines the conflict (allocation.py):
+                # its flags may change, which only a read of the node tells.
+                if found is None or self.flags[found] & (CONFLICT | ERROR):
                     return False
                 changes.append((found, 0 if address.version == 4 else 1, step))
         for node, family, step in changes:
@@ -263,6 +265,23 @@ def pool_map(view: ports.ClusterAt, nodes: list[ports.NodeAt], basis: models.Bas
 MAX_STEPS = 20_000
 
 
+# Nodes read per statement when the map is built whole: each statement stays well inside the
+# API's statement timeout (IPLEDGER_API_STATEMENT_TIMEOUT_MS) however large the cluster.
+NODE_PAGE = 4096
+
+
+async def _all_nodes(reader: ports.ProjectionReader, cluster: str, at: int) -> list[ports.NodeAt]:
+    """Every live node of ``cluster`` at ``at``, by name, a page per statement."""
+    nodes: list[ports.NodeAt] = []
+    while True:
+        page = await reader.nodes_at(
+            cluster, at, after=nodes[-1].name if nodes else "", limit=NODE_PAGE
+        )
+        nodes += page
+        if len(page) < NODE_PAGE:
+            return nodes
+
+
 class _Lives:
     """The newest map of each cluster, and a lock that lets one request at a time build it."""
 
@@ -284,7 +303,7 @@ class _Lives:
                     live = None
             if live is None or live.basis > answer.basis:
                 view = await routes._cluster_at(state, answer)
-                nodes = await reader.nodes_at(answer.cluster, answer.basis)
+                nodes = await _all_nodes(reader, answer.cluster, answer.basis)
                 built = _Live(view, nodes, answer.basis)
                 current = self.maps.get(answer.cluster)
                 if current is None or current.basis <= answer.basis:

@@ -139,7 +139,11 @@ class Writer:
 
     async def commit(self, values: Sequence[bytes]) -> int:
         projection = pg_projection.PostgresProjection.from_dsn(
-            self.dsn, log_name="table", holder="dashboard-test"
+            # No allocator loop renews the lease here: one longer than all the batches.
+            self.dsn,
+            log_name="table",
+            holder="dashboard-test",
+            lease_ttl_s=600,
         )
         try:
             token = await projection.try_acquire(0)

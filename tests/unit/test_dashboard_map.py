@@ -11,6 +11,8 @@ import datetime
 import ipaddress
 import json
 
+import pytest
+
 from service import ports
 from service.api import dashboard, models
 
@@ -97,5 +99,34 @@ def test_pod_decisions_move_the_map_forward_and_node_decisions_do_not() -> None:
     assert live.body(0).elements[0].held == [3, 0, 4, 9, 1, 2]
     assert not live.advance([_decision(14, "node.added", [])], 14)
     assert live.basis == 13 and live.body(0).elements[0].held == [3, 0, 4, 9, 1, 2]
-    # An address in no held cell: the map cannot be moved, it is built whole.
+    # An address in no held cell, or on a node in conflict: the map is built whole.
     assert not live.advance([_decision(15, "ip.requested", ["10.0.200.1"])], 15)
+    live.flags[1] = dashboard.CONFLICT
+    assert not live.advance([_decision(15, "ip.released", ["10.0.9.2"])], 15)
+    assert live.basis == 13
+
+
+class _Pages:
+    """A read port's ``nodes_at`` over a sorted list, recording each page asked for."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.nodes = [_node(name, []) for name in names]
+        self.asked: list[tuple[str, int | None]] = []
+
+    async def nodes_at(
+        self, cluster: str, at: int, *, after: str = "", limit: int | None = None
+    ) -> list[ports.NodeAt]:
+        self.asked.append((after, limit))
+        found = [node for node in self.nodes if node.name > after]
+        return found if limit is None else found[:limit]
+
+
+@pytest.mark.anyio
+async def test_a_map_built_whole_reads_the_nodes_a_page_per_statement(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(dashboard, "NODE_PAGE", 2)
+    reader = _Pages(["a", "b", "c", "d", "e"])
+    nodes = await dashboard._all_nodes(reader, "c", 9)  # type: ignore[arg-type]
+    assert [node.name for node in nodes] == ["a", "b", "c", "d", "e"]
+    assert reader.asked == [("", 2), ("b", 2), ("d", 2)]

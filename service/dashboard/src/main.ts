@@ -16,6 +16,7 @@ interface Paint {
 }
 
 const page = new URLSearchParams(location.search);
+const LAST_CLUSTER = "ipledger.dashboard.cluster";
 const POLL_MS = Math.max(Number(page.get("poll") ?? "1000") || 1000, 100);
 
 const state = {
@@ -534,24 +535,40 @@ async function start(): Promise<void> {
   const picker = byId<HTMLSelectElement>("cluster");
   picker.addEventListener("change", () => {
     state.cluster = picker.value;
+    localStorage.setItem(LAST_CLUSTER, state.cluster);
     state.grids = [];
     state.etag = null;
     state.clusterShownAt = -1;
     void travel(state.asOf);
   });
-  const clusters = await allPages<api.Cluster>("/v1/clusters", {});
-  picker.replaceChildren(...clusters.map((cluster) => el("option", { value: cluster.name }, cluster.name)));
-  const wanted = page.get("cluster");
-  state.cluster = clusters.find((cluster) => cluster.name === wanted)?.name ?? clusters[0]?.name ?? "";
-  picker.value = state.cluster;
   state.asOf = page.get("as_of");
   if (state.asOf !== null) byId<HTMLInputElement>("asof").value = state.asOf;
   show(page.get("view") ?? "map");
-  if (!state.cluster) {
-    status("No cluster yet: nothing has been applied.");
-  } else {
-    await travel(state.asOf);
+  // The map of the cluster asked for (or the one shown last) is fetched at once, beside the
+  // list of clusters, not after it: the first paint waits for one round trip, not two.
+  const wanted = page.get("cluster") ?? localStorage.getItem(LAST_CLUSTER);
+  let first: Promise<void> | null = null;
+  if (wanted) {
+    state.cluster = wanted;
+    first = travel(state.asOf);
   }
+  const clusters = await allPages<api.Cluster>("/v1/clusters", {});
+  picker.replaceChildren(...clusters.map((cluster) => el("option", { value: cluster.name }, cluster.name)));
+  if (first !== null && clusters.some((cluster) => cluster.name === wanted)) {
+    picker.value = state.cluster;
+    await first;
+  } else {
+    await first;
+    state.cluster = clusters[0]?.name ?? "";
+    picker.value = state.cluster;
+    state.grids = [];
+    if (!state.cluster) {
+      status("No cluster yet: nothing has been applied.");
+    } else {
+      await travel(state.asOf);
+    }
+  }
+  localStorage.setItem(LAST_CLUSTER, state.cluster);
   setTimeout(() => void poll(), POLL_MS);
 }
 

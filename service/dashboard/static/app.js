@@ -75,6 +75,9 @@ function cellColour(held, flags, used, capacity) {
 function mix(from, to, t) {
   return [0, 1, 2].map((i) => Math.round(from[i] + (to[i] - from[i]) * t));
 }
+function packed(rgb) {
+  return (255 << 24 | rgb[2] << 16 | rgb[1] << 8 | rgb[0]) >>> 0;
+}
 function columns(cells) {
   return 2 ** Math.ceil(Math.log2(Math.max(cells, 1)) / 2);
 }
@@ -109,21 +112,26 @@ var ElementGrid = class {
       throw new Error("no 2d canvas");
     }
     const image = context.createImageData(this.columns, this.rows);
-    const pixels = image.data;
+    const pixels = new Uint32Array(image.data.buffer);
     const flags = map.nodes.flags;
     const capacity = element.podCapacity;
+    const free = packed(FREE);
+    const table = /* @__PURE__ */ new Map();
     let heldCells = 0;
     for (let cell = 0; cell < cells; cell++) {
       const node = holder[cell];
-      const rgb = node < 0 ? FREE : cellColour(true, flags[node], use[cell], capacity);
-      if (node >= 0) {
-        heldCells++;
+      if (node < 0) {
+        pixels[cell] = free;
+        continue;
       }
-      const at = cell * 4;
-      pixels[at] = rgb[0];
-      pixels[at + 1] = rgb[1];
-      pixels[at + 2] = rgb[2];
-      pixels[at + 3] = 255;
+      heldCells++;
+      const key = use[cell] * 4 + (flags[node] & (ERROR | CONFLICT));
+      let colour = table.get(key);
+      if (colour === void 0) {
+        colour = packed(cellColour(true, flags[node], use[cell], capacity));
+        table.set(key, colour);
+      }
+      pixels[cell] = colour;
     }
     context.putImageData(image, 0, 0);
     this.holder = holder;
@@ -197,6 +205,7 @@ function formatV6(value) {
 
 // service/dashboard/src/main.ts
 var page = new URLSearchParams(location.search);
+var LAST_CLUSTER = "ipledger.dashboard.cluster";
 var POLL_MS = Math.max(Number(page.get("poll") ?? "1000") || 1e3, 100);
 var state = {
   cluster: "",
@@ -666,24 +675,38 @@ async function start() {
   const picker = byId("cluster");
   picker.addEventListener("change", () => {
     state.cluster = picker.value;
+    localStorage.setItem(LAST_CLUSTER, state.cluster);
     state.grids = [];
     state.etag = null;
     state.clusterShownAt = -1;
     void travel(state.asOf);
   });
-  const clusters = await allPages("/v1/clusters", {});
-  picker.replaceChildren(...clusters.map((cluster) => el("option", { value: cluster.name }, cluster.name)));
-  const wanted = page.get("cluster");
-  state.cluster = clusters.find((cluster) => cluster.name === wanted)?.name ?? clusters[0]?.name ?? "";
-  picker.value = state.cluster;
   state.asOf = page.get("as_of");
   if (state.asOf !== null) byId("asof").value = state.asOf;
   show(page.get("view") ?? "map");
-  if (!state.cluster) {
-    status("No cluster yet: nothing has been applied.");
-  } else {
-    await travel(state.asOf);
+  const wanted = page.get("cluster") ?? localStorage.getItem(LAST_CLUSTER);
+  let first = null;
+  if (wanted) {
+    state.cluster = wanted;
+    first = travel(state.asOf);
   }
+  const clusters = await allPages("/v1/clusters", {});
+  picker.replaceChildren(...clusters.map((cluster) => el("option", { value: cluster.name }, cluster.name)));
+  if (first !== null && clusters.some((cluster) => cluster.name === wanted)) {
+    picker.value = state.cluster;
+    await first;
+  } else {
+    await first;
+    state.cluster = clusters[0]?.name ?? "";
+    picker.value = state.cluster;
+    state.grids = [];
+    if (!state.cluster) {
+      status("No cluster yet: nothing has been applied.");
+    } else {
+      await travel(state.asOf);
+    }
+  }
+  localStorage.setItem(LAST_CLUSTER, state.cluster);
   setTimeout(() => void poll(), POLL_MS);
 }
 void start().catch((error) => status(error.message, true));
