@@ -801,7 +801,9 @@ def cmd_audit_story(args: argparse.Namespace) -> int:
     print(f"{args.kind} {args.subject} (cluster {args.cluster}): {len(changes)} change(s)")
     for change in changes:
         who = " ".join(
-            f"{k}={change[k]}" for k in ("address", "node", "owner") if change.get(k) is not None
+            f"{k}={','.join(v) if isinstance(v, list) else v}"
+            for k in ("address", "node", "owner", "podCIDRs")
+            if (v := change.get(k)) is not None and v != []
         )
         error = (change.get("decision") or {}).get("error")
         print(

@@ -1063,6 +1063,9 @@ class ProjectionRows:
     owner, partition, since offset, since time); ``history``: (cluster, address, from offset)
     -> (node, owner, partition, from time, to offset, to time); ``rejections``: (partition,
     offset) -> (reason, key, raw). Addresses are their text (``ipaddress``'s).
+    ``node_history``: (cluster, name, offset) -> (partition, time, deleted, pod CIDRs, error,
+    conflict, addresses, pinned, waiting); ``cluster_history``: (cluster, offset) ->
+    (partition, time, ipv4 CIDRs, ipv4 mask, ipv6 CIDRs, ipv6 mask).
     """
 
     clusters: dict[str, tuple[Any, ...]] = field(default_factory=dict)
@@ -1070,6 +1073,8 @@ class ProjectionRows:
     pod_ips: dict[tuple[str, str], tuple[Any, ...]] = field(default_factory=dict)
     history: dict[tuple[str, str, int], tuple[Any, ...]] = field(default_factory=dict)
     rejections: dict[tuple[int, int], tuple[Any, ...]] = field(default_factory=dict)
+    node_history: dict[tuple[str, str, int], tuple[Any, ...]] = field(default_factory=dict)
+    cluster_history: dict[tuple[str, int], tuple[Any, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1106,6 +1111,10 @@ class AuditReader(Protocol):
 
     async def rows(self, partitions: Sequence[int] | None = None) -> ProjectionRows:
         """The projection's rows for the clusters on ``partitions``."""
+        ...
+
+    async def node_history(self, cluster: str, name: str) -> dict[tuple[str, str, int], Any]:
+        """The node history rows of one node, as ``ProjectionRows.node_history`` has them."""
         ...
 
     async def partitions(self) -> dict[int, int]:

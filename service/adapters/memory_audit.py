@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import json
 from collections.abc import Sequence
+from typing import Any
 
 from service import ports
 from service.adapters.memory_projection import MemoryProjectionTables
@@ -74,6 +75,27 @@ class MemoryAuditReader:
                     ip.since_offset,
                     ip.since_time,
                 )
+            for nh in tables.node_history.get(c.name, []):
+                found.node_history[(c.name, nh.name, nh.offset)] = (
+                    nh.partition,
+                    nh.time,
+                    nh.deleted,
+                    nh.pod_cidrs,
+                    nh.error,
+                    nh.conflict,
+                    nh.addresses,
+                    nh.pinned,
+                    nh.waiting,
+                )
+            for ch in tables.cluster_history.get(c.name, []):
+                found.cluster_history[(c.name, ch.offset)] = (
+                    ch.partition,
+                    ch.time,
+                    ch.ipv4_cidrs,
+                    ch.ipv4_mask,
+                    ch.ipv6_cidrs,
+                    ch.ipv6_mask,
+                )
             for h in tables.history.get(c.name, []):
                 found.history[(c.name, _text(h.family, h.address), h.from_offset)] = (
                     h.node,
@@ -89,6 +111,13 @@ class MemoryAuditReader:
             for r in rejections:
                 found.rejections[(partition, r.offset)] = (r.reason, r.key, r.raw)
         return found
+
+    async def node_history(self, cluster: str, name: str) -> dict[tuple[str, str, int], Any]:
+        return {
+            key: value
+            for key, value in (await self.rows()).node_history.items()
+            if key[:2] == (cluster, name)
+        }
 
     async def close(self) -> None:
         return None

@@ -36,6 +36,7 @@ def apply_records(
     partitions: int,
     tree: merkle.Tree | None = None,
     evidence: TreeSettings | None = None,
+    rows: bool = True,
 ) -> ports.Batch:
     """Apply ``records`` of ``partition`` (of ``partitions``) in order to ``current``, and collect
     what the projection must write.
@@ -49,6 +50,9 @@ def apply_records(
     cluster, and a record on another partition than the cluster's home partition (Kafka's
     default partitioner on the key, ``partitioning.home_partition``). Applying the latter would
     build a second state of that cluster in another partition's writer.
+
+    ``rows=False`` leaves ``cluster_rows`` and ``node_rows`` empty (the journal is drained into
+    ``changes`` all the same): ``ipledger replay`` into memory takes them once, at its end.
     """
     batch = ports.Batch(
         partition=partition, token=token, next_offset=records[-1].offset + 1, state=current
@@ -148,6 +152,8 @@ def apply_records(
         if changes is not None and (changes.nodes or changes.pool or changes.ips):
             batch.changes[name] = cluster.take_changes()
             batch.ip_times.setdefault(name, [])
+            if not rows:
+                continue
             batch.cluster_rows[name] = restore.cluster_row(cluster)
             batch.node_rows[name] = {
                 node: restore.node_row(cluster, cluster.nodes[node])

@@ -16,12 +16,16 @@ No I/O of its own but through the ports it is handed.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
+import gc
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
+import anyio.abc
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from service import errors, ports
@@ -31,10 +35,10 @@ from service.adapters.memory_projection import MemoryProjection, MemoryProjectio
 from service.allocator import batch as batches
 from service.allocator.settings import TreeSettings
 from service.audit import signing
-from service.domain import document, events, merkle, state
+from service.domain import document, events, merkle, restore, state
 
-# Records per replayed batch (the allocator's default batch size): heads cut batches shorter.
-CHUNK = 5000
+# Records read at once (and the longest replayed batch): heads cut batches shorter.
+CHUNK = 10_000
 # How long a read waits for records known to be there (the log's end is above them).
 READ_WAIT_S = 5.0
 # The replay records no digest of its own: it checks the committed heads' digests instead.
@@ -64,20 +68,80 @@ _FIELDS = {
     "pod_ip": ("node", "owner", "partition", "since_offset", "since_time"),
     "ip_history": ("node", "owner", "partition", "from_time", "to_offset", "to_time"),
     "rejection": ("reason", "key", "raw"),
+    "node_history": (
+        "partition",
+        "time",
+        "deleted",
+        "pod_cidrs",
+        "error",
+        "conflict",
+        "addresses",
+        "pinned",
+        "waiting",
+    ),
+    "cluster_history": (
+        "partition",
+        "time",
+        "ipv4_cidrs",
+        "ipv4_mask",
+        "ipv6_cidrs",
+        "ipv6_mask",
+    ),
 }
 
 
 class _ReplayProjection(MemoryProjection):
-    """The memory projection without the checks that make it refuse what PostgreSQL would.
+    """The memory projection without the checks that make it refuse what PostgreSQL would,
+    and with the cluster and node rows written once, at the end.
 
     Nothing but the replay writes its tables, and what the allocator committed was already
     accepted by PostgreSQL; the checks (every text and integer of every row) were 40 % of a
-    replay's time. The rows are computed by the same ``memory_rows.Writes`` as ever.
+    replay's time. The rows are computed by the same ``memory_rows.Writes`` as ever. A node's
+    row is its state after the last batch that touched it, so the batches are applied without
+    node rows (``apply_records(rows=False)``: every node an ip event touches was a snapshot per
+    batch, a tenth of the time) and ``finish`` writes each touched node's and cluster's row from
+    the final state.
     """
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # The nodes each cluster's batches touched (their journals' node sets), for ``finish``.
+        self.touched: dict[str, set[str]] = {}
+
     async def commit(self, batch: ports.Batch) -> None:
+        # Decisions are compared as they are made (``_compare_decisions``), not kept: a million
+        # rows kept in offset order (an insort each) were a tenth of a replay's time. Only the
+        # rejected records' go through, for their rows in ``rejection``.
         tables = self.tables
-        memory_rows.Writes.of(tables, batch, self.log_name, tables.clock()).apply(tables)
+        lean = dataclasses.replace(
+            batch, applied=[a for a in batch.applied if a.rejected], changes={}
+        )
+        writes = memory_rows.Writes.of(tables, lean, self.log_name, tables.clock())
+        writes.decisions = []
+        touched = self.touched
+        for name, changes in batch.changes.items():
+            touched.setdefault(name, set()).update(changes.nodes)
+            if changes.ips:
+                writes._ips(tables, name, changes.ips, batch.ip_times[name])
+        writes.apply(tables)
+
+    async def finish(self, current: state.State, partition: int, token: int, end: int) -> None:
+        """The rows of every cluster and node the batches touched, as ``current`` has them."""
+        touched = self.touched
+        final = ports.Batch(partition=partition, token=token, next_offset=end, state=current)
+        for name, nodes in touched.items():
+            cluster = current.clusters[name]
+            final.changes[name] = state.Changes(nodes=set(nodes))
+            final.ip_times[name] = []
+            final.cluster_rows[name] = restore.cluster_row(cluster)
+            final.node_rows[name] = {
+                node: restore.node_row(cluster, cluster.nodes[node])
+                if node in cluster.nodes
+                else None
+                for node in sorted(nodes)
+            }
+        tables = self.tables
+        memory_rows.Writes.of(tables, final, self.log_name, tables.clock()).apply(tables)
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +250,8 @@ async def replay_partition(
         if until is not None and until.records is not None:
             end = min(end, until.records)
         report.divergence = await _apply_log(run, end, until)
+        if isinstance(projection, _ReplayProjection):
+            await projection.finish(run.current, partition, token, run.tree.size)
         if until is not None:
             report.document = document.state_document(run.current)
         elif report.divergence is None:
@@ -199,72 +265,144 @@ async def replay_partition(
 
 
 async def _apply_log(run: _Run, end: int, until: Until | None) -> Divergence | None:
-    """Read the log in chunks, apply each in batches that end at the committed heads."""
+    """Read the log in chunks, apply each in batches that end at the committed heads.
+
+    The next chunk (records, and the committed decisions to compare with) is read while this
+    one is applied: the database works on its own core meanwhile.
+    """
+    send, receive = anyio.create_memory_object_stream[_Chunk](1)
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(_read_ahead, run, end, until is None, send)
+        try:
+            async with receive:
+                divergence = await _apply_chunks(run, end, until, receive)
+        finally:
+            tasks.cancel_scope.cancel()
+    return divergence
+
+
+@dataclass(frozen=True, slots=True)
+class _Chunk:
+    offset: int
+    records: list[ports.Record]
+    stored: list[ports.StoredDecision]
+
+
+async def _read_ahead(
+    run: _Run, end: int, compare: bool, send: anyio.abc.ObjectSendStream[_Chunk]
+) -> None:
+    async with send:
+        offset = 0
+        while offset < end:
+            wanted = min(CHUNK, end - offset)
+            if compare:
+                found, stored = await _read_both(run, offset, wanted)
+            else:
+                # A wait of its own: a Kafka consumer has nothing fetched yet when first asked.
+                found = list(await run.log.read(run.partition, offset, wanted, READ_WAIT_S))
+                stored = []
+            await send.send(_Chunk(offset, found, stored))
+            if not found or found[-1].offset != offset + len(found) - 1:
+                return  # the applier reports the gap
+            offset += len(found)
+
+
+async def _read_both(
+    run: _Run, offset: int, wanted: int
+) -> tuple[list[ports.Record], list[ports.StoredDecision]]:
+    """The records at ``offset`` and the committed decisions there, read at once."""
+    got: dict[str, Any] = {}
+
+    async def records() -> None:
+        got["records"] = list(await run.log.read(run.partition, offset, wanted, READ_WAIT_S))
+
+    async def decisions() -> None:
+        got["stored"] = await run.live.decisions(run.partition, offset, wanted)
+
+    async with anyio.create_task_group() as both:
+        both.start_soon(records)
+        both.start_soon(decisions)
+    return got["records"], got["stored"]
+
+
+async def _apply_chunks(
+    run: _Run, end: int, until: Until | None, receive: anyio.abc.ObjectReceiveStream[_Chunk]
+) -> Divergence | None:
     heads = run.heads
     next_head = 0
     offset = 0
-    while offset < end:
-        # A wait of its own: a Kafka consumer has nothing fetched yet when first asked.
-        records = list(
-            await run.log.read(run.partition, offset, min(CHUNK, end - offset), READ_WAIT_S)
-        )
-        for at, record in enumerate(records):
-            if record.offset != offset + at:
+    # The replayed state only grows; objects that survive a chunk are moved out of the
+    # collector's generations (as the allocator does after loading), or every full collection
+    # would walk the whole state again: up to half of a long replay's time.
+    frozen = gc.isenabled()
+    try:
+        while offset < end:
+            chunk = await receive.receive()
+            records = chunk.records
+            for at, record in enumerate(records):
+                if record.offset != offset + at:
+                    return Divergence(
+                        run.partition,
+                        offset + at,
+                        None,
+                        "log record",
+                        "a record at this offset",
+                        f"none: the log goes on at offset {record.offset}",
+                    )
+            if not records:
                 return Divergence(
                     run.partition,
-                    offset + at,
+                    offset,
                     None,
                     "log record",
-                    "a record at this offset",
-                    f"none: the log goes on at offset {record.offset}",
+                    f"records up to offset {end - 1}",
+                    "none: the log ends here",
                 )
-        if not records:
-            return Divergence(
-                run.partition,
-                offset,
-                None,
-                "log record",
-                f"records up to offset {end - 1}",
-                "none: the log ends here",
-            )
-        cut = False
-        if until is not None and until.time is not None:
-            kept = _before(records, until.time)
-            cut = len(kept) < len(records)
-            records = kept
-            if not records:
-                return None
-        stored: dict[int, ports.StoredDecision] = {}
-        if until is None:
-            found = await run.live.decisions(run.partition, offset, len(records))
-            stored = {d.offset: d for d in found}
-        chunk_start, chunk_end = offset, offset + len(records)
-        while offset < chunk_end:
-            while next_head < len(heads) and heads[next_head].head.size <= offset:
-                next_head += 1
-            stop = chunk_end
-            if next_head < len(heads):
-                stop = min(stop, heads[next_head].head.size)
-            applied = batches.apply_records(
-                run.current,
-                records[offset - chunk_start : stop - chunk_start],
-                run.partition,
-                run.token,
-                partitions=run.partitions,
-                tree=run.tree,
-                evidence=_NO_HEADS,
-            )
-            await run.projection.commit(applied)
-            if until is None and (divergence := _compare_decisions(run, applied, stored)):
-                return divergence
-            offset = applied.next_offset
-            while next_head < len(heads) and heads[next_head].head.size == offset:
-                if divergence := _check_head(run, heads, next_head):
+            cut = False
+            if until is not None and until.time is not None:
+                kept = _before(records, until.time)
+                cut = len(kept) < len(records)
+                records = kept
+                if not records:
+                    return None
+            chunk_start, chunk_end = offset, offset + len(records)
+            stored = chunk.stored
+            while offset < chunk_end:
+                while next_head < len(heads) and heads[next_head].head.size <= offset:
+                    next_head += 1
+                stop = chunk_end
+                if next_head < len(heads):
+                    stop = min(stop, heads[next_head].head.size)
+                applied = batches.apply_records(
+                    run.current,
+                    records[offset - chunk_start : stop - chunk_start],
+                    run.partition,
+                    run.token,
+                    partitions=run.partitions,
+                    tree=run.tree,
+                    evidence=_NO_HEADS,
+                    rows=not isinstance(run.projection, _ReplayProjection),
+                )
+                await run.projection.commit(applied)
+                if until is None and (
+                    divergence := _compare_decisions(
+                        run, applied, stored[offset - chunk_start : stop - chunk_start]
+                    )
+                ):
                     return divergence
-                next_head += 1
-        if cut:
-            return None
-        run.progress(offset, end)
+                offset = applied.next_offset
+                while next_head < len(heads) and heads[next_head].head.size == offset:
+                    if divergence := _check_head(run, heads, next_head):
+                        return divergence
+                    next_head += 1
+            if frozen:
+                gc.freeze()
+            if cut:
+                return None
+            run.progress(offset, end)
+    finally:
+        if frozen:
+            gc.unfreeze()
     return None
 
 
@@ -279,11 +417,28 @@ def _before(records: Sequence[ports.Record], moment: datetime.datetime) -> list[
 
 
 def _compare_decisions(
-    run: _Run, applied: ports.Batch, stored: dict[int, ports.StoredDecision]
+    run: _Run, applied: ports.Batch, stored: Sequence[ports.StoredDecision]
 ) -> Divergence | None:
-    for item in applied.applied:
+    """The batch's decisions against the committed ones at the same offsets (``stored``: the
+    committed decisions read from the batch's first offset on, as many as it has records).
+
+    In bulk first: one comparison of the lists of bodies and of leaves, in C. Only when that
+    fails are they compared one by one, for the first difference.
+    """
+    made = applied.applied
+    if (
+        len(stored) == len(made)
+        and stored
+        and stored[0].offset == made[0].record.offset
+        and stored[-1].offset == made[-1].record.offset
+        and [d.body for d in stored] == [a.body for a in made]
+        and [d.leaf for d in stored] == [a.leaf for a in made]
+    ):
+        return None  # offsets are unique and ordered: same ends and count, same offsets
+    by_offset = {d.offset: d for d in stored}
+    for item in made:
         offset = item.record.offset
-        found = stored.get(offset)
+        found = by_offset.get(offset)
         event_id = item.decision.id
         if found is None:
             return Divergence(
@@ -376,11 +531,39 @@ async def _compare_end(
         ("pod_ip", replayed.pod_ips, committed.pod_ips),
         ("ip_history", replayed.history, committed.history),
         ("rejection", replayed.rejections, committed.rejections),
+        (
+            "node_history",
+            changes_only(replayed.node_history),
+            changes_only(committed.node_history),
+        ),
+        ("cluster_history", replayed.cluster_history, committed.cluster_history),
     ):
+        if mine == theirs:
+            continue  # in C; the row by row search below only for a difference
         divergence = _compare_rows(run.partition, kind, mine, theirs)
         if divergence is not None:
             return divergence
     return None
+
+
+def changes_only(rows: dict[tuple[str, str, int], tuple[Any, ...]]) -> dict[Any, Any]:
+    """The node history without the rows that repeat the node's previous row.
+
+    The allocator leaves out a snapshot equal to the node's previous one within a batch, not
+    across batches (``history.after``): how many repeats the table holds depends on how the log
+    was batched, and the replay cuts batches where the allocator did not (at every head). A
+    repeat changes nothing an ``as_of`` reader sees; every row that does is compared.
+    """
+    kept: dict[Any, Any] = {}
+    previous: dict[tuple[str, str], tuple[Any, ...]] = {}
+    for key in sorted(rows):
+        fields = rows[key][2:]  # not the partition and time: what the node looked like
+        node = key[:2]
+        if previous.get(node) == fields:
+            continue
+        previous[node] = fields
+        kept[key] = rows[key]
+    return kept
 
 
 def _compare_rows(
@@ -415,11 +598,14 @@ def _compare_rows(
 
 
 def _offset_of(kind: str, key: Any, row: Any) -> int | None:
-    """The offset a row names: where a holding began or ended, a rejection's own."""
+    """The offset a row names: where a holding began or ended, a rejection's own, the event a
+    history row is after."""
     if kind == "pod_ip":
         return int(row[3])
-    if kind == "ip_history":
+    if kind in ("ip_history", "node_history"):
         return int(key[2])
+    if kind == "cluster_history":
+        return int(key[1])
     if kind == "rejection":
         return int(key[1])
     return None

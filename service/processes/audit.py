@@ -15,8 +15,8 @@ import json
 from typing import Any
 
 from service import bootstrap, errors, ports
-from service.audit import proofs
-from service.domain import events, merkle
+from service.audit import proofs, replay
+from service.domain import merkle
 from service.settings import Settings
 
 # How long a read waits for records known to be there (a Kafka consumer fetches on first ask).
@@ -221,37 +221,36 @@ def _holding_changes(holdings: list[ports.Holding]) -> list[dict[str, Any]]:
 
 
 async def _node_changes(evidence: _Evidence, cluster: str, node: str) -> list[dict[str, Any]]:
-    """Every decision on an event naming ``node``: read from the log of the cluster's partition
-    with the decisions beside it (node events carry the node only in the record)."""
-    views = {view.name: view for view in await evidence.reader.clusters()}
-    if cluster not in views:
-        return []
-    partition = views[cluster].partition
-    event_log = await evidence.event_log()
-    end = await event_log.end_offset(partition)
+    """Every change of ``node`` a reader sees, from the node history: where it appeared, each
+    change of its CIDRs, error, conflict, addresses, pinning or waiting, and its deletion.
+
+    One indexed read of the node's rows (not a scan of the log); a row that repeats the node's
+    previous one (the allocator writes one at the start of a batch that touches the node
+    again) is left out. Pod address events do not change a node row: ``audit ip`` and ``audit
+    owner`` tell those.
+    """
+    rows = replay.changes_only(await evidence.audit.node_history(cluster, node))
     changes: list[dict[str, Any]] = []
-    offset = 0
-    while offset < end:
-        records = await event_log.read(partition, offset, 5000, READ_WAIT_S)
-        if not records:
-            break
-        for record in records:
-            event = events.decode(record.value)
-            if isinstance(event, events.DecodeFailure) or event.cluster != cluster:
-                continue
-            if getattr(event, "node", None) != node:
-                continue
-            moment = event.moment()
-            if moment is None and record.timestamp_ms is not None:
-                moment = datetime.datetime.fromtimestamp(record.timestamp_ms / 1000, datetime.UTC)
-            changes.append(
-                {
-                    "change": event.type,
-                    "node": node,
-                    "partition": partition,
-                    "offset": record.offset,
-                    "time": None if moment is None else moment.isoformat(),
-                }
+    present = False
+    for (_, _, offset), value in sorted(rows.items()):
+        partition, moment, deleted, pod_cidrs, error, conflict, addresses, pinned, waiting = value
+        change = "deleted" if deleted else "changed" if present else "added"
+        present = not deleted
+        entry: dict[str, Any] = {
+            "change": change,
+            "node": node,
+            "partition": partition,
+            "offset": offset,
+            "time": moment.isoformat(),
+        }
+        if not deleted:
+            entry.update(
+                podCIDRs=list(pod_cidrs),
+                error=error,
+                conflict=conflict,
+                addresses=list(addresses),
+                pinned=pinned,
+                waiting=waiting,
             )
-        offset = records[-1].offset + 1
+        changes.append(entry)
     return changes

@@ -78,6 +78,15 @@ class PostgresAuditReader:
             for r in rows
         ]
 
+    async def node_history(self, cluster: str, name: str) -> dict[tuple[str, str, int], Any]:
+        async with self._read("reading a node's history") as db:
+            rows = await db.fetch(
+                'SELECT * FROM node_history WHERE cluster = $1 AND name = $2 ORDER BY "offset"',
+                cluster,
+                name,
+            )
+        return {(cluster, name, r["offset"]): _node_history_value(r) for r in rows}
+
     async def partitions(self) -> dict[int, int]:
         async with self._read("reading consumed offsets") as db:
             rows = await db.fetch("SELECT partition, next_offset FROM consumer_offset")
@@ -131,6 +140,17 @@ class PostgresAuditReader:
                     r["to_offset"],
                     r["to_time"],
                 )
+            for r in await db.fetch(f"SELECT * FROM node_history WHERE {in_clusters}", wanted):
+                found.node_history[(r["cluster"], r["name"], r["offset"])] = _node_history_value(r)
+            for r in await db.fetch(f"SELECT * FROM cluster_history WHERE {in_clusters}", wanted):
+                found.cluster_history[(r["cluster"], r["offset"])] = (
+                    r["partition"],
+                    r["time"],
+                    tuple(r["ipv4_cidrs"]),
+                    r["ipv4_mask"],
+                    tuple(r["ipv6_cidrs"]),
+                    r["ipv6_mask"],
+                )
             for r in await db.fetch(f"SELECT * FROM rejection {where}", wanted):
                 found.rejections[(r["partition"], r["offset"])] = (
                     r["reason"],
@@ -138,3 +158,17 @@ class PostgresAuditReader:
                     bytes(r["raw"]),
                 )
         return found
+
+
+def _node_history_value(r: Any) -> tuple[Any, ...]:
+    return (
+        r["partition"],
+        r["time"],
+        r["deleted"],
+        tuple(r["pod_cidrs"]),
+        r["error"],
+        r["conflict"],
+        tuple(r["addresses"]),
+        r["pinned"],
+        r["waiting"],
+    )
