@@ -16,9 +16,10 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import anyio
+import asyncpg
 
 import bench
 from bench.allocator import Services, bare_consumer_rate, fill_topic, workload
@@ -28,7 +29,8 @@ from service.adapters.postgres import audit as pg_audit
 from service.adapters.postgres import projection as pg_projection
 from service.adapters.postgres import table_log
 from service.audit import replay
-from service.domain import partitioning
+from service.domain import allocation, partitioning, state
+from service.processes import audit as audit_process
 from service.processes import replay as replay_process
 from service.settings import Settings
 
@@ -38,6 +40,18 @@ NAME = "replay"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--replay-events", type=int, default=1_000_000, help="events in the replayed table log"
+    )
+    parser.add_argument(
+        "--replay-two-events",
+        type=int,
+        default=None,
+        help="events in the two-partition log (both together; default: --replay-events)",
+    )
+    parser.add_argument(
+        "--replay-kafka-events",
+        type=int,
+        default=200_000,
+        help="events in the Kafka topic replayed beside a bare read",
     )
     parser.add_argument(
         "--replay-tree-events",
@@ -61,7 +75,7 @@ def _cluster_on(partition: int, partitions: int) -> str:
 
 
 async def _fill_table_log(
-    dsn: str, per_partition: dict[int, Sequence[tuple[bytes, bytes]]], partitions: int
+    dsn: str, per_partition: Mapping[int, Sequence[tuple[bytes, bytes]]], partitions: int
 ) -> None:
     event_log = table_log.PostgresTableLog.from_dsn(dsn, partitions=partitions)
     try:
@@ -106,6 +120,44 @@ async def _allocate(
         await projection.close()
 
 
+async def _bare_table_read(dsn: str, count: int) -> float:
+    """Every record of partition 0 read by asyncpg alone, in the table log's own chunks and
+    query (``table_log._SELECT``): the floor a replay of the table log cannot go under."""
+    connection = await asyncpg.connect(dsn)
+    try:
+        started = time.perf_counter()
+        offset = 0
+        while offset < count:
+            rows = await connection.fetch(table_log._SELECT, 0, offset, replay.CHUNK)
+            if not rows:
+                break
+            offset = rows[-1][0] + 1
+        return offset / (time.perf_counter() - started)
+    finally:
+        await connection.close()
+
+
+async def _first_head(dsn: str) -> int:
+    connection = await asyncpg.connect(dsn)
+    try:
+        return int(await connection.fetchval("SELECT min(size) FROM tree_head"))
+    finally:
+        await connection.close()
+
+
+def _core_rate(records: Sequence[bytes]) -> float:
+    """The pure core over the same records in this process (decode + decide, change journal
+    on as in the allocator, drained per 5,000): what the replay adds everything else to."""
+    current = state.State(track_changes=True)
+    started = time.perf_counter()
+    for start in range(0, len(records), 5000):
+        for record in records[start : start + 5000]:
+            allocation.apply_record(current, record)
+        for cluster in current.clusters.values():
+            cluster.take_changes()
+    return len(records) / (time.perf_counter() - started)
+
+
 async def _replay_rate(
     event_log: table_log.PostgresTableLog | kafka_log.KafkaEventLog,
     dsn: str,
@@ -140,22 +192,74 @@ async def _run(args: argparse.Namespace, services: Services) -> list[bench.Resul
     records = workload(count)
     await _fill_table_log(dsn, {0: [(b"default", r) for r in records]}, 1)
     event_log = table_log.PostgresTableLog.from_dsn(dsn)
+    rates: list[float] = []
+    bare: list[float] = []
+    core: list[float] = []
+    proof_s: list[float] = []
+    consistency_s: list[float] = []
     try:
         built = await _allocate(event_log, dsn, {0: count}, tree=True)
-        rates = [await _replay_rate(event_log, dsn, [0], count) for _ in range(repeat)]
+        # Alternated, so that each replay has its bare read and core run beside it.
+        for _ in range(repeat):
+            bare.append(await _bare_table_read(dsn, count))
+            core.append(_core_rate(records))
+            rates.append(await _replay_rate(event_log, dsn, [0], count))
+        # What a proof costs at this size: both read every leaf (O(n)), see docs/audits.md.
+        proof_settings = Settings(database_url=dsn, log="table")
+        for _ in range(repeat):
+            started = time.perf_counter()
+            await audit_process.proof(proof_settings, 0, count // 3, None)
+            proof_s.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            await audit_process.consistency(proof_settings, (0, await _first_head(dsn)), (0, count))
+            consistency_s.append(time.perf_counter() - started)
     finally:
         await event_log.close()
+    ratios = [r / b for r, b in zip(rates, bare, strict=True)]
+    to_core = [r / c for r, c in zip(rates, core, strict=True)]
     results += [
-        bench.Result(
+        bench.Result.of_samples(
             NAME,
             "replay --verify, table log, 1 partition",
-            bench.median(rates),
+            rates,
             "events/s",
-            ">= 150,000",
-            bench.median(rates) >= 150_000,
-            f"{count:,} events; runs: {', '.join(f'{v:,.0f}' for v in rates)}; "
+            target=">= 150,000",
+            met=bench.median(rates) >= 150_000,
+            detail=f"{count:,} events; runs: {', '.join(f'{v:,.0f}' for v in rates)}; "
             f"the allocator built it at {built:,.0f} events/s",
-        )
+            issue="10",
+            better="higher",
+        ),
+        bench.Result.of_samples(
+            NAME, "bare asyncpg read of the same table log", bare, "events/s", issue="10"
+        ),
+        bench.Result.of_samples(
+            NAME, "replay / bare table read", ratios, "ratio", issue="10", better="higher"
+        ),
+        bench.Result.of_samples(
+            NAME, "core alone, same records, same process", core, "events/s", issue="10"
+        ),
+        bench.Result.of_samples(
+            NAME, "replay / core alone", to_core, "ratio", issue="10", better="higher"
+        ),
+        bench.Result.of_samples(
+            NAME,
+            "audit proof (inclusion, latest head)",
+            [v * 1000 for v in proof_s],
+            "ms",
+            detail=f"tree of {count:,} leaves",
+            issue="10",
+            better="lower",
+        ),
+        bench.Result.of_samples(
+            NAME,
+            "audit consistency (first head -> latest)",
+            [v * 1000 for v in consistency_s],
+            "ms",
+            detail=f"tree of {count:,} leaves",
+            issue="10",
+            better="lower",
+        ),
     ]
 
     # --- the tree's cost to the live allocator, on and off alternated
@@ -175,20 +279,34 @@ async def _run(args: argparse.Namespace, services: Services) -> list[bench.Resul
                 await tree_log.close()
     cost = 1 - bench.median(on) / bench.median(off)
     results += [
-        bench.Result(NAME, "allocator, table log, tree off", bench.median(off), "events/s"),
-        bench.Result(
+        bench.Result.of_samples(
+            NAME, "allocator, table log, tree off", off, "events/s", issue="10"
+        ),
+        bench.Result.of_samples(
             NAME,
             "allocator, table log, tree on",
-            bench.median(on),
+            on,
             "events/s",
             detail=f"runs on: {', '.join(f'{v:,.0f}' for v in on)}; "
             f"off: {', '.join(f'{v:,.0f}' for v in off)}",
+            issue="10",
         ),
-        bench.Result(NAME, "tree cost (1 - on/off)", cost * 100, "%", "< 10", cost < 0.10),
+        bench.Result(
+            NAME,
+            "tree cost (1 - on/off)",
+            cost * 100,
+            "%",
+            "< 10",
+            cost < 0.10,
+            detail="per pair: "
+            + ", ".join(f"{(1 - a / b) * 100:.1f}" for a, b in zip(on, off, strict=True)),
+            issue="10",
+            better="lower",
+        ),
     ]
 
     # --- two partitions: a process each, against one after the other
-    half = count // 2
+    half = (50_000 if quick else (args.replay_two_events or count)) // 2
     per_partition: dict[int, list[tuple[bytes, bytes]]] = {}
     for p in (0, 1):
         cluster = _cluster_on(p, 2)
@@ -198,31 +316,46 @@ async def _run(args: argparse.Namespace, services: Services) -> list[bench.Resul
     two_dsn = await services.fresh_database()
     await _fill_table_log(two_dsn, per_partition, 2)
     two_log = table_log.PostgresTableLog.from_dsn(two_dsn, partitions=2)
+    settings = Settings(database_url=two_dsn, log="table", partitions=2)
+    sequential: list[float] = []
+    parallel: list[float] = []
     try:
         await _allocate(two_log, two_dsn, {0: half, 1: half}, tree=True)
-        sequential = await _replay_rate(two_log, two_dsn, [0, 1], 2 * half)
+        for _ in range(repeat):
+            sequential.append(await _replay_rate(two_log, two_dsn, [0, 1], 2 * half))
+            started = time.perf_counter()
+            outcome = await anyio.to_thread.run_sync(
+                lambda: replay_process.run(settings, replay_process.Job(), show_progress=False)
+            )
+            parallel.append(2 * half / (time.perf_counter() - started))
+            assert outcome is not None and all(r.divergence is None for r in outcome.reports)
     finally:
         await two_log.close()
-    settings = Settings(database_url=two_dsn, log="table", partitions=2)
-    started = time.perf_counter()
-    outcome = await anyio.to_thread.run_sync(
-        lambda: replay_process.run(settings, replay_process.Job(), show_progress=False)
-    )
-    parallel = 2 * half / (time.perf_counter() - started)
-    assert outcome is not None and all(r.divergence is None for r in outcome.reports)
+    speedups = [p / q for p, q in zip(parallel, sequential, strict=True)]
     results += [
-        bench.Result(NAME, "2 partitions, one after the other", sequential, "events/s"),
-        bench.Result(
+        bench.Result.of_samples(
+            NAME, "2 partitions, one after the other", sequential, "events/s", issue="10"
+        ),
+        bench.Result.of_samples(
             NAME,
             "2 partitions, a process each (ipledger replay)",
             parallel,
             "events/s",
-            detail=f"speed-up {parallel / sequential:.2f} on {os.cpu_count()} cores",
+            detail=f"{2 * half:,} events on {os.cpu_count()} cores",
+            issue="10",
+        ),
+        bench.Result.of_samples(
+            NAME,
+            "2 partitions: speed-up of a process each",
+            speedups,
+            "ratio",
+            issue="10",
+            better="higher",
         ),
     ]
 
     # --- Kafka: the replay beside a bare aiokafka read of the same topic
-    kafka_count = 20_000 if quick else min(count, 200_000)
+    kafka_count = 20_000 if quick else args.replay_kafka_events
     bootstrap = services.kafka.bootstrap
     topic = "bench.replay"
     await kafka_log.ensure_topics(bootstrap, topic, 1)
@@ -232,22 +365,26 @@ async def _run(args: argparse.Namespace, services: Services) -> list[bench.Resul
     klog = await kafka_log.KafkaEventLog.open(bootstrap, topic)
     try:
         await _allocate(klog, kafka_dsn, {0: kafka_count}, tree=True, log_name=f"kafka:{topic}")
-        ours = []
-        bare = []
+        ours: list[float] = []
+        bare_kafka: list[float] = []
         for _ in range(repeat):
-            bare.append(await bare_consumer_rate(bootstrap, topic, kafka_count))
+            bare_kafka.append(await bare_consumer_rate(bootstrap, topic, kafka_count))
             ours.append(await _replay_rate(klog, kafka_dsn, [0], kafka_count))
     finally:
         await klog.close()
     results += [
-        bench.Result(NAME, "replay --verify, Kafka", bench.median(ours), "events/s"),
-        bench.Result(NAME, "bare aiokafka read, same topic", bench.median(bare), "events/s"),
-        bench.Result(
+        bench.Result.of_samples(NAME, "replay --verify, Kafka", ours, "events/s", issue="10"),
+        bench.Result.of_samples(
+            NAME, "bare aiokafka read, same topic", bare_kafka, "events/s", issue="10"
+        ),
+        bench.Result.of_samples(
             NAME,
             "replay / bare read (Kafka)",
-            bench.median(ours) / bench.median(bare),
+            [a / b for a, b in zip(ours, bare_kafka, strict=True)],
             "ratio",
             detail=f"{kafka_count:,} events",
+            issue="10",
+            better="higher",
         ),
     ]
     return results
