@@ -75,13 +75,13 @@ PUBLISHED_SQL = "SELECT coalesce(max(next_offset), 0) FROM outbox_offset"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--soak-cycles", type=int, default=100, help="kill -9 cycles (the long mode: 1000)"
+        "--soak-cycles", type=int, default=1000, help="kill -9 cycles (--quick: 10)"
     )
     parser.add_argument(
         "--soak-log", choices=("kafka", "table"), default="kafka", help="the log the soak feeds"
     )
     parser.add_argument(
-        "--soak-rate", type=int, default=100, help="events/s the producer appends throughout"
+        "--soak-rate", type=int, default=40, help="events/s the producer appends throughout"
     )
     parser.add_argument(
         "--soak-budget-s",
@@ -89,6 +89,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0.0,
         help="stop starting cycles after this many seconds (0: none); the cycles done are "
         "reported, held against the 1,000 of the long mode",
+    )
+    parser.add_argument(
+        "--soak-instance-id",
+        default="soak-allocator",
+        help="IPLEDGER_INSTANCE_ID of every allocator (Kafka static membership, as a "
+        "StatefulSet pod restarted under its own name); empty: none, each restart rejoins the "
+        "consumer group and waits for its rebalance",
     )
     parser.add_argument(
         "--soak-spawn",
@@ -100,7 +107,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--soak-service-every",
         type=int,
-        default=25,
+        default=50,
         help="every Nth cycle (on average) also restarts the broker or PostgreSQL",
     )
 
@@ -432,6 +439,8 @@ async def _run(args: argparse.Namespace, services: _Services) -> list[bench.Resu
     # Small batches so that kills land mid-stream; the shortest lease, so a dead writer's lease
     # is taken over within a second.
     env |= {"IPLEDGER_BATCH_MAX_RECORDS": "50", "IPLEDGER_LEASE_TTL_S": "1"}
+    if args.soak_instance_id and deployment is not None:
+        env["IPLEDGER_INSTANCE_ID"] = args.soak_instance_id
 
     allocators = Allocators(workdir)
     launcher: Forked | Execed = (
