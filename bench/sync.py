@@ -250,8 +250,10 @@ async def one_run(
     kubeconfig = services.kube.kubeconfig_path
     await _delete_all_ciliumnodes(kubeconfig)
     event_log = table_log.PostgresTableLog.from_dsn(dsn)
+    # A long lease: a 5,000-node batch on a loaded machine outlasts the default one, and the
+    # allocator then loses it, stands by and reloads over and over (seen at a load of 20).
     projection = pg_projection.PostgresProjection.from_dsn(
-        dsn, log_name="table", holder="bench-allocator"
+        dsn, log_name="table", holder="bench-allocator", lease_ttl_s=60.0
     )
     alloc = allocator.PartitionAllocator(
         event_log, projection, 0, settings=allocator.LoopSettings(batch_max_records=nodes + 1)
