@@ -88,6 +88,9 @@ def test_the_installed_wheel_migrates_an_empty_database(tmp_path: Path, pg_empty
         cwd=tmp_path,
     )
     assert Path(located.stdout.strip()).is_relative_to(site), "the checkout was imported"
+    # The dashboard's built files are package data (service.api.dashboard serves them).
+    static = site / "service" / "dashboard" / "static"
+    assert sorted(path.name for path in static.iterdir()) == ["app.js", "index.html", "style.css"]
 
     init = ipledger("init")
     assert init.returncode == 0, init.stderr
