@@ -14,7 +14,10 @@ The map follows the conventions of ``service.api.routes``: the basis (``as_of``)
 in ``X-Ipledger-Offset``, the ETag of (path, query, basis) with 304 before any query, problem+json
 errors. Its body for a basis never changes (history is insert-only), so the last few encoded
 bodies are kept: every browser polling the map costs one query per new commit, not one per poll.
-Nothing here writes; the only reader is the port.
+And the newest map of each cluster is kept in a form the next commits can move forward
+(``_Live``): after pod-address decisions only those decisions are read, not every node again
+(at 65,536 nodes the difference between a fraction of a second and tens of seconds on a loaded
+machine; docs/benchmarks.md). Nothing here writes; the only reader is the port.
 """
 
 from __future__ import annotations
@@ -263,6 +266,8 @@ def pool_map(view: ports.ClusterAt, nodes: list[ports.NodeAt], basis: models.Bas
 
 # Decisions read to move a map forward at most; more, and it is built whole again.
 MAX_STEPS = 20_000
+# Clusters whose newest map is kept (tens of MB each at 65,536 nodes), the last built first out.
+_KEPT_CLUSTERS = 16
 
 
 # Nodes read per statement when the map is built whole: each statement stays well inside the
@@ -307,7 +312,10 @@ class _Lives:
                 built = _Live(view, nodes, answer.basis)
                 current = self.maps.get(answer.cluster)
                 if current is None or current.basis <= answer.basis:
-                    self.maps[answer.cluster] = built
+                    self.maps.pop(answer.cluster, None)
+                    self.maps[answer.cluster] = built  # the newest last
+                    while len(self.maps) > _KEPT_CLUSTERS:
+                        del self.maps[next(iter(self.maps))]
                 live = built
             return live.body(answer.partition)
 
