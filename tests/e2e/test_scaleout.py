@@ -4,8 +4,9 @@ Three processes on six partitions, on Kafka (the consumer group assigns the part
 the table log (member rows and fair shares in PostgreSQL). Each must lead two partitions once
 they have settled (not the first one up leading all six); one is killed with SIGKILL and its
 partitions must be led by the others within 10 s (a new lease each), which then apply what it
-left; a fourth that joins must get its share, and one that stops hands its share back. At the end every partition's state is ``simulate``'s over that partition's records
-(and every offset has one decision).
+left; a fourth that joins must get its share, and one that stops hands its share back. At the
+end every partition's state is ``simulate``'s over that partition's records (and every offset
+has one decision).
 """
 
 from __future__ import annotations
