@@ -186,13 +186,30 @@ def extend(batch: ports.Batch, more: ports.Batch) -> None:
             earlier.pool = earlier.pool or changes.pool
             earlier.ips.extend(changes.ips)
         batch.ip_times.setdefault(name, []).extend(more.ip_times.get(name, []))
-        batch.cluster_rows[name] = more.cluster_rows[name]
-        # The later snapshot of a node is the one that stands; kept in name order.
-        rows = batch.node_rows.get(name, {}) | more.node_rows.get(name, {})
-        batch.node_rows[name] = {node: rows[node] for node in sorted(rows)}
+        if name in more.cluster_rows:  # applied with rows=False: take_rows comes later
+            batch.cluster_rows[name] = more.cluster_rows[name]
+            # The later snapshot of a node is the one that stands; kept in name order.
+            rows = batch.node_rows.get(name, {}) | more.node_rows.get(name, {})
+            batch.node_rows[name] = {node: rows[node] for node in sorted(rows)}
     batch.node_history.extend(more.node_history)
     batch.pool_history.extend(more.pool_history)
     batch.heads.extend(more.heads)
+
+
+def take_rows(batch: ports.Batch, current: state.State) -> None:
+    """Snapshot into ``batch`` the rows of every cluster and node its changes touched, as they
+    are in ``current`` now (which must be the state after the batch's last record).
+
+    For a batch extended by parts applied with ``rows=False``: one snapshot at the end instead
+    of one per part, each of which the next would replace.
+    """
+    for name, changes in batch.changes.items():
+        cluster = current.clusters[name]
+        batch.cluster_rows[name] = restore.cluster_row(cluster)
+        batch.node_rows[name] = {
+            node: restore.node_row(cluster, cluster.nodes[node]) if node in cluster.nodes else None
+            for node in sorted(changes.nodes)
+        }
 
 
 _sha256 = hashlib.sha256

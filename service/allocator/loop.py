@@ -320,13 +320,18 @@ class PartitionAllocator:
                     partitions=self._partitions,
                     tree=self._tree,
                     evidence=self.settings.tree,
+                    rows=False,
                 ),
             )
             if grouped is None:
                 grouped = list(records)
             grouped.extend(more)
             size = len(grouped)
-        return records if grouped is None else grouped
+        if grouped is None:
+            return records
+        # The parts were applied without rows: one snapshot of what the whole group changed.
+        batches.take_rows(batch, current)
+        return grouped
 
     async def _commit(self, batch: ports.Batch, handle: _InFlight) -> None:
         try:

@@ -60,6 +60,25 @@ def test_a_batch_extended_by_the_next_stores_what_one_batch_would(split: int) ->
     assert document.digest(parted_state) == document.digest(whole.state)
 
 
+@pytest.mark.parametrize("split", [1, 120])
+def test_parts_applied_without_rows_then_rows_taken_once_store_what_one_batch_would(
+    split: int,
+) -> None:
+    records = _records(mixed_stream(300, seed=9, clusters=CLUSTERS))
+    whole = batches.apply_records(
+        state.State(track_changes=True), records, 0, 1, partitions=1, tree=None
+    )
+    parted_state = state.State(track_changes=True)
+    parted = batches.apply_records(parted_state, records[:split], 0, 1, partitions=1, tree=None)
+    for start in range(split, len(records), 50):
+        more = batches.apply_records(
+            parted_state, records[start : start + 50], 0, 1, partitions=1, tree=None, rows=False
+        )
+        batches.extend(parted, more)
+    batches.take_rows(parted, parted_state)
+    assert _stored(parted) == _stored(whole)
+
+
 def test_only_the_batch_applied_right_after_can_extend_one() -> None:
     records = _records(mixed_stream(20, seed=6))
     current = state.State(track_changes=True)
