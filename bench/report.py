@@ -149,14 +149,15 @@ def render(
         "### Goals",
         "",
         f"{met} met, {missed} missed, {len(targets) - met - missed} not judged at these sizes "
-        f"(of {len(targets)} figures with a goal).",
+        f"(of {len(targets)} figures with a goal). A benchmark marked (quick) was last run at "
+        "--quick sizes, where a goal about the full size is not what was measured.",
         "",
     ]
     out += _table(
         ("benchmark", "figure", "issue", "goal", "median", "min", "max", "n", "unit", ""),
         (
             (
-                r.benchmark,
+                r.benchmark + (" (quick)" if suite.runs.get(r.benchmark, {}).get("quick") else ""),
                 r.name,
                 f"#{r.issue}" if r.issue else "",
                 r.target,
