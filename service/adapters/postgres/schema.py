@@ -231,7 +231,7 @@ decision = sa.Table(
     # The record's leaf in the partition's Merkle tree (service.domain.merkle.leaf_hash of
     # ``body`` and the record's bytes); NULL on rows written before the tree existed.
     sa.Column("leaf", sa.LargeBinary, nullable=True),
-    # No index on event_id: nothing reads by it, and each event paid for one (migration 0008).
+    sa.Index("ix_decision_event_id", "cluster", "event_id"),
 )
 # The readers' as_of=<time> (``applied_offset(at_time=...)``): the last record at or before a
 # time is one descent of this index. The expression is the readers' own (migration 0007).
