@@ -21,6 +21,8 @@ from service.processes import signals
 from service.settings import Settings
 
 log = logging.getLogger("ipledger")
+# Reads of IPLEDGER_BATCH_MAX_RECORDS records that group commit may join into one transaction.
+GROUP_READS = 8
 # Cilium's Helm defaults for cluster-pool IPAM, configured by `make run` on an empty log.
 HELM_DEFAULT_POOL = (
     b'{"type":"pool.configured","id":"ipledger-helm-default-pool",'
@@ -81,6 +83,9 @@ async def _allocate(settings: Settings, *, embedded: str | None) -> None:
             )
         loop = allocator.LoopSettings(
             batch_max_records=settings.batch_max_records,
+            # Group commit joins up to eight reads into one transaction, so the setting keeps
+            # bounding a transaction (a small one in tests and for operators who ask for it).
+            batch_group_max_records=min(100_000, GROUP_READS * settings.batch_max_records),
             batch_max_wait_s=settings.batch_max_wait_ms / 1000,
             tree=bootstrap.tree_settings(settings),
         )
