@@ -76,7 +76,11 @@ async def consumed(dsn: str) -> int:
 
 
 async def wait_consumed(
-    dsn: str, target: int, timeout: float, allocators: Allocators | None = None
+    dsn: str,
+    target: int,
+    timeout: float,
+    allocators: Allocators | None = None,
+    interval: float = 0.05,
 ) -> float:
     """Wait until the projection has consumed ``target`` records; return the seconds taken."""
     at = 0
@@ -93,7 +97,7 @@ async def wait_consumed(
             f"the projection to consume {target} records (at {at})\n"
             + (allocators.logs() if allocators else "")
         ),
-        interval=0.05,
+        interval=interval,
     )
 
 
@@ -129,9 +133,12 @@ async def assert_projection_matches(
 async def kill_at_random_points(
     dsn: str, allocators: Allocators, env: dict[str, str], total: int, kills: int, seed: int
 ) -> None:
-    """Start an allocator and SIGKILL it ``kills`` times mid-stream, at random moments.
+    """Start an allocator and SIGKILL it ``kills`` times mid-stream, at random points.
 
-    Each one first makes some progress, so the kill lands while it works, not during start-up.
+    Each one first consumes a random share of what is left (at most half of its even share,
+    so the kills stay mid-stream however fast the machine: a time-based delay let a quiet
+    machine with group commit consume the whole log before the last kills), then is killed
+    within 20 ms of that commit, while it works on the next batch.
     Fails if the log was consumed before all the kills happened (the stream is too short).
     """
     rng = random.Random(seed)
@@ -139,7 +146,8 @@ async def kill_at_random_points(
         before = await consumed(dsn)
         assert before < total, f"the log was consumed after only {done} kills; lengthen it"
         process = allocators.start(env)
-        await wait_consumed(dsn, before + 1, 120, allocators)
-        await anyio.sleep(rng.uniform(0.0, 0.3))
+        step = rng.randint(1, max(1, (total - before) // (2 * (kills - done))))
+        await wait_consumed(dsn, before + step, 120, allocators, interval=0.005)
+        await anyio.sleep(rng.uniform(0.0, 0.02))
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=10)
