@@ -87,6 +87,10 @@ async def _allocate(settings: Settings, *, embedded: str | None) -> None:
             # bounding a transaction (a small one in tests and for operators who ask for it).
             batch_group_max_records=min(100_000, GROUP_READS * settings.batch_max_records),
             batch_max_wait_s=settings.batch_max_wait_ms / 1000,
+            # Renewed three times per lease at least: with a renewal every 2 s a lease of 1 s
+            # (allowed, and used by the crash tests) expired between two renewals of an idle
+            # writer, which then found it "lost" and took a new token (seen in the soak).
+            renew_every_s=min(2.0, settings.lease_ttl_s / 3),
             tree=bootstrap.tree_settings(settings),
         )
         # Each worker checks it too; checked here first so that a changed partition count is
