@@ -400,23 +400,36 @@ class EmbeddedPostgres:
         for name, value in settings.items():
             command += ["-c", f"{name}={value}"]
         self._log_file = self.log_path.open("ab")
-        self._process = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log_file,
-            stderr=subprocess.STDOUT,
-            # Its own process group: a Ctrl-C meant for ipledger must not reach the server before
-            # ipledger has stopped using it, and kill() can take the backends down with it.
-            start_new_session=True,
-            # Only a prctl call (children.parent_death_hook): nothing that could take a lock.
-            preexec_fn=(  # noqa: PLW1509
-                children.parent_death_hook(signal.SIGINT) if self._end_with_parent else None
-            ),
-            **_drop_privileges(owner),
-        )
-        # A net under stop(): a program that ends without stopping the server (an exception
-        # nobody caught, SIGTERM made an exception) still stops it on its way out.
-        self._at_exit = weakref.finalize(self, _shut_down, self._process, self._stop_timeout_s)
+        death_hook = children.parent_death_hook(signal.SIGINT) if self._end_with_parent else None
+
+        def in_child() -> None:
+            # Only syscalls between fork and exec: nothing that could take a lock. The server
+            # must not inherit the mask that holds ipledger's stop signals back (below).
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
+            if death_hook is not None:
+                death_hook()
+
+        # SIGINT and SIGTERM are held back while the server is spawned: a stop signal made an
+        # exception inside Popen, after the fork, left a running server nobody knew of (a
+        # fresh-clone CI run's test_no_leftovers). Delivered after, it finds _process set.
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        try:
+            self._process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=self._log_file,
+                stderr=subprocess.STDOUT,
+                # Its own process group: a Ctrl-C meant for ipledger must not reach the server
+                # before ipledger has stopped using it, and kill() can take the backends down.
+                start_new_session=True,
+                preexec_fn=in_child,  # noqa: PLW1509
+                **_drop_privileges(owner),
+            )
+            # A net under stop(): a program that ends without stopping the server (an
+            # exception nobody caught, SIGTERM made an exception) still stops it on its way out.
+            self._at_exit = weakref.finalize(self, _shut_down, self._process, self._stop_timeout_s)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
     def _wait_until_ready(self, bin_dir: Path) -> None:
         process = self._process
