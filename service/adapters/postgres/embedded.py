@@ -19,6 +19,7 @@ import importlib.util
 import logging
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -107,12 +108,51 @@ def _reachable_install(bin_dir: Path, owner: pwd.struct_passwd, copies: Path | N
         for directory in [staging / "tree", *(staging / "tree").rglob("*")]:
             if directory.is_dir() and not directory.is_symlink():
                 directory.chmod(0o755)
+        (staging / "tree" / _COPY_SOURCE).write_text(str(install.resolve()))
         # If another process got there first, its copy is as good.
         with contextlib.suppress(OSError):
             (staging / "tree").rename(target)
         shutil.rmtree(staging, ignore_errors=True)
+        _remove_orphaned_copies(parent, keep=target)
     _log.info("running PostgreSQL binaries from %s (the originals are private)", target)
     return copied_bin
+
+
+_COPY_SOURCE = "source"  # in a copy: the installation it was copied from
+_COPY_NAME = re.compile(r"ipledger-pginstall-[0-9a-f]{12}")
+
+
+def _remove_orphaned_copies(parent: Path, keep: Path) -> None:
+    """Remove the copies in ``parent`` whose installation is gone and that nothing runs from.
+
+    Each checkout (each fresh clone under ``mktemp -d``, each CI run) gets a copy of its own,
+    about 40 MB; without this they pile up in the system directory long after their checkouts
+    were deleted. A copy is kept while its source still exists (that checkout may start again)
+    or while a process executes a binary inside it. Copies made before the source was recorded
+    are left alone: nothing says where they came from.
+    """
+    running = _executables_in_use()
+    for copy in parent.iterdir():
+        if copy == keep or not _COPY_NAME.fullmatch(copy.name):
+            continue
+        try:
+            source = Path((copy / _COPY_SOURCE).read_text().strip())
+        except OSError:
+            continue
+        if source.exists() or any(path.is_relative_to(copy) for path in running):
+            continue
+        _log.info("removing %s: its installation %s is gone", copy, source)
+        shutil.rmtree(copy, ignore_errors=True)
+
+
+def _executables_in_use() -> list[Path]:
+    """The executables of the processes this account can see (those it cannot are skipped)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                found.append(Path(os.readlink(entry / "exe")))
+    return found
 
 
 def server_account(run_as: str | None = None) -> pwd.struct_passwd | None:
