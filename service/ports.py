@@ -173,6 +173,10 @@ class Batch:
     pool_history: list[PoolSnapshot] = field(default_factory=list)
     # The tree heads the batch recorded, in size order (the last one at ``next_offset``).
     heads: list[RecordedHead] = field(default_factory=list)
+    # The perfect subtrees of merkle.STORED_LEVEL or more its leaves completed (for O(log n)
+    # proofs), and any the tree completed since the last batch (resumed over offsets committed
+    # without the tree).
+    subtrees: list[merkle.Subtree] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,7 +216,8 @@ class Projection(Protocol):
     - **A batch and its offset are written together.** ``commit(batch)`` writes everything the
       batch did (a decision for each of its offsets, the rejections, the changed cluster and
       node rows with the batch's last offset as their version, a deleted node as a tombstone,
-      the held pod addresses and every holding that ended, the tree heads with their frontiers)
+      the held pod addresses and every holding that ended, the tree heads with their frontiers,
+      the completed subtrees' roots, stored once: a second store of one keeps the first)
       and ``batch.next_offset`` as the partition's next offset, in one transaction: all of it
       or nothing. The stored offset
       therefore always matches the stored state, and restarting from it applies nothing twice.
@@ -1065,7 +1070,8 @@ class ProjectionRows:
     offset) -> (reason, key, raw). Addresses are their text (``ipaddress``'s).
     ``node_history``: (cluster, name, offset) -> (partition, time, deleted, pod CIDRs, error,
     conflict, addresses, pinned, waiting); ``cluster_history``: (cluster, offset) ->
-    (partition, time, ipv4 CIDRs, ipv4 mask, ipv6 CIDRs, ipv6 mask).
+    (partition, time, ipv4 CIDRs, ipv4 mask, ipv6 CIDRs, ipv6 mask); ``tree_nodes``:
+    (partition, level, start) -> (hash in hex,), the stored perfect subtree roots.
     """
 
     clusters: dict[str, tuple[Any, ...]] = field(default_factory=dict)
@@ -1075,6 +1081,7 @@ class ProjectionRows:
     rejections: dict[tuple[int, int], tuple[Any, ...]] = field(default_factory=dict)
     node_history: dict[tuple[str, str, int], tuple[Any, ...]] = field(default_factory=dict)
     cluster_history: dict[tuple[str, int], tuple[Any, ...]] = field(default_factory=dict)
+    tree_nodes: dict[tuple[int, int, int], tuple[str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1101,8 +1108,15 @@ class AuditReader(Protocol):
         """Every tree head of ``partition``, by size."""
         ...
 
-    async def leaves(self, partition: int, end: int) -> list[bytes | None]:
-        """The stored leaves of offsets 0 to ``end - 1`` (None where none is stored)."""
+    async def leaves(self, partition: int, end: int, start: int = 0) -> list[bytes | None]:
+        """The stored leaves of offsets ``start`` to ``end - 1`` (None where none is stored)."""
+        ...
+
+    async def subtrees(
+        self, partition: int, wanted: Sequence[tuple[int, int]]
+    ) -> dict[tuple[int, int], bytes]:
+        """The stored roots of the perfect subtrees ``(start, level)`` in ``wanted`` that are
+        stored (``Batch.subtrees``); those not stored are left out."""
         ...
 
     async def decisions(self, partition: int, start: int, limit: int) -> list[StoredDecision]:

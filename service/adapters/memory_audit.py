@@ -25,12 +25,22 @@ class MemoryAuditReader:
     async def heads(self, partition: int) -> list[ports.RecordedHead]:
         return list(self.tables.heads.get(partition, []))
 
-    async def leaves(self, partition: int, end: int) -> list[bytes | None]:
-        found: list[bytes | None] = [None] * end
+    async def leaves(self, partition: int, end: int, start: int = 0) -> list[bytes | None]:
+        found: list[bytes | None] = [None] * max(0, end - start)
         for row in self.tables.decisions.get(partition, []):
-            if row.offset < end:
-                found[row.offset] = row.leaf
+            if start <= row.offset < end:
+                found[row.offset - start] = row.leaf
         return found
+
+    async def subtrees(
+        self, partition: int, wanted: Sequence[tuple[int, int]]
+    ) -> dict[tuple[int, int], bytes]:
+        stored = self.tables.subtrees.get(partition, {})
+        return {
+            (start, level): stored[(level, start)]
+            for start, level in wanted
+            if (level, start) in stored
+        }
 
     async def decisions(self, partition: int, start: int, limit: int) -> list[ports.StoredDecision]:
         rows = [r for r in self.tables.decisions.get(partition, []) if r.offset >= start]
@@ -105,6 +115,10 @@ class MemoryAuditReader:
                     h.to_offset,
                     h.to_time,
                 )
+        for partition, subtrees in tables.subtrees.items():
+            if wanted is None or partition in wanted:
+                for (level, start), hashed in subtrees.items():
+                    found.tree_nodes[(partition, level, start)] = (hashed.hex(),)
         for partition, rejections in tables.rejections.items():
             if wanted is not None and partition not in wanted:
                 continue

@@ -92,6 +92,8 @@ class MemoryProjectionTables:
         self.outbox: dict[int, int] = {}
         # Per partition, the tree heads in size order.
         self.heads: dict[int, list[ports.RecordedHead]] = {}
+        # Per partition, the stored perfect subtree roots by (level, start).
+        self.subtrees: dict[int, dict[tuple[int, int], bytes]] = {}
         self.leases: dict[int, memory_rows.LeaseRow] = {}
         self._checks: dict[str, tuple[str, Callable[[Any], bool]]] = {}
         self._failures: collections.deque[_Failure] = collections.deque()

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from service import errors, ports
-from service.domain import state
+from service.domain import merkle, state
 
 if TYPE_CHECKING:
     from service.adapters.memory_projection import MemoryProjectionTables
@@ -208,6 +208,7 @@ class Writes:
     node_history: list[NodeHistoryRow] = dataclasses.field(default_factory=list)
     cluster_history: list[ClusterHistoryRow] = dataclasses.field(default_factory=list)
     heads: list[ports.RecordedHead] = dataclasses.field(default_factory=list)
+    subtrees: list[merkle.Subtree] = dataclasses.field(default_factory=list)
 
     @classmethod
     def of(
@@ -230,6 +231,7 @@ class Writes:
             finished=[],
             offset=OffsetRow(partition, log_name, batch.next_offset, now),
             heads=list(batch.heads),
+            subtrees=list(batch.subtrees),
         )
         for applied in batch.applied:
             record, decision = applied.record, applied.decision
@@ -414,6 +416,10 @@ class Writes:
             tables.cluster_history.setdefault(pool.cluster, []).append(pool)
         tables.offsets[self.partition] = self.offset
         tables.heads.setdefault(self.partition, []).extend(self.heads)
+        stored = tables.subtrees.setdefault(self.partition, {})
+        for subtree in self.subtrees:
+            # As PostgreSQL's ON CONFLICT DO NOTHING: a subtree is stored once.
+            stored.setdefault((subtree.level, subtree.start), subtree.hash)
 
 
 def _node_row(

@@ -147,6 +147,7 @@ def apply_records(
         )
     if tree is not None:
         batch.heads.append(record_head(tree, partition, current, evidence, fallback_time))
+        batch.subtrees = tree.take_completed()
     for name, cluster in current.clusters.items():
         changes = cluster.changes
         if changes is not None and (changes.nodes or changes.pool or changes.ips):
@@ -194,6 +195,7 @@ def extend(batch: ports.Batch, more: ports.Batch) -> None:
     batch.node_history.extend(more.node_history)
     batch.pool_history.extend(more.pool_history)
     batch.heads.extend(more.heads)
+    batch.subtrees.extend(more.subtrees)
 
 
 def take_rows(batch: ports.Batch, current: state.State) -> None:
@@ -351,6 +353,7 @@ def rejection_batch(
                 datetime.datetime.now(UTC),
             )
         )
+        batch.subtrees = tree.take_completed()
     return batch
 
 

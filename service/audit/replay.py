@@ -87,6 +87,7 @@ _FIELDS = {
         "ipv6_cidrs",
         "ipv6_mask",
     ),
+    "tree_node": ("hash",),
 }
 
 
@@ -537,6 +538,11 @@ async def _compare_end(
             changes_only(committed.node_history),
         ),
         ("cluster_history", replayed.cluster_history, committed.cluster_history),
+        (
+            "tree_node",
+            _since_stored(replayed.tree_nodes, committed.tree_nodes),
+            committed.tree_nodes,
+        ),
     ):
         if mine == theirs:
             continue  # in C; the row by row search below only for a difference
@@ -544,6 +550,16 @@ async def _compare_end(
         if divergence is not None:
             return divergence
     return None
+
+
+def _since_stored(replayed: dict[Any, Any], committed: dict[Any, Any]) -> dict[Any, Any]:
+    """The replayed subtree roots the projection must have: those completed since the first
+    stored one was. A tree recorded before migration 0008 stored none before it; since, the
+    writer stores every one it completes (also over offsets it resumes without a head)."""
+    if not committed:
+        return {}
+    first = min(_offset_of("tree_node", key, None) or 0 for key in committed)
+    return {k: v for k, v in replayed.items() if (_offset_of("tree_node", k, None) or 0) >= first}
 
 
 def changes_only(rows: dict[tuple[str, str, int], tuple[Any, ...]]) -> dict[Any, Any]:
@@ -608,6 +624,8 @@ def _offset_of(kind: str, key: Any, row: Any) -> int | None:
         return int(key[1])
     if kind == "rejection":
         return int(key[1])
+    if kind == "tree_node":  # (partition, level, start): the leaf that completed it
+        return int(key[2]) + (1 << int(key[1])) - 1
     return None
 
 

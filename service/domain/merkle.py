@@ -10,8 +10,17 @@ every root from that offset on.
 subtrees, O(log n) hashes: the *frontier*), which is all a writer needs to go on after a
 restart; ``TreeHead`` is what is recorded every N records and at every batch boundary, chained
 to the head before it. The proofs (inclusion of one leaf in a head, consistency of two heads)
-are computed from the leaf hashes and checked from the proof alone (RFC 9162, section 2.1.3
-and 2.1.4), with no database: anyone holding a head can check them.
+are checked from the proof alone (RFC 9162, section 2.1.3 and 2.1.4), with no database: anyone
+holding a head can check them.
+
+Computing a proof needs the roots of O(log n) subtrees. ``inclusion_proof`` and
+``consistency_proof`` hash them from all the leaves (O(n): the reference, kept as the tests'
+oracle); ``inclusion_proof_from`` and ``consistency_proof_from`` take them from a ``Perfect``
+source of *perfect* subtree roots ([start, start + 2^level), start a multiple of 2^level), since
+every range RFC 6962's recursion asks for splits into a few of those. The writer keeps each one
+it completes of ``STORED_LEVEL`` or more (``Tree.completed``: the hashes ``append`` makes
+anyway), the projection stores them with the batch, and a proof is then O(log n) stored hashes
+plus the leaves of at most a few ranges shorter than 2^STORED_LEVEL.
 
 Pure: hashlib only, no I/O, no clock (a head's time is handed in).
 """
@@ -19,9 +28,9 @@ Pure: hashlib only, no I/O, no clock (a head's time is handed in).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -30,6 +39,10 @@ EMPTY_ROOT = hashlib.sha256(b"").digest()
 _LEAF = b"\x00"
 _NODE = b"\x01"
 _sha256 = hashlib.sha256
+# Perfect subtrees of 2^STORED_LEVEL leaves and more are kept (``Tree.completed``): about one
+# stored hash per 128 leaves, and the pieces a proof hashes from leaves are under 256 leaves.
+STORED_LEVEL = 8
+_STORED_MASK = (1 << STORED_LEVEL) - 1
 
 
 class ProofError(ValueError):
@@ -46,6 +59,14 @@ def node_hash(left: bytes, right: bytes) -> bytes:
     return _sha256(_NODE + left + right).digest()
 
 
+class Subtree(NamedTuple):
+    """The root of the perfect subtree over leaves [start, start + 2^level)."""
+
+    start: int
+    level: int
+    hash: bytes
+
+
 @dataclass(slots=True)
 class Tree:
     """The right edge of one partition's tree: its size, its frontier, the last head's hash.
@@ -58,16 +79,42 @@ class Tree:
     size: int = 0
     frontier: list[bytes] = field(default_factory=list)
     last_head: bytes | None = None
+    # The perfect subtrees of STORED_LEVEL or more that appends completed, in the order they
+    # were completed, until ``take_completed`` hands them to a batch.
+    completed: list[Subtree] = field(default_factory=list)
 
     def append(self, leaf: bytes) -> None:
         """Add one leaf hash: merge it with the equal-sized subtrees it completes."""
         size = self.size
         frontier = self.frontier
+        if size & _STORED_MASK == _STORED_MASK:
+            # Once every 2^STORED_LEVEL leaves: the merges complete subtrees worth keeping.
+            self._append_completing(leaf)
+            return
         while size & 1:
             leaf = _sha256(_NODE + frontier.pop() + leaf).digest()
             size >>= 1
         frontier.append(leaf)
         self.size += 1
+
+    def _append_completing(self, leaf: bytes) -> None:
+        size = self.size
+        frontier = self.frontier
+        level = 0
+        end = size + 1
+        while size & 1:
+            leaf = _sha256(_NODE + frontier.pop() + leaf).digest()
+            size >>= 1
+            level += 1
+            if level >= STORED_LEVEL:
+                self.completed.append(Subtree(end - (1 << level), level, leaf))
+        frontier.append(leaf)
+        self.size = end
+
+    def take_completed(self) -> list[Subtree]:
+        """The subtrees completed since the last call (for the batch that stores them)."""
+        completed, self.completed = self.completed, []
+        return completed
 
     def root(self) -> bytes:
         """The tree's root hash (RFC 6962's MTH of the first ``size`` leaves)."""
@@ -80,7 +127,7 @@ class Tree:
         return root
 
     def copy(self) -> Tree:
-        return Tree(self.size, list(self.frontier), self.last_head)
+        return Tree(self.size, list(self.frontier), self.last_head, list(self.completed))
 
     def check(self) -> None:
         """Raise ``ProofError`` if the frontier cannot be the edge of a tree of ``size`` leaves."""
@@ -249,6 +296,99 @@ def consistency_proof(leaves: Sequence[bytes], old: int, new: int) -> list[bytes
 
     walk(old, 0, new, True)
     return proof
+
+
+# --- proofs from perfect subtree roots (O(log n) hashes) -----------------------------------------
+
+# The root of the perfect subtree [start, start + 2^level): ``Perfect(start, level)``.
+Perfect = Callable[[int, int], bytes]
+
+
+def range_root(perfect: Perfect, start: int, end: int) -> bytes:
+    """MTH of leaves [start, end), from the perfect subtrees that range splits into.
+
+    RFC 6962 splits a range at the largest power of two below its length, so its root is
+    node(P1, node(P2, ... Pm)) over the perfect subtrees of its length's bits, largest first.
+    Every range the proofs' recursion asks for starts at a multiple of its first piece, so each
+    piece is a perfect subtree of the tree (a node the writer completed).
+    """
+    if end <= start:
+        return EMPTY_ROOT
+    pieces: list[bytes] = []
+    at, rest = start, end - start
+    while rest:
+        level = rest.bit_length() - 1
+        if at & ((1 << level) - 1):
+            raise ValueError(f"[{at}, {at + (1 << level)}) is not a subtree of the tree")
+        pieces.append(perfect(at, level))
+        at += 1 << level
+        rest -= 1 << level
+    root = pieces[-1]
+    for left in reversed(pieces[:-1]):
+        root = _sha256(_NODE + left + root).digest()
+    return root
+
+
+def inclusion_proof_from(perfect: Perfect, index: int, size: int) -> list[bytes]:
+    """``inclusion_proof`` from perfect subtree roots: the same bytes, O(log n) of them read."""
+    if not 0 <= index < size:
+        raise ProofError(f"no leaf {index} in a tree of {size}")
+    proof: list[bytes] = []
+    start, end = 0, size
+    while end - start > 1:
+        k = _split(end - start)
+        if index < start + k:
+            proof.append(range_root(perfect, start + k, end))
+            end = start + k
+        else:
+            proof.append(perfect(start, k.bit_length() - 1))
+            start += k
+    proof.reverse()
+    return proof
+
+
+def consistency_proof_from(perfect: Perfect, old: int, new: int) -> list[bytes]:
+    """``consistency_proof`` from perfect subtree roots: the same bytes, O(log n) read."""
+    if not 0 <= old <= new:
+        raise ProofError(f"no consistency between trees of {old} and {new} leaves")
+    if old in (0, new):
+        return []
+    proof: list[bytes] = []
+    # RFC 6962's SUBPROOF, unrolled: the path down to the old tree's last complete subtree,
+    # collecting the sibling of each step, then those siblings innermost first.
+    siblings: list[bytes] = []
+    m, start, end, whole = old, 0, new, True
+    while True:
+        n = end - start
+        if m == n:
+            if not whole:
+                proof.append(range_root(perfect, start, end))
+            break
+        k = _split(n)
+        if m <= k:
+            siblings.append(range_root(perfect, start + k, end))
+            end = start + k
+        else:
+            siblings.append(perfect(start, k.bit_length() - 1))
+            m, start, whole = m - k, start + k, False
+    proof.extend(reversed(siblings))
+    return proof
+
+
+def wanted_subtrees(compute: Callable[[Perfect], object]) -> set[tuple[int, int]]:
+    """The perfect subtrees (start, level) ``compute`` asks its source for.
+
+    Which ones a proof needs depends only on the sizes and the index, never on the hashes,
+    so a dry run with placeholder hashes lists them, and they can be read in one go.
+    """
+    wanted: set[tuple[int, int]] = set()
+
+    def note(start: int, level: int) -> bytes:
+        wanted.add((start, level))
+        return EMPTY_ROOT
+
+    compute(note)
+    return wanted
 
 
 # --- checking proofs (RFC 9162 section 2.1.3.2 and 2.1.4.2) -------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from service import bootstrap, errors, ports
@@ -60,18 +61,36 @@ class _Evidence:
             raise errors.AuditError(f"partition {partition}: the log has no record at {offset}")
         return records[0]
 
-    async def leaves(self, partition: int, size: int) -> list[bytes]:
-        """The first ``size`` leaves; those stored as NULL (before the tree) computed."""
-        stored = await self.audit.leaves(partition, size)
-        missing = [offset for offset, leaf in enumerate(stored) if leaf is None]
+    async def leaves(self, partition: int, end: int, start: int = 0) -> list[bytes]:
+        """The leaves of offsets [start, end); those stored as NULL (before the tree)
+        computed."""
+        stored = await self.audit.leaves(partition, end, start)
+        missing = [start + i for i, leaf in enumerate(stored) if leaf is None]
         leaves: list[bytes | None] = list(stored)
         for offset in missing:
             found = await self.audit.decisions(partition, offset, 1)
             if not found or found[0].offset != offset:
                 raise errors.AuditError(f"partition {partition}: no decision at offset {offset}")
             record = await self.record(partition, offset)
-            leaves[offset] = merkle.leaf_hash(found[0].body, record.value)
+            leaves[offset - start] = merkle.leaf_hash(found[0].body, record.value)
         return [leaf for leaf in leaves if leaf is not None]
+
+    def readers(self, partition: int) -> tuple[proofs.NodeReader, proofs.LeafReader]:
+        """The stored subtree roots and the leaves of ``partition``, for ``proofs``."""
+
+        async def nodes(wanted: Sequence[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+            return await self.audit.subtrees(partition, wanted)
+
+        async def leaves(start: int, end: int) -> list[bytes]:
+            found = await self.leaves(partition, end, start)
+            if len(found) != end - start:
+                raise errors.AuditError(
+                    f"partition {partition} has no decision at some offset from {start} to "
+                    f"{end - 1}, below the head's size"
+                )
+            return found
+
+        return nodes, leaves
 
     async def inclusion(self, partition: int, offset: int, head: merkle.TreeHead) -> dict[str, Any]:
         if not 0 <= offset < head.size:
@@ -82,8 +101,9 @@ class _Evidence:
         if not found or found[0].offset != offset:
             raise errors.AuditError(f"partition {partition}: no decision at offset {offset}")
         record = await self.record(partition, offset)
-        leaves = await self.leaves(partition, head.size)
-        return proofs.inclusion_document(head, leaves, offset, found[0].body, record.value)
+        return await proofs.inclusion_from_store(
+            head, offset, found[0].body, record.value, *self.readers(partition)
+        )
 
 
 async def proof(
@@ -113,28 +133,9 @@ async def consistency(
             raise errors.AuditError("the two heads are of different partitions")
         if old_head.size > new_head.size:
             old_head, new_head = new_head, old_head
-        leaves = await evidence.leaves(new_head.partition, new_head.size)
-        if len(leaves) < new_head.size:
-            raise errors.AuditError(
-                f"partition {new_head.partition} has {len(leaves)} decisions, fewer than the "
-                f"head's {new_head.size}"
-            )
-        document = proofs.consistency_document(old_head, new_head, leaves)
-        stored_old = merkle.subtree_root(leaves, 0, old_head.size).hex()
-        stored_new = merkle.subtree_root(leaves, 0, new_head.size).hex()
-        if stored_old != old_head.root:
-            raise errors.AuditError(
-                f"partition {old_head.partition}: the tree of the first {old_head.size} "
-                f"decisions now has root {stored_old}, not the head's {old_head.root}: "
-                "decisions or records before that offset were rewritten"
-            )
-        if stored_new != new_head.root:
-            raise errors.AuditError(
-                f"partition {new_head.partition}: the tree of the first {new_head.size} "
-                f"decisions now has root {stored_new}, not the head's {new_head.root}"
-            )
-        proofs.check_document(document)
-        return document
+        return await proofs.consistency_from_store(
+            old_head, new_head, *evidence.readers(new_head.partition)
+        )
     finally:
         await evidence.close()
 

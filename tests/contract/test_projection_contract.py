@@ -45,6 +45,8 @@ import pytest
 
 from service import allocator, errors, ports
 from service.adapters import memory
+from service.adapters.memory_audit import MemoryAuditReader
+from service.adapters.postgres import audit as pg_audit
 from service.adapters.postgres import projection as pg_projection
 from service.domain import allocation, document, events, merkle, partitioning, state
 from tests import fakes
@@ -64,7 +66,10 @@ class Database:
     new_projection: Callable[[str, float, str], ports.Projection]
     #: Let ``seconds`` pass on the database's clock.
     wait: Callable[[float], Awaitable[None]]
+    #: The audit reader (``ports.AuditReader``) over the same database.
+    new_audit: Callable[[], ports.AuditReader]
     opened: list[ports.Projection] = dataclasses.field(default_factory=list)
+    audits: list[ports.AuditReader] = dataclasses.field(default_factory=list)
 
     def projection(
         self, holder: str = "writer", *, ttl: float = TTL_S, log: str = LOG
@@ -72,6 +77,11 @@ class Database:
         """A new projection (one allocator process) on this database, closed after the test."""
         opened = self.new_projection(holder, ttl, log)
         self.opened.append(opened)
+        return opened
+
+    def audit(self) -> ports.AuditReader:
+        opened = self.new_audit()
+        self.audits.append(opened)
         return opened
 
 
@@ -89,6 +99,7 @@ async def database(request: pytest.FixtureRequest) -> AsyncIterator[Database]:
                 tables, holder=holder, log_name=log, lease_ttl_s=ttl
             ),
             move,
+            lambda: MemoryAuditReader(tables),
         )
     else:
         dsn: str = request.getfixturevalue("pg_dsn")
@@ -97,12 +108,15 @@ async def database(request: pytest.FixtureRequest) -> AsyncIterator[Database]:
                 dsn, log_name=log, holder=holder, lease_ttl_s=ttl
             ),
             anyio.sleep,
+            lambda: pg_audit.PostgresAuditReader.from_dsn(dsn),
         )
     try:
         yield db
     finally:
         for opened in db.opened:
             await opened.close()
+        for audit in db.audits:
+            await audit.close()
 
 
 def records(values: Sequence[bytes], *, start: int = 0, partition: int = 0) -> list[ports.Record]:
@@ -403,6 +417,53 @@ async def test_partitions_have_their_own_leases_offsets_and_clusters(database: D
     assert sorted((await first.load()).state.clusters) == sorted(names)
     assert sorted((await first.load([0, 1])).state.clusters) == sorted(names)
     assert [row[0] for row in await second.decisions_after(1, 0, 100)] == list(range(40))
+
+
+async def test_completed_subtree_roots_commit_with_their_batch_and_are_stored_once(
+    database: Database,
+) -> None:
+    # What O(log n) proofs read (merkle.STORED_LEVEL and up): every perfect subtree the
+    # batches' leaves completed, whatever the batch bounds, in the batch's transaction.
+    projection = database.projection()
+    token = await acquired(projection)
+    values = mixed_stream(1_300, seed=13)
+    current, tree = (await projection.load([0])).state, merkle.Tree()
+    evidence = allocator.TreeSettings(head_every=10_000, digest_every=10_000)
+    start = 0
+    for size in (1, 254, 1, 300, 744):
+        batch = allocator.apply_records(
+            current,
+            records(values[start : start + size], start=start),
+            0,
+            token,
+            partitions=1,
+            tree=tree,
+            evidence=evidence,
+        )
+        start += size
+        if start == len(values):
+            # A second store of a stored root keeps the first (a conflict never refuses a batch).
+            batch.subtrees.append(merkle.Subtree(0, merkle.STORED_LEVEL, bytes(32)))
+        await projection.commit(batch)
+    oracle = state.State()
+    leaves = [
+        merkle.leaf_hash(events.encode_decision(allocation.apply_record(oracle, v)[0]), v)
+        for v in values
+    ]
+    expected = {}
+    for level in range(merkle.STORED_LEVEL, 11):
+        for first in range(0, len(values) - (1 << level) + 1, 1 << level):
+            root = merkle.subtree_root(leaves, first, first + (1 << level))
+            expected[(first, level)] = root
+    audit = database.audit()
+    assert (await audit.rows([0])).tree_nodes == {
+        (0, level, first): (root.hex(),) for (first, level), root in expected.items()
+    }
+    wanted = [(0, 8), (256, 8), (0, 10), (1024, 8), (1280, 8), (100, 8), (0, 11)]
+    assert await audit.subtrees(0, wanted) == {w: expected[w] for w in wanted if w in expected}
+    assert await audit.subtrees(1, wanted) == {}
+    assert await audit.leaves(0, 300, 250) == leaves[250:300]
+    assert await audit.leaves(0, 2, 0) == leaves[:2]
 
 
 async def test_tree_heads_commit_with_their_batch_and_load_resumes_the_tree(

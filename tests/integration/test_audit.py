@@ -141,6 +141,14 @@ async def _fetchval(dsn: str, query: str, *args: object) -> object:
         await db.close()
 
 
+async def _fetch(dsn: str, query: str, *args: object) -> list[asyncpg.Record]:
+    db = await asyncpg.connect(dsn)
+    try:
+        return list(await db.fetch(query, *args))
+    finally:
+        await db.close()
+
+
 async def _read(dsn: str, query: Callable[[pg_audit.PostgresAuditReader], Awaitable[_T]]) -> _T:
     reader = pg_audit.PostgresAuditReader.from_dsn(dsn)
     try:
@@ -185,6 +193,8 @@ async def _first_node(dsn: str) -> str:
 _FIRST_HOLDING = "SELECT from_offset FROM ip_history ORDER BY id LIMIT 1"
 # The first row of the node history of the first node: the row where that node appears, which
 # changes what an ``as_of`` reader sees (a repeat of the node's previous row would not).
+# The current holding of the lowest address held.
+_POD_IP_PICK = "address = (SELECT min(address) FROM pod_ip)"
 _NODE_HISTORY_PICK = 'WHERE name = (SELECT min(name) FROM node_history) ORDER BY "offset" LIMIT 1'
 
 
@@ -211,6 +221,20 @@ _NODE_HISTORY_PICK = 'WHERE name = (SELECT min(name) FROM node_history) ORDER BY
             "DELETE FROM ip_history WHERE id = (SELECT min(id) FROM ip_history)",
             _FIRST_HOLDING,
             "ip_history row default/",
+            "no row",
+        ),
+        (
+            "a changed pod address row",
+            f"UPDATE pod_ip SET owner = 'ns/forged' WHERE {_POD_IP_PICK}",
+            f"SELECT since_offset FROM pod_ip WHERE {_POD_IP_PICK}",
+            "pod_ip row default/",
+            "owner='ns/forged'",
+        ),
+        (
+            "a deleted pod address row",
+            f"DELETE FROM pod_ip WHERE {_POD_IP_PICK}",
+            f"SELECT since_offset FROM pod_ip WHERE {_POD_IP_PICK}",
+            "pod_ip row default/",
             "no row",
         ),
         (
@@ -243,6 +267,22 @@ _NODE_HISTORY_PICK = 'WHERE name = (SELECT min(name) FROM node_history) ORDER BY
             '(SELECT max("offset") FROM cluster_history)',
             'SELECT max("offset") FROM cluster_history',
             "cluster_history row default/",
+            "no row",
+        ),
+        (
+            # The stored root of leaves [256, 512), completed by offset 511.
+            "a rewritten stored subtree root",
+            "UPDATE tree_node SET hash = decode(repeat('ab', 32), 'hex') "
+            "WHERE level = 8 AND start = 256",
+            "SELECT 511",
+            "tree_node row 0/8/256, hash",
+            "ab" * 32,
+        ),
+        (
+            "a deleted stored subtree root",
+            "DELETE FROM tree_node WHERE level = 9 AND start = 512",
+            "SELECT 1023",
+            "tree_node row 0/9/512",
             "no row",
         ),
         (
@@ -449,10 +489,30 @@ async def test_a_consistency_proof_fails_for_a_rewritten_prefix(ledger: str) -> 
         merkle.leaf_hash(forged, RECORDS[500]),
     )
 
+    # The stored subtree roots over offset 500 still hash the old leaf: the decision's
+    # inclusion proof no longer leads to the head's root, and is refused.
+    with pytest.raises(errors.AuditError, match="subtree root"):
+        await audit.proof(settings, 0, 500, None)
+    # A careful forger recomputes those roots too (the proofs read them, not every leaf): the
+    # tree of the first 1,000 decisions then no longer has the kept head's root.
+    leaves = await _read(ledger, lambda r: r.leaves(0, len(RECORDS)))
+    covering = await _fetch(
+        ledger,
+        "SELECT level, start FROM tree_node WHERE start <= 500 AND start + (1 << level) > 500",
+    )
+    assert covering, "no stored subtree root covers offset 500"
+    for row in covering:
+        start, level = row["start"], row["level"]
+        await _execute(
+            ledger,
+            "UPDATE tree_node SET hash = $1 WHERE level = $2 AND start = $3",
+            merkle.subtree_root([x for x in leaves if x], start, start + (1 << level)),
+            level,
+            start,
+        )
     with pytest.raises(errors.AuditError, match="rewritten"):
         await audit.consistency(settings, kept, (0, len(RECORDS)))
     # Offline too: a proof built from the rewritten leaves does not lead to the kept root.
-    leaves = await _read(ledger, lambda r: r.leaves(0, len(RECORDS)))
     latest = merkle.decode_head(proof["new"])
     rebuilt = proofs.consistency_document(
         kept,

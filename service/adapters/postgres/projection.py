@@ -193,6 +193,8 @@ class PostgresProjection:
                     ],
                     columns=["partition", "size", "hash", "body", "frontier"],
                 )
+            if batch.subtrees:
+                await _write_subtrees(db, batch)
             for cluster_name, changes in batch.changes.items():
                 await _write_cluster(db, batch.cluster_rows[cluster_name], batch)
                 await _write_nodes(db, cluster_name, batch.node_rows[cluster_name], batch, now)
@@ -341,6 +343,22 @@ async def _latest_tree(db: Any, partition: int) -> merkle.Tree | None:
     if row is None:
         return None
     return tree_of(recorded_head(row))
+
+
+async def _write_subtrees(db: Any, batch: ports.Batch) -> None:
+    """The batch's completed subtree roots. Exactly one batch completes each subtree, so a
+    conflict is not expected; ``ON CONFLICT DO NOTHING`` keeps one from becoming a refused
+    batch (whose records would be split and rejected): the first row stays, and replay
+    --verify checks it."""
+    await db.execute(
+        "INSERT INTO tree_node (partition, level, start, hash) "
+        "SELECT $1, * FROM unnest($2::smallint[], $3::bigint[], $4::bytea[]) "
+        "ON CONFLICT DO NOTHING",
+        batch.partition,
+        [s.level for s in batch.subtrees],
+        [s.start for s in batch.subtrees],
+        [s.hash for s in batch.subtrees],
+    )
 
 
 def tree_of(head: ports.RecordedHead) -> merkle.Tree:

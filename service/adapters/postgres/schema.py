@@ -257,6 +257,19 @@ tree_head = sa.Table(
     sa.Column("frontier", sa.LargeBinary, nullable=False),
 )
 
+# The root of every perfect subtree [start, start + 2^level) of a partition's tree with a level
+# of merkle.STORED_LEVEL or more, written with the batch that completed it (migration 0008): a
+# proof reads O(log n) of these instead of every leaf. Stored once; trees recorded before 0008
+# have none (their proofs read leaves).
+tree_node = sa.Table(
+    "tree_node",
+    metadata,
+    sa.Column("partition", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("level", sa.SmallInteger, primary_key=True, autoincrement=False),
+    sa.Column("start", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("hash", sa.LargeBinary, nullable=False),
+)
+
 # Records that were not valid events, kept raw with the reason (nothing is dropped silently).
 rejection = sa.Table(
     "rejection",
