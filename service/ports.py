@@ -12,8 +12,10 @@ Longer than 400 lines on purpose: it is the one list of what the core needs from
 from __future__ import annotations
 
 import datetime
+import hashlib
 import ipaddress
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+import struct
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, Protocol, TypeVar, runtime_checkable
 
@@ -1093,6 +1095,23 @@ class StoredDecision:
     leaf: bytes | None
 
 
+def decision_digest(decisions: Iterable[tuple[int, bytes, bytes | None]]) -> bytes:
+    """SHA-256 over (offset, body, leaf) in offset order, each field framed so that no byte
+    can move from one field or decision to the next unseen: the offset in 8 bytes, the body's
+    length in 4, the body, then 0x01 and the leaf or 0x00 for none (big-endian). PostgreSQL's
+    ``PostgresAuditReader.decision_digest`` computes the same bytes in SQL."""
+    digest = hashlib.sha256()
+    pack = _DIGEST_FRAME.pack
+    for offset, body, leaf in decisions:
+        digest.update(pack(offset, len(body)))
+        digest.update(body)
+        digest.update(b"\x00" if leaf is None else b"\x01" + leaf)
+    return digest.digest()
+
+
+_DIGEST_FRAME = struct.Struct(">qi")
+
+
 class AuditReader(Protocol):
     """Read-only access to the evidence: the tree heads, the leaves, the projection's rows.
 
@@ -1121,6 +1140,12 @@ class AuditReader(Protocol):
 
     async def decisions(self, partition: int, start: int, limit: int) -> list[StoredDecision]:
         """Committed decisions from ``start`` on, at most ``limit``, with their leaves."""
+        ...
+
+    async def decision_digest(self, partition: int, start: int, end: int) -> tuple[int, bytes]:
+        """How many committed decisions there are at offsets ``start`` to ``end - 1``, and the
+        ``decision_digest`` of them: what ``replay --verify`` compares a chunk's decisions with,
+        reading them one by one only when it differs."""
         ...
 
     async def rows(self, partitions: Sequence[int] | None = None) -> ProjectionRows:

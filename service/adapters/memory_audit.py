@@ -46,6 +46,10 @@ class MemoryAuditReader:
         rows = [r for r in self.tables.decisions.get(partition, []) if r.offset >= start]
         return [ports.StoredDecision(r.offset, r.body, r.leaf) for r in rows[:limit]]
 
+    async def decision_digest(self, partition: int, start: int, end: int) -> tuple[int, bytes]:
+        rows = [r for r in self.tables.decisions.get(partition, []) if start <= r.offset < end]
+        return len(rows), ports.decision_digest((r.offset, r.body, r.leaf) for r in rows)
+
     async def partitions(self) -> dict[int, int]:
         return {p: row.next_offset for p, row in self.tables.offsets.items()}
 

@@ -5,10 +5,11 @@ allocator's own batch code (``service.allocator.batch.apply_records``) into a fr
 in memory (``--verify``) or a database of the caller's (``--into``), committed batch by batch
 exactly as the allocator commits. Batches end at every committed tree head, where the replayed
 tree's root, the state digest (on the heads that carry one), the chain and the signature are
-checked against the head. Every decision is compared with the committed one as it is made (its
-bytes, and its stored leaf, which binds the record the allocator read); at the end the
-projection's rows are compared row by row. The first difference is returned as a
-``Divergence``: partition, offset, event id, what was expected and what was found.
+checked against the head. Every decision is compared with the committed one (its bytes, and its
+stored leaf, which binds the record the allocator read): a chunk's by a digest the server
+computes, one by one only where that differs or a head disagrees; at the end the projection's
+rows are compared (in C first, row by row only for a difference). The first difference is
+returned as a ``Divergence``: partition, offset, event id, what was expected and what was found.
 
 ``--until`` stops after a number of records or at a time, for the state document as it was then.
 No I/O of its own but through the ports it is handed.
@@ -19,6 +20,8 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import gc
+import ipaddress
+import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -108,9 +111,12 @@ class _ReplayProjection(MemoryProjection):
         super().__init__(*args, **kwargs)
         # The nodes each cluster's batches touched (their journals' node sets), for ``finish``.
         self.touched: dict[str, set[str]] = {}
+        # The pod address rows, kept here rather than in the memory tables (``address_rows``).
+        self.holding: dict[tuple[str, int, int], tuple[Any, ...]] = {}
+        self.finished: list[tuple[Any, ...]] = []
 
     async def commit(self, batch: ports.Batch) -> None:
-        # Decisions are compared as they are made (``_compare_decisions``), not kept: a million
+        # Decisions are compared per chunk (``_compare_decisions``), not kept: a million
         # rows kept in offset order (an insort each) were a tenth of a replay's time. Only the
         # rejected records' go through, for their rows in ``rejection``.
         tables = self.tables
@@ -120,11 +126,50 @@ class _ReplayProjection(MemoryProjection):
         writes = memory_rows.Writes.of(tables, lean, self.log_name, tables.clock())
         writes.decisions = []
         touched = self.touched
+        holding, finished, partition = self.holding, self.finished, batch.partition
         for name, changes in batch.changes.items():
             touched.setdefault(name, set()).update(changes.nodes)
-            if changes.ips:
-                writes._ips(tables, name, changes.ips, batch.ip_times[name])
+            # What ``memory_rows.Writes`` does per batch, done once over the whole log: the
+            # address changes in log order over the holdings open before them. A batch's
+            # holdings replace the touched addresses' rows and every holding that ended is a
+            # history row, so carrying one dict across batches leaves the same rows; the rows
+            # stay in plain tuples keyed by the address's integer, its text made once at the
+            # end (the per-batch rows objects were a tenth of a replay's time).
+            for change, (offset, moment) in zip(changes.ips, batch.ip_times[name], strict=True):
+                key = (name, change.family, change.address)
+                if change.held:
+                    holding[key] = (change.node, change.owner, partition, offset, moment)
+                else:
+                    held = holding.pop(key, None)
+                    if held is not None:
+                        node, owner, since_partition, since_offset, since_time = held
+                        finished.append(
+                            (
+                                key,
+                                since_offset,
+                                (node, owner, since_partition, since_time, offset, moment),
+                            )
+                        )
         writes.apply(tables)
+
+    def address_rows(
+        self,
+    ) -> tuple[dict[tuple[str, str], tuple[Any, ...]], dict[tuple[str, str, int], tuple[Any, ...]]]:
+        """The ``pod_ip`` and ``ip_history`` rows in ``ports.ProjectionRows``' form."""
+        # Addresses recur (a freed one is the next handed out): each text made once.
+        texts: dict[tuple[int, int], str] = {}
+        for key in self.holding:
+            texts[key[1:]] = ""
+        for key, _, _ in self.finished:
+            texts[key[1:]] = ""
+        ntoa = socket.inet_ntoa
+        for family, address in texts:
+            texts[(family, address)] = (
+                ntoa(address.to_bytes(4, "big")) if family == 4 else _address_text(family, address)
+            )
+        pod_ips = {(key[0], texts[key[1:]]): row for key, row in self.holding.items()}
+        history = {(key[0], texts[key[1:]], since): row for key, since, row in self.finished}
+        return pod_ips, history
 
     async def finish(self, current: state.State, partition: int, token: int, end: int) -> None:
         """The rows of every cluster and node the batches touched, as ``current`` has them."""
@@ -245,6 +290,13 @@ async def replay_partition(
         report=report,
         progress=progress,
     )
+    # The collector is off for the replay: the replayed state only grows and holds no garbage
+    # cycles, yet every full collection walked all of it again (up to half of a long replay's
+    # time), and with the state frozen per chunk the collections within a chunk and of the final
+    # comparison's rows were still a tenth. What the replay leaves in cycles (a few objects per
+    # chunk) is collected once it is back on.
+    collecting = gc.isenabled()
+    gc.disable()
     try:
         consumed = (await live.partitions()).get(partition, 0) if until is None else 0
         end = await event_log.end_offset(partition)
@@ -258,6 +310,12 @@ async def replay_partition(
         elif report.divergence is None:
             report.divergence = await _compare_end(run, consumed, rows_reader)
     finally:
+        if collecting:
+            # The replayed state is moved out of the collector's generations first, or turning
+            # it back on would walk all of it at the next collection (freed by its reference
+            # counts when the caller lets go of it, as ever).
+            gc.freeze()
+            gc.enable()
         await projection.release(partition, token)
     report.records = run.tree.size
     report.stopped_at = run.tree.size
@@ -286,7 +344,9 @@ async def _apply_log(run: _Run, end: int, until: Until | None) -> Divergence | N
 class _Chunk:
     offset: int
     records: list[ports.Record]
-    stored: list[ports.StoredDecision]
+    # The committed decisions at the records' offsets: how many, and their digest
+    # (``ports.decision_digest``); None when nothing is compared (``until``).
+    stored: tuple[int, bytes] | None
 
 
 async def _read_ahead(
@@ -296,34 +356,16 @@ async def _read_ahead(
         offset = 0
         while offset < end:
             wanted = min(CHUNK, end - offset)
-            if compare:
-                found, stored = await _read_both(run, offset, wanted)
-            else:
-                # A wait of its own: a Kafka consumer has nothing fetched yet when first asked.
-                found = list(await run.log.read(run.partition, offset, wanted, READ_WAIT_S))
-                stored = []
+            # A wait of its own: a Kafka consumer has nothing fetched yet when first asked.
+            found = list(await run.log.read(run.partition, offset, wanted, READ_WAIT_S))
+            stored = None
+            if compare and found:
+                # Over the offsets read (a Kafka read may return fewer than asked for).
+                stored = await run.live.decision_digest(run.partition, offset, found[-1].offset + 1)
             await send.send(_Chunk(offset, found, stored))
             if not found or found[-1].offset != offset + len(found) - 1:
                 return  # the applier reports the gap
             offset += len(found)
-
-
-async def _read_both(
-    run: _Run, offset: int, wanted: int
-) -> tuple[list[ports.Record], list[ports.StoredDecision]]:
-    """The records at ``offset`` and the committed decisions there, read at once."""
-    got: dict[str, Any] = {}
-
-    async def records() -> None:
-        got["records"] = list(await run.log.read(run.partition, offset, wanted, READ_WAIT_S))
-
-    async def decisions() -> None:
-        got["stored"] = await run.live.decisions(run.partition, offset, wanted)
-
-    async with anyio.create_task_group() as both:
-        both.start_soon(records)
-        both.start_soon(decisions)
-    return got["records"], got["stored"]
 
 
 async def _apply_chunks(
@@ -332,78 +374,73 @@ async def _apply_chunks(
     heads = run.heads
     next_head = 0
     offset = 0
-    # The replayed state only grows; objects that survive a chunk are moved out of the
-    # collector's generations (as the allocator does after loading), or every full collection
-    # would walk the whole state again: up to half of a long replay's time.
-    frozen = gc.isenabled()
-    try:
-        while offset < end:
-            chunk = await receive.receive()
-            records = chunk.records
-            for at, record in enumerate(records):
-                if record.offset != offset + at:
-                    return Divergence(
-                        run.partition,
-                        offset + at,
-                        None,
-                        "log record",
-                        "a record at this offset",
-                        f"none: the log goes on at offset {record.offset}",
-                    )
-            if not records:
+    while offset < end:
+        chunk = await receive.receive()
+        records = chunk.records
+        for at, record in enumerate(records):
+            if record.offset != offset + at:
                 return Divergence(
                     run.partition,
-                    offset,
+                    offset + at,
                     None,
                     "log record",
-                    f"records up to offset {end - 1}",
-                    "none: the log ends here",
+                    "a record at this offset",
+                    f"none: the log goes on at offset {record.offset}",
                 )
-            cut = False
-            if until is not None and until.time is not None:
-                kept = _before(records, until.time)
-                cut = len(kept) < len(records)
-                records = kept
-                if not records:
-                    return None
-            chunk_start, chunk_end = offset, offset + len(records)
-            stored = chunk.stored
-            while offset < chunk_end:
-                while next_head < len(heads) and heads[next_head].head.size <= offset:
-                    next_head += 1
-                stop = chunk_end
-                if next_head < len(heads):
-                    stop = min(stop, heads[next_head].head.size)
-                applied = batches.apply_records(
-                    run.current,
-                    records[offset - chunk_start : stop - chunk_start],
-                    run.partition,
-                    run.token,
-                    partitions=run.partitions,
-                    tree=run.tree,
-                    evidence=_NO_HEADS,
-                    rows=not isinstance(run.projection, _ReplayProjection),
-                )
-                await run.projection.commit(applied)
-                if until is None and (
-                    divergence := _compare_decisions(
-                        run, applied, stored[offset - chunk_start : stop - chunk_start]
-                    )
-                ):
-                    return divergence
-                offset = applied.next_offset
-                while next_head < len(heads) and heads[next_head].head.size == offset:
-                    if divergence := _check_head(run, heads, next_head):
-                        return divergence
-                    next_head += 1
-            if frozen:
-                gc.freeze()
-            if cut:
+        if not records:
+            return Divergence(
+                run.partition,
+                offset,
+                None,
+                "log record",
+                f"records up to offset {end - 1}",
+                "none: the log ends here",
+            )
+        cut = False
+        if until is not None and until.time is not None:
+            kept = _before(records, until.time)
+            cut = len(kept) < len(records)
+            records = kept
+            if not records:
                 return None
-            run.progress(offset, end)
-    finally:
-        if frozen:
-            gc.unfreeze()
+        chunk_start, chunk_end = offset, offset + len(records)
+        # The chunk's decisions, compared with the committed ones at its end (by digest) or,
+        # when a head disagrees first, up to that head: a decision or record that differs is
+        # named as such, not as the root it changed.
+        made: list[ports.AppliedRecord] = []
+        while offset < chunk_end:
+            while next_head < len(heads) and heads[next_head].head.size <= offset:
+                next_head += 1
+            stop = chunk_end
+            if next_head < len(heads):
+                stop = min(stop, heads[next_head].head.size)
+            applied = batches.apply_records(
+                run.current,
+                records[offset - chunk_start : stop - chunk_start],
+                run.partition,
+                run.token,
+                partitions=run.partitions,
+                tree=run.tree,
+                evidence=_NO_HEADS,
+                rows=not isinstance(run.projection, _ReplayProjection),
+            )
+            await run.projection.commit(applied)
+            if until is None:
+                made.extend(applied.applied)
+            offset = applied.next_offset
+            while next_head < len(heads) and heads[next_head].head.size == offset:
+                if divergence := _check_head(run, heads, next_head):
+                    return await _first_decision_divergence(run, made) or divergence
+                next_head += 1
+        if (
+            until is None
+            and chunk.stored is not None
+            and (divergence := await _compare_decisions(run, made, chunk.stored))
+        ):
+            return divergence
+        if cut:
+            return None
+        run.progress(offset, end)
     return None
 
 
@@ -417,25 +454,41 @@ def _before(records: Sequence[ports.Record], moment: datetime.datetime) -> list[
     return kept
 
 
-def _compare_decisions(
-    run: _Run, applied: ports.Batch, stored: Sequence[ports.StoredDecision]
+async def _compare_decisions(
+    run: _Run, made: Sequence[ports.AppliedRecord], stored: tuple[int, bytes]
 ) -> Divergence | None:
-    """The batch's decisions against the committed ones at the same offsets (``stored``: the
-    committed decisions read from the batch's first offset on, as many as it has records).
+    """A chunk's decisions against the committed ones at the same offsets.
 
-    In bulk first: one comparison of the lists of bodies and of leaves, in C. Only when that
-    fails are they compared one by one, for the first difference.
+    By digest first (``ports.decision_digest``, the committed side's computed by the server):
+    the bodies and leaves are read and compared one by one only when the digests differ.
     """
-    made = applied.applied
-    if (
-        len(stored) == len(made)
-        and stored
-        and stored[0].offset == made[0].record.offset
-        and stored[-1].offset == made[-1].record.offset
-        and [d.body for d in stored] == [a.body for a in made]
-        and [d.leaf for d in stored] == [a.leaf for a in made]
-    ):
-        return None  # offsets are unique and ordered: same ends and count, same offsets
+    count, digest = stored
+    mine = ports.decision_digest((a.record.offset, a.body, a.leaf) for a in made)
+    if count == len(made) and digest == mine:
+        return None
+    found = await _first_decision_divergence(run, made)
+    if found is not None:
+        return found
+    # Not found one by one: the committed decisions changed between the two reads.
+    first = made[0].record.offset if made else None
+    return Divergence(
+        run.partition,
+        first,
+        None,
+        "decisions",
+        f"{len(made)} decisions of digest {mine.hex()}",
+        f"{count} of digest {digest.hex()} (the committed decisions changed while read)",
+    )
+
+
+async def _first_decision_divergence(
+    run: _Run, made: Sequence[ports.AppliedRecord]
+) -> Divergence | None:
+    """The first of ``made`` (consecutive) that is not the committed decision at its offset."""
+    if not made:
+        return None
+    start = made[0].record.offset
+    stored = await run.live.decisions(run.partition, start, len(made))
     by_offset = {d.offset: d for d in stored}
     for item in made:
         offset = item.record.offset
@@ -525,6 +578,8 @@ async def _compare_end(
             run.partition, extra[0].offset, None, "decision", "none (beyond the log)", "one"
         )
     replayed = await rows_reader.rows([run.partition])
+    if isinstance(run.projection, _ReplayProjection):
+        replayed.pod_ips, replayed.history = run.projection.address_rows()
     committed = await run.live.rows([run.partition])
     for kind, mine, theirs in (
         ("cluster", replayed.clusters, committed.clusters),
@@ -627,6 +682,13 @@ def _offset_of(kind: str, key: Any, row: Any) -> int | None:
     if kind == "tree_node":  # (partition, level, start): the leaf that completed it
         return int(key[2]) + (1 << int(key[1])) - 1
     return None
+
+
+def _address_text(family: int, address: int) -> str:
+    """``ipaddress``'s text of an address (``ports.ProjectionRows``' keys); IPv4's in C."""
+    if family == 4:
+        return socket.inet_ntoa(address.to_bytes(4, "big"))
+    return str(ipaddress.IPv6Address(address))
 
 
 def _key_text(key: Any) -> str:
