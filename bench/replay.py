@@ -8,7 +8,9 @@ Figures, measured in one run on this machine (real PostgreSQL, real Kafka; docs/
 - two partitions (two clusters, one on each) replayed by ``ipledger replay``'s process per
   partition, against the same two replayed one after the other in one process: the speed-up;
 - the live allocator (table log -> committed projection) with the tree on and off, alternated
-  in the same run: the tree's cost.
+  in the same run: the tree's cost;
+- ``audit proof`` / ``audit consistency`` at the replayed size, and (``bench.proofs``) at
+  ``--replay-proof-sizes`` built directly, from the stored subtree roots beside from every leaf.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import asyncpg
 
 import bench
 from bench.allocator import Services, bare_consumer_rate, fill_topic, workload
+from bench.proofs import proof_figures
 from service import allocator
 from service.adapters.kafka import log as kafka_log
 from service.adapters.postgres import audit as pg_audit
@@ -58,6 +61,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=100_000,
         help="events per allocator run in the tree on/off comparison",
+    )
+    parser.add_argument(
+        "--replay-proof-sizes",
+        type=lambda text: [int(v) for v in text.split(",")],
+        default=[200_000, 1_000_000],
+        help="tree sizes (comma-separated) of the proof figures, built directly (bench/proofs.py)",
     )
 
 
@@ -261,6 +270,11 @@ async def _run(args: argparse.Namespace, services: Services) -> list[bench.Resul
             better="lower",
         ),
     ]
+
+    # --- proofs from the stored subtree roots against from every leaf, at sizes built directly
+    # (bench/proofs.py: no allocator run of a million events needed)
+    proof_sizes = [20_000] if quick else args.replay_proof_sizes
+    results += await proof_figures(services.fresh_database, proof_sizes, repeat)
 
     # --- the tree's cost to the live allocator, on and off alternated
     tree_count = 20_000 if quick else args.replay_tree_events
