@@ -52,8 +52,10 @@ BENCH_QUICK ?= .data/bench-quick
 bench: setup services
 	$(PY) -m bench --keep-going --json $(BENCH_JSON) --report docs/benchmarks.md --plots docs/img $(BENCH_ARGS)
 
-# A smoke run of every benchmark at --quick sizes (a few minutes); its report and plots go to
-# $(BENCH_QUICK)/, not docs/: quick sizes are not the figures of record.
+# A smoke run of every benchmark at --quick sizes (about five minutes on a quiet machine: each
+# has a budget in bench/__main__.py, a run over it says so; one Kafka broker and PostgreSQL
+# server shared by the benchmarks that need them); its report and plots go to $(BENCH_QUICK)/,
+# not docs/: quick sizes are not the figures of record.
 bench-quick: setup services
 	$(PY) -m bench --quick --keep-going --fresh --json $(BENCH_QUICK)/results.json --report $(BENCH_QUICK)/benchmarks.md --plots $(BENCH_QUICK)/img $(BENCH_ARGS)
 

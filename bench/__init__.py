@@ -22,6 +22,7 @@ A benchmark reports a figure as a ``Result``. The fields past ``detail`` are opt
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import platform
@@ -30,15 +31,14 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
-import asyncpg
-
-from service.adapters.postgres import embedded, migrate
-from tests.harness import kafka, kube
+# Nothing heavy at module level: every process a benchmark spawns (core's workers, the API's load
+# generators) imports this package first, and asyncpg, the migrations (SQLAlchemy, Alembic) and
+# the harness cost a second of CPU to import; the functions that need them import them.
 
 #: Plot kinds ``bench.plots`` draws: ``line`` and ``scatter`` plot ``y`` against ``x``; ``cdf``
 #: takes the samples in ``y`` (``x`` unused) and draws their empirical distribution.
@@ -244,6 +244,9 @@ def versions() -> dict[str, str]:
     broker jar on the classpath ``make services`` cached, the API server and etcd the binaries
     compose/kube/build.sh built; "unknown" where one is not there (not built yet).
     """
+    from service.adapters.postgres import embedded  # noqa: PLC0415 - see the imports
+    from tests.harness import kafka, kube  # noqa: PLC0415
+
     out = {"python": f"{platform.python_implementation()} {sys.version.split()[0]}"}
     try:
         out["postgresql"] = _first_line([str(embedded.wheel_bin_dir() / "postgres"), "--version"])
@@ -275,6 +278,8 @@ class ScratchPostgres:
     def __init__(self, prefix: str) -> None:
         self.root = Path(tempfile.mkdtemp(prefix=prefix))
         self.root.chmod(0o755)
+        from service.adapters.postgres import embedded  # noqa: PLC0415 - see the imports
+
         self.server = embedded.EmbeddedPostgres(self.root / "pg", fsync=True)
         self._prefix = prefix.strip("-").replace("-", "_")
         self._databases = 0
@@ -303,6 +308,10 @@ class ScratchPostgres:
         """The DSN of a new, fully migrated database."""
         self._databases += 1
         name = f"{self._prefix}_{self._databases}"
+        import asyncpg  # noqa: PLC0415 - see the imports
+
+        from service.adapters.postgres import migrate  # noqa: PLC0415
+
         db = await asyncpg.connect(self.server.dsn)
         try:
             await db.execute(f'CREATE DATABASE "{name}"')
@@ -311,3 +320,40 @@ class ScratchPostgres:
         dsn = self.server.dsn_for(name)
         await migrate.upgrade(dsn)
         return dsn
+
+
+# --- servers shared by the benchmarks of one --quick run ----------------------------------------
+
+_Server = TypeVar("_Server", bound=contextlib.AbstractContextManager[Any])
+# While ``sharing`` is entered: the open stack and the servers started in it, by factory.
+_sharing: list[tuple[contextlib.ExitStack, dict[Callable[[], Any], Any]]] = []
+
+
+@contextlib.contextmanager
+def sharing() -> Iterator[None]:
+    """Within: ``servers(factory, share=True)`` starts one instance per factory, kept to the end.
+
+    A --quick run is a smoke run: the benchmarks that start a Kafka broker and a PostgreSQL
+    server (allocator, replay, scaleout, profile) would spend most of it starting them again.
+    Each takes its own topics and fresh databases, so sharing the servers changes no path.
+    """
+    with contextlib.ExitStack() as stack:
+        _sharing.append((stack, {}))
+        try:
+            yield
+        finally:
+            _sharing.pop()
+
+
+@contextlib.contextmanager
+def servers(factory: Callable[[], _Server], *, share: bool) -> Iterator[_Server]:
+    """``factory()`` entered: the run's shared instance when ``share`` inside ``sharing``,
+    otherwise a fresh one stopped on the way out (a full run measures each on its own)."""
+    if not share or not _sharing:
+        with factory() as fresh:
+            yield fresh
+        return
+    stack, started = _sharing[-1]
+    if factory not in started:
+        started[factory] = stack.enter_context(factory())
+    yield started[factory]

@@ -23,6 +23,7 @@ Three forms:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import importlib
 import importlib.util
@@ -55,6 +56,34 @@ BENCHMARKS: dict[str, str] = {
 
 # Too long for every ``make bench``: run when asked for (``--only soak``, ``--long``).
 LONG = frozenset({"soak"})
+
+# What each benchmark's --quick run may take on a quiet two-core machine, seconds from its start
+# to its rows, its own servers' start-up included (the first build of the services is ``make
+# services``'s). A quick run over its budget says so (a smoke run that grew is a finding), and
+# tests/unit/test_bench_quick.py holds the suite's sum to QUICK_TOTAL_S: a new benchmark needs
+# a budget, and a larger one leaves less to the others.
+QUICK_BUDGET_S: dict[str, float] = {
+    "core": 30,
+    "allocator": 30,
+    "sync": 30,
+    "metrics": 5,
+    "replay": 35,
+    "api": 45,
+    "scale": 40,
+    "scaleout": 25,
+    "dashboard": 30,
+    "profile": 30,
+    "soak": 120,
+}
+QUICK_TOTAL_S = 300.0  # make bench-quick, the long ones left out: "a smoke run of a few minutes"
+
+
+def over_budget(name: str, seconds: float) -> str:
+    """What to say of a --quick run of ``name`` that took ``seconds``: "" within its budget."""
+    budget = QUICK_BUDGET_S.get(name)
+    if budget is None or seconds <= budget:
+        return ""
+    return f"{name}: --quick took {seconds:.0f} s, over its budget of {budget:.0f} s"
 
 
 def _available() -> dict[str, ModuleType]:
@@ -159,6 +188,39 @@ def save(suite: results_file.Suite, path: Path, *, fresh: bool) -> results_file.
     return merged
 
 
+def run_each(
+    args: argparse.Namespace,
+    modules: dict[str, ModuleType],
+    wanted: Sequence[str],
+    suite: results_file.Suite,
+    failed: list[str],
+) -> None:
+    """Run the ``wanted`` benchmarks in order into ``suite``; the names of those that raised
+    go to ``failed`` (with --keep-going; without, the exception propagates)."""
+    for name in wanted:
+        if name not in modules:
+            continue
+        began = time.monotonic()
+        try:
+            rows = modules[name].run(args)
+        except Exception:
+            if not args.keep_going:
+                raise
+            traceback.print_exc()
+            failed.append(name)
+            suite.add_failure(name, traceback.format_exc(limit=3), time.monotonic() - began)
+            continue
+        took = time.monotonic() - began
+        suite.add(name, rows, took, bench.machine())
+        print(f"[{name} done in {took:.0f} s]", file=sys.stderr)
+        if args.quick and (over := over_budget(name, took)):
+            load = bench.machine()["load average"]
+            print(f"bench: {over} (load average {load})", file=sys.stderr)
+        if args.json:
+            # Saved after each benchmark: a run stopped in its second hour keeps its first.
+            save(suite, Path(args.json), fresh=args.fresh)
+
+
 def run_benchmarks(argv: Sequence[str] | None) -> int:
     modules = _available()
     args = build_parser(modules).parse_args(argv)
@@ -180,24 +242,8 @@ def run_benchmarks(argv: Sequence[str] | None) -> int:
         started, info, versions, list(sys.argv[1:] if argv is None else argv), bool(args.quick)
     )
     failed: list[str] = []
-    for name in wanted:
-        if name not in modules:
-            continue
-        began = time.monotonic()
-        try:
-            rows = modules[name].run(args)
-        except Exception:
-            if not args.keep_going:
-                raise
-            traceback.print_exc()
-            failed.append(name)
-            suite.add_failure(name, traceback.format_exc(limit=3), time.monotonic() - began)
-            continue
-        suite.add(name, rows, time.monotonic() - began, bench.machine())
-        print(f"[{name} done in {time.monotonic() - began:.0f} s]", file=sys.stderr)
-        if args.json:
-            # Saved after each benchmark: a run stopped in its second hour keeps its first.
-            save(suite, Path(args.json), fresh=args.fresh)
+    with bench.sharing() if args.quick else contextlib.nullcontext():
+        run_each(args, modules, wanted, suite, failed)
     print()
     print_table(suite.results)
     if args.json:

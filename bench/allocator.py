@@ -38,6 +38,12 @@ from service.domain import allocation, restore, state
 from tests.harness.kafka import KafkaBroker
 
 NAME = "allocator"
+# Offered loads of the latency runs (events/s), the issue's 5,000 last.
+LATENCY_RATES = (1000, 2500, 5000)
+# --quick (a smoke run): every path, small. Throughput topic size and repetitions, seconds of
+# offered load at each rate, nodes of 110 pods in the restart benchmark.
+QUICK = {"events": 10_000, "latency_ms": 1000, "nodes": 512}
+QUICK_REPEAT = 1
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -219,21 +225,34 @@ async def allocator_rate(
         await event_log.close()
 
 
-async def latency(bootstrap: str, topic: str, dsn: str, seconds: float, rate: int) -> list[float]:
+async def latency(
+    bootstrap: str,
+    topic: str,
+    dsn: str,
+    seconds: float,
+    rate: int,
+    commits: list[tuple[float, int]] | None = None,
+) -> list[float]:
     """Offer ``rate`` events/s from another process; seconds from append to committed decision.
 
     The producer runs in its own process (as producers do) and writes its send time, on the
     system-wide monotonic clock, into each event id; the allocator process reads it back when
-    the decision is committed.
+    the decision is committed. ``commits`` gets (monotonic s, decisions) of every commit of the
+    offered load, after (first send time, 0).
     """
     samples: list[float] = []
+    first_sent = [time.monotonic_ns() * 2]
 
     def on_commit(batch: Any) -> None:
         now = time.monotonic_ns()
+        if commits is not None:
+            commits.append((now / 1e9, len(batch.applied)))
         for applied in batch.applied:
             event_id = applied.decision.id or ""
             if "@" in event_id:
-                samples.append((now - int(event_id.rsplit("@", 1)[1])) / 1e9)
+                sent = int(event_id.rsplit("@", 1)[1])
+                first_sent[0] = min(first_sent[0], sent)
+                samples.append((now - sent) / 1e9)
 
     event_log = await kafka_log.KafkaEventLog.open(bootstrap, topic)
     projection = pg_projection.PostgresProjection.from_dsn(dsn, log_name="bench", holder="bench")
@@ -252,6 +271,9 @@ async def latency(bootstrap: str, topic: str, dsn: str, seconds: float, rate: in
             await event_log.append([(b"default", v) for v in head])
             while worker.metrics.next_offset.get(0, -1) < len(head):
                 await anyio.sleep(0.01)
+            if commits is not None:
+                # The head's commit is not part of the offered load (time 0: see below).
+                commits.clear()
             producer = await anyio.open_process(
                 [
                     sys.executable,
@@ -273,6 +295,9 @@ async def latency(bootstrap: str, topic: str, dsn: str, seconds: float, rate: in
     finally:
         await projection.close()
         await event_log.close()
+    if commits is not None:
+        # Time 0 is the first event's send time (after the producer's start-up).
+        commits.insert(0, (first_sent[0] / 1e9, 0))
     return sorted(samples)
 
 
@@ -468,6 +493,33 @@ def throughput_series(
     )
 
 
+def sustained_series(commits: Sequence[tuple[float, int]], label: str) -> bench.Series:
+    """Committed decisions/s over 0.5 s windows of a run at a steady offered rate."""
+    start = commits[0][0] if commits else 0.0
+    window, points, edge, done = 0.5, [], start + 0.5, 0
+    for t, n in commits[1:]:
+        if t < start:
+            continue  # the head's commit, reported late
+        while t >= edge:
+            points.append((edge - start, done / window))
+            edge, done = edge + window, 0
+        done += n
+    return bench.Series.of(
+        "allocator-sustained-throughput",
+        label,
+        [p[0] for p in points],
+        [p[1] for p in points],
+        title="Allocator throughput over time under a steady offered load (Kafka)",
+        x_label="seconds since the first event was sent",
+        y_label="committed decisions/s (0.5 s windows)",
+    )
+
+
+def samples_ms(ordered: Sequence[float], fraction: float) -> float:
+    """A percentile of sorted latencies in seconds, in ms."""
+    return bench.percentile(ordered, fraction) * 1000
+
+
 def latency_cdf_series(samples: Sequence[float], label: str) -> bench.Series:
     """The append -> committed latencies in ms, thinned to at most 2,000 (sorted) samples."""
     ordered = sorted(samples)
@@ -488,14 +540,15 @@ def latency_cdf_series(samples: Sequence[float], label: str) -> bench.Series:
 def run(args: argparse.Namespace) -> list[bench.Result]:
     # The servers start and stop here, in the main thread and around the event loop, so that an
     # exception, Ctrl-C or SIGTERM (python -m bench makes it an exception) anywhere stops them.
-    with Services() as services:
+    # --quick shares them with the other benchmarks of the run (bench.sharing).
+    with bench.servers(Services, share=bool(args.quick)) as services:
         return anyio.run(_run, args, services)
 
 
 async def _run(args: argparse.Namespace, services: Services) -> list[bench.Result]:
     quick = bool(args.quick)
-    repeat = args.repeat or (1 if quick else 3)
-    count = 20_000 if quick else args.allocator_events
+    repeat = args.repeat or (QUICK_REPEAT if quick else 3)
+    count = QUICK["events"] if quick else args.allocator_events
     results: list[bench.Result] = []
     bootstrap = services.kafka.bootstrap
     topic = "bench.throughput"
@@ -570,10 +623,41 @@ async def _run(args: argparse.Namespace, services: Services) -> list[bench.Resul
         ),
     ]
 
+    seconds = QUICK["latency_ms"] / 1000 if quick else args.allocator_latency_s
+    # The lower offered loads first, each on a topic and database of its own; 5,000/s is the
+    # issue's and carries the target. Their CDFs share one plot, their timelines another.
+    for rate in LATENCY_RATES[:-1]:
+        topic = f"bench.latency.{rate}"
+        await kafka_log.ensure_topics(bootstrap, topic, 1)
+        commits: list[tuple[float, int]] = []
+        samples = await latency(
+            bootstrap, topic, await services.fresh_database(), seconds, rate, commits
+        )
+        offered = f"{rate:,} events/s offered"
+        results += [
+            bench.Result(
+                NAME, f"append -> committed, p50 @ {rate:,}/s", samples_ms(samples, 0.5), "ms"
+            ),
+            bench.Result(
+                NAME,
+                f"append -> committed, p99 @ {rate:,}/s",
+                samples_ms(samples, 0.99),
+                "ms",
+                detail=f"{len(samples)} events over {seconds:g} s; "
+                f"load average {os.getloadavg()[0]:.1f}",
+                series=(
+                    latency_cdf_series(samples, offered),
+                    sustained_series(commits, offered),
+                ),
+            ),
+        ]
+    rate = LATENCY_RATES[-1]
     topic = "bench.latency"
     await kafka_log.ensure_topics(bootstrap, topic, 1)
-    seconds = 3.0 if quick else args.allocator_latency_s
-    samples = await latency(bootstrap, topic, await services.fresh_database(), seconds, 5000)
+    commits = []
+    samples = await latency(
+        bootstrap, topic, await services.fresh_database(), seconds, rate, commits
+    )
     p50, p99 = bench.percentile(samples, 0.5), bench.percentile(samples, 0.99)
     results += [
         bench.Result(NAME, "append -> committed, p50 @ 5k/s", p50 * 1000, "ms"),
@@ -585,11 +669,14 @@ async def _run(args: argparse.Namespace, services: Services) -> list[bench.Resul
             "<= 20",
             p99 <= 0.020,
             f"{len(samples)} events over {seconds:.0f} s; load average {os.getloadavg()[0]:.1f}",
-            series=(latency_cdf_series(samples, "5,000 events/s offered"),),
+            series=(
+                latency_cdf_series(samples, "5,000 events/s offered"),
+                sustained_series(commits, "5,000 events/s offered"),
+            ),
         ),
     ]
 
-    nodes = 2048 if quick else args.allocator_nodes
+    nodes = QUICK["nodes"] if quick else args.allocator_nodes
     current = await anyio.to_thread.run_sync(full_state, nodes, 110)
     dsn = await services.fresh_database()
     await write_projection(dsn, current)

@@ -54,6 +54,18 @@ NAME = "api"
 PODS_PER_NODE = 110
 CLUSTER = "default"
 RATE = 200.0
+# The offered rates (requests/s) of the latency-against-rate sweep of IP lookups.
+SWEEP_RATES = (100.0, 200.0, 400.0, 800.0, 1600.0)
+# --quick (a smoke run): every kind and the sweep, short. Nodes and history rows of the
+# database, ms of open loop per run and per sweep rate, ms of saturation, point-in-time lookups.
+QUICK = {
+    "nodes": 64,
+    "history": 10_000,
+    "open_ms": 1000,
+    "saturation_ms": 500,
+    "sweep_ms": 1000,
+    "lookups": 200,
+}
 P99_TARGET_MS = 10.0
 # Issue 10: a point-in-time lookup of one address.
 PIT_TARGET_MS = 20.0
@@ -516,7 +528,7 @@ def _free_port() -> int:
 
 def _shape(args: argparse.Namespace) -> Shape:
     if getattr(args, "quick", False):
-        return Shape(nodes=64, history=10_000)
+        return Shape(nodes=QUICK["nodes"], history=QUICK["history"])
     return Shape(nodes=args.api_nodes, history=args.api_history)
 
 
@@ -524,8 +536,8 @@ async def _run(args: argparse.Namespace, dsn: str, took: float) -> list[bench.Re
     quick = bool(getattr(args, "quick", False))
     shape = _shape(args)
     runs = 1 if quick else (args.repeat or args.api_runs)
-    seconds = 2.0 if quick else args.api_seconds
-    sat_seconds = 1.0 if quick else args.api_saturation_seconds
+    seconds = QUICK["open_ms"] / 1000 if quick else args.api_seconds
+    sat_seconds = QUICK["saturation_ms"] / 1000 if quick else args.api_saturation_seconds
     held = shape.nodes * PODS_PER_NODE
     built = f"built in {took:.0f} s" if took else f"from the cache ({cache_dir()})"
     size = (
@@ -638,6 +650,8 @@ async def _run(args: argparse.Namespace, dsn: str, took: float) -> list[bench.Re
                     )
                 )
             print(f"[api] {kind.name} done", file=sys.stderr, flush=True)
+        sweep_seconds = QUICK["sweep_ms"] / 1000 if quick else args.api_seconds
+        results += await rate_sweep(kinds(shape)[0], port, sweep_seconds, processes, size)
     finally:
         api.terminate()
         try:
@@ -647,7 +661,7 @@ async def _run(args: argparse.Namespace, dsn: str, took: float) -> list[bench.Re
             api.wait()
     p99s = []
     for _ in range(runs):
-        lookups = await point_in_time(dsn, shape, 200 if quick else 2000)
+        lookups = await point_in_time(dsn, shape, QUICK["lookups"] if quick else 2000)
         p99s.append(bench.percentile(lookups, 0.99) * 1000)
     results.append(
         bench.Result.of_samples(
@@ -661,6 +675,58 @@ async def _run(args: argparse.Namespace, dsn: str, took: float) -> list[bench.Re
             better="lower",
             detail=f"one after the other, in this process (ipledger audit ip --at); {size}",
         )
+    )
+    return results
+
+
+async def rate_sweep(
+    kind: Kind, port: int, seconds: float, processes: int, size: str
+) -> list[bench.Result]:
+    """Open-loop runs of one request kind at each of ``SWEEP_RATES``: p50/p99 against the rate.
+
+    The same paths and schedule shape as the 200/s runs, only the rate changes; past the rate
+    the API sustains, the latency from the due time grows with the backlog (it is not hidden).
+    """
+    p50s: list[float] = []
+    p99s: list[float] = []
+    results: list[bench.Result] = []
+    for rate in SWEEP_RATES:
+        rng = random.Random(int(rate))
+        paths = [kind.paths(rng) for _ in range(max(1, int(seconds * rate)))]
+        offered = await asyncio.to_thread(
+            http_load.open_loop, "127.0.0.1", port, paths, rate, processes=processes
+        )
+        p50s.append(bench.percentile(offered.latencies, 0.50) * 1000)
+        p99s.append(bench.percentile(offered.latencies, 0.99) * 1000)
+        failed = f", {offered.not_ok} failed or not 200" if offered.not_ok else ""
+        results.append(
+            bench.Result(
+                NAME,
+                f"{kind.name}: p99 at {rate:g}/s offered (rate sweep)",
+                p99s[-1],
+                "ms",
+                detail=f"p50 {p50s[-1]:.2f} ms; {len(paths):,} requests over {seconds:g} s "
+                f"from {processes} processes{failed}",
+                issue="9",
+                better="lower",
+            )
+        )
+    print(f"[api] rate sweep of {kind.name} done", file=sys.stderr, flush=True)
+    plot = {
+        "title": f"API latency against offered request rate ({kind.name} lookups, open loop)",
+        "x_label": "requests/s offered",
+        "y_label": "ms from due time to answer",
+        "log_x": True,
+        "log_y": True,
+    }
+    last = results[-1]
+    results[-1] = dataclasses.replace(
+        last,
+        detail=f"{last.detail}; {size}",
+        series=(
+            bench.Series.of("api-latency-vs-rate", "p50", SWEEP_RATES, p50s, **plot),
+            bench.Series.of("api-latency-vs-rate", "p99", SWEEP_RATES, p99s, **plot),
+        ),
     )
     return results
 

@@ -93,14 +93,14 @@ FULL = Sizes(
     churn=20_000,
 )
 QUICK = Sizes(
-    mixed_nodes=200,
+    mixed_nodes=100,
     mixed_pods=50,
-    mixed_events=30_000,
-    repeat=3,
-    v4_pool="10.0.0.0/14",
-    v6_nodes=1_600,
-    hot_nodes=50,
-    churn=4_000,
+    mixed_events=10_000,
+    repeat=2,
+    v4_pool="10.0.0.0/16",
+    v6_nodes=400,
+    hot_nodes=20,
+    churn=1_000,
 )
 V4_MASK = 24
 V6_POOL = "fd00::/48"
@@ -641,7 +641,7 @@ WORST_FULL = WorstSizes(
     growth=200,
 )
 WORST_QUICK = WorstSizes(
-    elements=64, waiting=500, cluster_pool="10.0.0.0/14", repeat=100, costly_repeat=30, growth=30
+    elements=32, waiting=200, cluster_pool="10.0.0.0/16", repeat=50, costly_repeat=10, growth=10
 )
 WORST_V6_PREFIX = 110  # IPv6 elements of the crowded pool: 4 node CIDRs of /112 each
 

@@ -45,6 +45,9 @@ from service.domain import state as domain_state
 from service.settings import Settings
 
 NAME = "dashboard"
+# --quick (a smoke run): nodes and pods drawn, runs of each measurement.
+QUICK = {"nodes": 1024, "pods": 1024}
+QUICK_REPEAT = 2
 CLUSTER = "bench"
 TARGET_MS = 1000.0
 BATCH = 5000
@@ -176,7 +179,8 @@ async def _measure(args: argparse.Namespace, dsn: str, work: Path) -> list[bench
     pods = int(getattr(args, "dashboard_pods", 100_000))
     runs = int(getattr(args, "dashboard_runs", 5))
     if getattr(args, "quick", False):
-        nodes, pods, runs = min(nodes, 4096), min(pods, 4096), min(runs, 2)
+        nodes, pods = min(nodes, QUICK["nodes"]), min(pods, QUICK["pods"])
+        runs = min(runs, QUICK_REPEAT)
     rng = random.Random(15)
     writer = _Writer(dsn)
     try:

@@ -30,6 +30,9 @@ from service.domain import allocation, state
 from service.ipam_metrics import cluster_use
 
 NAME = "metrics"
+# --quick (a smoke run): dual-stack nodes scraped, records of the counting cost; repetitions.
+QUICK = {"nodes": 1024, "records": 10_000}
+QUICK_REPEAT = 2
 POOL = (
     b'{"type":"pool.configured","id":"pool","clusterPoolIPv4PodCIDRList":["10.0.0.0/8"],'
     b'"clusterPoolIPv4MaskSize":24,"clusterPoolIPv6PodCIDRList":["fd00::/104"],'
@@ -117,8 +120,8 @@ def counting(events: int, repeat: int) -> list[bench.Result]:
 
 
 def run(args: argparse.Namespace) -> list[bench.Result]:
-    nodes = 4096 if args.quick else args.metrics_nodes
-    repeat = args.repeat or (3 if args.quick else 7)
+    nodes = QUICK["nodes"] if args.quick else args.metrics_nodes
+    repeat = args.repeat or (QUICK_REPEAT if args.quick else 7)
     core = bench.pin_to_one_core()
     current = built(nodes)
     counters = allocator.Metrics(next_offset={0: nodes}, leader={0: True}, log_end={0: nodes})
@@ -135,7 +138,7 @@ def run(args: argparse.Namespace) -> list[bench.Result]:
         walks.append(time.perf_counter() - started)
     detail = f"{nodes:,} dual-stack nodes, {repeat} scrapes, core {core}, {size:,} bytes answered"
     return [
-        *counting(20_000 if args.quick else 100_000, repeat),
+        *counting(QUICK["records"] if args.quick else 100_000, repeat),
         bench.Result(
             NAME, "scrape of /metrics, median", bench.median(scrapes) * 1000, "ms", detail=detail
         ),

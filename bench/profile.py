@@ -42,6 +42,9 @@ from service.adapters.kafka import log as kafka_log
 from service.adapters.postgres import projection as pg_projection
 
 NAME = "profile"
+# --quick (a smoke run): events through the profiled allocator; ms the API is profiled; the
+# API's database (nodes of 110 pods, history rows).
+QUICK = {"events": 10_000, "api_ms": 2000, "api_nodes": 64, "api_history": 10_000}
 RATE = 250  # samples per second
 
 # (bucket, substrings of a frame's "function (file:line)"), first match wins; checked in order.
@@ -230,10 +233,11 @@ async def _prepare_allocator(services: object, count: int) -> tuple[str, str, st
     return bootstrap, topic, await services.fresh_database()
 
 
-def profile_allocator(count: int, out: Path) -> list[bench.Result]:
+def profile_allocator(count: int, out: Path, *, share: bool = False) -> list[bench.Result]:
     from bench import allocator as allocator_bench  # noqa: PLC0415
 
-    with allocator_bench.Services() as services:
+    # share (--quick): the run's servers, if another benchmark started them (bench.sharing).
+    with bench.servers(allocator_bench.Services, share=share) as services:
         bootstrap, topic, dsn = anyio.run(_prepare_allocator, services, count)
         command = [sys.executable, "-m", "bench.profile", "allocator", bootstrap, topic, dsn]
         worker = subprocess.Popen(
@@ -289,7 +293,10 @@ async def _closed_loop(
 def profile_api(seconds: float, quick: bool, out: Path) -> list[bench.Result]:
     from bench import api as api_bench  # noqa: PLC0415
 
-    shape = api_bench.Shape(nodes=64 if quick else 4096, history=10_000 if quick else 100_000)
+    shape = api_bench.Shape(
+        nodes=QUICK["api_nodes"] if quick else 4096,
+        history=QUICK["api_history"] if quick else 100_000,
+    )
     with bench.ScratchPostgres("ipledger-bench-profile-") as postgres:
         dsn = asyncio.run(postgres.fresh_database())
         asyncio.run(api_bench.build(dsn, shape))
@@ -334,8 +341,8 @@ def run(args: argparse.Namespace) -> list[bench.Result]:
     out = Path(getattr(args, "plots", None) or ".data/bench-profile")
     out.mkdir(parents=True, exist_ok=True)
     quick = bool(args.quick)
-    results = profile_allocator(20_000 if quick else args.profile_events, out)
-    results += profile_api(3.0 if quick else args.profile_seconds, quick, out)
+    results = profile_allocator(QUICK["events"] if quick else args.profile_events, out, share=quick)
+    results += profile_api(QUICK["api_ms"] / 1000 if quick else args.profile_seconds, quick, out)
     for raw in out.glob("profile-*.raw"):
         raw.unlink()
     return results

@@ -38,6 +38,10 @@ from service.processes import replay as replay_process
 from service.settings import Settings
 
 NAME = "replay"
+# --quick (a smoke run): every path, small. Records of the table-log replay, of the tree on/off
+# runs, of the two-partition log and of the Kafka topic; repetitions.
+QUICK = {"events": 20_000, "tree_events": 10_000, "two_events": 20_000, "kafka_events": 10_000}
+QUICK_REPEAT = 1
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -172,28 +176,61 @@ async def _replay_rate(
     dsn: str,
     partitions: Sequence[int],
     count: int,
+    timeline: list[tuple[float, int]] | None = None,
 ) -> float:
-    """Replay and verify ``partitions`` one after the other in this process; events/s."""
+    """Replay and verify ``partitions`` one after the other in this process; events/s.
+
+    ``timeline`` gets (seconds since the start, records replayed) at each progress report.
+    """
     live = pg_audit.PostgresAuditReader.from_dsn(dsn)
     try:
         started = time.perf_counter()
+        before = 0
+
+        def progress(done: int, total: int) -> None:
+            if timeline is not None:
+                timeline.append((time.perf_counter() - started, before + done))
+
         for partition in partitions:
-            report = await replay.replay_partition(event_log, live, partition, len(partitions))
+            report = await replay.replay_partition(
+                event_log, live, partition, len(partitions), progress=progress
+            )
+            if timeline is not None:
+                before += await event_log.end_offset(partition)
             assert report.divergence is None, report.divergence.describe()
         return count / (time.perf_counter() - started)
     finally:
         await live.close()
 
 
+def rate_series(timeline: Sequence[tuple[float, int]], label: str) -> bench.Series:
+    """Records replayed and verified per second between progress reports (every chunk)."""
+    points, last_t, last_n = [], 0.0, 0
+    for t, n in timeline:
+        if t > last_t and n > last_n:
+            points.append((t, (n - last_n) / (t - last_t)))
+            last_t, last_n = t, n
+    return bench.Series.of(
+        "replay-rate-over-time",
+        label,
+        [p[0] for p in points],
+        [p[1] for p in points],
+        title="replay --verify: records replayed and compared per second over the run",
+        x_label="seconds since the replay started",
+        y_label="records/s (between progress reports)",
+    )
+
+
 def run(args: argparse.Namespace) -> list[bench.Result]:
-    with Services() as services:
+    # --quick shares the servers with the other benchmarks of the run (bench.sharing).
+    with bench.servers(Services, share=bool(args.quick)) as services:
         return anyio.run(_run, args, services)
 
 
 async def _run(args: argparse.Namespace, services: Services) -> list[bench.Result]:
     quick = bool(args.quick)
-    repeat = args.repeat or (1 if quick else 3)
-    count = 50_000 if quick else args.replay_events
+    repeat = args.repeat or (QUICK_REPEAT if quick else 3)
+    count = QUICK["events"] if quick else args.replay_events
     results: list[bench.Result] = []
 
     # --- replay --verify of the table log, one partition
@@ -202,6 +239,7 @@ async def _run(args: argparse.Namespace, services: Services) -> list[bench.Resul
     await _fill_table_log(dsn, {0: [(b"default", r) for r in records]}, 1)
     event_log = table_log.PostgresTableLog.from_dsn(dsn)
     rates: list[float] = []
+    timelines: list[list[tuple[float, int]]] = []
     bare: list[float] = []
     core: list[float] = []
     proof_s: list[float] = []
@@ -212,7 +250,8 @@ async def _run(args: argparse.Namespace, services: Services) -> list[bench.Resul
         for _ in range(repeat):
             bare.append(await _bare_table_read(dsn, count))
             core.append(_core_rate(records))
-            rates.append(await _replay_rate(event_log, dsn, [0], count))
+            timelines.append([])
+            rates.append(await _replay_rate(event_log, dsn, [0], count, timelines[-1]))
         # What a proof costs at this size: both read every leaf (O(n)), see docs/audits.md.
         proof_settings = Settings(database_url=dsn, log="table")
         for _ in range(repeat):
@@ -238,6 +277,10 @@ async def _run(args: argparse.Namespace, services: Services) -> list[bench.Resul
             f"the allocator built it at {built:,.0f} events/s",
             issue="10",
             better="higher",
+            series=tuple(
+                rate_series(timeline, f"table log, run {i + 1}")
+                for i, timeline in enumerate(timelines)
+            ),
         ),
         bench.Result.of_samples(
             NAME, "bare asyncpg read of the same table log", bare, "events/s", issue="10"
@@ -277,12 +320,12 @@ async def _run(args: argparse.Namespace, services: Services) -> list[bench.Resul
     results += await proof_figures(services.fresh_database, proof_sizes, repeat)
 
     # --- the tree's cost to the live allocator, on and off alternated
-    tree_count = 20_000 if quick else args.replay_tree_events
+    tree_count = QUICK["tree_events"] if quick else args.replay_tree_events
     tree_records = [(b"default", r) for r in workload(tree_count, seed=2)]
     on: list[float] = []
     off: list[float] = []
     # At least three pairs: the one figure here with a target, and the runs are short.
-    for _ in range(max(repeat, 1 if quick else 3)):
+    for _ in range(max(repeat, QUICK_REPEAT if quick else 3)):
         for tree, into in ((True, on), (False, off)):
             tree_dsn = await services.fresh_database()
             await _fill_table_log(tree_dsn, {0: tree_records}, 1)
@@ -320,7 +363,7 @@ async def _run(args: argparse.Namespace, services: Services) -> list[bench.Resul
     ]
 
     # --- two partitions: a process each, against one after the other
-    half = (50_000 if quick else (args.replay_two_events or count)) // 2
+    half = (QUICK["two_events"] if quick else (args.replay_two_events or count)) // 2
     per_partition: dict[int, list[tuple[bytes, bytes]]] = {}
     for p in (0, 1):
         cluster = _cluster_on(p, 2)
@@ -369,7 +412,7 @@ async def _run(args: argparse.Namespace, services: Services) -> list[bench.Resul
     ]
 
     # --- Kafka: the replay beside a bare aiokafka read of the same topic
-    kafka_count = 20_000 if quick else args.replay_kafka_events
+    kafka_count = QUICK["kafka_events"] if quick else args.replay_kafka_events
     bootstrap = services.kafka.bootstrap
     topic = "bench.replay"
     await kafka_log.ensure_topics(bootstrap, topic, 1)
@@ -380,14 +423,26 @@ async def _run(args: argparse.Namespace, services: Services) -> list[bench.Resul
     try:
         await _allocate(klog, kafka_dsn, {0: kafka_count}, tree=True, log_name=f"kafka:{topic}")
         ours: list[float] = []
+        kafka_timelines: list[list[tuple[float, int]]] = []
         bare_kafka: list[float] = []
         for _ in range(repeat):
             bare_kafka.append(await bare_consumer_rate(bootstrap, topic, kafka_count))
-            ours.append(await _replay_rate(klog, kafka_dsn, [0], kafka_count))
+            kafka_timelines.append([])
+            ours.append(await _replay_rate(klog, kafka_dsn, [0], kafka_count, kafka_timelines[-1]))
     finally:
         await klog.close()
     results += [
-        bench.Result.of_samples(NAME, "replay --verify, Kafka", ours, "events/s", issue="10"),
+        bench.Result.of_samples(
+            NAME,
+            "replay --verify, Kafka",
+            ours,
+            "events/s",
+            issue="10",
+            series=tuple(
+                rate_series(timeline, f"Kafka, run {i + 1}")
+                for i, timeline in enumerate(kafka_timelines)
+            ),
+        ),
         bench.Result.of_samples(
             NAME, "bare aiokafka read, same topic", bare_kafka, "events/s", issue="10"
         ),

@@ -57,6 +57,19 @@ from service.domain import allocation, document, state
 from tests.streams import key_of
 
 NAME = "scale"
+# --quick (a smoke run): every scenario, small. Node counts of the restart scenario; IPv6 nodes
+# and pods per node; nodes and pods per node of each of the 100 clusters; pods per node and
+# elements per family of the large pool.
+QUICK = {
+    "restart_nodes_small": 256,
+    "restart_nodes_large": 512,
+    "v6_nodes": 128,
+    "v6_pods": 10,
+    "cluster_nodes": 2,
+    "cluster_pods": 3,
+    "element_pods": 1,
+    "elements": 128,
+}
 PODS = 110
 TIMEOUT_S = 1800.0
 POSITIONS_SQL = "SELECT partition, next_offset FROM consumer_offset"
@@ -468,10 +481,13 @@ def clusters_scenario(clusters: int, nodes: int, pods: int) -> Scenario:
     )
 
 
-def elements_scenario(pods: int) -> Scenario:
-    """1,024 IPv4 /24s cut into /26s (4,096 node CIDRs) and 1,024 IPv6 /64s by /112."""
-    v4 = [str(ipaddress.IPv4Network((0x0A000000 + (i << 8), 24))) for i in range(1024)]
-    v6 = [str(ipaddress.IPv6Network(((0xFD00 << 112) + (i << 64), 64))) for i in range(1024)]
+def elements_scenario(pods: int, elements: int = 1024) -> Scenario:
+    """1,024 IPv4 /24s cut into /26s (4,096 node CIDRs) and 1,024 IPv6 /64s by /112.
+
+    ``elements``: fewer of each (--quick), the same path.
+    """
+    v4 = [str(ipaddress.IPv4Network((0x0A000000 + (i << 8), 24))) for i in range(elements)]
+    v6 = [str(ipaddress.IPv6Network(((0xFD00 << 112) + (i << 64), 64))) for i in range(elements)]
     records = [
         _event(
             type="pool.configured",
@@ -500,7 +516,7 @@ def elements_scenario(pods: int) -> Scenario:
         for n in range(capacity, capacity + waiting)
     ]
     return Scenario(
-        "1,024-element pool (dual stack)",
+        f"{elements:,}-element pool (dual stack)",
         records,
         tail,
         note=f"{capacity:,} node CIDRs per family, {capacity + waiting:,} nodes asking, "
@@ -566,15 +582,28 @@ async def _run(args: argparse.Namespace, services: bench.ScratchPostgres) -> lis
         )
     ]
     results += huge_pool_in_core()
-    sizes = [256, 512] if quick else [int(n) for n in args.scale_nodes.split(",")]
+    sizes = (
+        [QUICK["restart_nodes_small"], QUICK["restart_nodes_large"]]
+        if quick
+        else [int(n) for n in args.scale_nodes.split(",")]
+    )
     results += await restart_scenario(services, sizes, workdir)
-    v6_nodes, v6_pods = (128, 10) if quick else (args.scale_v6_nodes, PODS)
+    v6_nodes, v6_pods = (
+        (QUICK["v6_nodes"], QUICK["v6_pods"]) if quick else (args.scale_v6_nodes, PODS)
+    )
     results += await through_allocator(services, ipv6_scenario(v6_nodes, v6_pods), workdir)
-    cluster_nodes, cluster_pods = (2, 3) if quick else (args.scale_cluster_nodes, 20)
+    cluster_nodes, cluster_pods = (
+        (QUICK["cluster_nodes"], QUICK["cluster_pods"]) if quick else (args.scale_cluster_nodes, 20)
+    )
     results += await through_allocator(
         services, clusters_scenario(100, cluster_nodes, cluster_pods), workdir
     )
-    results += await through_allocator(services, elements_scenario(1 if quick else 10), workdir)
+    pool = (
+        elements_scenario(QUICK["element_pods"], QUICK["elements"])
+        if quick
+        else elements_scenario(10)
+    )
+    results += await through_allocator(services, pool, workdir)
     load_after = os.getloadavg()
     peak_self = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     results.append(

@@ -40,6 +40,9 @@ from service.adapters.postgres import table_log
 from service.domain import partitioning
 
 NAME = "scaleout"
+# --quick (a smoke run): events over the partitions; one run of 1 and of 2 processes.
+QUICK = {"events": 8_000}
+QUICK_REPEAT = 1
 PARTITIONS = 4
 CLUSTERS_PER_PARTITION = 2
 SETTLE_S = 60.0
@@ -226,14 +229,15 @@ async def one_run(
 
 
 def run(args: argparse.Namespace) -> list[bench.Result]:
-    with Services() as services:
+    # --quick shares the servers with the other benchmarks of the run (bench.sharing).
+    with bench.servers(Services, share=bool(args.quick)) as services:
         return anyio.run(_run, args, services)
 
 
 async def _run(args: argparse.Namespace, services: Services) -> list[bench.Result]:
     quick = bool(args.quick)
-    repeat = args.repeat or (1 if quick else 3)
-    count = 16_000 if quick else args.scaleout_events
+    repeat = args.repeat or (QUICK_REPEAT if quick else 3)
+    count = QUICK["events"] if quick else args.scaleout_events
     kind = args.scaleout_log
     items = records(count)
     rates: dict[int, list[float]] = {1: [], 2: []}

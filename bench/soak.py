@@ -66,6 +66,8 @@ from tests.harness.kafka import KafkaBroker
 from tests.streams import key_of, mixed_stream
 
 NAME = "soak"
+# --quick (a smoke run, when asked for: the soak is long and not in make bench-quick).
+QUICK = {"cycles": 10}
 SEED = 20261202
 # How long one step may take before the soak is declared stuck (a finding, not a figure).
 STEP_TIMEOUT_S = 180.0
@@ -424,7 +426,7 @@ def run(args: argparse.Namespace) -> list[bench.Result]:
 
 
 async def _run(args: argparse.Namespace, services: _Services) -> list[bench.Result]:
-    cycles = 10 if args.quick else args.soak_cycles
+    cycles = QUICK["cycles"] if args.quick else args.soak_cycles
     rate = args.soak_rate
     workdir = services.postgres.root / "soak"
     workdir.mkdir()

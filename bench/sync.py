@@ -47,6 +47,9 @@ from service.domain import addresses
 from tests.harness.kube import KubeAPIServer
 
 NAME = "sync"
+# --quick (a smoke run): every run, small. Nodes of the paced, unlimited and profiled runs; the
+# convergence sweep's other sizes.
+QUICK = {"nodes": 200, "sweep_small": 50, "sweep_large": 100}
 CLUSTER = "default"
 POOL = (
     b'{"type":"pool.configured","id":"pool","clusterPoolIPv4PodCIDRList":["10.0.0.0/8"],'
@@ -93,7 +96,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--sync-sweep",
         default="500,1000,2000",
         help="node counts of the extra no-limit runs behind the convergence plot (comma "
-        "separated; empty for none; --quick: 100,250)",
+        "separated; empty for none; --quick: 50,100)",
     )
 
 
@@ -153,7 +156,7 @@ def run(args: argparse.Namespace) -> list[bench.Result]:
 
 
 async def _run(args: argparse.Namespace, services: Services) -> list[bench.Result]:
-    nodes = 500 if args.quick else args.sync_nodes
+    nodes = QUICK["nodes"] if args.quick else args.sync_nodes
     qps = float(args.sync_qps)
     paced = await one_run(
         services, nodes, sync.SyncSettings(qps=qps, burst=40, resync_interval_s=3600)
@@ -163,7 +166,9 @@ async def _run(args: argparse.Namespace, services: Services) -> list[bench.Resul
     )
     unlimited = await one_run(services, nodes, unlimited_settings)
     profiled = await one_run(services, nodes, unlimited_settings, profile=True)
-    sweep_sizes = "100,250" if args.quick else args.sync_sweep
+    sweep_sizes = (
+        f"{QUICK['sweep_small']},{QUICK['sweep_large']}" if args.quick else args.sync_sweep
+    )
     sweep = {nodes: unlimited.seconds}
     for size in sorted({int(n) for n in sweep_sizes.split(",") if n.strip()} - {nodes}):
         sweep[size] = (await one_run(services, size, unlimited_settings)).seconds
