@@ -91,6 +91,8 @@ def _when(run: dict[str, object]) -> str:
     bits = [f"{date} UTC" if date else "date unknown"]
     if run.get("seconds") is not None:
         bits.append(f"{float(str(run['seconds'])):.0f} s")
+    if run.get("cpu seconds") is not None:
+        bits.append(f"{float(str(run['cpu seconds'])):.0f} s of CPU")
     if run.get("quick"):
         bits.append("**--quick** (smoke sizes)")
     if run.get("load average"):

@@ -1127,6 +1127,12 @@ class AuditReader(Protocol):
         """Every tree head of ``partition``, by size."""
         ...
 
+    async def head(self, partition: int, size: int | None = None) -> RecordedHead | None:
+        """The head of ``partition`` of that ``size`` (the latest when None), or None: one
+        indexed read, where ``heads`` reads every one (a head per batch: as many as records
+        under a light load)."""
+        ...
+
     async def leaves(self, partition: int, end: int, start: int = 0) -> list[bytes | None]:
         """The stored leaves of offsets ``start`` to ``end - 1`` (None where none is stored)."""
         ...

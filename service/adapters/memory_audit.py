@@ -25,6 +25,12 @@ class MemoryAuditReader:
     async def heads(self, partition: int) -> list[ports.RecordedHead]:
         return list(self.tables.heads.get(partition, []))
 
+    async def head(self, partition: int, size: int | None = None) -> ports.RecordedHead | None:
+        heads = self.tables.heads.get(partition, [])
+        if size is None:
+            return heads[-1] if heads else None
+        return next((h for h in heads if h.head.size == size), None)
+
     async def leaves(self, partition: int, end: int, start: int = 0) -> list[bytes | None]:
         found: list[bytes | None] = [None] * max(0, end - start)
         for row in self.tables.decisions.get(partition, []):

@@ -45,14 +45,11 @@ class _Evidence:
             await self.log.close()
 
     async def head(self, partition: int, size: int | None) -> merkle.TreeHead:
-        heads = await self.audit.heads(partition)
-        if not heads:
-            raise errors.AuditError(f"partition {partition} has no tree head yet")
+        recorded = await self.audit.head(partition, size)
+        if recorded is not None:
+            return recorded.head
         if size is None:
-            return heads[-1].head
-        for recorded in heads:
-            if recorded.head.size == size:
-                return recorded.head
+            raise errors.AuditError(f"partition {partition} has no tree head yet")
         raise errors.AuditError(f"partition {partition} has no tree head of size {size}")
 
     async def record(self, partition: int, offset: int) -> ports.Record:

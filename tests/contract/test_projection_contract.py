@@ -464,6 +464,13 @@ async def test_completed_subtree_roots_commit_with_their_batch_and_are_stored_on
     assert await audit.subtrees(1, wanted) == {}
     assert await audit.leaves(0, 300, 250) == leaves[250:300]
     assert await audit.leaves(0, 2, 0) == leaves[:2]
+    # One head by its size, or the latest (a head per batch end: 1, 255, 256, 556, 1,300).
+    latest, of_256 = await audit.head(0), await audit.head(0, 256)
+    assert latest is not None and latest.head.size == len(values)
+    assert latest == (await audit.heads(0))[-1]
+    assert of_256 is not None and of_256.head.size == 256
+    assert await audit.head(0, 257) is None
+    assert await audit.head(1) is None
 
 
 async def test_tree_heads_commit_with_their_batch_and_load_resumes_the_tree(

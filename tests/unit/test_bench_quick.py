@@ -10,6 +10,7 @@ run allows (a benchmark whose quick run takes minutes does so through one of the
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import importlib
 import inspect
 from collections.abc import Mapping
@@ -17,7 +18,10 @@ from types import ModuleType
 
 import pytest
 
+import bench
 from bench import __main__ as runner
+from bench import report
+from bench import results as results_file
 
 # Bounds of a smoke run's sizes, by what the size counts (the name's ending says).
 MAX_COUNT = 50_000  # events, records, nodes, rows, lookups per run
@@ -108,3 +112,16 @@ def test_a_quick_run_over_its_budget_is_named() -> None:
         f"core: --quick took {budget + 1:.0f} s, over its budget of {budget:.0f} s"
     )
     assert runner.over_budget("not registered", 10**6) == ""
+
+
+def test_the_report_shows_a_runs_cpu_time_beside_its_wall_time() -> None:
+    """What a busy shared machine disturbs least is printed next to what it disturbs most."""
+    suite = results_file.Suite.start(
+        datetime.datetime(2026, 12, 2, 7, 0, tzinfo=datetime.UTC), {}, {}, ["--quick"], True
+    )
+    suite.add("core", [bench.Result("core", "x", 1.0, "s")], 61.0)
+    suite.runs["core"]["cpu seconds"] = 19.6
+    suite.add("sync", [bench.Result("sync", "y", 1.0, "s")], 30.0)
+    text = report.render(suite)
+    assert "61 s, 20 s of CPU, **--quick**" in text
+    assert "30 s, **--quick**" in text

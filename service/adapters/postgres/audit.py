@@ -50,6 +50,16 @@ class PostgresAuditReader:
             )
         return [projection.recorded_head(row) for row in rows]
 
+    async def head(self, partition: int, size: int | None = None) -> ports.RecordedHead | None:
+        async with self._read("reading a tree head") as db:
+            row = await db.fetchrow(
+                "SELECT body, hash, frontier FROM tree_head WHERE partition = $1 "
+                "AND ($2::bigint IS NULL OR size = $2) ORDER BY size DESC LIMIT 1",
+                partition,
+                size,
+            )
+        return None if row is None else projection.recorded_head(row)
+
     async def leaves(self, partition: int, end: int, start: int = 0) -> list[bytes | None]:
         async with self._read("reading leaves") as db:
             rows = await db.fetch(
