@@ -2,7 +2,8 @@
 
 ``cluster_row``, ``node_row`` and ``pod_ips`` give the plain values the projection writes after a
 batch. When an allocator starts, the projection reads clusters, nodes and pod addresses and hands
-them to ``restore_cluster``, ``restore_node``, ``restore_pod_ip`` and ``finish``, in that order.
+them to ``restore_cluster``, ``restore_node``, ``restore_pod_ips`` (or ``restore_pod_ip`` for one
+address) and ``finish``, in that order.
 The rebuilt state decides exactly as the one that was persisted: the next-fit cursors, the
 nodes' arrival numbers and the pinned flags come back too (the waiting queue is derived from
 them), so its digest equals the digest of the state that wrote the rows. Nothing here depends on
@@ -17,6 +18,7 @@ from typing import Any
 from service.domain.addresses import format_address, parse_address, parse_network
 from service.domain.pool import FAMILIES, IPV4, IPV6, commit_change, plan_change
 from service.domain.state import (
+    CACHED_INT_MAX,
     ClusterState,
     Node,
     PodRange,
@@ -106,6 +108,48 @@ def restore_pod_ip(
     offset = shared_offset(offset)  # as the live allocator stores it: memory, not meaning
     pod_range.owner_of[offset] = owner
     pod_range.by_owner[owner] = offset
+
+
+def restore_pod_ips(
+    cluster: ClusterState,
+    node_name: str,
+    family: int,
+    values: Sequence[int],
+    owners: Sequence[str],
+) -> None:
+    """Re-occupy the held pod addresses of one node in one family at once, in any order.
+
+    The same state as ``restore_pod_ip`` of each (``values[i]`` held by ``owners[i]``), built
+    a node at a time: the address index, the owner index and the free runs are made in bulk,
+    which is what makes a start with millions of addresses fast. An address outside the node's
+    CIDR, held twice or an owner holding two addresses of one family on a node (the allocator
+    never does: a second request by an owner gets the address it holds) is a ``RestoreError``.
+    """
+    node = cluster.nodes.get(node_name)
+    pod_range = node.ranges.get(family) if node is not None else None
+    if pod_range is None or len(values) != len(owners):
+        raise RestoreError(f"{len(values)} pod addresses do not fit node {node_name}")
+    base = pod_range.cidr.base
+    offsets = [value - base for value in values]
+    if offsets and max(offsets) > CACHED_INT_MAX:
+        offsets = [shared_offset(offset) for offset in offsets]
+    owner_of = dict(zip(offsets, owners, strict=True))
+    by_owner = dict(zip(owners, offsets, strict=True))
+    if (
+        len(owner_of) != len(offsets)
+        or len(by_owner) != len(owners)
+        or not pod_range.slots.occupy_ascending(sorted(owner_of))
+    ):
+        raise RestoreError(f"pod addresses of node {node_name} held twice or outside its CIDR")
+    if pod_range.owner_of:
+        # Rows of one node and family come in one piece; a second piece is merged, checked.
+        if pod_range.owner_of.keys() & owner_of.keys() or pod_range.by_owner.keys() & by_owner:
+            raise RestoreError(f"pod addresses of node {node_name} held twice")
+        pod_range.owner_of.update(owner_of)
+        pod_range.by_owner.update(by_owner)
+    else:
+        pod_range.owner_of = owner_of
+        pod_range.by_owner = by_owner
 
 
 def finish(cluster: ClusterState) -> None:

@@ -180,7 +180,20 @@ def round_trip(original: state.State) -> state.State:
                 cursors=nrow["cursors"],
             )
         for node in cluster.nodes.values():
-            for family, value, _, owner in sorted(restore.pod_ips(node), reverse=True):
-                restore.restore_pod_ip(target, node.name, family, value, owner)
+            held = sorted(restore.pod_ips(node), reverse=True)
+            if node.seq % 3 == 0:
+                # One address at a time, in descending order.
+                for family, value, _, owner in held:
+                    restore.restore_pod_ip(target, node.name, family, value, owner)
+                continue
+            # In bulk, a node and family at a time as the projection loads them, in descending
+            # order; every other node's in two pieces (a second piece is merged).
+            for family in (4, 6):
+                mine = [(value, owner) for f, value, _, owner in held if f == family]
+                pieces = [mine] if node.seq % 3 == 1 else [mine[::2], mine[1::2]]
+                for piece in pieces:
+                    if piece:
+                        values, owners = zip(*piece, strict=True)
+                        restore.restore_pod_ips(target, node.name, family, values, owners)
         restore.finish(target)
     return rebuilt

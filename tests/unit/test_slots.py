@@ -58,3 +58,32 @@ def test_double_release_is_refused_and_counts_stay_right() -> None:
     assert slots.used == 0
     assert slots.take_next() == 1
     assert slots.take_next() == 0
+
+
+def test_occupying_ascending_slots_in_bulk_is_occupying_each() -> None:
+    cases = [
+        (1, 255, list(range(1, 111))),  # a /24 node's 110 pods: one used run
+        (1, 255, [1, 2, 5, 9, 10, 254]),  # gaps, and a used slot at each end
+        (0, 8, [3]),
+        (0, 8, list(range(8))),  # the whole range
+        (0, 8, []),
+    ]
+    for lo, hi, used in cases:
+        bulk, each = NextFitSlots(lo, hi), NextFitSlots(lo, hi)
+        assert bulk.occupy_ascending(used)
+        assert all(each.occupy(slot) for slot in used)
+        assert (bulk.bounds, bulk.used) == (each.bounds, each.used)
+        assert bulk.used_slots() == used
+
+
+def test_occupying_in_bulk_refuses_slots_out_of_range_and_taken_ones() -> None:
+    slots = NextFitSlots(1, 255)
+    assert not slots.occupy_ascending([0, 1])
+    assert not slots.occupy_ascending([254, 255])
+    assert (slots.bounds, slots.used) == ([1, 255], 0)
+    assert slots.occupy_ascending([3, 4])
+    # On a range in use, slot by slot: a taken slot is refused (the free ones are occupied;
+    # a restore that meets one gives up on the whole state).
+    assert not slots.occupy_ascending([4, 5])
+    assert slots.occupy_ascending([7, 8])
+    assert slots.used_slots() == [3, 4, 5, 7, 8]
