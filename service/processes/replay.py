@@ -155,7 +155,7 @@ def _in_processes(
     # this one has loaded. The child runs only ``_worker`` with a loop of its own and leaves by
     # ``os._exit`` (multiprocessing's), so nothing it inherited is finalised twice.
     methods = multiprocessing.get_all_start_methods()
-    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    context: Any = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
     out: Any = context.Queue()
     waiting = list(partitions)
     running: dict[int, Any] = {}
