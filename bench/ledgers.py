@@ -67,6 +67,7 @@ class Ledger:
         rebuild: bool = False,
     ) -> None:
         self.home = cache_dir() / ledger_key(per_partition, partitions)
+        self._shape = self.home.name.split("-")[0]
         self._build = build
         self._rebuild = rebuild
         self.server: embedded.EmbeddedPostgres | None = None
@@ -84,7 +85,10 @@ class Ledger:
             dsn = self._start_server()
             await migrate.upgrade(dsn)
             return dsn, None
-        shutil.rmtree(self.home, ignore_errors=True)
+        # One ledger of a size is kept: those of the same size built by older code go (a 1 M-event
+        # ledger is about a gigabyte, and every change to the core keys a new one).
+        for old in cache_dir().glob(f"{self._shape}-*"):
+            shutil.rmtree(old, ignore_errors=True)
         self.home.mkdir(parents=True)
         self.home.chmod(0o755)  # readable by the account the server runs as, under root
         self._start_server()
