@@ -473,6 +473,41 @@ async def test_completed_subtree_roots_commit_with_their_batch_and_are_stored_on
     assert await audit.head(1) is None
 
 
+async def test_the_digest_of_committed_decisions_is_ports_decision_digest_of_them(
+    database: Database,
+) -> None:
+    # What replay --verify compares a chunk's decisions with: each adapter's digest of a range
+    # must be the one computed here over the same decisions (PostgreSQL's in SQL), and must
+    # change with any byte of a body or leaf, and with a decision missing.
+    projection = database.projection()
+    token = await acquired(projection)
+    values = mixed_stream(300, seed=17)
+    current = (await projection.load([0])).state
+    batch = allocator.apply_records(
+        current, records(values), 0, token, partitions=1, tree=merkle.Tree()
+    )
+    await projection.commit(batch)
+    audit = database.audit()
+    stored = await audit.decisions(0, 0, len(values))
+    for start, end in ((0, 300), (10, 137), (299, 300), (50, 50), (290, 400)):
+        wanted = [(d.offset, d.body, d.leaf) for d in stored if start <= d.offset < end]
+        assert await audit.decision_digest(0, start, end) == (
+            len(wanted),
+            ports.decision_digest(wanted),
+        )
+    assert await audit.decision_digest(1, 0, 300) == (0, ports.decision_digest([]))
+    whole = ports.decision_digest([(d.offset, d.body, d.leaf) for d in stored])
+    first = stored[0]
+    for changed in (
+        [(first.offset, first.body + b" ", first.leaf)],
+        [(first.offset, first.body, bytes(32))],
+        [(first.offset, first.body, None)],
+        [],
+    ):
+        rest = [(d.offset, d.body, d.leaf) for d in stored[1:]]
+        assert ports.decision_digest(changed + rest) != whole
+
+
 async def test_tree_heads_commit_with_their_batch_and_load_resumes_the_tree(
     database: Database,
 ) -> None:
