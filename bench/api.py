@@ -487,6 +487,13 @@ async def point_in_time(dsn: str, shape: Shape, count: int) -> list[float]:
 # --- the API's process ----------------------------------------------------------------------------
 
 
+def api_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) the process ``pid`` has used so far, from /proc."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def start_api(dsn: str, port: int) -> subprocess.Popen[bytes]:
     env = dict(os.environ)
     env.update(
@@ -556,6 +563,7 @@ async def _run(args: argparse.Namespace, dsn: str, took: float) -> list[bench.Re
             p50s: list[float] = []
             p99s: list[float] = []
             apis: list[float] = []
+            cpu_us: list[float] = []
             sqls: list[float] = []
             ratios: list[float] = []
             failed = 0
@@ -571,6 +579,7 @@ async def _run(args: argparse.Namespace, dsn: str, took: float) -> list[bench.Re
                 p99s.append(bench.percentile(offered.latencies, 0.99) * 1000)
                 rng = random.Random(100 + run)
                 paths = [kind.paths(rng) for _ in range(5000)]
+                cpu_before = api_cpu_s(api.pid)
                 saturated = await asyncio.to_thread(
                     http_load.closed_loop,
                     "127.0.0.1",
@@ -580,6 +589,7 @@ async def _run(args: argparse.Namespace, dsn: str, took: float) -> list[bench.Re
                     processes=processes,
                     connections=args.api_concurrency,
                 )
+                cpu_us.append((api_cpu_s(api.pid) - cpu_before) / max(saturated.done, 1) * 1e6)
                 failed += saturated.not_ok
                 rate = saturated.done / saturated.seconds
                 sql = await saturated_sql(dsn, requests, sat_seconds, args.api_concurrency)
@@ -633,6 +643,15 @@ async def _run(args: argparse.Namespace, dsn: str, took: float) -> list[bench.Re
                     "ratio",
                     better="higher",
                     detail="saturation of the API over the bare loop's, each run side by side",
+                ),
+                bench.Result.of_samples(
+                    NAME,
+                    f"{kind.name}: API CPU per request",
+                    cpu_us,
+                    "us",
+                    better="lower",
+                    detail="user + system CPU of the API process over the saturation run, "
+                    "per answer (/proc/<pid>/stat)",
                 ),
             ]
             if kind.name == "as_of time ip":

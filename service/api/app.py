@@ -25,6 +25,7 @@ import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import prometheus_client
@@ -125,6 +126,10 @@ async def metrics(state: State) -> bytes:
 def _measured(latency: prometheus_client.Histogram) -> Callable[[ASGIApp], ASGIApp]:
     """ASGI middleware: the query-size limit, and each request's latency by route template."""
 
+    # Each (route, method, status)'s child of the histogram, kept: ``labels()`` looks it up
+    # under a lock and formats the labels again at every call.
+    children: dict[tuple[str, str, int], Any] = {}
+
     def middleware(app: ASGIApp) -> ASGIApp:
         async def measured(scope: Scope, receive: Receive, send: Send) -> None:
             if scope["type"] != ScopeType.HTTP:
@@ -141,7 +146,7 @@ def _measured(latency: prometheus_client.Histogram) -> Callable[[ASGIApp], ASGIA
             if len(query) > MAX_QUERY_BYTES:
                 await _refuse(send, 414, f"the query string exceeds {MAX_QUERY_BYTES} bytes")
                 return
-            repeated = _repeated(query)
+            repeated = _repeated(query) if b"&" in query else None
             if repeated is not None:
                 await _refuse(send, 400, f"query parameter {repeated!r} is given more than once")
                 return
@@ -157,9 +162,11 @@ def _measured(latency: prometheus_client.Histogram) -> Callable[[ASGIApp], ASGIA
                 await app(scope, receive, sending)
             finally:
                 route = scope.get("path_template") or "unmatched"
-                latency.labels(route, scope.get("method", ""), str(status[0])).observe(
-                    time.perf_counter() - started
-                )
+                key = (route, scope.get("method", ""), status[0])
+                child = children.get(key)
+                if child is None:
+                    child = children[key] = latency.labels(key[0], key[1], str(key[2]))
+                child.observe(time.perf_counter() - started)
 
         return measured
 

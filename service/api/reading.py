@@ -152,10 +152,10 @@ def read_cursor(value: str | None) -> Cursor | None:
 
 def etag(path: str, query: str, bases: list[tuple[int, int]]) -> str:
     """The strong ETag of an answer: a hash of what determines it."""
-    digest = hashlib.sha256(
-        json.dumps([BODY_VERSION, path, query, sorted(bases)]).encode()
-    ).hexdigest()
-    return f'"{digest[:32]}"'
+    # Neither the query string (percent-encoded as received) nor the bases hold a NUL, so the
+    # last two separators split the key unambiguously whatever the (decoded) path holds.
+    key = f"{BODY_VERSION}\0{path}\0{query}\0{sorted(bases)}"
+    return f'"{hashlib.sha256(key.encode()).hexdigest()[:32]}"'
 
 
 def matches(if_none_match: str | None, tag: str) -> bool:

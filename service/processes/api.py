@@ -5,31 +5,110 @@ run``): ``run(settings)`` is the whole process. In order: refuse a database role
 (``bootstrap.check_api_role``), open the read side as that role with a statement timeout on every
 query (``bootstrap.open_api_reader``) and the log for its end offsets (readiness), build the
 application (``service.api``), bind ``IPLEDGER_API_ADDRESS`` (default 127.0.0.1:8080), serve,
-and close everything on the way out. uvicorn bounds the request line and headers
-(``MAX_HEADER_BYTES``) and the number of connections; the application bounds the query string.
+and close everything on the way out. uvicorn bounds the number of connections, its protocol
+here (``_Protocol``: httptools, each answer written in one ``send``) the request line and headers
+(``MAX_HEADER_BYTES``); the application bounds the query string. ``service.cli`` runs this on
+uvloop's event loop (docs/benchmarks.md, Query API: what each of these saves).
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import logging
 import socket
 from collections.abc import Callable
+from typing import Any, cast
 
 import anyio
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from service import api, bootstrap, errors, ports
 from service.processes import signals
 from service.settings import Settings
 
 log = logging.getLogger("ipledger.api")
-# The request line and all headers together, at most (h11's incomplete-event limit): a larger
+# The request line and all headers together, at most, as received (``_Protocol``): a larger
 # request is refused before the application sees it.
 MAX_HEADER_BYTES = 8192
 MAX_CONNECTIONS = 1000
 # Called with the host and the port once the API listens.
 Ready = Callable[[str, int], None]
+
+
+class _Coalescing:
+    """A connection's transport whose writes within one turn of the event loop go out as one.
+
+    uvicorn writes an answer's head and its body in two ``transport.write`` calls, and on an
+    idle socket each is a ``send`` of its own: two system calls and two TCP segments per
+    answer, where a quarter of the API's samples fell in its profile (docs/benchmarks.md).
+    Writes here are joined and handed to the transport once, at the loop's next turn (the
+    head and body of an answer are written in one turn: nothing awaits between them). Every
+    other call goes to the transport; closing writes what is pending first.
+    """
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._pending: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        if not data:
+            return
+        if not self._pending:
+            self._loop.call_soon(self._flush)
+        self._pending.append(data)
+
+    def _flush(self) -> None:
+        if self._pending:
+            data = b"".join(self._pending)
+            self._pending.clear()
+            if not self._transport.is_closing():
+                self._transport.write(data)
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size() + sum(map(len, self._pending))
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+class _Protocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol (its parser costs less CPU than h11's) over a coalescing
+    transport, bounding what it buffers of a request line and headers as h11's
+    incomplete-event limit did: httptools keeps however much a client sends of an unfinished
+    head, so past ``MAX_HEADER_BYTES`` the request is answered 400 and the connection closed,
+    as uvicorn answers a request h11 refuses, before the application sees it."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._head_bytes = 0
+        self._in_head = True
+        coalescing: Any = _Coalescing(
+            cast(asyncio.Transport, transport), asyncio.get_running_loop()
+        )
+        super().connection_made(coalescing)
+
+    def data_received(self, data: bytes) -> None:
+        if self._in_head:
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEADER_BYTES:
+                self.send_400_response("Invalid HTTP request received.")
+                return
+        super().data_received(data)
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._in_head = True
+        self._head_bytes = 0
+        super().on_message_complete()
 
 
 def bind(settings: Settings) -> tuple[str, int]:
@@ -85,8 +164,7 @@ async def serve(
     server = uvicorn.Server(
         uvicorn.Config(
             app,
-            http="h11",
-            h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+            http=_Protocol,
             limit_concurrency=MAX_CONNECTIONS,
             lifespan="off",
             log_config=None,

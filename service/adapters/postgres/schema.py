@@ -197,6 +197,13 @@ node_history = sa.Table(
     sa.Column("pinned", sa.Boolean, nullable=False),
     sa.Column("waiting", sa.Boolean, nullable=False),
 )
+# The readers' nodes as of an offset go by name bytewise: this index gives them in that order
+# whatever the database's collation. Migration 0009 creates it on ``name COLLATE "C"``; a
+# column's collation in an index is not reflected, so it is declared here on the columns (the
+# schema comparison of tests/integration/test_migrations.py sees it as such).
+sa.Index(
+    "ix_node_history_name_c", node_history.c.cluster, node_history.c.name, node_history.c.offset
+)
 
 # Every pool a cluster had, from the event that configured it (the first row: the event that
 # created the cluster). Insert-only, a row per pool.configured that changed something.
