@@ -69,6 +69,10 @@ def apply_records(
     log_time: datetime.datetime | None = None
     # This batch's latest snapshot of each node it changed (history.after).
     snapshots: dict[tuple[str, str], dict[str, object] | None] = {}
+    # Looked up once rather than per record: this loop is the allocator's per-event cost.
+    decode, apply, encode = events.decode, allocation.apply, events.encode_decision
+    watch_event, clusters = history.before, current.clusters
+    applied_record, append_applied = ports.AppliedRecord, batch.applied.append
     for record in records:
         # Records appended together share a timestamp: convert each distinct one once.
         if record.timestamp_ms != last_ms:
@@ -76,7 +80,7 @@ def apply_records(
             log_time = (
                 None if last_ms is None else datetime.datetime.fromtimestamp(last_ms / 1000, UTC)
             )
-        event = events.decode(record.value)
+        event = decode(record.value)
         rejected = wrong_partition = False
         if isinstance(event, events.DecodeFailure):
             decision = events.Decision(
@@ -108,13 +112,13 @@ def apply_records(
             rejected = wrong_partition = True
             event_time = event.moment()
         else:
-            watch = history.before(current, event)
-            decision = allocation.apply(current, event)
+            watch = watch_event(current, event)
+            decision = apply(current, event)
             event_time = event.moment()
             if watch is not None:
                 when = event_time or log_time or fallback_time
                 history.after(batch, current, event, record.offset, when, watch, snapshots)
-            cluster = current.clusters.get(event.cluster)
+            cluster = clusters.get(event.cluster)
             if cluster is not None and cluster.changes is not None:
                 held = len(cluster.changes.ips)
                 before = seen_ips.get(cluster.name, 0)
@@ -124,7 +128,7 @@ def apply_records(
                         [(record.offset, when)] * (held - before)
                     )
                     seen_ips[cluster.name] = held
-        body = events.encode_decision(decision)
+        body = encode(decision)
         leaf = None
         if tree is not None:
             # merkle.leaf_hash, inlined: the hot path.
@@ -133,16 +137,11 @@ def apply_records(
             size = tree.size
             if (size % head_every == 0 or size % digest_every == 0) and record is not records[-1]:
                 batch.heads.append(record_head(tree, partition, current, evidence, fallback_time))
-        batch.applied.append(
-            ports.AppliedRecord(
-                record=record,
-                decision=decision,
-                body=body,
-                event_time=event_time,
-                log_time=log_time,
-                rejected=rejected,
-                wrong_partition=wrong_partition,
-                leaf=leaf,
+        # Positional: a slotted dataclass built with keywords cost ~1 µs more per record
+        # (record, decision, body, event_time, log_time, rejected, wrong_partition, leaf).
+        append_applied(
+            applied_record(
+                record, decision, body, event_time, log_time, rejected, wrong_partition, leaf
             )
         )
     if tree is not None:

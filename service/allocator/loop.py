@@ -23,7 +23,6 @@ is in ``batch``.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import gc
 import logging
 import time
@@ -31,6 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import anyio
+import msgspec
 
 from service import backoff, errors, leadership, ports
 from service.allocator import batch as batches
@@ -548,7 +548,7 @@ class PartitionAllocator:
                 refused,
                 extra=fields,
             )
-            bare = dataclasses.replace(record, key=None)
+            bare = msgspec.structs.replace(record, key=None)
             self._tree = before
             refused = await self._commit_now(
                 batches.rejection_batch(
