@@ -5,6 +5,8 @@ Every registered benchmark has a --quick mode: its module declares the sizes tha
 and ``bench.__main__`` gives it a time budget. Nothing is run here: what is checked is that a new
 benchmark cannot be registered without them, and that no quick size grows past the bound a smoke
 run allows (a benchmark whose quick run takes minutes does so through one of these numbers).
+Also what keeps a quick run short and readable: one server shared by its benchmarks
+(``bench.sharing``), a run over its budget named, its CPU time beside its wall time.
 """
 
 from __future__ import annotations
@@ -125,3 +127,35 @@ def test_the_report_shows_a_runs_cpu_time_beside_its_wall_time() -> None:
     text = report.render(suite)
     assert "61 s, 20 s of CPU, **--quick**" in text
     assert "30 s, **--quick**" in text
+
+
+_LOG: list[str] = []
+
+
+class _Server:
+    """A stand-in server: its starts and stops go to _LOG."""
+
+    def __enter__(self) -> _Server:
+        _LOG.append("start")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _LOG.append("stop")
+
+
+def test_a_quick_run_shares_one_server_a_full_run_starts_its_own() -> None:
+    _LOG.clear()
+    with bench.sharing():
+        with bench.servers(_Server, share=True) as first:
+            pass
+        with bench.servers(_Server, share=True) as second:
+            assert _LOG == ["start"]
+        with bench.servers(_Server, share=False) as own:
+            assert own is not first
+        assert second is first
+        assert _LOG == ["start", "start", "stop"]
+    assert _LOG == ["start", "start", "stop", "stop"]
+    _LOG.clear()
+    with bench.servers(_Server, share=True):
+        pass
+    assert _LOG == ["start", "stop"]  # outside a sharing run: started and stopped
