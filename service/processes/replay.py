@@ -14,6 +14,7 @@ import contextlib
 import multiprocessing
 import os
 import queue
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -90,6 +91,11 @@ def _worker(
     settings: Settings, job: Job, partition: int, partitions: int, out: Any
 ) -> None:  # pragma: no cover - runs in a process of its own (tests run it end to end)
     """One partition in a process of its own: progress and the result go to ``out``."""
+    # A forked worker starts with the handlers of the command (SIGTERM raising ``Terminated``):
+    # the defaults instead, as a spawned one has, so that the terminate that ends it on Ctrl-C
+    # ends it quietly and Ctrl-C itself is a KeyboardInterrupt.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     last = 0.0
 
     def progress(done: int, total: int) -> None:
