@@ -401,9 +401,11 @@ class _Recorder(pg_reader.PostgresProjectionReader):
         super().__init__(reader._engine, owns_engine=True)
         self.statements: list[tuple[str, tuple[Any, ...]]] = []
 
-    async def _fetch(self, doing: str, query: str, *args: Any) -> list[Any]:
+    async def _fetch(
+        self, doing: str, query: str, *args: Any, custom_plan: bool = False
+    ) -> list[Any]:
         self.statements.append((query, args))
-        return await super()._fetch(doing, query, *args)
+        return await super()._fetch(doing, query, *args, custom_plan=custom_plan)
 
 
 async def statements_of(

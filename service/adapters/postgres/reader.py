@@ -155,30 +155,38 @@ class PostgresProjectionReader:
         ):
             yield db
 
-    async def _fetch(self, doing: str, query: str, *args: Any) -> list[Any]:
+    async def _fetch(
+        self, doing: str, query: str, *args: Any, custom_plan: bool = False
+    ) -> list[Any]:
         """One statement, outside any explicit transaction: a statement sees one snapshot, so
         its answer is consistent by itself, and it costs one round trip (no ``BEGIN``,
         ``COMMIT``, ping or reset around it; every session is read-only already). A pooled
         connection found dead (the server restarted, or ended it) is discarded and the
         statement runs once more on a new one, which is what a ping before use would have
-        bought, at the price of a round trip per call."""
+        bought, at the price of a round trip per call.
+
+        ``custom_plan``: run it as a statement of its own, planned for these arguments. asyncpg
+        keeps each statement prepared, and after five runs PostgreSQL may keep one generic plan
+        for it; for a page of nodes that plan (a limit and a cursor it cannot see) sorts every
+        node after the cursor instead of reading the index in order (docs/benchmarks.md, Query
+        API). One more round trip, for the answers where the plan matters more."""
         try:
-            return await self._fetch_once(doing, query, args)
+            return await self._fetch_once(doing, query, args, custom_plan)
         except errors.ProjectionError as exc:
             if not isinstance(exc.__cause__, _LOST_CONNECTION):
                 raise
-        return await self._fetch_once(doing, query, args)
+        return await self._fetch_once(doing, query, args, custom_plan)
 
-    async def _fetch_once(self, doing: str, query: str, args: tuple[Any, ...]) -> list[Any]:
+    async def _fetch_once(
+        self, doing: str, query: str, args: tuple[Any, ...], custom_plan: bool = False
+    ) -> list[Any]:
         if self._statements is not None:
             with _translate(doing):
                 pool = await self._statements.pool()
                 async with pool.acquire() as db:
-                    rows: list[Any] = await db.fetch(query, *args)
-                    return rows
+                    return await _run(db, query, args, custom_plan)
         async with driver.connection(self._engine, _translate, doing, transaction=False) as db:
-            rows = await db.fetch(query, *args)
-            return rows
+            return await _run(db, query, args, custom_plan)
 
     # --- the state ------------------------------------------------------------------------------
 
@@ -550,6 +558,7 @@ class PostgresProjectionReader:
             conflict,
             waiting,
             None if limit is None else max(limit, 0),
+            custom_plan=True,
         )
         return [_node_at(row) for row in rows]
 
@@ -712,6 +721,17 @@ _POD_IP_COUNTS_AT = (
     "AND e.cluster = n.cluster AND e.node = n.name AND e.from_offset <= $2 "
     "AND e.to_offset > $2) i) p ON true"
 )
+
+
+async def _run(db: Any, query: str, args: tuple[Any, ...], custom_plan: bool) -> list[Any]:
+    if custom_plan:
+        # A statement prepared for this call alone (asyncpg closes it when it is collected):
+        # PostgreSQL plans its first runs for the arguments given.
+        statement = await db.prepare(query)
+        rows: list[Any] = await statement.fetch(*args)
+        return rows
+    found: list[Any] = await db.fetch(query, *args)
+    return found
 
 
 def _node_at(row: Any) -> ports.NodeAt:
