@@ -234,12 +234,17 @@ class _Progress:
                 progress.TimeRemainingColumn(),
                 console=console.Console(stderr=True),
                 transient=True,
+                # Redrawn from this thread in update(), not by rich's refresh thread: partition
+                # workers are forked, and a thread that holds standard error's lock (drawing)
+                # at the fork would leave the child's copy of that lock held for ever.
+                auto_refresh=False,
             )
             for partition in partitions:
                 self._tasks[partition] = self._bar.add_task(
                     "replay", total=None, partition=partition, rate=""
                 )
         self._started = time.monotonic()
+        self._drawn = 0.0
 
     def __enter__(self) -> _Progress:
         if self._bar is not None:
@@ -261,3 +266,7 @@ class _Progress:
             total=total,
             rate=f"{done / elapsed:,.0f} records/s",
         )
+        now = time.monotonic()
+        if now - self._drawn >= 0.1 or done == total:
+            self._drawn = now
+            self._bar.refresh()
