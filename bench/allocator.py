@@ -715,15 +715,17 @@ async def _run(args: argparse.Namespace, services: Services) -> list[bench.Resul
     # cache (bench.restart_db: building 7.2 M addresses through the core and COPY took longer
     # than the rest of the benchmark); each run restarts on a copy of it.
     database = restart_db.RestartDatabase(nodes)
-    await anyio.to_thread.run_sync(database.start)
+    # On this (the main) thread: the server ends with the thread that started it.
+    database.start()
     try:
+        await database.prepare()
         dsn = await database.copy()
         try:
             run = await restart_to_caught_up(dsn, tail, database.server.data_dir)
         finally:
             await database.drop(dsn)
     finally:
-        await anyio.to_thread.run_sync(database.stop)
+        database.stop()
     loaded, caught_up, held = run.loaded, run.caught_up, run.held
     results += [
         bench.Result(NAME, "restart: projection loaded", loaded, "s", detail=f"{held:,} addresses"),

@@ -98,17 +98,21 @@ class RestartDatabase:
         self._copies = 0
 
     def start(self) -> None:
-        ready = self.home / "ready"
-        if not ready.exists():
+        """Start the server (blocking; on the thread that lives as long as it should: the
+        server ends with the thread that started it), then ``await prepare()``."""
+        if not (self.home / "ready").exists():
             shutil.rmtree(self.home, ignore_errors=True)
             self.home.mkdir(parents=True)
             self.home.chmod(0o755)
-            self.server.start()
-            self.built_s = anyio.run(self._build)
+        self.server.start()
+
+    async def prepare(self) -> None:
+        """Build the base database if the cache has none, and migrate it to the schema."""
+        ready = self.home / "ready"
+        if not ready.exists():
+            self.built_s = await self._build()
             ready.write_text(f"built in {self.built_s:.0f} s\n")
-        else:
-            self.server.start()
-        anyio.run(migrate.upgrade, self.server.dsn_for(BASE))
+        await migrate.upgrade(self.server.dsn_for(BASE))
 
     def stop(self) -> None:
         self.server.stop()
@@ -197,6 +201,7 @@ def main() -> None:
     database = RestartDatabase(args.nodes)
     database.start()
     try:
+        anyio.run(database.prepare)
         print(
             f"{database.home}: built in {database.built_s:.0f} s"
             if database.built_s

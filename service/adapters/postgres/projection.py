@@ -24,6 +24,8 @@ can be read as one.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime
 import gc
 import ipaddress
@@ -288,7 +290,7 @@ _PODS_BY_NODE = (
     "string_agg(owner, E'\\n') FILTER (WHERE family(address) = 6) AS v6_owners "
     "FROM pod_ip WHERE cluster = $1 GROUP BY node"
 )
-_PODS_PREFETCH = 512  # nodes per round trip of the cursor (about 56,000 addresses)
+_PODS_PREFETCH = 128  # nodes per round trip of the cursor (about 14,000 addresses)
 
 
 async def restore_clusters(db: Any, current: state.State, partitions: Sequence[int] | None) -> None:
@@ -348,7 +350,27 @@ async def _restore_cluster(db: Any, current: state.State, row: Any) -> None:
     # The pod addresses a node at a time, in bulk (restore.restore_pod_ips): per address,
     # Python work is what made a start with 7 M addresses slow. IPv4 as integers straight
     # from the server (parsing 7 M strings in Python would dominate); IPv6 as text.
-    async for pods in db.cursor(_PODS_BY_NODE, cluster.name, prefetch=_PODS_PREFETCH):
+    # Double-buffered: the next chunk is asked for before this one is built, so the server
+    # computes and sends it meanwhile (a cursor's own prefetch asks only once its buffer is
+    # empty, and server and client then took turns: a third more wall time at 7 M addresses).
+    cursor = await db.cursor(_PODS_BY_NODE, cluster.name)
+    chunk = await cursor.fetch(_PODS_PREFETCH)
+    while chunk:
+        following = asyncio.ensure_future(cursor.fetch(_PODS_PREFETCH))
+        await asyncio.sleep(0)  # the request is on its way
+        try:
+            _restore_pods(cluster, chunk)
+        except BaseException:
+            # The connection must not be left with a fetch in flight; the error is this one.
+            with contextlib.suppress(Exception):
+                await following
+            raise
+        chunk = await following
+    restore.finish(cluster)
+
+
+def _restore_pods(cluster: state.ClusterState, chunk: Sequence[Any]) -> None:
+    for pods in chunk:
         if pods["v4"] is not None:
             owners = pods["v4_owners"].split("\n")
             restore.restore_pod_ips(cluster, pods["node"], IPV4, pods["v4"], owners)
@@ -358,7 +380,6 @@ async def _restore_cluster(db: Any, current: state.State, row: Any) -> None:
             ]
             owners = pods["v6_owners"].split("\n")
             restore.restore_pod_ips(cluster, pods["node"], IPV6, values, owners)
-    restore.finish(cluster)
 
 
 def recorded_head(row: Any) -> ports.RecordedHead:
