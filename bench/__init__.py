@@ -181,6 +181,37 @@ def percentile(sorted_values: Sequence[float], fraction: float) -> float:
     return sorted_values[int(rank) - 1]
 
 
+@dataclass(frozen=True)
+class ProcessTimes:
+    """One process's CPU seconds from ``/proc/<pid>/stat``."""
+
+    parent: int
+    own: float  # utime + stime
+    reaped: float  # cutime + cstime: the children it waited for
+
+
+def process_times() -> dict[int, ProcessTimes]:
+    """Every visible process's CPU seconds by pid (those that end while being read are left
+    out). What the benchmarks read to count a server's CPU beside their own."""
+    tick = os.sysconf("SC_CLK_TCK")
+    found: dict[int, ProcessTimes] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # ended meanwhile
+            continue
+        # Counted from the field after the command: ppid 1, utime 11, stime 12, cutime 13,
+        # cstime 14.
+        found[int(entry.name)] = ProcessTimes(
+            parent=int(fields[1]),
+            own=(int(fields[11]) + int(fields[12])) / tick,
+            reaped=(int(fields[13]) + int(fields[14])) / tick,
+        )
+    return found
+
+
 def pin_to_one_core() -> int | None:
     """Pin this process to one core (the last it may use); the core, or None where impossible.
 

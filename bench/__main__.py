@@ -92,23 +92,14 @@ def cpu_seconds() -> float:
     own = resource.getrusage(resource.RUSAGE_SELF)
     ended = resource.getrusage(resource.RUSAGE_CHILDREN)
     total = own.ru_utime + own.ru_stime + ended.ru_utime + ended.ru_stime
+    times = bench.process_times()
     children: dict[int, list[int]] = {}
-    used: dict[int, float] = {}
-    tick = os.sysconf("SC_CLK_TCK")
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:  # ended meanwhile
-            continue
-        # Counted from the field after the command: ppid 1, utime 11 ... cstime 14.
-        children.setdefault(int(fields[1]), []).append(int(entry.name))
-        used[int(entry.name)] = sum(int(v) for v in fields[11:15]) / tick
+    for pid, process in times.items():
+        children.setdefault(process.parent, []).append(pid)
     waiting = list(children.get(os.getpid(), []))
     while waiting:
         pid = waiting.pop()
-        total += used.get(pid, 0.0)
+        total += times[pid].own + times[pid].reaped
         waiting += children.get(pid, [])
     return total
 

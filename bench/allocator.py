@@ -35,7 +35,7 @@ from service.adapters.kafka import log as kafka_log
 from service.adapters.postgres import projection as pg_projection
 from service.adapters.postgres import reader as pg_reader
 from service.adapters.postgres import table_log
-from service.domain import allocation, restore, state
+from service.domain import restore, state
 from tests.harness.kafka import KafkaBroker
 
 NAME = "allocator"
@@ -168,24 +168,6 @@ class Throughput:
     server_cpu_us: float
 
 
-def server_cpu_s(data_dir: Path) -> float:
-    """CPU seconds used so far by the PostgreSQL server of ``data_dir`` and its live children."""
-    postmaster = (data_dir / "postmaster.pid").read_text().split("\n", 1)[0].strip()
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:  # ended meanwhile
-            continue
-        # Counted from the field after the command: ppid is 1, utime 11, stime 12.
-        if postmaster in (entry.name, fields[1]):
-            total += (int(fields[11]) + int(fields[12])) / tick
-    return total
-
-
 async def allocator_rate(
     bootstrap: str,
     topic: str,
@@ -201,7 +183,7 @@ async def allocator_rate(
     worker = allocator.PartitionAllocator(event_log, projection, 0)
     stop = anyio.Event()
     try:
-        server_before, client_before = server_cpu_s(data_dir), time.process_time()
+        server_before, client_before = restart_db.server_cpu_s(data_dir), time.process_time()
         started = time.perf_counter()
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(worker.run, stop)
@@ -212,7 +194,7 @@ async def allocator_rate(
                     timeline.append((time.perf_counter() - started, committed))
             elapsed = time.perf_counter() - started
             client = time.process_time() - client_before
-            server = server_cpu_s(data_dir) - server_before
+            server = restart_db.server_cpu_s(data_dir) - server_before
             stop.set()
         metrics = worker.metrics
         return Throughput(
@@ -345,24 +327,6 @@ async def produce(bootstrap: str, topic: str, rate: int, seconds: float) -> None
                 await anyio.sleep(ahead)
     finally:
         await producer.stop()
-
-
-def full_state(nodes: int, pods: int) -> state.State:
-    current = state.State()
-    allocation.apply_record(
-        current,
-        b'{"type":"pool.configured","id":"p","clusterPoolIPv4PodCIDRList":["10.0.0.0/8"],'
-        b'"clusterPoolIPv4MaskSize":24}',
-    )
-    for n in range(nodes):
-        allocation.apply_record(current, b'{"type":"node.added","id":"n","node":"node-%d"}' % n)
-        for p in range(pods):
-            allocation.apply_record(
-                current,
-                b'{"type":"ip.requested","id":"i","node":"node-%d","owner":"ns/pod-%d-%d"}'
-                % (n, n, p),
-            )
-    return current
 
 
 async def write_projection(dsn: str, current: state.State) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 import anyio
 import asyncpg
 
+import bench
 from service.adapters.postgres import embedded, migrate
 from service.adapters.postgres import projection as pg_projection
 from service.domain import allocation, document, state
@@ -61,23 +62,14 @@ def _key(nodes: int) -> str:
 def server_cpu_s(data_dir: Path) -> float:
     """CPU seconds of the server of ``data_dir`` so far: the postmaster's own, its ended
     children's (a restart's connections end before it is measured) and its live children's."""
-    tick = os.sysconf("SC_CLK_TCK")
-    postmaster = (data_dir / "postmaster.pid").read_text().split("\n", 1)[0].strip()
-    total = 0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:  # ended meanwhile
-            continue
-        # Counted from the field after the command: ppid 1, utime 11, stime 12, cutime 13,
-        # cstime 14 (the children's that were waited for: only the postmaster's are its own).
-        if entry.name == postmaster:
-            total += sum(int(f) for f in fields[11:15])
-        elif fields[1] == postmaster:
-            total += int(fields[11]) + int(fields[12])
-    return total / tick
+    postmaster = int((data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
+    total = 0.0
+    for pid, process in bench.process_times().items():
+        if pid == postmaster:
+            total += process.own + process.reaped  # only the postmaster's children are its own
+        elif process.parent == postmaster:
+            total += process.own
+    return total
 
 
 class RestartDatabase:
@@ -159,7 +151,7 @@ class RestartDatabase:
 
 
 def events_state(nodes: int, pods: int) -> state.State:
-    """The state the rows stand for, from the events (as ``bench.allocator.full_state``)."""
+    """The state the rows stand for, from the events: the pool, then each node and its pods."""
     current = state.State()
     allocation.apply_record(
         current,
@@ -196,7 +188,7 @@ async def _check(database: RestartDatabase) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("nodes", type=int, nargs="?", default=65_536)
-    parser.add_argument("--check", action="store_true", help="compare with full_state's digest")
+    parser.add_argument("--check", action="store_true", help="compare with events_state's digest")
     args = parser.parse_args()
     database = RestartDatabase(args.nodes)
     database.start()

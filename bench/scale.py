@@ -215,7 +215,7 @@ def pool_v4() -> bytes:
 
 
 def grow(current: state.State, first: int, last: int) -> None:
-    """Nodes ``first``..``last - 1`` with 110 pods each, as ``bench.allocator.full_state``."""
+    """Nodes ``first``..``last - 1`` with 110 pods each, as ``bench.restart_db.events_state``."""
     for n in range(first, last):
         allocation.apply_record(current, b'{"type":"node.added","id":"n","node":"node-%d"}' % n)
         for p in range(PODS):
