@@ -38,6 +38,19 @@ def cache_dir() -> Path:
     return root / "bench-replay"
 
 
+def _system_dir() -> Path:
+    """Where, as root, the ledgers' data directories live (``embedded.place_cluster``)."""
+    return Path(os.environ.get("IPLEDGER_SYSTEM_DATA_DIR") or "/var/lib/ipledger") / "bench-replay"
+
+
+def _remove(home: Path) -> None:
+    """A kept ledger gone: its data directory too where ``home/pg`` only links to it."""
+    pointer = home / "pg"
+    if pointer.is_symlink():
+        shutil.rmtree(pointer.resolve(), ignore_errors=True)
+    shutil.rmtree(home, ignore_errors=True)
+
+
 def ledger_key(per_partition: Mapping[int, Sequence[tuple[bytes, bytes]]], partitions: int) -> str:
     digest = hashlib.sha256(f"{BUILD_VERSION}\0{partitions}\0".encode())
     for top in _DECIDING:
@@ -73,8 +86,12 @@ class Ledger:
         self.server: embedded.EmbeddedPostgres | None = None
 
     def _start_server(self) -> str:
+        # As root the server runs as an account of its own, which cannot enter a cache under a
+        # private home (``$HOME/.cache`` with /root 0700): its data directory then lives in a
+        # directory of that account's, ``home/pg`` a link to it (``embedded.place_cluster``).
+        data = embedded.place_cluster(self.home / "pg", _system_dir())
         self.server = embedded.EmbeddedPostgres(
-            self.home / "pg", fsync=False, settings=_SERVER_SETTINGS, end_with_parent=True
+            data, fsync=False, settings=_SERVER_SETTINGS, end_with_parent=True
         )
         self.server.start()
         return self.server.dsn_for("ledger")
@@ -88,7 +105,7 @@ class Ledger:
         # One ledger of a size is kept: those of the same size built by older code go (a 1 M-event
         # ledger is about a gigabyte, and every change to the core keys a new one).
         for old in cache_dir().glob(f"{self._shape}-*"):
-            shutil.rmtree(old, ignore_errors=True)
+            _remove(old)
         self.home.mkdir(parents=True)
         self.home.chmod(0o755)  # readable by the account the server runs as, under root
         self._start_server()
