@@ -13,7 +13,12 @@ Two shapes of load:
   dealt round-robin to the processes; each process sends every request when it is due on an
   idle connection (opening another if none is idle, up to ``connections``), so a slow answer
   does not delay the requests behind it; a latency counts from when the request was *due*
-  (coordinated omission would otherwise hide a stall behind the requests it held back).
+  (coordinated omission would otherwise hide a stall behind the requests it held back). Each
+  latency is also split in two: from the due time to the request's write (the client's own
+  lateness: its process not scheduled in time, or waiting for a connection) and from the write
+  to the end of the answer (the server's part, loopback included), so that a long tail can be
+  told apart as the client's or the server's. Each process opens ``_WARM_CONNECTIONS`` before
+  the first request is due: a kept-alive client does not pay a TCP connect in its tail.
 - :func:`closed_loop`: ``connections`` requests always in flight (spread over the processes),
   for the saturation throughput.
 
@@ -33,9 +38,15 @@ from typing import Any
 
 @dataclass(slots=True)
 class Outcome:
-    """What the processes saw: latencies (seconds, sorted), answers by status, failures."""
+    """What the processes saw: latencies (seconds, sorted), answers by status, failures.
+
+    Open loop only: ``late`` (due to write) and ``answered`` (write to answer) of each answered
+    request, each list sorted on its own (their sums are the latencies, not their sorted
+    pairs)."""
 
     latencies: list[float] = field(default_factory=list)
+    late: list[float] = field(default_factory=list)
+    answered: list[float] = field(default_factory=list)
     statuses: dict[int, int] = field(default_factory=dict)
     failures: int = 0
     seconds: float = 0.0
@@ -85,12 +96,18 @@ def _request(host: str, port: int, path: str) -> bytes:
     return f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAccept: */*\r\n\r\n".encode()
 
 
+# Connections each open-loop process has open before the first request is due.
+_WARM_CONNECTIONS = 2
+
+
 async def _open_loop(
     host: str, port: int, paths: list[str], dues: list[float], connections: int
 ) -> Outcome:
     outcome = Outcome()
-    idle: list[_Connection] = []
-    opened = 0
+    idle: list[_Connection] = [
+        await _connect(host, port) for _ in range(min(_WARM_CONNECTIONS, connections))
+    ]
+    opened = len(idle)
     available = asyncio.Condition()
     requests = [_request(host, port, path) for path in paths]
 
@@ -121,6 +138,7 @@ async def _open_loop(
         connection: _Connection | None = None
         try:
             connection = await take()
+            sent = time.time()
             status = await connection.get(requests[i])
         except (OSError, asyncio.IncompleteReadError, ValueError):
             outcome.failures += 1
@@ -128,7 +146,10 @@ async def _open_loop(
                 connection.close()
             await give(None)
             return
-        outcome.latencies.append(time.time() - due)
+        answered = time.time()
+        outcome.latencies.append(answered - due)
+        outcome.late.append(sent - due)
+        outcome.answered.append(answered - sent)
         outcome.statuses[status] = outcome.statuses.get(status, 0) + 1
         await give(connection)
 
@@ -189,7 +210,16 @@ def _child(
     else:
         (seconds,) = timing
         outcome = asyncio.run(_closed_loop(host, port, paths, start, start + seconds, connections))
-    pipe.send((outcome.latencies, outcome.statuses, outcome.failures, outcome.seconds))
+    pipe.send(
+        (
+            outcome.latencies,
+            outcome.late,
+            outcome.answered,
+            outcome.statuses,
+            outcome.failures,
+            outcome.seconds,
+        )
+    )
     pipe.close()
 
 
@@ -241,13 +271,17 @@ def _run(jobs: list[tuple[str, list[str], list[float], int]], host: str, port: i
                 process.terminate()
                 process.join()
     merged = Outcome()
-    for latencies, statuses, failures, seconds in finished:
+    for latencies, late, answered, statuses, failures, seconds in finished:
         merged.latencies += latencies
+        merged.late += late
+        merged.answered += answered
         for status, n in statuses.items():
             merged.statuses[status] = merged.statuses.get(status, 0) + n
         merged.failures += failures
         merged.seconds = max(merged.seconds, seconds)
     merged.latencies.sort()
+    merged.late.sort()
+    merged.answered.sort()
     return merged
 
 

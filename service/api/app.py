@@ -15,14 +15,15 @@ nothing itself. Besides the routes of ``service.api.routes``:
 - before routing, a request whose headers exceed ``MAX_HEADER_BYTES`` is refused (431), one
   whose path or query string exceeds ``MAX_PATH_BYTES`` or ``MAX_QUERY_BYTES`` (414), and one
   that gives a parameter twice (400); uvicorn also bounds what it buffers of an incomplete
-  request line and headers (``service.processes.api``).
+  request line and headers (``service.processes.api``);
+- in front of Litestar, ``service.api.fast_path`` answers the hot lookups (an address, a node,
+  an owner) with the same bytes, and hands it every other request.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import time
-import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -47,11 +48,12 @@ from litestar.types import (
 from prometheus_client import registry
 
 from service import ports
-from service.api import dashboard, models, problems, routes
+from service.api import dashboard, limits, models, problems, routes
+from service.api import fast_path as fast_path_module
 
-MAX_QUERY_BYTES = 2048
-MAX_PATH_BYTES = 2048
-MAX_HEADER_BYTES = 8192  # names and values of all headers together
+MAX_QUERY_BYTES = limits.MAX_QUERY_BYTES
+MAX_PATH_BYTES = limits.MAX_PATH_BYTES
+MAX_HEADER_BYTES = limits.MAX_HEADER_BYTES
 LogEnds = Callable[[], Awaitable[Mapping[int, int]]]
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -123,32 +125,38 @@ async def metrics(state: State) -> bytes:
     return prometheus_client.generate_latest(state.registry)
 
 
-def _measured(latency: prometheus_client.Histogram) -> Callable[[ASGIApp], ASGIApp]:
-    """ASGI middleware: the query-size limit, and each request's latency by route template."""
+# Called with a request's route template, method, status and seconds taken.
+Observe = Callable[[str, str, int, float], None]
 
+
+def _observer(latency: prometheus_client.Histogram) -> Observe:
+    """Each request's latency by route template, method and status, into ``latency``."""
     # Each (route, method, status)'s child of the histogram, kept: ``labels()`` looks it up
     # under a lock and formats the labels again at every call.
     children: dict[tuple[str, str, int], Any] = {}
+
+    def observe(route: str, method: str, status: int, seconds: float) -> None:
+        key = (route, method, status)
+        child = children.get(key)
+        if child is None:
+            child = children[key] = latency.labels(route, method, str(status))
+        child.observe(seconds)
+
+    return observe
+
+
+def _measured(observe: Observe) -> Callable[[ASGIApp], ASGIApp]:
+    """ASGI middleware: the size limits (``limits.refusal``), and each request's latency by
+    route."""
 
     def middleware(app: ASGIApp) -> ASGIApp:
         async def measured(scope: Scope, receive: Receive, send: Send) -> None:
             if scope["type"] != ScopeType.HTTP:
                 await app(scope, receive, send)
                 return
-            headers = sum(len(name) + len(value) for name, value in scope.get("headers", ()))
-            if headers > MAX_HEADER_BYTES:
-                await _refuse(send, 431, f"the headers exceed {MAX_HEADER_BYTES} bytes")
-                return
-            if len(scope.get("raw_path") or b"") > MAX_PATH_BYTES:
-                await _refuse(send, 414, f"the path exceeds {MAX_PATH_BYTES} bytes")
-                return
-            query = scope.get("query_string", b"")
-            if len(query) > MAX_QUERY_BYTES:
-                await _refuse(send, 414, f"the query string exceeds {MAX_QUERY_BYTES} bytes")
-                return
-            repeated = _repeated(query) if b"&" in query else None
-            if repeated is not None:
-                await _refuse(send, 400, f"query parameter {repeated!r} is given more than once")
+            refused = limits.refusal(scope)
+            if refused is not None:
+                await _refuse(send, *refused)
                 return
             status = [500]
 
@@ -162,25 +170,11 @@ def _measured(latency: prometheus_client.Histogram) -> Callable[[ASGIApp], ASGIA
                 await app(scope, receive, sending)
             finally:
                 route = scope.get("path_template") or "unmatched"
-                key = (route, scope.get("method", ""), status[0])
-                child = children.get(key)
-                if child is None:
-                    child = children[key] = latency.labels(key[0], key[1], str(key[2]))
-                child.observe(time.perf_counter() - started)
+                observe(route, scope.get("method", ""), status[0], time.perf_counter() - started)
 
         return measured
 
     return middleware
-
-
-def _repeated(query: bytes) -> str | None:
-    """A parameter the query string gives twice: every parameter of this API is single."""
-    seen: set[str] = set()
-    for name, _ in urllib.parse.parse_qsl(query.decode("latin-1"), keep_blank_values=True):
-        if name in seen:
-            return name
-        seen.add(name)
-    return None
 
 
 async def _refuse(send: Send, status: int, detail: str) -> None:
@@ -204,9 +198,17 @@ async def _refuse(send: Send, status: int, detail: str) -> None:
 
 
 def build_app(
-    reader: ports.ProjectionReader, config: routes.ApiConfig, log_ends: LogEnds
-) -> Litestar:
-    """The application over ``reader``; ``log_ends`` gives each partition's log end (/readyz)."""
+    reader: ports.ProjectionReader,
+    config: routes.ApiConfig,
+    log_ends: LogEnds,
+    *,
+    fast_path: bool = True,
+) -> ASGIApp:
+    """The application over ``reader``; ``log_ends`` gives each partition's log end (/readyz).
+
+    With ``fast_path`` (what ``ipledger api`` serves), the hot lookups are answered below
+    Litestar by ``service.api.fast_path`` with the same bytes; without it, Litestar answers
+    every request (the reference the fast path is tested against)."""
     collectors = registry.CollectorRegistry(auto_describe=True)
     latency = prometheus_client.Histogram(
         "ipledger_api_request_seconds",
@@ -215,7 +217,9 @@ def build_app(
         buckets=_LATENCY_BUCKETS,
         registry=collectors,
     )
-    return Litestar(
+    observe = _observer(latency)
+    partitions: dict[str, int] = {}
+    app = Litestar(
         route_handlers=[
             *routes.ROUTES,
             *dashboard.ROUTES,
@@ -232,11 +236,11 @@ def build_app(
                 "config": config,
                 "log_ends": log_ends,
                 "registry": collectors,
-                "partitions": {},
+                "partitions": partitions,
             }
         ),
         exception_handlers=problems.HANDLERS,
-        middleware=[_measured(latency)],
+        middleware=[_measured(observe)],
         openapi_config=OpenAPIConfig(
             title="ipledger query API",
             version="1",
@@ -255,3 +259,6 @@ def build_app(
         debug=False,
         logging_config=None,
     )
+    if not fast_path:
+        return app
+    return fast_path_module.FastPath(app, reader, partitions, observe)

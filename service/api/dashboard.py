@@ -295,7 +295,7 @@ class _Lives:
         self.locks: dict[str, asyncio.Lock] = {}
 
     async def body(
-        self, reader: ports.ProjectionReader, state: State, answer: routes._Answer
+        self, reader: ports.ProjectionReader, state: State, answer: routes.Answer
     ) -> PoolMap:
         lock = self.locks.setdefault(answer.cluster, asyncio.Lock())
         async with lock:

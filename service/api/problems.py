@@ -6,7 +6,7 @@ wrong with it; ``errors.QueryNotFoundError`` and an unknown route a 404;
 ``errors.ProjectionError`` (the database cannot be reached, or a statement ran past its
 timeout) and ``errors.LogError`` (the log's end cannot be read, for /readyz) a 503 with
 ``Retry-After``; any other exception a 500 whose body says only that, while the log gets the
-traceback.
+traceback. ``answer_for`` is the same answer without Litestar, for ``service.api.fast_path``.
 """
 
 from __future__ import annotations
@@ -37,26 +37,66 @@ _TITLES = {
 }
 
 
+def body(path: str, status: int, detail: str) -> bytes:
+    """The problem+json body for ``status`` with ``detail``, about ``path``."""
+    return msgspec.json.encode(
+        models.Problem(
+            type="about:blank",
+            title=_TITLES.get(status, "Error"),
+            status=status,
+            detail=detail,
+            instance=path,
+        )
+    )
+
+
+def headers(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """A problem's headers, before its content type and length."""
+    return {"Cache-Control": "no-store", **(extra or {})}
+
+
 def problem(
     request: Request[Any, Any, Any],
     status: int,
     detail: str,
-    headers: dict[str, str] | None = None,
+    extra: dict[str, str] | None = None,
 ) -> Response[bytes]:
     """The problem+json response for ``status`` with ``detail``."""
-    body = models.Problem(
-        type="about:blank",
-        title=_TITLES.get(status, "Error"),
-        status=status,
-        detail=detail,
-        instance=request.url.path,
-    )
     return Response(
-        msgspec.json.encode(body),
+        body(request.url.path, status, detail),
         status_code=status,
         media_type=PROBLEM_JSON,
-        headers={"Cache-Control": "no-store", **(headers or {})},
+        headers=headers(extra),
     )
+
+
+def answer_for(method: str, path: str, exc: Exception) -> tuple[int, dict[str, str], bytes]:
+    """What the handlers below answer for ``exc`` raised by a route (status, headers before
+    the content type and length, body), logged as they log it; for the exceptions a route
+    raises, not Litestar's own (``ValidationException``, ``HTTPException``)."""
+    if isinstance(exc, errors.QueryInvalidError):
+        status, detail, extra = 400, str(exc), None
+    elif isinstance(exc, errors.QueryNotFoundError):
+        status, detail, extra = 404, str(exc), None
+    elif isinstance(exc, errors.ProjectionError):
+        log.warning("%s %s: %s", method, path, exc)
+        status = 503
+        detail = f"the projection database cannot answer now; retry in {RETRY_AFTER_S} s"
+        extra = {"Retry-After": str(RETRY_AFTER_S)}
+    elif isinstance(exc, errors.LogError):
+        log.warning("%s %s: %s", method, path, exc)
+        status = 503
+        detail = f"the event log's end cannot be read now; retry in {RETRY_AFTER_S} s"
+        extra = {"Retry-After": str(RETRY_AFTER_S)}
+    else:
+        log.error("%s %s failed", method, path, exc_info=exc)
+        status, detail, extra = 500, "the server failed to answer; see its log", None
+    return status, headers(extra), body(path, status, detail)
+
+
+def _answered(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    status, extra, content = answer_for(request.method, request.url.path, exc)
+    return Response(content, status_code=status, media_type=PROBLEM_JSON, headers=extra)
 
 
 def _validation(request: Request[Any, Any, Any], exc: ValidationException) -> Response[bytes]:
@@ -84,45 +124,12 @@ def _http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes
     return problem(request, status, str(exc.detail))
 
 
-def _invalid(request: Request[Any, Any, Any], exc: errors.QueryInvalidError) -> Response[bytes]:
-    return problem(request, 400, str(exc))
-
-
-def _not_found(request: Request[Any, Any, Any], exc: errors.QueryNotFoundError) -> Response[bytes]:
-    return problem(request, 404, str(exc))
-
-
-def _unavailable(request: Request[Any, Any, Any], exc: errors.ProjectionError) -> Response[bytes]:
-    log.warning("%s %s: %s", request.method, request.url.path, exc)
-    return problem(
-        request,
-        503,
-        f"the projection database cannot answer now; retry in {RETRY_AFTER_S} s",
-        {"Retry-After": str(RETRY_AFTER_S)},
-    )
-
-
-def _log_unavailable(request: Request[Any, Any, Any], exc: errors.LogError) -> Response[bytes]:
-    log.warning("%s %s: %s", request.method, request.url.path, exc)
-    return problem(
-        request,
-        503,
-        f"the event log's end cannot be read now; retry in {RETRY_AFTER_S} s",
-        {"Retry-After": str(RETRY_AFTER_S)},
-    )
-
-
-def _internal(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
-    log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
-    return problem(request, 500, "the server failed to answer; see its log")
-
-
 HANDLERS: Any = {
     ValidationException: _validation,
-    errors.QueryInvalidError: _invalid,
-    errors.QueryNotFoundError: _not_found,
-    errors.ProjectionError: _unavailable,
-    errors.LogError: _log_unavailable,
+    errors.QueryInvalidError: _answered,
+    errors.QueryNotFoundError: _answered,
+    errors.ProjectionError: _answered,
+    errors.LogError: _answered,
     HTTPException: _http,
-    Exception: _internal,
+    Exception: _answered,
 }

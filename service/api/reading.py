@@ -36,6 +36,7 @@ from service.domain import addresses, events
 # Part of every ETag: a new version of the bodies' format must not match an old tag.
 BODY_VERSION = "1"
 _OFFSET = re.compile(r"[0-9]{1,19}")
+_MAX_OFFSET = 2**63 - 1
 _ClusterName = msgspec.json.Decoder(events.ClusterName)
 _NodeName = msgspec.json.Decoder(events.NodeName)
 _Owner = msgspec.json.Decoder(events.Owner)
@@ -76,7 +77,14 @@ def as_of(value: str | None) -> int | datetime.datetime | None:
     if value is None:
         return None
     if _OFFSET.fullmatch(value):
-        return int(value)
+        offset = int(value)
+        # Nineteen digits reach past a bigint: the database would refuse the argument (a
+        # 503 for what is the client's mistake).
+        if offset > _MAX_OFFSET:
+            raise errors.QueryInvalidError(
+                f"as_of {value!r} is past the largest log offset ({_MAX_OFFSET})"
+            )
+        return offset
     try:
         time = msgspec.json.decode(json.dumps(value), type=events.EventTime)
         moment = datetime.datetime.fromisoformat(time)

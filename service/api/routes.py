@@ -53,20 +53,30 @@ AsOf = Annotated[
     ),
 ]
 # Path parameters as the contract spells them (service.domain.events; the server checks them
-# with the contract's own types), described in /openapi.json for clients and fuzzers.
+# with the contract's own types), described in /openapi.json for clients and fuzzers; the
+# patterns and lengths are Litestar's checks, which ``service.api.fast_path`` makes too.
 _LABEL = "[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+CLUSTER_PATTERN = f"^{_LABEL}$"
+CLUSTER_MAX = 63
+NODE_PATTERN = rf"^{_LABEL}(\.{_LABEL})*$"
+NODE_MAX = 253
+OWNER_PATTERN = r"^[^\u0000-\u001f\u007f-\u009f]+$"
+OWNER_MAX = 512
 ClusterPath = Annotated[
     str,
     PathParameter(
-        min_length=1, max_length=63, pattern=f"^{_LABEL}$", description="a cluster's name"
+        min_length=1,
+        max_length=CLUSTER_MAX,
+        pattern=CLUSTER_PATTERN,
+        description="a cluster's name",
     ),
 ]
 NodePath = Annotated[
     str,
     PathParameter(
         min_length=1,
-        max_length=253,
-        pattern=rf"^{_LABEL}(\.{_LABEL})*$",
+        max_length=NODE_MAX,
+        pattern=NODE_PATTERN,
         description="a node's name",
     ),
 ]
@@ -81,8 +91,8 @@ OwnerPath = Annotated[
     str,
     PathParameter(
         min_length=1,
-        max_length=512,
-        pattern=r"^[^\u0000-\u001f\u007f-\u009f]+$",
+        max_length=OWNER_MAX,
+        pattern=OWNER_PATTERN,
         description="the owner (namespace/pod, router, health), URL-encoded or not",
     ),
 ]
@@ -120,20 +130,39 @@ def _reader(state: State) -> ports.ProjectionReader:
 
 
 async def _partition(state: State, cluster: str) -> int:
-    """The cluster's partition (404 when it does not exist); cached, it never changes."""
-    known: dict[str, int] = state.partitions
+    return await partition_of(_reader(state), state.partitions, cluster)
+
+
+async def partition_of(reader: ports.ProjectionReader, known: dict[str, int], cluster: str) -> int:
+    """The cluster's partition (404 when it does not exist); cached in ``known`` (the
+    application's one map), it never changes."""
     if cluster not in known:
-        known.update(await _reader(state).cluster_partitions())
+        known.update(await reader.cluster_partitions())
     if cluster not in known:
         raise errors.QueryNotFoundError(f"no cluster {cluster}")
     return known[cluster]
 
 
+@dataclass(frozen=True, slots=True)
+class Asked:
+    """What a lookup's answer depends on besides its parameters: the path and the query
+    string as received (the ETag's), and ``If-None-Match``. Litestar's request gives them to
+    the routes here, ``service.api.fast_path`` the ASGI scope."""
+
+    path: str
+    query: str
+    if_none_match: str | None
+
+    @classmethod
+    def of(cls, request: Request[Any, Any, Any]) -> Asked:
+        return cls(request.url.path, request.url.query, request.headers.get("if-none-match"))
+
+
 @dataclass(slots=True)
-class _Answer:
+class Answer:
     """A request's cluster, partition, basis and ETag; makes the responses."""
 
-    request: Request[Any, Any, Any]
+    asked: Asked
     cluster: str
     partition: int
     basis: int
@@ -142,7 +171,7 @@ class _Answer:
     @property
     def fresh(self) -> bool:
         """Whether the client holds this answer already (``If-None-Match``)."""
-        return reading.matches(self.request.headers.get("if-none-match"), self.tag)
+        return reading.matches(self.asked.if_none_match, self.tag)
 
     def headers(self) -> dict[str, str]:
         return {
@@ -169,7 +198,7 @@ async def _answer(
     cluster: str,
     as_of: str | None,
     after: reading.Cursor | None = None,
-) -> _Answer:
+) -> Answer:
     name = reading.cluster_name(cluster)
     wanted = reading.as_of(as_of)
     partition = await _partition(state, name)
@@ -178,28 +207,40 @@ async def _answer(
     else:
         at = await reading.basis(_reader(state), name, partition, wanted)
     tag = reading.etag(request.url.path, request.url.query, [(partition, at)])
-    return _Answer(request, name, partition, at, tag)
+    return Answer(Asked.of(request), name, partition, at, tag)
 
 
 async def _based(
-    request: Request[Any, Any, Any],
-    state: State,
+    reader: ports.ProjectionReader,
+    known: dict[str, int],
+    asked: Asked,
     cluster: str,
     as_of: str | None,
     after: reading.Cursor | None,
     read: Callable[[ports.ProjectionReader, str, int, ports.Wanted], Awaitable[ports.Based[_T]]],
-) -> tuple[_Answer, _T]:
+) -> tuple[Answer, _T]:
     """``_answer`` and the answer, read together (``ports.Based``: one statement): the basis
     and the ETag as ``_answer`` settles them, the 304 check left to the caller."""
     name = reading.cluster_name(cluster)
     wanted = reading.as_of(as_of)
-    partition = await _partition(state, name)
+    partition = await partition_of(reader, known, name)
     if after is not None and isinstance(after.basis, int) and after.basis >= 0:
         wanted = after.basis
-    based = await read(_reader(state), name, partition, wanted)
+    based = await read(reader, name, partition, wanted)
     at = reading.settled(name, partition, wanted, based.applied, based.basis)
-    tag = reading.etag(request.url.path, request.url.query, [(partition, at)])
-    return _Answer(request, name, partition, at, tag), based.value
+    tag = reading.etag(asked.path, asked.query, [(partition, at)])
+    return Answer(asked, name, partition, at, tag), based.value
+
+
+# An answer of a lookup (``node_lookup``, ``ip_lookup``, ``owner_lookup``): the request's
+# basis and ETag, and the body, or None when ``If-None-Match`` names the ETag (304). Both the
+# Litestar routes and ``service.api.fast_path`` make their responses from it.
+Lookup = tuple[Answer, _T | None]
+
+
+def _reply(lookup: Lookup[Any]) -> Response[Any]:
+    answer, body = lookup
+    return answer.not_modified() if body is None else answer.ok(body)
 
 
 def _time(moment: datetime.datetime | None) -> str | None:
@@ -323,7 +364,7 @@ async def get_cluster(
     return answer.ok(_cluster_body(view))
 
 
-async def _cluster_at(state: State, answer: _Answer) -> ports.ClusterAt:
+async def _cluster_at(state: State, answer: Answer) -> ports.ClusterAt:
     view = await _reader(state).cluster_at(answer.cluster, answer.basis)
     if view is None:
         raise errors.QueryNotFoundError(
@@ -467,10 +508,25 @@ async def get_node(
     as_of: AsOf = None,
 ) -> Response[models.NodeDetail]:
     """PodCIDRs, error, conflict, addresses, pod addresses used/free per family, last change."""
+    return _reply(
+        await node_lookup(_reader(state), state.partitions, Asked.of(request), cluster, node, as_of)
+    )
+
+
+async def node_lookup(
+    reader: ports.ProjectionReader,
+    known: dict[str, int],
+    asked: Asked,
+    cluster: str,
+    node: str,
+    as_of: str | None,
+) -> Lookup[models.NodeDetail]:
+    """``get_node``'s answer (``Lookup``)."""
     name = reading.node_name(node)
     answer, view = await _based(
-        request,
-        state,
+        reader,
+        known,
+        asked,
         cluster,
         as_of,
         None,
@@ -479,12 +535,12 @@ async def get_node(
         ),
     )
     if answer.fresh:
-        return answer.not_modified()
+        return answer, None
     if view is None:
         raise errors.QueryNotFoundError(
             f"cluster {answer.cluster} has no node {name} at offset {answer.basis}"
         )
-    return answer.ok(models.NodeDetail(basis=answer.stamp, node=_node(view)))
+    return answer, models.NodeDetail(basis=answer.stamp, node=_node(view))
 
 
 # --- addresses and owners -------------------------------------------------------------------------
@@ -522,17 +578,33 @@ async def get_ip(
     as_of: AsOf = None,
 ) -> Response[models.Holder]:
     """The current holder (node, owner, since); 404 when nobody holds it."""
+    return _reply(
+        await ip_lookup(_reader(state), state.partitions, Asked.of(request), cluster, ip, as_of)
+    )
+
+
+async def ip_lookup(
+    reader: ports.ProjectionReader,
+    known: dict[str, int],
+    asked: Asked,
+    cluster: str,
+    ip: str,
+    as_of: str | None,
+) -> Lookup[models.Holder]:
+    """``get_ip``'s answer (``Lookup``)."""
     value = reading.address(ip)
-    answer, holdings = await _based(request, state, cluster, as_of, None, _address_history(value))
+    answer, holdings = await _based(
+        reader, known, asked, cluster, as_of, None, _address_history(value)
+    )
     if answer.fresh:
-        return answer.not_modified()
+        return answer, None
     history = _as_of(holdings, answer.basis)
     held = [holding for holding in history if holding.until is None]
     if not held:
         raise errors.QueryNotFoundError(
             f"nobody holds {value} in cluster {answer.cluster} at offset {answer.basis}"
         )
-    return answer.ok(models.Holder(basis=answer.stamp, address=str(value), holder=held[-1]))
+    return answer, models.Holder(basis=answer.stamp, address=str(value), holder=held[-1])
 
 
 @get(
@@ -552,7 +624,15 @@ async def get_ip_history(
     """Every holding, ended and current, in the order they started."""
     value = reading.address(ip)
     start = reading.read_cursor(after)
-    answer, holdings = await _based(request, state, cluster, as_of, start, _address_history(value))
+    answer, holdings = await _based(
+        _reader(state),
+        state.partitions,
+        Asked.of(request),
+        cluster,
+        as_of,
+        start,
+        _address_history(value),
+    )
     if answer.fresh:
         return answer.not_modified()
     history = _as_of(holdings, answer.basis)
@@ -571,7 +651,7 @@ def _address_history(
 
 
 def _holding_page(
-    holdings: list[models.Holding], start: reading.Cursor | None, limit: int, answer: _Answer
+    holdings: list[models.Holding], start: reading.Cursor | None, limit: int, answer: Answer
 ) -> models.HoldingList:
     skip = _index(start, 0)
     page, more = _page(holdings[skip:], limit)
@@ -601,11 +681,41 @@ async def get_owner(
 ) -> Response[models.HoldingList]:
     """The addresses ``owner`` (``namespace/pod``, URL-encoded or not) holds, by address; with
     ``history=true`` every holding it had."""
+    return _reply(
+        await owner_lookup(
+            _reader(state),
+            state.partitions,
+            Asked.of(request),
+            cluster,
+            owner,
+            as_of,
+            after=after,
+            limit=limit,
+            history=history,
+        )
+    )
+
+
+async def owner_lookup(
+    reader: ports.ProjectionReader,
+    known: dict[str, int],
+    asked: Asked,
+    cluster: str,
+    owner: str,
+    as_of: str | None,
+    *,
+    after: str | None = None,
+    limit: int = DEFAULT_LIMIT,
+    history: bool = False,
+) -> Lookup[models.HoldingList]:
+    """``get_owner``'s answer (``Lookup``); ``owner`` as the route's path parameter gives it
+    (a leading ``/`` is not part of the name)."""
     name = reading.owner_name(owner.removeprefix("/"))
     start = reading.read_cursor(after)
     answer, began = await _based(
-        request,
-        state,
+        reader,
+        known,
+        asked,
         cluster,
         as_of,
         start,
@@ -614,14 +724,14 @@ async def get_owner(
         ),
     )
     if answer.fresh:
-        return answer.not_modified()
+        return answer, None
     holdings = _as_of(began, answer.basis)
     if not history:
         holdings = sorted(
             (holding for holding in holdings if holding.until is None),
             key=lambda holding: _address_key(holding.address),
         )
-    return answer.ok(_holding_page(holdings, start, limit, answer))
+    return answer, _holding_page(holdings, start, limit, answer)
 
 
 def _address_key(text: str) -> tuple[int, int]:
