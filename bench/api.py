@@ -269,18 +269,30 @@ class BuiltDatabase:
         self.home = cache_dir() / self.key
         self.server: embedded.EmbeddedPostgres | None = None
 
-    def _server(self, data: Path) -> embedded.EmbeddedPostgres:
+    def _server(self) -> embedded.EmbeddedPostgres:
+        # As root the server runs as an account that cannot enter a cache under a private home
+        # (/root is 0700): the cluster then lives under the system data directory and
+        # home/pg links to it (embedded.place_cluster).
+        system = Settings.from_env(os.environ, check=False).system_data_dir
+        data = embedded.place_cluster(self.home / "pg", system)
         return embedded.EmbeddedPostgres(
             data, fsync=False, settings=_SERVER_SETTINGS, end_with_parent=True
         )
 
+    def _remove(self) -> None:
+        """The cached database, and the cluster its link points to when it is elsewhere."""
+        pointer = self.home / "pg"
+        if pointer.is_symlink():
+            shutil.rmtree(pointer.resolve(), ignore_errors=True)
+        shutil.rmtree(self.home, ignore_errors=True)
+
     async def start(self) -> tuple[str, float]:
         ready = self.home / "ready"
         if self.rebuild or not ready.exists() or not self.keep:
-            shutil.rmtree(self.home, ignore_errors=True)
+            self._remove()
             self.home.mkdir(parents=True)
             self.home.chmod(0o755)
-            self.server = self._server(self.home / "pg")
+            self.server = self._server()
             self.server.start()
             db = await asyncpg.connect(self.server.dsn)
             try:
@@ -293,7 +305,7 @@ class BuiltDatabase:
             await bootstrap.ensure_api_role(dataclasses.replace(Settings(), database_url=dsn))
             ready.write_text(f"built in {took:.0f} s\n")
             return dsn, took
-        self.server = self._server(self.home / "pg")
+        self.server = self._server()
         self.server.start()
         dsn = self.server.dsn_for("bench")
         await migrate.upgrade(dsn)
@@ -303,7 +315,7 @@ class BuiltDatabase:
         if self.server is not None:
             self.server.stop()
         if not self.keep:
-            shutil.rmtree(self.home, ignore_errors=True)
+            self._remove()
 
 
 # --- the requests ---------------------------------------------------------------------------------
