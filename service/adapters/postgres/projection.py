@@ -9,13 +9,13 @@ from the rows, for ``load`` and for the read side (``reader``). The tables are d
 Single writer per log partition: ``try_acquire`` takes a time-bound lease with a fencing token,
 and every ``commit`` re-checks that token inside its own transaction and extends the lease. A
 writer that was paused past its lease (SIGSTOP, a long GC, a partition) finds the token changed
-and its commit rolled back: it can never write after losing the role. Times come from the
+and its commit writes nothing: it can never write after losing the role. Times come from the
 database clock (``clock_timestamp()``), so writers on different hosts need no clock agreement.
 
-The hot path talks to asyncpg directly (COPY and pipelined executemany) through the SQLAlchemy
-pool (``driver.connection``); asyncpg exceptions are translated by ``driver.Translation`` to
-``errors.ProjectionError``, or ``errors.ProjectionDataError`` when the values written are to
-blame, and go no further.
+The hot path talks to asyncpg directly through the SQLAlchemy pool (``driver.connection``): a
+batch is committed by one statement (``batch_commit``), its own transaction. asyncpg exceptions
+are translated by ``driver.Translation`` to ``errors.ProjectionError``, or
+``errors.ProjectionDataError`` when the values written are to blame, and go no further.
 
 Over 400 lines on purpose: the lease, load and the batch writes are one transaction discipline
 (the fencing token checked in the same transaction as every write), kept in one file so that it
@@ -31,6 +31,7 @@ import gc
 import ipaddress
 import json
 import socket
+import struct
 import weakref
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
@@ -39,13 +40,13 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service import errors, ports
-from service.adapters.postgres import driver
+from service.adapters.postgres import batch_commit, driver
 from service.domain import merkle, restore, state
 from service.domain.pool import IPV4, IPV6
 
 UTC = datetime.UTC
-NODES_CHANNEL = "ipledger_nodes"
-DECISIONS_CHANNEL = "ipledger_decisions"
+NODES_CHANNEL = batch_commit.NODES_CHANNEL
+DECISIONS_CHANNEL = batch_commit.DECISIONS_CHANNEL
 # A writer connection stuck in a transaction (its process paused) is cut off by the server, so
 # its row locks cannot stall the writer that takes over.
 WRITER_SESSION_SETTINGS = {"idle_in_transaction_session_timeout": "5000"}
@@ -184,42 +185,29 @@ class PostgresProjection:
     # --- committing a batch ---------------------------------------------------------------------
 
     async def commit(self, batch: ports.Batch) -> None:
-        """Write everything one batch did, and its offset, in one transaction (or nothing)."""
+        """Write everything one batch did, and its offset, in one transaction (or nothing).
+
+        One statement (``batch_commit``), its own implicit transaction: one round trip and the
+        WAL flush. A writer whose lease was lost writes nothing and gets ``FencedError``.
+        """
         now = datetime.datetime.now(UTC)
-        async with self._driver("committing a batch", transaction=True) as db:
+        arguments = batch_commit.arguments(
+            batch,
+            lease_ttl=datetime.timedelta(seconds=self.lease_ttl_s),
+            log_name=self.log_name,
+            now=now,
+        )
+        async with self._driver("committing a batch", transaction=False) as db:
+            if db.is_in_transaction():
+                # The statement would then commit with that transaction, not on its own.
+                raise errors.ProjectionError("committing a batch: a transaction is open")
             await _writer_codecs(db)
-            await self._fence(db, batch.partition, batch.token)
-            await _write_decisions(db, batch, now)
-            if batch.heads:
-                await db.copy_records_to_table(
-                    "tree_head",
-                    records=[
-                        (batch.partition, h.head.size, h.hash, h.body, h.frontier)
-                        for h in batch.heads
-                    ],
-                    columns=["partition", "size", "hash", "body", "frontier"],
-                )
-            if batch.subtrees:
-                await _write_subtrees(db, batch)
-            for cluster_name, changes in batch.changes.items():
-                await _write_cluster(db, batch.cluster_rows[cluster_name], batch)
-                await _write_nodes(db, cluster_name, batch.node_rows[cluster_name], batch, now)
-                if changes.ips:
-                    await _write_ips(db, cluster_name, batch, changes, batch.ip_times[cluster_name])
-            await _write_history(db, batch)
-            await db.execute(
-                "INSERT INTO consumer_offset (partition, log, next_offset, updated_at) "
-                "VALUES ($1, $2, $3, $4) ON CONFLICT (partition) DO UPDATE "
-                "SET next_offset = EXCLUDED.next_offset, updated_at = EXCLUDED.updated_at",
-                batch.partition,
-                self.log_name,
-                batch.next_offset,
-                now,
+            ok = await db.fetchval(batch_commit.STATEMENT, *arguments)
+        if not ok:
+            raise errors.FencedError(
+                f"partition {batch.partition}: writer lease {batch.token} lost; "
+                "another allocator took over"
             )
-            # Delivered on commit only: the sync worker and the outbox relay wake up.
-            if any(changes.nodes for changes in batch.changes.values()):
-                await db.execute("SELECT pg_notify($1, $2)", NODES_CHANNEL, str(batch.partition))
-            await db.execute("SELECT pg_notify($1, $2)", DECISIONS_CHANNEL, str(batch.partition))
 
     # --- reading for the outbox relay and the CLI -------------------------------------------------
 
@@ -405,22 +393,6 @@ async def _latest_tree(db: Any, partition: int) -> merkle.Tree | None:
     return tree_of(recorded_head(row))
 
 
-async def _write_subtrees(db: Any, batch: ports.Batch) -> None:
-    """The batch's completed subtree roots. Exactly one batch completes each subtree, so a
-    conflict is not expected; ``ON CONFLICT DO NOTHING`` keeps one from becoming a refused
-    batch (whose records would be split and rejected): the first row stays, and replay
-    --verify checks it."""
-    await db.execute(
-        "INSERT INTO tree_node (partition, level, start, hash) "
-        "SELECT $1, * FROM unnest($2::smallint[], $3::bigint[], $4::bytea[]) "
-        "ON CONFLICT DO NOTHING",
-        batch.partition,
-        [s.level for s in batch.subtrees],
-        [s.start for s in batch.subtrees],
-        [s.hash for s in batch.subtrees],
-    )
-
-
 def tree_of(head: ports.RecordedHead) -> merkle.Tree:
     """The tree a recorded head's frontier edges, ready to be extended."""
     try:
@@ -429,33 +401,103 @@ def tree_of(head: ports.RecordedHead) -> merkle.Tree:
         raise errors.ProjectionError(f"partition {head.head.partition}: tree head: {exc}") from None
 
 
-def _inet(family: int, value: int) -> int | bytes:
-    return value if family == IPV4 else value.to_bytes(16, "big")
-
-
-# The writer's connections with its own inet codec (``_writer_codecs``); a connection the pool
-# replaced is a new object and gets it again.
-_FAST_INET: weakref.WeakSet[Any] = weakref.WeakSet()
+# The writer's connections with its own inet and timestamptz codecs (``_writer_codecs``); a
+# connection the pool replaced is a new object and gets them again.
+_FAST_CODECS: weakref.WeakSet[Any] = weakref.WeakSet()
 # PostgreSQL's binary inet: family (2 AF_INET, 3 the next), prefix bits, is-cidr, length.
 _V4_HEAD = bytes((2, 32, 0, 4))
 _V6_HEAD = bytes((3, 128, 0, 16))
 
 
 async def _writer_codecs(db: Any) -> None:
-    """Give ``db`` an inet codec that turns the commit's integers (IPv4) and 16-byte strings
-    (IPv6) into the wire format directly.
+    """Give ``db`` inet and timestamptz codecs that encode the commit's values directly.
 
-    asyncpg's own builds an ``ipaddress`` object of every address it sends (~1 µs each, a
-    pod address being encoded twice per event: the ``DELETE`` of the previous holders and
-    its ``pod_ip`` or ``ip_history`` row). Anything else is encoded and every value decoded as
-    asyncpg does, so the connection's other queries see no difference.
+    asyncpg's inet codec builds an ``ipaddress`` object of every address it sends (~1 µs
+    each, a pod address being encoded twice per event: the ``DELETE`` of the previous
+    holders and its ``pod_ip`` or ``ip_history`` row); this one turns integers (IPv4) and
+    16-byte strings (IPv6) into the wire format. asyncpg's timestamptz codec compares each
+    value with its two infinities and converts it to UTC (~0.6 µs); a batch's times are few
+    (its records share their log timestamp, each change the time of its event), so this one
+    encodes each distinct UTC time once. Anything else is encoded, and every value decoded,
+    as asyncpg does, so the connection's other queries see no difference
+    (tests/integration/test_writer_codecs.py).
     """
-    if db in _FAST_INET:
+    if db in _FAST_CODECS:
         return
     await db.set_type_codec(
         "inet", schema="pg_catalog", encoder=_encode_inet, decoder=_decode_inet, format="binary"
     )
-    _FAST_INET.add(db)
+    await db.set_type_codec(
+        "timestamptz",
+        schema="pg_catalog",
+        encoder=_encode_timestamptz,
+        decoder=_decode_timestamptz,
+        format="binary",
+    )
+    _FAST_CODECS.add(db)
+
+
+# PostgreSQL's binary timestamptz: microseconds since 2000-01-01 UTC, a signed 64-bit integer,
+# with the extremes for infinity. asyncpg maps those to its own two datetimes (naive), and
+# maps the microsecond of those datetimes back to infinity.
+_INT64 = struct.Struct("!q")
+_PG_EPOCH = datetime.datetime(2000, 1, 1, tzinfo=UTC)
+_PG_INFINITY = 0x7FFFFFFFFFFFFFFF
+_PG_NEGATIVE_INFINITY = -0x8000000000000000
+_INFINITY = datetime.datetime(datetime.MAXYEAR, 12, 31, 23, 59, 59, 999999)
+_NEGATIVE_INFINITY = datetime.datetime(datetime.MINYEAR, 1, 1)
+_INFINITY_US = 252455615999999999
+_NEGATIVE_INFINITY_US = -63082281600000000
+# Encoded UTC times, shared by the writer's connections; emptied when it reaches the bound.
+_TIMES: dict[datetime.datetime, bytes] = {}
+_TIMES_KEPT = 4096
+
+
+def _encode_timestamptz(value: Any) -> bytes:
+    if type(value) is datetime.datetime and value.tzinfo is UTC:
+        moment: datetime.datetime = value
+        encoded = _TIMES.get(moment)
+        if encoded is None:
+            if len(_TIMES) >= _TIMES_KEPT:
+                _TIMES.clear()
+            encoded = _TIMES[moment] = _pg_time(moment - _PG_EPOCH)
+        return encoded
+    # As asyncpg's (pgproto's timestamptz_encode): a date is midnight local time, a naive
+    # datetime local time; asyncpg's own infinities are infinity.
+    if not isinstance(value, datetime.datetime):
+        if not isinstance(value, datetime.date):
+            raise TypeError(
+                "expected a datetime.date or datetime.datetime instance, "
+                f"got {type(value).__name__!r}"
+            )
+        local = datetime.datetime.now(UTC).astimezone().utcoffset()
+        assert local is not None
+        value = datetime.datetime(
+            value.year, value.month, value.day, tzinfo=datetime.timezone(local)
+        )
+    if value == _INFINITY:
+        return _INT64.pack(_PG_INFINITY)
+    if value == _NEGATIVE_INFINITY:
+        return _INT64.pack(_PG_NEGATIVE_INFINITY)
+    return _pg_time(value.astimezone(UTC) - _PG_EPOCH)
+
+
+def _pg_time(delta: datetime.timedelta) -> bytes:
+    micros = (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
+    if micros == _INFINITY_US:
+        micros = _PG_INFINITY
+    elif micros == _NEGATIVE_INFINITY_US:
+        micros = _PG_NEGATIVE_INFINITY
+    return _INT64.pack(micros)
+
+
+def _decode_timestamptz(data: bytes) -> datetime.datetime:
+    (micros,) = _INT64.unpack(data)
+    if micros == _PG_INFINITY:
+        return _INFINITY
+    if micros == _PG_NEGATIVE_INFINITY:
+        return _NEGATIVE_INFINITY
+    return _PG_EPOCH + datetime.timedelta(microseconds=micros)
 
 
 def _encode_inet(value: Any) -> bytes:
@@ -489,286 +531,3 @@ def _decode_inet(data: bytes) -> ipaddress.IPv4Address | ipaddress.IPv6Address |
 def _json(value: Any) -> Any:
     # SQLAlchemy's pool installs a JSON codec on its asyncpg connections; a bare one has none.
     return json.loads(value) if isinstance(value, str | bytes) else value
-
-
-async def _write_decisions(db: Any, batch: ports.Batch, now: datetime.datetime) -> None:
-    partition = batch.partition
-    rows = []
-    rejected = []
-    for applied in batch.applied:
-        record, decision = applied.record, applied.decision
-        rows.append(
-            (
-                partition,
-                record.offset,
-                decision.cluster,
-                decision.id,
-                decision.type,
-                decision.error,
-                applied.body,
-                applied.event_time,
-                applied.log_time,
-                now,
-                applied.leaf,
-            )
-        )
-        if applied.rejected:
-            rejected.append(
-                (partition, record.offset, decision.error or "", record.key, record.value, now)
-            )
-    await db.copy_records_to_table(
-        "decision",
-        records=rows,
-        columns=[
-            "partition",
-            "offset",
-            "cluster",
-            "event_id",
-            "type",
-            "error",
-            "body",
-            "event_time",
-            "log_time",
-            "applied_at",
-            "leaf",
-        ],
-    )
-    if rejected:
-        await db.copy_records_to_table(
-            "rejection",
-            records=rejected,
-            columns=["partition", "offset", "reason", "key", "raw", "rejected_at"],
-        )
-
-
-async def _write_cluster(db: Any, row: dict[str, Any], batch: ports.Batch) -> None:
-    await db.execute(
-        "INSERT INTO cluster (name, partition, ipv4_cidrs, ipv4_mask, ipv6_cidrs, ipv6_mask, "
-        "cursors, next_seq, version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) "
-        "ON CONFLICT (name) DO UPDATE SET partition = EXCLUDED.partition, "
-        "ipv4_cidrs = EXCLUDED.ipv4_cidrs, ipv4_mask = EXCLUDED.ipv4_mask, "
-        "ipv6_cidrs = EXCLUDED.ipv6_cidrs, ipv6_mask = EXCLUDED.ipv6_mask, "
-        "cursors = EXCLUDED.cursors, next_seq = EXCLUDED.next_seq, version = EXCLUDED.version",
-        row["name"],
-        batch.partition,
-        row["ipv4_cidrs"],
-        row["ipv4_mask"],
-        row["ipv6_cidrs"],
-        row["ipv6_mask"],
-        json.dumps(row["cursors"]),
-        row["next_seq"],
-        batch.next_offset - 1,
-    )
-
-
-async def _write_nodes(
-    db: Any,
-    cluster: str,
-    node_rows: dict[str, dict[str, Any] | None],
-    batch: ports.Batch,
-    now: datetime.datetime,
-) -> None:
-    if not node_rows:
-        return
-    version = batch.next_offset - 1
-    rows: list[tuple[Any, ...]] = []
-    for name, row in node_rows.items():
-        if row is None:
-            rows.append(
-                (cluster, name, -1, [], None, None, [], False, False, [], True, version, now)
-            )
-            continue
-        rows.append(
-            (
-                cluster,
-                name,
-                row["seq"],
-                row["pod_cidrs"],
-                row["error"],
-                row["conflict"],
-                row["addresses"],
-                row["pinned"],
-                row["waiting"],
-                row["cursors"],
-                False,
-                version,
-                now,
-            )
-        )
-    await db.executemany(
-        "INSERT INTO node (cluster, name, seq, pod_cidrs, error, conflict, addresses, pinned, "
-        "waiting, cursors, deleted, version, updated_at) "
-        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) "
-        "ON CONFLICT (cluster, name) DO UPDATE SET seq = EXCLUDED.seq, "
-        "pod_cidrs = EXCLUDED.pod_cidrs, error = EXCLUDED.error, conflict = EXCLUDED.conflict, "
-        "addresses = EXCLUDED.addresses, pinned = EXCLUDED.pinned, waiting = EXCLUDED.waiting, "
-        "cursors = EXCLUDED.cursors, deleted = EXCLUDED.deleted, version = EXCLUDED.version, "
-        "updated_at = EXCLUDED.updated_at",
-        rows,
-    )
-
-
-async def _write_ips(
-    db: Any,
-    cluster_name: str,
-    batch: ports.Batch,
-    changes: state.Changes,
-    times: Sequence[tuple[int, datetime.datetime]],
-) -> None:
-    """Current holders and finished holdings for every address the batch touched.
-
-    The holdings open before the batch come back from one ``DELETE ... RETURNING`` on the
-    primary key; the changes are then replayed in log order in memory, and what is still held
-    at the end goes back into ``pod_ip`` while every holding that ended goes into the
-    insert-only ``ip_history``. No statement scans or updates the history.
-    """
-    partition = batch.partition
-    # asyncpg encodes an int as IPv4 and 16 bytes as IPv6 without parsing text: at tens of
-    # thousands of addresses per second, ipaddress's string parser was the largest cost.
-    keys = [(c.family, c.address) for c in changes.ips]
-    wire = {key: _inet(*key) for key in keys}
-    # The addresses come back as integers (IPv6 as text) computed by the server, as ``load``
-    # reads them: decoding each into an ipaddress object was the commit's largest Python cost.
-    previous = await db.fetch(
-        "DELETE FROM pod_ip WHERE cluster = $1 AND address = ANY($2::inet[]) "
-        "RETURNING CASE WHEN family(address) = 4 THEN address - '0.0.0.0'::inet END AS v4, "
-        "CASE WHEN family(address) = 6 THEN host(address) END AS v6, "
-        "node, owner, partition, since_offset, since_time",
-        cluster_name,
-        list(wire.values()),
-    )
-    holding: dict[tuple[int, int], tuple[str, str, int, int, datetime.datetime] | None] = {}
-    for r in previous:
-        v4 = r["v4"]
-        key = (IPV4, v4) if v4 is not None else (IPV6, int(ipaddress.IPv6Address(r["v6"])))
-        holding[key] = (r["node"], r["owner"], r["partition"], r["since_offset"], r["since_time"])
-    finished: list[tuple[Any, ...]] = []
-    for change, key, when in zip(changes.ips, keys, times, strict=True):
-        offset, moment = when
-        if change.held:
-            holding[key] = (change.node, change.owner, partition, offset, moment)
-            continue
-        held = holding.get(key)
-        if held is not None:
-            node, owner, since_partition, since_offset, since_time = held
-            finished.append(
-                (
-                    cluster_name,
-                    wire[key],
-                    node,
-                    owner,
-                    since_partition,
-                    since_offset,
-                    since_time,
-                    offset,
-                    moment,
-                )
-            )
-        holding[key] = None
-    current = [
-        (cluster_name, wire[key], *held) for key, held in holding.items() if held is not None
-    ]
-    if current:
-        await db.copy_records_to_table(
-            "pod_ip",
-            records=current,
-            columns=[
-                "cluster",
-                "address",
-                "node",
-                "owner",
-                "partition",
-                "since_offset",
-                "since_time",
-            ],
-        )
-    if finished:
-        await db.copy_records_to_table(
-            "ip_history",
-            records=finished,
-            columns=[
-                "cluster",
-                "address",
-                "node",
-                "owner",
-                "partition",
-                "from_offset",
-                "from_time",
-                "to_offset",
-                "to_time",
-            ],
-        )
-
-
-async def _write_history(db: Any, batch: ports.Batch) -> None:
-    """What the batch's events changed of nodes and pools, insert-only (COPY), for ``as_of``."""
-    partition = batch.partition
-    if batch.node_history:
-        rows: list[tuple[Any, ...]] = []
-        for snap in batch.node_history:
-            fields = snap.fields
-            if fields is None:
-                deleted = (snap.cluster, snap.node, snap.offset, partition, snap.time, True)
-                rows.append((*deleted, [], None, None, [], False, False))
-                continue
-            rows.append(
-                (
-                    snap.cluster,
-                    snap.node,
-                    snap.offset,
-                    partition,
-                    snap.time,
-                    False,
-                    fields["pod_cidrs"],
-                    fields["error"],
-                    fields["conflict"],
-                    fields["addresses"],
-                    fields["pinned"],
-                    fields["waiting"],
-                )
-            )
-        await db.copy_records_to_table("node_history", records=rows, columns=_NODE_HISTORY)
-    if batch.pool_history:
-        await db.copy_records_to_table(
-            "cluster_history",
-            records=[
-                (
-                    snap.cluster,
-                    snap.offset,
-                    partition,
-                    snap.time,
-                    list(snap.ipv4_cidrs),
-                    snap.ipv4_mask,
-                    list(snap.ipv6_cidrs),
-                    snap.ipv6_mask,
-                )
-                for snap in batch.pool_history
-            ],
-            columns=_CLUSTER_HISTORY,
-        )
-
-
-_NODE_HISTORY = [
-    "cluster",
-    "name",
-    "offset",
-    "partition",
-    "time",
-    "deleted",
-    "pod_cidrs",
-    "error",
-    "conflict",
-    "addresses",
-    "pinned",
-    "waiting",
-]
-_CLUSTER_HISTORY = [
-    "cluster",
-    "offset",
-    "partition",
-    "time",
-    "ipv4_cidrs",
-    "ipv4_mask",
-    "ipv6_cidrs",
-    "ipv6_mask",
-]
