@@ -21,6 +21,7 @@ import dataclasses
 import datetime
 import gc
 import ipaddress
+import operator
 import socket
 import time
 from collections.abc import Callable, Sequence
@@ -29,6 +30,8 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
+import msgspec
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from service import errors, ports
@@ -37,7 +40,7 @@ from service.adapters.memory_audit import MemoryAuditReader
 from service.adapters.memory_projection import MemoryProjection, MemoryProjectionTables
 from service.allocator import batch as batches
 from service.allocator.settings import TreeSettings
-from service.audit import signing
+from service.audit import replay_apply, signing
 from service.domain import document, events, merkle, restore, state
 
 # Records read at once (and the longest replayed batch): heads cut batches shorter.
@@ -374,19 +377,22 @@ async def _apply_chunks(
     heads = run.heads
     next_head = 0
     offset = 0
+    in_memory = isinstance(run.projection, _ReplayProjection)
     while offset < end:
         chunk = await receive.receive()
         records = chunk.records
-        for at, record in enumerate(records):
-            if record.offset != offset + at:
-                return Divergence(
-                    run.partition,
-                    offset + at,
-                    None,
-                    "log record",
-                    "a record at this offset",
-                    f"none: the log goes on at offset {record.offset}",
-                )
+        offsets = list(map(_OFFSET, records))
+        if offsets != list(range(offset, offset + len(offsets))):  # in C; the gap found below
+            for at, found in enumerate(offsets):
+                if found != offset + at:
+                    return Divergence(
+                        run.partition,
+                        offset + at,
+                        None,
+                        "log record",
+                        "a record at this offset",
+                        f"none: the log goes on at offset {found}",
+                    )
         if not records:
             return Divergence(
                 run.partition,
@@ -407,26 +413,39 @@ async def _apply_chunks(
         # The chunk's decisions, compared with the committed ones at its end (by digest) or,
         # when a head disagrees first, up to that head: a decision or record that differs is
         # named as such, not as the root it changed.
-        made: list[ports.AppliedRecord] = []
+        made = replay_apply.Decided()
         while offset < chunk_end:
             while next_head < len(heads) and heads[next_head].head.size <= offset:
                 next_head += 1
             stop = chunk_end
             if next_head < len(heads):
                 stop = min(stop, heads[next_head].head.size)
-            applied = batches.apply_records(
-                run.current,
-                records[offset - chunk_start : stop - chunk_start],
-                run.partition,
-                run.token,
-                partitions=run.partitions,
-                tree=run.tree,
-                evidence=_NO_HEADS,
-                rows=not isinstance(run.projection, _ReplayProjection),
-            )
-            await run.projection.commit(applied)
-            if until is None:
+            span = records[offset - chunk_start : stop - chunk_start]
+            if in_memory:
+                # The replay's own loop: no decision rows, no heads (replay_apply).
+                applied = await replay_apply.apply_batch(
+                    run.current,
+                    span,
+                    run.partition,
+                    run.token,
+                    partitions=run.partitions,
+                    tree=run.tree,
+                    decided=made,
+                )
+            else:
+                applied = batches.apply_records(
+                    run.current,
+                    span,
+                    run.partition,
+                    run.token,
+                    partitions=run.partitions,
+                    tree=run.tree,
+                    evidence=_NO_HEADS,
+                )
                 made.extend(applied.applied)
+            await run.projection.commit(applied)
+            # The read ahead's turn (apply_batch gives it turns as it goes).
+            await anyio.lowlevel.checkpoint()
             offset = applied.next_offset
             while next_head < len(heads) and heads[next_head].head.size == offset:
                 if divergence := _check_head(run, heads, next_head):
@@ -455,7 +474,7 @@ def _before(records: Sequence[ports.Record], moment: datetime.datetime) -> list[
 
 
 async def _compare_decisions(
-    run: _Run, made: Sequence[ports.AppliedRecord], stored: tuple[int, bytes]
+    run: _Run, made: replay_apply.Decided, stored: tuple[int, bytes]
 ) -> Divergence | None:
     """A chunk's decisions against the committed ones at the same offsets.
 
@@ -463,55 +482,66 @@ async def _compare_decisions(
     the bodies and leaves are read and compared one by one only when the digests differ.
     """
     count, digest = stored
-    mine = ports.decision_digest((a.record.offset, a.body, a.leaf) for a in made)
-    if count == len(made) and digest == mine:
+    mine = made.digest()
+    if count == len(made.records) and digest == mine:
         return None
     found = await _first_decision_divergence(run, made)
     if found is not None:
         return found
     # Not found one by one: the committed decisions changed between the two reads.
-    first = made[0].record.offset if made else None
+    first = made.records[0].offset if made.records else None
     return Divergence(
         run.partition,
         first,
         None,
         "decisions",
-        f"{len(made)} decisions of digest {mine.hex()}",
+        f"{len(made.records)} decisions of digest {mine.hex()}",
         f"{count} of digest {digest.hex()} (the committed decisions changed while read)",
     )
 
 
-async def _first_decision_divergence(
-    run: _Run, made: Sequence[ports.AppliedRecord]
-) -> Divergence | None:
+async def _first_decision_divergence(run: _Run, made: replay_apply.Decided) -> Divergence | None:
     """The first of ``made`` (consecutive) that is not the committed decision at its offset."""
-    if not made:
+    if not made.records:
         return None
-    start = made[0].record.offset
-    stored = await run.live.decisions(run.partition, start, len(made))
+    start = made.records[0].offset
+    stored = await run.live.decisions(run.partition, start, len(made.records))
     by_offset = {d.offset: d for d in stored}
-    for item in made:
-        offset = item.record.offset
+    for record, body, leaf in zip(made.records, made.bodies, made.leaves, strict=True):
+        offset = record.offset
         found = by_offset.get(offset)
-        event_id = item.decision.id
         if found is None:
             return Divergence(
-                run.partition, offset, event_id, "decision", _text(item.body), "no decision"
+                run.partition, offset, _event_id(body), "decision", _text(body), "no decision"
             )
-        if found.body != item.body:
+        if found.body != body:
             return Divergence(
-                run.partition, offset, event_id, "decision", _text(item.body), _text(found.body)
+                run.partition, offset, _event_id(body), "decision", _text(body), _text(found.body)
             )
-        if found.leaf is not None and found.leaf != item.leaf:
+        if found.leaf is not None and found.leaf != leaf:
             return Divergence(
                 run.partition,
                 offset,
-                event_id,
+                _event_id(body),
                 "log record (its Merkle leaf)",
                 f"the record the allocator applied (leaf {found.leaf.hex()})",
-                f"a different record (leaf {(item.leaf or b'').hex()}): {_text(item.record.value)}",
+                f"a different record (leaf {(leaf or b'').hex()}): {_text(record.value)}",
             )
     return None
+
+
+def _event_id(body: bytes) -> str | None:
+    """The event id of a replayed decision, read back from its body (``Decision.id``)."""
+    return _DECISION_ID.decode(body).id
+
+
+class _DecisionId(msgspec.Struct):
+    id: str | None = None
+
+
+# A replayed decision's event id, read back from its body where one differs.
+_DECISION_ID = msgspec.json.Decoder(_DecisionId)
+_OFFSET = operator.attrgetter("offset")
 
 
 def _check_head(run: _Run, heads: Sequence[ports.RecordedHead], index: int) -> Divergence | None:
