@@ -50,6 +50,9 @@ DECISIONS_CHANNEL = batch_commit.DECISIONS_CHANNEL
 # A writer connection stuck in a transaction (its process paused) is cut off by the server, so
 # its row locks cannot stall the writer that takes over.
 WRITER_SESSION_SETTINGS = {"idle_in_transaction_session_timeout": "5000"}
+# A pooled connection is pinged before use only after this long back in the pool: a commit is
+# one round trip, and pinging before each one cost three more (driver.engine).
+WRITER_PING_IDLE_S = 1.0
 
 
 # Driver errors become ProjectionError, and those that blame the values written (which the
@@ -79,7 +82,12 @@ class PostgresProjection:
     def from_dsn(
         cls, dsn: str, *, log_name: str, holder: str, lease_ttl_s: float = 6.0, pool_size: int = 4
     ) -> PostgresProjection:
-        engine = driver.engine(dsn, pool_size=pool_size, server_settings=WRITER_SESSION_SETTINGS)
+        engine = driver.engine(
+            dsn,
+            pool_size=pool_size,
+            server_settings=WRITER_SESSION_SETTINGS,
+            ping_idle_s=WRITER_PING_IDLE_S,
+        )
         return cls(
             engine, log_name=log_name, holder=holder, lease_ttl_s=lease_ttl_s, owns_engine=True
         )
