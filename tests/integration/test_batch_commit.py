@@ -1,4 +1,4 @@
-"""The one-statement commit (``batch_commit``) writes the rows the in-memory projection writes.
+"""Both commit paths (``batch_commit``, ``batch_copy``) write the rows the memory projection writes.
 
 The statement replays a batch's address changes partly in the client (what is current at the
 batch's end, which holdings started and ended within it) and partly in the server (the holdings
@@ -7,6 +7,7 @@ against ``MemoryProjection``, which keeps every holding in memory, over a stream
 addresses out and back within a batch and across batches, in two clusters at once and in both
 families, with batches of one record up to the whole stream: every table the commit writes must
 hold the same rows, ``ip_history`` in the same order (its ids grow with the end of holdings).
+The same runs again with every batch committed by COPY (``batch_copy``, for large batches).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pytest
 
 from service import allocator, ports
 from service.adapters import memory
+from service.adapters.postgres import batch_copy
 from service.adapters.postgres import projection as pg_projection
 from service.domain import state
 from service.domain.pool import IPV4
@@ -42,10 +44,22 @@ def _text(family: int, value: int) -> str:
     return str(ipaddress.IPv4Address(value) if family == IPV4 else ipaddress.IPv6Address(value))
 
 
-@pytest.mark.parametrize("batch_size", [1, 7, 64, 1200])
+@pytest.mark.parametrize(
+    ("batch_size", "path"),
+    [
+        (1, "statement"),
+        (7, "statement"),
+        (64, "statement"),
+        (1200, "statement"),
+        (1, "copy"),
+        (64, "copy"),
+        (1200, "copy"),
+    ],
+)
 async def test_the_commit_writes_what_the_memory_projection_writes(
-    pg_dsn: str, batch_size: int
+    pg_dsn: str, batch_size: int, path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(batch_copy, "COPY_FROM_RECORDS", 1 if path == "copy" else len(STREAM) + 1)
     tables = memory.MemoryProjectionTables()
     in_memory = memory.MemoryProjection(tables, holder="writer", log_name="check")
     projection = pg_projection.PostgresProjection.from_dsn(

@@ -329,7 +329,7 @@ def _nodes(batch: ports.Batch) -> list[list[Any]]:
     return _columns(rows, 11)
 
 
-def _inet(family: int, value: int) -> int | bytes:
+def inet(family: int, value: int) -> int | bytes:
     # The writer's inet codec (projection._writer_codecs) sends an int as IPv4 and 16 bytes
     # as IPv6 without parsing text.
     return value if family == IPV4 else value.to_bytes(16, "big")
@@ -356,7 +356,7 @@ def _addresses(batch: ports.Batch) -> list[list[Any]]:
         for change, (offset, moment) in zip(changes.ips, times, strict=True):
             key = (change.family, change.address)
             if key not in wire:
-                wire[key] = _inet(*key)
+                wire[key] = inet(*key)
                 touched.append((cluster_name, wire[key]))
                 if not change.held:
                     # The first change gives it back: it ends the holding from before the
