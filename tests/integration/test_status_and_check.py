@@ -342,12 +342,36 @@ async def test_status_watch_reads_again_until_ctrl_c(
 
             await waiting.until(sees_foxtrot, timeout=30, what="a refresh showing foxtrot")
             watch.send_signal(signal.SIGINT)
-            code = await anyio.to_thread.run_sync(lambda: watch.wait(timeout=30))
+            try:
+                code = await anyio.to_thread.run_sync(lambda: watch.wait(timeout=30))
+            except subprocess.TimeoutExpired:
+                pytest.fail(
+                    "status --watch did not end within 30 s of Ctrl-C; where it was:\n"
+                    + _stacks(watch.pid)
+                    + (tmp_path / "stderr").read_text()
+                )
             assert code == 0, (tmp_path / "stderr").read_text()
         finally:
             if watch.poll() is None:
                 watch.kill()
                 watch.wait()
+
+
+def _stacks(pid: int) -> str:
+    """The Python stacks of process ``pid`` (py-spy, installed with the project), for a
+    failure's message; what went wrong when it cannot be read."""
+    py_spy = Path(sys.executable).with_name("py-spy")
+    try:
+        dump = subprocess.run(
+            [str(py_spy), "dump", "--locals", "--pid", str(pid)],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"(py-spy dump failed: {exc})\n"
+    return dump.stdout + dump.stderr
 
 
 # --- check --kubernetes -------------------------------------------------------------------------

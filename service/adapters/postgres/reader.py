@@ -21,9 +21,11 @@ import asyncio
 import contextlib
 import datetime
 import ipaddress
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 import asyncpg
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -32,6 +34,8 @@ from service import errors, ports
 from service.adapters import pool_use
 from service.adapters.postgres import driver, projection
 from service.domain import document, state
+
+_log = logging.getLogger(__name__)
 
 READ_ONLY_SESSION = {"default_transaction_read_only": "on"}
 _translate = driver.Translation(errors.ProjectionError)
@@ -76,6 +80,10 @@ async def _keep_session(connection: asyncpg.Connection) -> None:
     per statement for nothing."""
 
 
+# How long closing waits for the reader's connections to come back before it ends them.
+CLOSE_TIMEOUT_S = 5.0
+
+
 class _StatementPool:
     """asyncpg's pool for the reader's single statements, opened at the first one."""
 
@@ -102,9 +110,20 @@ class _StatementPool:
         return self._pool
 
     async def close(self) -> None:
+        """Close the pool; terminate it when a connection is not back within
+        ``CLOSE_TIMEOUT_S``. asyncpg's ``Pool.close`` waits for every acquired connection to
+        be released, with no bound of its own, and a statement cancelled at the wrong moment
+        (Ctrl-C in ``ipledger status --watch``) must not keep the process from ending."""
         if self._pool is not None:
-            await self._pool.close()
-            self._pool = None
+            pool, self._pool = self._pool, None
+            with anyio.move_on_after(CLOSE_TIMEOUT_S) as waited:
+                await pool.close()
+            if waited.cancelled_caught:
+                _log.warning(
+                    "the reader's connections were not released within %g s: closed by force",
+                    CLOSE_TIMEOUT_S,
+                )
+                pool.terminate()
 
 
 class PostgresProjectionReader:
