@@ -297,6 +297,7 @@ def open_api_reader(settings: Settings) -> ports.ProjectionReader:
         api_database_url(settings),
         pool_size=8,
         statement_timeout_ms=settings.api_statement_timeout_ms,
+        keep_connections=True,
     )
 
 

@@ -1041,6 +1041,13 @@ class ProjectionReader(Protocol):
         """``node_at(cluster, name, basis)``."""
         ...
 
+    async def warm_up(self) -> None:
+        """Make the hot reads ready before the first of them is asked for (the query API calls
+        it before it listens): for a database, every pooled connection open and the
+        ``*_based`` reads run once on each, so that the first requests pay neither a connect
+        nor a statement's first preparation. Errors as any read's."""
+        ...
+
     async def cluster_decisions(
         self, cluster: str, start: int, upto: int, limit: int
     ) -> list[CommittedDecision]:

@@ -310,6 +310,10 @@ class MemoryProjectionReader:
 
     # --- as of a log offset ----------------------------------------------------------------------
 
+    async def warm_up(self) -> None:
+        """Nothing to open or prepare in memory."""
+        self._check_open()
+
     async def cluster_partitions(self) -> dict[str, int]:
         """Every cluster's name and partition."""
         self._check_open()

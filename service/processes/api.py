@@ -4,11 +4,13 @@ Called by ``service.cli`` (``cmd_api``) and by whatever runs it in its own proce
 run``): ``run(settings)`` is the whole process. In order: refuse a database role that can write
 (``bootstrap.check_api_role``), open the read side as that role with a statement timeout on every
 query (``bootstrap.open_api_reader``) and the log for its end offsets (readiness), build the
-application (``service.api``), bind ``IPLEDGER_API_ADDRESS`` (default 127.0.0.1:8080), serve,
-and close everything on the way out. uvicorn bounds the number of connections, its protocol
-here (``_Protocol``: httptools, each answer written in one ``send``) the request line and headers
-(``MAX_HEADER_BYTES``); the application bounds the query string. ``service.cli`` runs this on
-uvloop's event loop (docs/benchmarks.md, Query API: what each of these saves).
+application (``service.api``), bind ``IPLEDGER_API_ADDRESS`` (default 127.0.0.1:8080), open
+and warm the reader's connections (``warm_up``: a cold start's first answers were 4-10 times
+slower), serve, and close everything on the way out. uvicorn bounds the number of connections,
+its protocol here (``_Protocol``: httptools, each answer written in one ``send``) the request
+line and headers (``MAX_HEADER_BYTES``); the application bounds the query string.
+``service.cli`` runs this on uvloop's event loop (docs/benchmarks.md, Query API: what each of
+these saves).
 """
 
 from __future__ import annotations
@@ -161,6 +163,11 @@ async def serve(
     )
     host, port = bind(settings)
     listening = _listen(host, port)
+    try:
+        await reader.warm_up()
+    except errors.ProjectionError as exc:
+        # Served all the same: each request answers 503 until the database is back.
+        log.warning("the reader's connections could not be opened in advance: %s", exc)
     server = uvicorn.Server(
         uvicorn.Config(
             app,

@@ -9,7 +9,9 @@ held and not addresses; nodes live, deleted, unknown and misnamed; owners URL-en
 ``as_of`` offsets and times, valid and not; ``If-None-Match`` naming the tag or not (304);
 unknown and misnamed clusters; and the database down (503). The requests the fast path must
 leave to Litestar (another parameter, a trailing slash, a repeated parameter, ...) are checked
-to reach it, the plain ones not to; and the latency histogram counts the same in both.
+to reach it, the plain ones not to; and the latency histogram counts the same in both. Last,
+the API's reader opens all its connections at ``warm_up`` (what ``ipledger api`` does before
+it listens).
 """
 
 from __future__ import annotations
@@ -296,3 +298,35 @@ def _refusing_port() -> Iterator[int]:
     with socket.socket() as bound:
         bound.bind(("127.0.0.1", 0))
         yield bound.getsockname()[1]
+
+
+async def test_warm_up_opens_every_connection_of_the_api_reader(pg_dsn: str, known: Known) -> None:
+    settings = dataclasses.replace(Settings(), database_url=pg_dsn)
+    role = await bootstrap.ensure_api_role(settings)
+    reader = bootstrap.open_api_reader(settings)
+    db = await asyncpg.connect(pg_dsn)
+
+    async def opened() -> int:
+        count: int = await db.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = $1 AND datname = "
+            "current_database()",
+            role,
+        )
+        return count
+
+    try:
+        assert await opened() == 0
+        await reader.warm_up()
+        # open_api_reader's pool of 8, every one open (and kept: the API's reader keeps them).
+        assert await opened() == 8
+        # And each has the hot statements prepared: the lookups run on them as before.
+        cluster, address, _ = known.held[0]
+        pair = _clients(reader)
+        try:
+            assert (await pair.fast.get(f"/v1/clusters/{cluster}/ips/{address}")).status_code == 200
+        finally:
+            await pair.fast.aclose()
+            await pair.litestar.aclose()
+    finally:
+        await db.close()
+        await reader.close()
