@@ -39,6 +39,9 @@ from service.domain import restore, state
 from tests.harness.kafka import KafkaBroker
 
 NAME = "allocator"
+# The consumer group the allocator reports its position in, as ``ipledger run`` opens the log
+# (service.bootstrap.open_log): the loop then publishes its position after every commit.
+GROUP_ID = "ipledger-allocator"
 # Offered loads of the latency runs (events/s), the issue's 5,000 last.
 LATENCY_RATES = (1000, 2500, 5000)
 # --quick (a smoke run): every path, small. Throughput topic size and repetitions, seconds of
@@ -178,7 +181,7 @@ async def allocator_rate(
 ) -> Throughput:
     """Events/s from the start to the last committed offset, and the CPU per event on each side
     (``data_dir``: the server's); ``timeline`` gets (s, committed)."""
-    event_log = await kafka_log.KafkaEventLog.open(bootstrap, topic)
+    event_log = await kafka_log.KafkaEventLog.open(bootstrap, topic, group_id=GROUP_ID)
     projection = pg_projection.PostgresProjection.from_dsn(dsn, log_name="bench", holder="bench")
     worker = allocator.PartitionAllocator(event_log, projection, 0)
     stop = anyio.Event()
@@ -238,7 +241,7 @@ async def latency(
                 first_sent[0] = min(first_sent[0], sent)
                 samples.append((now - sent) / 1e9)
 
-    event_log = await kafka_log.KafkaEventLog.open(bootstrap, topic)
+    event_log = await kafka_log.KafkaEventLog.open(bootstrap, topic, group_id=GROUP_ID)
     projection = pg_projection.PostgresProjection.from_dsn(dsn, log_name="bench", holder="bench")
     if phases is not None:
         on_commit = latency_phases.instrument(event_log, projection, phases, on_commit)

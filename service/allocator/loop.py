@@ -80,6 +80,11 @@ class PartitionAllocator:
         self._partitions = 0
         # The partition's Merkle tree, loaded and dropped with the state (None: the tree off).
         self._tree: merkle.Tree | None = None
+        # The consumer group position (lag monitoring): the latest committed next offset, the
+        # last one reported, and whether a report is out (``_report_position``).
+        self._position_wanted = 0
+        self._position_reported = 0
+        self._position_reporting = False
 
     async def run(self, stop: anyio.Event) -> None:
         """Lead or stand by until ``stop`` is set; never returns early on bad input.
@@ -342,18 +347,40 @@ class PartitionAllocator:
                 await self.projection.commit(batch)
             self._after_commit(batch, time.perf_counter() - started)
             self._last_renew = time.monotonic()
-            if isinstance(self.log, ports.ReportsConsumerPosition):
-                # Lag monitoring only, so it may not hold the loop (and the lease renewed by
-                # commits) up: aiokafka retries a group commit for as long as the broker is away.
-                with anyio.move_on_after(self.settings.renew_every_s):
-                    try:
-                        await self.log.commit_consumer_offset(self.partition, batch.next_offset)
-                    except errors.LogError as exc:
-                        log.debug("consumer group offset not committed: %s", exc)
         except Exception as exc:  # handed to the loop, which decides
             handle.error = exc
+            return
         finally:
             handle.done.set()
+        # After ``done``: the next commit need not wait for the broker's answer.
+        await self._report_position(batch.next_offset)
+
+    async def _report_position(self, next_offset: int) -> None:
+        """Publish the committed position as the consumer group's, for lag monitoring only.
+
+        It may not hold the loop (and the lease renewed by commits) up, so it runs after the
+        commit is marked done: each one was a broker round trip in front of the next commit.
+        One report at a time, always of the latest committed offset: a commit landing while a
+        report is out is reported next, and never after a later one.
+        """
+        if not isinstance(self.log, ports.ReportsConsumerPosition):
+            return
+        self._position_wanted = max(self._position_wanted, next_offset)
+        if self._position_reporting:
+            return
+        self._position_reporting = True
+        try:
+            while self._position_reported < self._position_wanted:
+                offset = self._position_wanted
+                # aiokafka retries a group commit for as long as the broker is away.
+                with anyio.move_on_after(self.settings.renew_every_s):
+                    try:
+                        await self.log.commit_consumer_offset(self.partition, offset)
+                    except errors.LogError as exc:
+                        log.debug("consumer group offset not committed: %s", exc)
+                self._position_reported = offset
+        finally:
+            self._position_reporting = False
 
     def _after_commit(self, batch: ports.Batch, seconds: float) -> None:
         metrics = self.metrics
