@@ -26,6 +26,7 @@ import bench
 from service.adapters.postgres import embedded, migrate
 from service.adapters.postgres import projection as pg_projection
 from service.domain import allocation, document, state
+from service.settings import Settings
 
 PODS_PER_NODE = 110
 BASE = "restart_base"
@@ -78,25 +79,44 @@ class RestartDatabase:
     def __init__(self, nodes: int, *, fsync: bool = True) -> None:
         self.nodes = nodes
         self.home = cache_dir() / _key(nodes)
-        # fsync on while measuring: the tail's commits are durable as in production. The build
-        # itself runs with synchronous_commit off (a lost build is built again).
-        self.server = embedded.EmbeddedPostgres(
-            self.home / "pg",
-            fsync=fsync,
-            settings={"shared_buffers": "512MB"},
-            end_with_parent=True,
-        )
+        self._fsync = fsync
+        self._server: embedded.EmbeddedPostgres | None = None
         self.built_s = 0.0
         self._copies = 0
+
+    @property
+    def server(self) -> embedded.EmbeddedPostgres:
+        if self._server is None:
+            raise RuntimeError("RestartDatabase.start() first")
+        return self._server
 
     def start(self) -> None:
         """Start the server (blocking; on the thread that lives as long as it should: the
         server ends with the thread that started it), then ``await prepare()``."""
         if not (self.home / "ready").exists():
-            shutil.rmtree(self.home, ignore_errors=True)
+            self._remove()
             self.home.mkdir(parents=True)
             self.home.chmod(0o755)
-        self.server.start()
+        # As root the server runs as an account that cannot enter a cache under a private home
+        # (/root is 0700): the cluster then lives under the system data directory and home/pg
+        # links to it (embedded.place_cluster), as for bench.api's database.
+        system = Settings.from_env(os.environ, check=False).system_data_dir
+        # fsync on while measuring: the tail's commits are durable as in production. The build
+        # itself runs with synchronous_commit off (a lost build is built again).
+        self._server = embedded.EmbeddedPostgres(
+            embedded.place_cluster(self.home / "pg", system),
+            fsync=self._fsync,
+            settings={"shared_buffers": "512MB"},
+            end_with_parent=True,
+        )
+        self._server.start()
+
+    def _remove(self) -> None:
+        """The cached database, and the cluster its link points to when it is elsewhere."""
+        pointer = self.home / "pg"
+        if pointer.is_symlink():
+            shutil.rmtree(pointer.resolve(), ignore_errors=True)
+        shutil.rmtree(self.home, ignore_errors=True)
 
     async def prepare(self) -> None:
         """Build the base database if the cache has none, and migrate it to the schema."""
@@ -107,7 +127,8 @@ class RestartDatabase:
         await migrate.upgrade(self.server.dsn_for(BASE))
 
     def stop(self) -> None:
-        self.server.stop()
+        if self._server is not None:
+            self._server.stop()
 
     async def _build(self) -> float:
         began = time.monotonic()
