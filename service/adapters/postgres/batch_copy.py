@@ -1,11 +1,11 @@
 """A large batch's commit: one COPY per table, in the caller's transaction.
 
 Called by ``projection.PostgresProjection.commit`` for batches of ``COPY_FROM_RECORDS`` records
-or more, which group commit makes under load; smaller ones go as one statement
-(``batch_commit``). Both write the same rows (tests/integration/test_batch_commit.py runs both
-against the in-memory projection). For a batch of thousands of records the round trips do not
-count, and COPY's multi-row inserts cost PostgreSQL less per row than ``INSERT ... SELECT
-FROM unnest`` (5,000 records: 45-47.5 against 54-56 ms of server CPU per commit).
+or more, which group commit makes under load, or of ``COPY_FROM_BYTES``; smaller ones go as one
+statement (``batch_commit``). Both write the same rows (tests/integration/test_batch_commit.py
+runs both against the in-memory projection). For a batch of thousands of records the round
+trips do not count, and COPY's multi-row inserts cost PostgreSQL less per row than ``INSERT
+... SELECT FROM unnest`` (5,000 records: 45-47.5 against 54-56 ms of server CPU per commit).
 
 The caller opens the transaction and passes the fence (``fence``, which raises
 ``FencedError``): it runs first, so the lease row stays locked until the COMMIT. The address
@@ -34,6 +34,21 @@ from service.domain.pool import IPV4, IPV6
 # of client and server together: 1,000 records 17.9 (statement) against 28.4 ms (COPY), 5,000
 # records 81 against 73.5 ms; the lines through those points cross at about 3,300.
 COPY_FROM_RECORDS = 3000
+# Bytes of records (their values, which a rejection stores raw, and their decisions) from which
+# a batch goes by COPY too: the statement is one protocol message, which PostgreSQL takes up to
+# 1 GB only (and a bytea array no larger), while COPY streams row by row; a batch of large
+# records must never be refused for its size, retried and refused again.
+COPY_FROM_BYTES = 16 << 20
+
+
+def by_copy(batch: ports.Batch) -> bool:
+    """Whether ``batch`` is committed by COPY (``write``) rather than as one statement."""
+    if len(batch.applied) >= COPY_FROM_RECORDS:
+        return True
+    size = 0
+    for applied in batch.applied:
+        size += len(applied.record.value) + len(applied.body)
+    return size >= COPY_FROM_BYTES
 
 
 async def write(

@@ -197,13 +197,12 @@ class PostgresProjection:
         """Write everything one batch did, and its offset, in one transaction (or nothing).
 
         One statement (``batch_commit``), its own implicit transaction: one round trip and the
-        WAL flush; from ``batch_copy.COPY_FROM_RECORDS`` records on, where round trips do not
-        count and COPY costs less per row, one COPY per table in a transaction
-        (``batch_copy``). A writer whose lease was lost writes nothing and gets
-        ``FencedError``.
+        WAL flush; for a large batch (``batch_copy.by_copy``), where round trips do not count
+        and COPY costs less per row, one COPY per table in a transaction (``batch_copy``). A
+        writer whose lease was lost writes nothing and gets ``FencedError``.
         """
         now = datetime.datetime.now(UTC)
-        if len(batch.applied) >= batch_copy.COPY_FROM_RECORDS:
+        if batch_copy.by_copy(batch):
             async with self._driver("committing a batch", transaction=True) as db:
                 await _writer_codecs(db)
                 await batch_copy.write(
