@@ -1,9 +1,12 @@
 """Replay for audits: the log applied again, and everything the allocator committed checked.
 
 ``replay_partition`` reads one partition of the log from offset 0 and applies it with the
-allocator's own batch code (``service.allocator.batch.apply_records``) into a fresh projection:
-in memory (``--verify``) or a database of the caller's (``--into``), committed batch by batch
-exactly as the allocator commits. Batches end at every committed tree head, where the replayed
+core the allocator runs into a fresh projection: in memory (``--verify``, ``--until``), by the
+replay's own loop (``replay_apply``: ``apply_records`` less what only a commit needs, and with
+turns for the read ahead), or into a database of the caller's (``--into``) with the allocator's
+own batch code (``service.allocator.batch.apply_records``), committed batch by batch exactly as
+the allocator commits. The next chunk of the log and its committed decisions' digest are read
+while this one is applied. Batches end at every committed tree head, where the replayed
 tree's root, the state digest (on the heads that carry one), the chain and the signature are
 checked against the head. Every decision is compared with the committed one (its bytes, and its
 stored leaf, which binds the record the allocator read): a chunk's by a digest the server
@@ -20,9 +23,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import gc
-import ipaddress
 import operator
-import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -43,8 +44,10 @@ from service.allocator.settings import TreeSettings
 from service.audit import replay_apply, signing
 from service.domain import document, events, merkle, restore, state
 
-# Records read at once (and the longest replayed batch): heads cut batches shorter.
+# Records read at once (and the longest replayed batch): heads cut batches shorter. The first
+# read is shorter: nothing is applied while it is under way.
 CHUNK = 10_000
+FIRST_CHUNK = 1_000
 # How long a read waits for records known to be there (the log's end is above them).
 READ_WAIT_S = 5.0
 # The replay records no digest of its own: it checks the committed heads' digests instead.
@@ -103,76 +106,34 @@ class _ReplayProjection(MemoryProjection):
 
     Nothing but the replay writes its tables, and what the allocator committed was already
     accepted by PostgreSQL; the checks (every text and integer of every row) were 40 % of a
-    replay's time. The rows are computed by the same ``memory_rows.Writes`` as ever. A node's
-    row is its state after the last batch that touched it, so the batches are applied without
-    node rows (``apply_records(rows=False)``: every node an ip event touches was a snapshot per
-    batch, a tenth of the time) and ``finish`` writes each touched node's and cluster's row from
-    the final state.
+    replay's time. The rows are computed by the same ``memory_rows.Writes`` as ever, but for
+    the pod address rows (``replay_apply.Addresses``, kept over the whole log). A node's row
+    is its state after the last batch that touched it, so the batches make no node rows (every
+    node an ip event touches was a snapshot per batch, a tenth of the time) and ``finish``
+    writes each touched node's and cluster's row from the final state.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # The nodes each cluster's batches touched (their journals' node sets), for ``finish``.
         self.touched: dict[str, set[str]] = {}
-        # The pod address rows, kept here rather than in the memory tables (``address_rows``).
-        self.holding: dict[tuple[str, int, int], tuple[Any, ...]] = {}
-        self.finished: list[tuple[Any, ...]] = []
+        # The pod address rows, kept over the whole log (``replay_apply.apply_batch`` writes
+        # them as it applies the records).
+        self.addresses = replay_apply.Addresses()
 
     async def commit(self, batch: ports.Batch) -> None:
         # Decisions are compared per chunk (``_compare_decisions``), not kept: a million
         # rows kept in offset order (an insort each) were a tenth of a replay's time. Only the
-        # rejected records' go through, for their rows in ``rejection``.
+        # rejected records' go through, for their rows in ``rejection``; the address changes
+        # are in ``addresses`` already.
         tables = self.tables
-        lean = dataclasses.replace(
-            batch, applied=[a for a in batch.applied if a.rejected], changes={}
-        )
+        lean = dataclasses.replace(batch, applied=batch.applied, changes={})
         writes = memory_rows.Writes.of(tables, lean, self.log_name, tables.clock())
         writes.decisions = []
         touched = self.touched
-        holding, finished, partition = self.holding, self.finished, batch.partition
         for name, changes in batch.changes.items():
             touched.setdefault(name, set()).update(changes.nodes)
-            # What ``memory_rows.Writes`` does per batch, done once over the whole log: the
-            # address changes in log order over the holdings open before them. A batch's
-            # holdings replace the touched addresses' rows and every holding that ended is a
-            # history row, so carrying one dict across batches leaves the same rows; the rows
-            # stay in plain tuples keyed by the address's integer, its text made once at the
-            # end (the per-batch rows objects were a tenth of a replay's time).
-            for change, (offset, moment) in zip(changes.ips, batch.ip_times[name], strict=True):
-                key = (name, change.family, change.address)
-                if change.held:
-                    holding[key] = (change.node, change.owner, partition, offset, moment)
-                else:
-                    held = holding.pop(key, None)
-                    if held is not None:
-                        node, owner, since_partition, since_offset, since_time = held
-                        finished.append(
-                            (
-                                key,
-                                since_offset,
-                                (node, owner, since_partition, since_time, offset, moment),
-                            )
-                        )
         writes.apply(tables)
-
-    def address_rows(
-        self,
-    ) -> tuple[dict[tuple[str, str], tuple[Any, ...]], dict[tuple[str, str, int], tuple[Any, ...]]]:
-        """The ``pod_ip`` and ``ip_history`` rows in ``ports.ProjectionRows``' form."""
-        # Addresses recur (a freed one is the next handed out): each text made once.
-        texts: dict[tuple[int, int], str] = {}
-        for key in self.holding:
-            texts[key[1:]] = ""
-        for key, _, _ in self.finished:
-            texts[key[1:]] = ""
-        ntoa = socket.inet_ntoa
-        for family, address in texts:
-            texts[(family, address)] = (
-                ntoa(address.to_bytes(4, "big")) if family == 4 else _address_text(family, address)
-            )
-        pod_ips = {(key[0], texts[key[1:]]): row for key, row in self.holding.items()}
-        history = {(key[0], texts[key[1:]], since): row for key, since, row in self.finished}
-        return pod_ips, history
 
     async def finish(self, current: state.State, partition: int, token: int, end: int) -> None:
         """The rows of every cluster and node the batches touched, as ``current`` has them."""
@@ -358,7 +319,7 @@ async def _read_ahead(
     async with send:
         offset = 0
         while offset < end:
-            wanted = min(CHUNK, end - offset)
+            wanted = min(CHUNK if offset else FIRST_CHUNK, end - offset)
             # A wait of its own: a Kafka consumer has nothing fetched yet when first asked.
             found = list(await run.log.read(run.partition, offset, wanted, READ_WAIT_S))
             stored = None
@@ -423,6 +384,7 @@ async def _apply_chunks(
             span = records[offset - chunk_start : stop - chunk_start]
             if in_memory:
                 # The replay's own loop: no decision rows, no heads (replay_apply).
+                assert isinstance(run.projection, _ReplayProjection)
                 applied = await replay_apply.apply_batch(
                     run.current,
                     span,
@@ -431,6 +393,7 @@ async def _apply_chunks(
                     partitions=run.partitions,
                     tree=run.tree,
                     decided=made,
+                    addresses=run.projection.addresses,
                 )
             else:
                 applied = batches.apply_records(
@@ -609,7 +572,7 @@ async def _compare_end(
         )
     replayed = await rows_reader.rows([run.partition])
     if isinstance(run.projection, _ReplayProjection):
-        replayed.pod_ips, replayed.history = run.projection.address_rows()
+        replayed.pod_ips, replayed.history = run.projection.addresses.rows()
     committed = await run.live.rows([run.partition])
     for kind, mine, theirs in (
         ("cluster", replayed.clusters, committed.clusters),
@@ -719,13 +682,6 @@ def _offset_of(kind: str, key: Any, row: Any) -> int | None:
     if kind == "tree_node":  # (partition, level, start): the leaf that completed it
         return int(key[2]) + (1 << int(key[1])) - 1
     return None
-
-
-def _address_text(family: int, address: int) -> str:
-    """``ipaddress``'s text of an address (``ports.ProjectionRows``' keys); IPv4's in C."""
-    if family == 4:
-        return socket.inet_ntoa(address.to_bytes(4, "big"))
-    return str(ipaddress.IPv6Address(address))
 
 
 def _key_text(key: Any) -> str:

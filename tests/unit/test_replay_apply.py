@@ -2,10 +2,11 @@
 
 The replay applies the log without building what only the allocator's commit needs; what it
 does build must be exactly what ``batch.apply_records`` builds, record for record: the
-decisions' bodies and leaves, the tree, the change journals with each address change's
-offset and time, the node and pool history, the stored subtrees, and the rejected records
-with their reasons (undecodable, a key that is not the event's cluster, a cluster whose home
-is another partition). Checked over a mixed stream cut into batches of several sizes.
+decisions' bodies and leaves, the tree, the change journals, the node and pool history, the
+stored subtrees, and the rejected records with their reasons (undecodable, a key that is not
+the event's cluster, a cluster whose home is another partition); and the pod address rows it
+keeps over the whole log must be those the memory projection writes batch by batch from
+``apply_records``' batches. Checked over a mixed stream cut into batches of several sizes.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import types
 import pytest
 
 from service import ports
+from service.adapters.memory_audit import MemoryAuditReader
+from service.adapters.memory_projection import MemoryProjection
 from service.allocator import batch as batches
 from service.allocator.settings import TreeSettings
 from service.audit import replay_apply
@@ -73,6 +76,10 @@ async def test_the_replay_loop_builds_what_apply_records_builds(size: int) -> No
     records = _records()
     theirs, mine = state.State(track_changes=True), state.State(track_changes=True)
     their_tree, my_tree = merkle.Tree(), merkle.Tree()
+    projection = MemoryProjection(holder="test", lease_ttl_s=1e9)
+    token = await projection.try_acquire(PARTITION)
+    assert token is not None
+    addresses = replay_apply.Addresses()
     kinds = set()
     for start in range(0, len(records), size):
         span = records[start : start + size]
@@ -80,15 +87,22 @@ async def test_the_replay_loop_builds_what_apply_records_builds(size: int) -> No
             theirs,
             span,
             PARTITION,
-            1,
+            token,
             partitions=PARTITIONS,
             tree=their_tree,
             evidence=_NO_HEADS,
-            rows=False,
         )
+        await projection.commit(expected)
         decided = replay_apply.Decided()
         found = await replay_apply.apply_batch(
-            mine, span, PARTITION, 1, partitions=PARTITIONS, tree=my_tree, decided=decided
+            mine,
+            span,
+            PARTITION,
+            token,
+            partitions=PARTITIONS,
+            tree=my_tree,
+            decided=decided,
+            addresses=addresses,
         )
 
         assert decided.records == [a.record for a in expected.applied]
@@ -100,7 +114,6 @@ async def test_the_replay_loop_builds_what_apply_records_builds(size: int) -> No
         assert found.applied == [a for a in expected.applied if a.rejected]
         assert found.next_offset == expected.next_offset
         assert found.changes == expected.changes
-        assert found.ip_times == expected.ip_times
         assert found.node_history == expected.node_history
         assert found.pool_history == expected.pool_history
         assert found.subtrees == expected.subtrees
@@ -108,6 +121,12 @@ async def test_the_replay_loop_builds_what_apply_records_builds(size: int) -> No
         for a in found.applied:
             kinds.add("wrong partition" if a.wrong_partition else (a.decision.error or "")[:12])
     assert document.digest(mine) == document.digest(theirs)
+    committed = await MemoryAuditReader(projection.tables).rows([PARTITION])
+    pod_ips, history = addresses.rows()
+    assert committed.pod_ips and committed.history
+    assert any(":" in address for _, address in committed.pod_ips)  # IPv6 texts too
+    assert pod_ips == committed.pod_ips
+    assert history == committed.history
     # Every kind of rejection was met (and so compared) at least once.
     assert {"wrong partition", "record key '", "invalid even"} <= kinds
 
