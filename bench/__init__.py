@@ -259,6 +259,23 @@ def machine() -> dict[str, str]:
     }
 
 
+def source() -> str:
+    """The commit the benchmarks run from, for the report: ``git describe``'s short hash, with
+    ``+ uncommitted changes`` when tracked files differ from it; "unknown" outside a checkout."""
+    root = str(Path(__file__).resolve().parent.parent)
+    commit = _first_line(["git", "-C", root, "rev-parse", "--short=10", "HEAD"])
+    if commit == "unknown":
+        return commit
+    changed = subprocess.run(
+        ["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    return f"{commit} + uncommitted changes" if changed.stdout.strip() else commit
+
+
 def _first_line(command: Sequence[str]) -> str:
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)

@@ -223,6 +223,7 @@ def run_each(
 ) -> None:
     """Run the ``wanted`` benchmarks in order into ``suite``; the names of those that raised
     go to ``failed`` (with --keep-going; without, the exception propagates)."""
+    commit = bench.source()  # what ran: the tree as it was when the suite started
     for name in wanted:
         if name not in modules:
             continue
@@ -239,6 +240,7 @@ def run_each(
         took, used = time.monotonic() - began, cpu_seconds() - cpu
         suite.add(name, rows, took, bench.machine())
         suite.runs[name]["cpu seconds"] = round(used, 1)
+        suite.runs[name]["commit"] = commit
         print(f"[{name} done in {took:.0f} s, {used:.0f} s of CPU]", file=sys.stderr)
         if args.quick and (over := over_budget(name, took)):
             load = bench.machine()["load average"]

@@ -97,6 +97,8 @@ def _when(run: dict[str, object]) -> str:
         bits.append("**--quick** (smoke sizes)")
     if run.get("load average"):
         bits.append(f"load {run['load average']}")
+    if run.get("commit"):
+        bits.append(f"commit {run['commit']}")
     return ", ".join(bits)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -214,6 +215,24 @@ def test_render_shows_machine_versions_goals_and_spread() -> None:
     assert "| restart | 1.5 |  |  | 1 | s | <= 60 (7.2 M addresses) | not judged |" in text
     assert "- p99 | worst: 5,000 events" in text
     assert "Measured 2026-12-02" in text
+
+
+def test_each_benchmark_names_the_commit_it_ran_from() -> None:
+    s = suite(rate([1.0]))
+    s.runs["b"]["commit"] = "0123456789 + uncommitted changes"
+    assert "commit 0123456789 + uncommitted changes" in report.render(s, {})
+
+
+def test_the_source_is_this_checkouts_head() -> None:
+    root = Path(bench.__file__).resolve().parent.parent
+    head = subprocess.run(
+        ["git", "-C", str(root), "rev-parse", "--short=10", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    expected = head.stdout.strip() if head.returncode == 0 else "unknown"
+    assert bench.source().split(" + ")[0] == expected
 
 
 def test_render_links_plots_and_names_the_undrawn() -> None:
