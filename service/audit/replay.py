@@ -294,13 +294,16 @@ async def _apply_log(run: _Run, end: int, until: Until | None) -> Divergence | N
     one is applied: the database works on its own core meanwhile.
     """
     send, receive = anyio.create_memory_object_stream[_Chunk](1)
-    async with anyio.create_task_group() as tasks:
-        tasks.start_soon(_read_ahead, run, end, until is None, send)
-        try:
-            async with receive:
+    # Closed only once the read ahead is cancelled: it is often waiting to hand over the next
+    # chunk when the applier stops at a divergence, and a send to a closed stream would raise
+    # (BrokenResourceError) out of the task group instead of the divergence being returned.
+    with receive:
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(_read_ahead, run, end, until is None, send)
+            try:
                 divergence = await _apply_chunks(run, end, until, receive)
-        finally:
-            tasks.cancel_scope.cancel()
+            finally:
+                tasks.cancel_scope.cancel()
     return divergence
 
 
