@@ -451,10 +451,17 @@ async def _compare_decisions(
     mine = made.digest()
     if count == len(made.records) and digest == mine:
         return None
-    found = await _first_decision_divergence(run, made)
+    rows = await _stored_decisions(run, made)
+    found = _first_difference(run, made, rows)
     if found is not None:
         return found
-    # Not found one by one: the committed decisions changed between the two reads.
+    # None differs one by one: either the committed decisions carry no leaf (written with the
+    # tree off: each was compared by its body alone, the digest counts the missing leaf) or
+    # they changed between the two reads. The digest of the rows read one by one tells which.
+    if count == len(rows) and digest == ports.decision_digest(
+        (d.offset, d.body, d.leaf) for d in rows
+    ):
+        return None
     first = made.records[0].offset if made.records else None
     return Divergence(
         run.partition,
@@ -468,10 +475,22 @@ async def _compare_decisions(
 
 async def _first_decision_divergence(run: _Run, made: replay_apply.Decided) -> Divergence | None:
     """The first of ``made`` (consecutive) that is not the committed decision at its offset."""
+    return _first_difference(run, made, await _stored_decisions(run, made))
+
+
+async def _stored_decisions(run: _Run, made: replay_apply.Decided) -> list[ports.StoredDecision]:
+    """The committed decisions at the offsets of ``made``."""
     if not made.records:
-        return None
+        return []
     start = made.records[0].offset
+    end = start + len(made.records)
     stored = await run.live.decisions(run.partition, start, len(made.records))
+    return [d for d in stored if d.offset < end]
+
+
+def _first_difference(
+    run: _Run, made: replay_apply.Decided, stored: Sequence[ports.StoredDecision]
+) -> Divergence | None:
     by_offset = {d.offset: d for d in stored}
     for record, body, leaf in zip(made.records, made.bodies, made.leaves, strict=True):
         offset = record.offset

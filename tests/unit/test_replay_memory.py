@@ -3,7 +3,9 @@
 The integration tests (tests/integration/test_audit.py) replay a log shorter than one chunk;
 here the chunks are made small so that the read ahead is running, or waiting to hand over the
 next chunk, when the applier meets a divergence and stops: the replay must still return it as
-its report (and leave no task behind), and a clean log of many chunks must verify.
+its report (and leave no task behind), and a clean log of many chunks must verify. Also a log
+applied with the tree off: its decisions carry no leaf, so no chunk's digest can match the
+replayed one (which has the leaves), and they are compared by their bodies alone.
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ def _small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(replay, "FIRST_CHUNK", 50)
 
 
-async def _ledger() -> tuple[memory.MemoryEventLog, memory.MemoryProjectionTables]:
+async def _ledger(
+    *, tree: bool = True
+) -> tuple[memory.MemoryEventLog, memory.MemoryProjectionTables]:
     event_log = memory.MemoryEventLog(1)
     for start in range(0, len(RECORDS), 500):
         await event_log.append([(key_of(r), r) for r in RECORDS[start : start + 500]])
@@ -40,7 +44,7 @@ async def _ledger() -> tuple[memory.MemoryEventLog, memory.MemoryProjectionTable
         projection,
         0,
         settings=allocator.LoopSettings(
-            batch_max_records=170, tree=allocator.TreeSettings(head_every=100)
+            batch_max_records=170, tree=allocator.TreeSettings(head_every=100) if tree else None
         ),
     )
     stop = anyio.Event()
@@ -63,11 +67,22 @@ async def test_a_clean_log_of_many_chunks_verifies() -> None:
     assert report.heads_checked == len(tables.heads[0])
 
 
+async def test_a_log_applied_with_the_tree_off_verifies_by_the_decisions_bodies() -> None:
+    event_log, tables = await _ledger(tree=False)
+    assert all(d.leaf is None for d in tables.decisions[0])
+
+    report = await replay.replay_partition(event_log, MemoryAuditReader(tables), 0, 1)
+
+    assert report.divergence is None, report.divergence.describe()
+    assert (report.records, report.heads_checked) == (len(RECORDS), 0)
+
+
+@pytest.mark.parametrize("tree", [True, False])
 @pytest.mark.parametrize("offset", [60, 1234, 2950])
 async def test_a_divergence_mid_log_is_reported_while_the_next_chunks_are_read(
-    offset: int,
+    offset: int, tree: bool
 ) -> None:
-    event_log, tables = await _ledger()
+    event_log, tables = await _ledger(tree=tree)
     decisions = tables.decisions[0]
     at = next(i for i, d in enumerate(decisions) if d.offset == offset)
     decisions[at] = dataclasses.replace(decisions[at], body=decisions[at].body + b" ")
