@@ -260,14 +260,16 @@ def machine() -> dict[str, str]:
 
 
 def source() -> str:
-    """The commit the benchmarks run from, for the report: ``git describe``'s short hash, with
-    ``+ uncommitted changes`` when tracked files differ from it; "unknown" outside a checkout."""
+    """The commit the benchmarks run from, for the report: HEAD's short hash, with ``+
+    uncommitted changes`` when tracked files other than the report's own (docs/: the results,
+    the report and its plots, which every run rewrites) differ from it; "unknown" outside a
+    checkout."""
     root = str(Path(__file__).resolve().parent.parent)
     commit = _first_line(["git", "-C", root, "rev-parse", "--short=10", "HEAD"])
     if commit == "unknown":
         return commit
     changed = subprocess.run(
-        ["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
+        ["git", "-C", root, "status", "--porcelain", "--untracked-files=no", "--", ".", ":!docs"],
         capture_output=True,
         text=True,
         timeout=30,
