@@ -25,6 +25,7 @@ from __future__ import annotations
 import collections
 import gc
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -81,10 +82,11 @@ class PartitionAllocator:
         # The partition's Merkle tree, loaded and dropped with the state (None: the tree off).
         self._tree: merkle.Tree | None = None
         # The consumer group position (lag monitoring): the latest committed next offset, the
-        # last one reported, and whether a report is out (``_report_position``).
+        # last one reported, whether a report is out and when it went (``_report_position``).
         self._position_wanted = 0
         self._position_reported = 0
         self._position_reporting = False
+        self._position_at = -math.inf  # when the last report went out (monotonic)
 
     async def run(self, stop: anyio.Event) -> None:
         """Lead or stand by until ``stop`` is set; never returns early on bad input.
@@ -360,8 +362,9 @@ class PartitionAllocator:
 
         It may not hold the loop (and the lease renewed by commits) up, so it runs after the
         commit is marked done: each one was a broker round trip in front of the next commit.
-        One report at a time, always of the latest committed offset: a commit landing while a
-        report is out is reported next, and never after a later one.
+        One report at a time, always of the latest committed offset, and at most one per
+        ``position_every_s``: commits landing meanwhile are reported together, next, and never
+        after a later one.
         """
         if not isinstance(self.log, ports.ReportsConsumerPosition):
             return
@@ -371,6 +374,10 @@ class PartitionAllocator:
         self._position_reporting = True
         try:
             while self._position_reported < self._position_wanted:
+                wait = self._position_at + self.settings.position_every_s - time.monotonic()
+                if wait > 0:
+                    await anyio.sleep(wait)
+                self._position_at = time.monotonic()
                 offset = self._position_wanted
                 # aiokafka retries a group commit for as long as the broker is away.
                 with anyio.move_on_after(self.settings.renew_every_s):

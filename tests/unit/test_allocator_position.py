@@ -4,10 +4,13 @@ With Kafka, ``ipledger run`` publishes the committed offset as the consumer grou
 commit. That is a broker round trip, and it used to be awaited before the next commit could
 start. Checked against the in-memory adapters, with a log whose position reports wait until the
 test lets them go: every batch commits while the first report is still out; then the reports
-go one at a time, in increasing order, and end at the last committed offset.
+go one at a time, in increasing order, and end at the last committed offset. And at most one
+report goes out per ``position_every_s``, however many commits land.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import anyio
 import pytest
@@ -27,6 +30,7 @@ SETTINGS = allocator.LoopSettings(
     renew_every_s=600.0,
     backoff_initial_s=0.001,
     backoff_max_s=0.01,
+    position_every_s=0.0,
 )
 
 
@@ -81,3 +85,31 @@ async def test_commits_do_not_wait_for_position_reports_which_go_in_order() -> N
     assert event_log.reported == sorted(set(event_log.reported))
     # The first report, and then the latest offset: not one per commit that landed meanwhile.
     assert event_log.reported == [batches[0].next_offset, RECORDS]
+
+
+async def test_at_most_one_report_per_interval_however_many_commits() -> None:
+    event_log = ReportingLog()
+    event_log.gate.set()
+    tables = memory.MemoryProjectionTables(clock=fakes.ManualClock())
+    projection = memory.MemoryProjection(tables, holder="writer", lease_ttl_s=6.0)
+    batches: list[ports.Batch] = []
+    settings = dataclasses.replace(SETTINGS, position_every_s=3600.0)
+    worker = allocator.PartitionAllocator(
+        event_log, projection, 0, settings=settings, on_commit=batches.append
+    )
+    values = mixed_stream(RECORDS)
+    stop = anyio.Event()
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(worker.run, stop)
+        await event_log.append([(key_of(v), v) for v in values[:50]])
+        await waiting.until(lambda: event_log.reported != [], timeout=20, what="the first report")
+        await event_log.append([(key_of(v), v) for v in values[50:]])
+        await waiting.until(
+            lambda: worker.metrics.next_offset.get(0, -1) >= RECORDS,
+            timeout=20,
+            what="every record committed",
+        )
+        stop.set()
+    assert len(batches) >= 2
+    # The first commit was reported at once; the later ones wait for the interval to pass.
+    assert event_log.reported == [batches[0].next_offset]
