@@ -25,7 +25,6 @@ from __future__ import annotations
 import collections
 import gc
 import logging
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -81,12 +80,11 @@ class PartitionAllocator:
         self._partitions = 0
         # The partition's Merkle tree, loaded and dropped with the state (None: the tree off).
         self._tree: merkle.Tree | None = None
-        # The consumer group position (lag monitoring): the latest committed next offset, the
-        # last one reported, whether a report is out and when it went (``_report_position``).
+        # The consumer group position (lag monitoring, ``_report_positions``): the latest
+        # committed next offset, the last one reported, and a commit landed since.
         self._position_wanted = 0
         self._position_reported = 0
-        self._position_reporting = False
-        self._position_at = -math.inf  # when the last report went out (monotonic)
+        self._position_changed = anyio.Event()
 
     async def run(self, stop: anyio.Event) -> None:
         """Lead or stand by until ``stop`` is set; never returns early on bad input.
@@ -230,6 +228,7 @@ class PartitionAllocator:
             if self.sink is not None:
                 tasks.start_soon(self._relay, token)
             tasks.start_soon(self._watch_log_end)
+            tasks.start_soon(self._report_positions)
             try:
                 while not stop.is_set():
                     records = await self.log.read(
@@ -354,31 +353,26 @@ class PartitionAllocator:
             return
         finally:
             handle.done.set()
-        # After ``done``: the next commit need not wait for the broker's answer.
-        await self._report_position(batch.next_offset)
+        # Reported by ``_report_positions``: the next commit need not wait for the broker.
+        self._position_wanted = max(self._position_wanted, batch.next_offset)
+        self._position_changed.set()
 
-    async def _report_position(self, next_offset: int) -> None:
+    async def _report_positions(self) -> None:
         """Publish the committed position as the consumer group's, for lag monitoring only.
 
-        It may not hold the loop (and the lease renewed by commits) up, so it runs after the
-        commit is marked done: each one was a broker round trip in front of the next commit.
-        One report at a time, always of the latest committed offset, and at most one per
-        ``position_every_s``: commits landing meanwhile are reported together, next, and never
-        after a later one.
+        A task of its own beside the leading loop: a report is a broker round trip, which once
+        stood in front of every next commit. One report at a time, always of the latest
+        committed offset, and at most one per ``position_every_s``: commits landing meanwhile
+        are reported together, next. While no partition is led (standing by, reloading, taking
+        a refused batch apart) nothing is reported; the next lead reports where it is.
         """
         if not isinstance(self.log, ports.ReportsConsumerPosition):
             return
-        self._position_wanted = max(self._position_wanted, next_offset)
-        if self._position_reporting:
-            return
-        self._position_reporting = True
-        try:
-            while self._position_reported < self._position_wanted:
-                wait = self._position_at + self.settings.position_every_s - time.monotonic()
-                if wait > 0:
-                    await anyio.sleep(wait)
-                self._position_at = time.monotonic()
-                offset = self._position_wanted
+        while True:
+            await self._position_changed.wait()
+            self._position_changed = anyio.Event()
+            offset = self._position_wanted
+            if offset > self._position_reported:
                 # aiokafka retries a group commit for as long as the broker is away.
                 with anyio.move_on_after(self.settings.renew_every_s):
                     try:
@@ -386,8 +380,7 @@ class PartitionAllocator:
                     except errors.LogError as exc:
                         log.debug("consumer group offset not committed: %s", exc)
                 self._position_reported = offset
-        finally:
-            self._position_reporting = False
+            await anyio.sleep(self.settings.position_every_s)
 
     def _after_commit(self, batch: ports.Batch, seconds: float) -> None:
         metrics = self.metrics
