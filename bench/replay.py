@@ -209,6 +209,15 @@ async def _replay_rate(
         await live.close()
 
 
+def _run_delay_s() -> float:
+    """Seconds this thread has spent runnable but waiting for a core (0 where unknown)."""
+    try:
+        with open("/proc/thread-self/schedstat") as stat:
+            return int(stat.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def rate_series(timeline: Sequence[tuple[float, int]], label: str) -> bench.Series:
     """Records replayed and verified per second between progress reports (every chunk)."""
     points, last_t, last_n = [], 0.0, 0
@@ -260,6 +269,8 @@ async def _run(args: argparse.Namespace, services: Services) -> list[bench.Resul
     bare: list[float] = []
     core: list[float] = []
     cpu_rates: list[float] = []
+    runnable: list[float] = []
+    blocked: list[float] = []
     core_cpu: list[float] = []
     proof_s: list[float] = []
     consistency_s: list[float] = []
@@ -271,11 +282,16 @@ async def _run(args: argparse.Namespace, services: Services) -> list[bench.Resul
             core.append(_core_rate(records))
             core_cpu.append(count / (time.process_time() - cpu))
             timelines.append([])
-            cpu = time.process_time()
+            cpu, delay, wall = time.process_time(), _run_delay_s(), time.perf_counter()
             rates.append(await _replay_rate(event_log, dsn, [0], count, timelines[-1]))
             # This process's CPU time (the server's is apart): what a loaded machine disturbs
             # least, and the ratio to the core's own.
-            cpu_rates.append(count / (time.process_time() - cpu))
+            cpu = time.process_time() - cpu
+            cpu_rates.append(count / cpu)
+            # The rest of the wall time: runnable but not running (the machine's load), or
+            # blocked (what the replay itself waits for: the database, the log).
+            runnable.append(_run_delay_s() - delay)
+            blocked.append(time.perf_counter() - wall - cpu - runnable[-1])
         # What a proof costs at this size: both read every leaf (O(n)), see docs/audits.md.
         proof_settings = Settings(database_url=dsn, log="table")
         for _ in range(repeat):
@@ -331,6 +347,17 @@ async def _run(args: argparse.Namespace, services: Services) -> list[bench.Resul
             detail="the database server's CPU apart",
             issue="10",
             better="higher",
+        ),
+        bench.Result.of_samples(
+            NAME,
+            "replay --verify: seconds blocked (off CPU, not runnable)",
+            blocked,
+            "s",
+            detail="what the replay waits for (the database, the log); the wall time less this "
+            "process's CPU time and its time runnable but not running (/proc/self/schedstat): "
+            + ", ".join(f"{r:.2f} s runnable" for r in runnable),
+            issue="10",
+            better="lower",
         ),
         bench.Result.of_samples(
             NAME,
