@@ -24,6 +24,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, BinaryIO, TypeVar
 
 from service import configuration, errors, logs
@@ -302,6 +303,42 @@ def _what_next(exc: errors.IpledgerError, settings: Settings | None) -> str:
     return str(exc)
 
 
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def _write_interruptibly(text: str) -> None:
+    """Write ``text`` to standard output, from the event loop, so that Ctrl-C ends even a write
+    that waits: asyncio's Runner answers the first Ctrl-C by cancelling the main task, and a
+    write(2) blocked on a pipe whose reader stopped reading (``status --watch | less`` scrolled
+    back, a test that read what it wanted) never returns to an ``await`` to be cancelled there.
+    While this writes, Ctrl-C raises ``KeyboardInterrupt`` in the write itself, as in a program
+    without an event loop. The bytes go to the descriptor unbuffered: nothing is left in
+    ``sys.stdout``'s buffer for the interpreter's exit to block on (a document cut short by
+    Ctrl-C stays cut short). A Ctrl-C the Runner answered already writes nothing."""
+    import asyncio
+    import signal
+
+    data = text.encode(sys.stdout.encoding or "utf-8", sys.stdout.errors or "strict")
+    sys.stdout.flush()
+    try:
+        descriptor = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a file (a test's capture): no write(2)
+        sys.stdout.write(text)
+        return
+    task = asyncio.current_task()
+    previous = signal.signal(signal.SIGINT, _interrupt)
+    try:
+        # Checked with the handler in place: a Ctrl-C just before it was the Runner's cancel.
+        if task is not None and task.cancelling():
+            return
+        view = memoryview(data)
+        while view:
+            view = view[os.write(descriptor, view) :]
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     """Print pool use, nodes needing attention, log lag, writers and rejections."""
     from rich.console import Console
@@ -316,15 +353,20 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     def show(report: status.Status) -> None:
         if args.json:
-            sys.stdout.write(json.dumps(status.as_json(report)) + "\n")
-            sys.stdout.flush()
-            return
-        if args.watch is not None:
-            if console.is_terminal:
-                console.clear()
-            else:
-                console.print(f"--- {report.read_at:%Y-%m-%d %H:%M:%S} UTC", markup=False)
-        status.render(report, console)
+            text = json.dumps(status.as_json(report)) + "\n"
+        else:
+            with console.capture() as captured:
+                if args.watch is not None:
+                    if console.is_terminal:
+                        console.clear()
+                    else:
+                        console.print(f"--- {report.read_at:%Y-%m-%d %H:%M:%S} UTC", markup=False)
+                status.render(report, console)
+            text = captured.get()
+        if args.watch is None:
+            sys.stdout.write(text)
+        else:
+            _write_interruptibly(text)
 
     if args.watch is not None and args.watch <= 0:
         raise CommandError("--watch takes a number of seconds greater than 0")

@@ -13,6 +13,8 @@ expected figures follow from the story (docs/allocation.md's rules), not from th
 
 from __future__ import annotations
 
+import array
+import fcntl
 import ipaddress
 import json
 import logging
@@ -20,6 +22,7 @@ import os
 import signal
 import subprocess
 import sys
+import termios
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -349,6 +352,53 @@ async def test_status_watch_reads_again_until_ctrl_c(
                     "status --watch did not end within 30 s of Ctrl-C; where it was:\n"
                     + _stacks(watch.pid)
                     + (tmp_path / "stderr").read_text()
+                )
+            assert code == 0, (tmp_path / "stderr").read_text()
+        finally:
+            if watch.poll() is None:
+                watch.kill()
+                watch.wait()
+
+
+async def test_status_watch_ends_on_ctrl_c_while_its_output_is_not_read(
+    ledger: Ledger, pg_dsn: str, tmp_path: Path
+) -> None:
+    # A pipe to a reader that stopped reading (``status --watch | less`` scrolled back): once
+    # the pipe is full the refresh blocks in write(2), and Ctrl-C must still end it.
+    env = dict(os.environ)
+    argv = ["status", "--database-url", pg_dsn, "--json", "--watch", "0.01"]
+    with (
+        (tmp_path / "stderr").open("wb") as stderr,
+        subprocess.Popen(
+            [sys.executable, "-m", "service.cli", *argv],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            cwd=ROOT,
+            env=env,
+        ) as watch,
+    ):
+        stdout = watch.stdout
+        assert stdout is not None
+        try:
+            pipe = stdout.fileno()
+            fcntl.fcntl(pipe, fcntl.F_SETPIPE_SZ, 4096)  # the smallest: full after a few
+            capacity = fcntl.fcntl(pipe, fcntl.F_GETPIPE_SZ)
+            document = len(await anyio.to_thread.run_sync(stdout.readline))
+
+            def blocked() -> bool:  # no room for another document, and the watch waits in
+                unread = array.array("i", [0])  # write(2) for some ("anon_pipe_write", ...)
+                fcntl.ioctl(pipe, termios.FIONREAD, unread)
+                waits_in = Path(f"/proc/{watch.pid}/wchan").read_text()
+                return unread[0] + document > capacity and "pipe_w" in waits_in
+
+            await waiting.until(blocked, timeout=30, what="the watch blocked writing to its pipe")
+            watch.send_signal(signal.SIGINT)
+            try:
+                code = await anyio.to_thread.run_sync(lambda: watch.wait(timeout=30))
+            except subprocess.TimeoutExpired:
+                pytest.fail(
+                    "status --watch did not end within 30 s of Ctrl-C with its pipe full; "
+                    "where it was:\n" + _stacks(watch.pid) + (tmp_path / "stderr").read_text()
                 )
             assert code == 0, (tmp_path / "stderr").read_text()
         finally:
