@@ -25,7 +25,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, BinaryIO, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 from service import configuration, errors, logs
 from service.adapters import children  # standard library only: signals and child processes
@@ -33,6 +33,8 @@ from service.domain import allocation, document, events, state
 from service.settings import Settings, redacted_url
 
 if TYPE_CHECKING:
+    from anyio import CancelScope
+
     from service import ports
 
 _T = TypeVar("_T")
@@ -303,40 +305,71 @@ def _what_next(exc: errors.IpledgerError, settings: Settings | None) -> str:
     return str(exc)
 
 
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
+class _CtrlC:
+    """Ctrl-C (SIGINT) for ``status --watch``: cancels ``scope``, the refreshing, once; raises
+    ``KeyboardInterrupt`` in a write that waits and at a second Ctrl-C.
 
+    The handler is the watch's own, whatever SIGINT's disposition was: asyncio's Runner installs
+    its handler (the first Ctrl-C cancels the main task) only over Python's default, and Python
+    installs that only where SIGINT was not ignored, as it is in a background job of a shell
+    without job control (CI's one red test_status_watch_reads_again_until_ctrl_c: the watch
+    went on refreshing, its pipe filled). ``run``, ``up`` and the API take their signals from
+    the loop (``anyio.open_signal_receiver``) for the same reason; the watch cannot: a write(2)
+    blocked on a pipe whose reader stopped reading (``status --watch | less`` scrolled back)
+    never returns to the loop to hear of it, so ``write`` is interrupted in the handler itself.
+    The bytes go to the descriptor unbuffered: nothing is left in ``sys.stdout``'s buffer for
+    the interpreter's exit to block on (a document cut short by Ctrl-C stays cut short).
+    """
 
-def _write_interruptibly(text: str) -> None:
-    """Write ``text`` to standard output, from the event loop, so that Ctrl-C ends even a write
-    that waits: asyncio's Runner answers the first Ctrl-C by cancelling the main task, and a
-    write(2) blocked on a pipe whose reader stopped reading (``status --watch | less`` scrolled
-    back, a test that read what it wanted) never returns to an ``await`` to be cancelled there.
-    While this writes, Ctrl-C raises ``KeyboardInterrupt`` in the write itself, as in a program
-    without an event loop. The bytes go to the descriptor unbuffered: nothing is left in
-    ``sys.stdout``'s buffer for the interpreter's exit to block on (a document cut short by
-    Ctrl-C stays cut short). A Ctrl-C the Runner answered already writes nothing."""
-    import asyncio
-    import signal
+    def __init__(self) -> None:
+        self.scope: CancelScope | None = None  # made on entering, in the event loop
+        self.pressed = False
+        self._writing = False
+        self._wake: Callable[[Callable[[], object]], object] | None = None
+        self._previous: Any = None
 
-    data = text.encode(sys.stdout.encoding or "utf-8", sys.stdout.errors or "strict")
-    sys.stdout.flush()
-    try:
-        descriptor = sys.stdout.fileno()
-    except (AttributeError, OSError, ValueError):  # not a file (a test's capture): no write(2)
-        sys.stdout.write(text)
-        return
-    task = asyncio.current_task()
-    previous = signal.signal(signal.SIGINT, _interrupt)
-    try:
-        # Checked with the handler in place: a Ctrl-C just before it was the Runner's cancel.
-        if task is not None and task.cancelling():
+    def __enter__(self) -> _CtrlC:
+        import asyncio
+        import signal
+
+        import anyio
+
+        self.scope = anyio.CancelScope()
+        self._wake = asyncio.get_running_loop().call_soon_threadsafe
+        self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        import signal
+
+        signal.signal(signal.SIGINT, self._previous)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self._writing or self.pressed:
+            raise KeyboardInterrupt
+        self.pressed = True
+        assert self._wake is not None and self.scope is not None
+        self._wake(self.scope.cancel)
+
+    def write(self, text: str) -> None:
+        """``text`` to standard output, nothing once Ctrl-C was pressed."""
+        data = text.encode(sys.stdout.encoding or "utf-8", sys.stdout.errors or "strict")
+        sys.stdout.flush()
+        try:
+            descriptor = sys.stdout.fileno()
+        except (AttributeError, OSError, ValueError):  # not a file (a test's capture)
+            sys.stdout.write(text)
             return
-        view = memoryview(data)
-        while view:
-            view = view[os.write(descriptor, view) :]
-    finally:
-        signal.signal(signal.SIGINT, previous)
+        self._writing = True
+        try:
+            # Checked after ``_writing`` is set: a Ctrl-C before it has cancelled ``scope``.
+            if self.pressed:
+                return
+            view = memoryview(data)
+            while view:
+                view = view[os.write(descriptor, view) :]
+        finally:
+            self._writing = False
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -366,7 +399,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         if args.watch is None:
             sys.stdout.write(text)
         else:
-            _write_interruptibly(text)
+            ctrl_c.write(text)
 
     if args.watch is not None and args.watch <= 0:
         raise CommandError("--watch takes a number of seconds greater than 0")
@@ -374,8 +407,16 @@ def cmd_status(args: argparse.Namespace) -> int:
         if args.watch is None:
             show(_run_async(lambda: status.read(settings, **options)))
             return 0
+        ctrl_c = _CtrlC()
+
+        async def watch() -> None:
+            with ctrl_c as pressing:
+                await status.watch(
+                    settings, every_s=args.watch, show=show, until=pressing.scope, **options
+                )
+
         with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a watch ends
-            _run_async(lambda: status.watch(settings, every_s=args.watch, show=show, **options))
+            _run_async(watch)
     except (errors.ProjectionError, errors.LogError) as exc:
         raise errors.IpledgerError(_what_next(exc, settings)) from None
     return 0

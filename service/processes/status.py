@@ -431,19 +431,23 @@ async def watch(
     limit: int,
     rejections: int,
     show: Callable[[Status], None],
+    until: anyio.CancelScope | None = None,
 ) -> None:
-    """Read the status and ``show`` it every ``every_s`` seconds until cancelled (Ctrl-C)."""
+    """Read the status and ``show`` it every ``every_s`` seconds until ``until`` is cancelled
+    (Ctrl-C, ``service.cli``) or the task is. The sources are closed outside ``until``: their
+    close is not cancelled with the refreshing."""
     async with sources(settings) as (reader, event_log):
-        while True:
-            show(
-                await gather(
-                    reader,
-                    event_log,
-                    log_name=settings.log_name,
-                    cluster=cluster,
-                    limit=limit,
-                    rejections=rejections,
-                    window=datetime.timedelta(seconds=settings.api_forecast_window_s),
+        with anyio.CancelScope() if until is None else until:
+            while True:
+                show(
+                    await gather(
+                        reader,
+                        event_log,
+                        log_name=settings.log_name,
+                        cluster=cluster,
+                        limit=limit,
+                        rejections=rejections,
+                        window=datetime.timedelta(seconds=settings.api_forecast_window_s),
+                    )
                 )
-            )
-            await anyio.sleep(every_s)
+                await anyio.sleep(every_s)
