@@ -256,7 +256,25 @@ def machine() -> dict[str, str]:
         "python": f"{platform.python_implementation()} {sys.version.split()[0]}",
         "platform": platform.platform(),
         "load average": load,
+        "scheduler autogroup": _autogroup(),
     }
+
+
+def _autogroup() -> str:
+    """Whether the kernel groups processes by session for the scheduler (CONFIG_SCHED_AUTOGROUP).
+
+    When on, every session's group gets an equal share of the CPUs and nice orders processes only
+    within a group: work started at nice 19 from another session competes with the benchmarks
+    as an equal (docs/benchmarks.md, the run of record of 2026-12-02).
+    """
+    try:
+        with open("/proc/sys/kernel/sched_autogroup_enabled", encoding="ascii") as flag:
+            enabled = flag.read().strip()
+    except OSError:
+        return "unknown"
+    if enabled == "0":
+        return "off"
+    return "on: nice does not order processes of other sessions"
 
 
 def source() -> str:

@@ -32,6 +32,7 @@ MACHINE_ROWS = (
     ("memory", "memory"),
     ("platform", "platform"),
     ("load average", "load average (1, 5, 15 min) at the start"),
+    ("scheduler autogroup", "scheduler autogroup"),
 )
 VERSION_ROWS = (
     ("python", "Python"),

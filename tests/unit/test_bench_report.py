@@ -223,6 +223,20 @@ def test_each_benchmark_names_the_commit_it_ran_from() -> None:
     assert "commit 0123456789 + uncommitted changes" in report.render(s, {})
 
 
+def test_the_machine_says_whether_nice_reaches_other_sessions() -> None:
+    try:
+        flag = Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip()
+    except OSError:
+        flag = None
+    said = bench.machine()["scheduler autogroup"]
+    if flag is None:
+        assert said == "unknown"
+    elif flag == "0":
+        assert said == "off"
+    else:
+        assert said.startswith("on")
+
+
 def test_the_source_is_this_checkouts_head() -> None:
     root = Path(bench.__file__).resolve().parent.parent
     head = subprocess.run(
