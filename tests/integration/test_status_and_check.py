@@ -13,6 +13,7 @@ expected figures follow from the story (docs/allocation.md's rules), not from th
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import ipaddress
 import json
@@ -21,7 +22,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -328,12 +329,11 @@ _STARTS = {
 }
 
 
-@pytest.mark.parametrize("start", list(_STARTS))
-async def test_status_watch_reads_again_until_ctrl_c(
-    ledger: Ledger, pg_dsn: str, tmp_path: Path, start: str
-) -> None:
+@contextlib.contextmanager
+def _watch(argv: list[str], tmp_path: Path, start: str = "sigint-default") -> Iterator[Any]:
+    """``ipledger ARGV`` running, its stdout a pipe and its stderr in ``tmp_path/stderr``;
+    killed at the end if it is still running."""
     env = dict(os.environ)  # the fixture took the settings' variables out
-    argv = ["status", "--database-url", pg_dsn, "--json", "--watch", "0.1"]
     with (
         (tmp_path / "stderr").open("wb") as stderr,
         subprocess.Popen(
@@ -344,33 +344,48 @@ async def test_status_watch_reads_again_until_ctrl_c(
             env=env,
         ) as watch,
     ):
-        stdout = watch.stdout
-        assert stdout is not None
         try:
-            first = json.loads(await anyio.to_thread.run_sync(stdout.readline))
-            assert first["clusters"][0]["nodes"] == 5
-            await ledger.append([_event("node.added", "f", node="foxtrot")])
-
-            # Each refresh is one document; a later one shows the node appended meanwhile.
-            async def sees_foxtrot() -> bool:
-                line = await anyio.to_thread.run_sync(stdout.readline)
-                return bool(json.loads(line)["clusters"][0]["nodes"] == 6)
-
-            await waiting.until(sees_foxtrot, timeout=30, what="a refresh showing foxtrot")
-            watch.send_signal(signal.SIGINT)
-            try:
-                code = await anyio.to_thread.run_sync(lambda: watch.wait(timeout=30))
-            except subprocess.TimeoutExpired:
-                pytest.fail(
-                    "status --watch did not end within 30 s of Ctrl-C; where it was:\n"
-                    + _stacks(watch.pid)
-                    + (tmp_path / "stderr").read_text()
-                )
-            assert code == 0, (tmp_path / "stderr").read_text()
+            assert watch.stdout is not None
+            yield watch
         finally:
             if watch.poll() is None:
                 watch.kill()
                 watch.wait()
+
+
+async def _ctrl_c_ends(watch: Any, tmp_path: Path, *, when: str) -> None:
+    """Ctrl-C (SIGINT) to ``watch``: it must end with 0 within 30 s (its stacks and stderr in
+    the failure when not)."""
+    watch.send_signal(signal.SIGINT)
+    try:
+        code = await anyio.to_thread.run_sync(lambda: watch.wait(timeout=30))
+    except subprocess.TimeoutExpired:
+        pytest.fail(
+            f"status --watch did not end within 30 s of Ctrl-C {when}; where it was:\n"
+            + _stacks(watch.pid)
+            + (tmp_path / "stderr").read_text()
+        )
+    assert code == 0, (tmp_path / "stderr").read_text()
+
+
+@pytest.mark.parametrize("start", list(_STARTS))
+async def test_status_watch_reads_again_until_ctrl_c(
+    ledger: Ledger, pg_dsn: str, tmp_path: Path, start: str
+) -> None:
+    argv = ["status", "--database-url", pg_dsn, "--json", "--watch", "0.1"]
+    with _watch(argv, tmp_path, start) as watch:
+        stdout = watch.stdout
+        first = json.loads(await anyio.to_thread.run_sync(stdout.readline))
+        assert first["clusters"][0]["nodes"] == 5
+        await ledger.append([_event("node.added", "f", node="foxtrot")])
+
+        # Each refresh is one document; a later one shows the node appended meanwhile.
+        async def sees_foxtrot() -> bool:
+            line = await anyio.to_thread.run_sync(stdout.readline)
+            return bool(json.loads(line)["clusters"][0]["nodes"] == 6)
+
+        await waiting.until(sees_foxtrot, timeout=30, what="a refresh showing foxtrot")
+        await _ctrl_c_ends(watch, tmp_path, when="after a refresh")
 
 
 @pytest.mark.parametrize("form", [["--json"], []], ids=["json", "tables"])
@@ -379,42 +394,18 @@ async def test_status_watch_ends_on_ctrl_c_while_its_output_is_not_read(
 ) -> None:
     # A pipe to a reader that stopped reading (``status --watch | less`` scrolled back): once
     # the pipe is full the refresh blocks in write(2), and Ctrl-C must still end it.
-    env = dict(os.environ)
     argv = ["status", "--database-url", pg_dsn, *form, "--watch", "0.01"]
-    with (
-        (tmp_path / "stderr").open("wb") as stderr,
-        subprocess.Popen(
-            [sys.executable, "-m", "service.cli", *argv],
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            cwd=ROOT,
-            env=env,
-        ) as watch,
-    ):
+    with _watch(argv, tmp_path) as watch:
         stdout = watch.stdout
-        assert stdout is not None
-        try:
-            fcntl.fcntl(stdout.fileno(), fcntl.F_SETPIPE_SZ, 4096)  # the smallest: soon full
-            assert await anyio.to_thread.run_sync(stdout.readline)  # the watch runs
+        fcntl.fcntl(stdout.fileno(), fcntl.F_SETPIPE_SZ, 4096)  # the smallest: soon full
+        assert await anyio.to_thread.run_sync(stdout.readline)  # the watch runs
 
-            def blocked() -> bool:  # waiting in the kernel for room in a pipe: its stdout's
-                wchan = Path(f"/proc/{watch.pid}/wchan").read_text()  # "anon_pipe_write", ...
-                return "pipe_w" in wchan
+        def blocked() -> bool:  # waiting in the kernel for room in a pipe: its stdout's
+            wchan = Path(f"/proc/{watch.pid}/wchan").read_text()  # "anon_pipe_write", ...
+            return "pipe_w" in wchan
 
-            await waiting.until(blocked, timeout=30, what="the watch blocked writing to its pipe")
-            watch.send_signal(signal.SIGINT)
-            try:
-                code = await anyio.to_thread.run_sync(lambda: watch.wait(timeout=30))
-            except subprocess.TimeoutExpired:
-                pytest.fail(
-                    "status --watch did not end within 30 s of Ctrl-C with its pipe full; "
-                    "where it was:\n" + _stacks(watch.pid) + (tmp_path / "stderr").read_text()
-                )
-            assert code == 0, (tmp_path / "stderr").read_text()
-        finally:
-            if watch.poll() is None:
-                watch.kill()
-                watch.wait()
+        await waiting.until(blocked, timeout=30, what="the watch blocked writing to its pipe")
+        await _ctrl_c_ends(watch, tmp_path, when="with its pipe full")
 
 
 def _stacks(pid: int) -> str:
