@@ -37,6 +37,8 @@ def apply_records(
     tree: merkle.Tree | None = None,
     evidence: TreeSettings | None = None,
     rows: bool = True,
+    head: bool = True,
+    snapshots: dict[tuple[str, str], dict[str, object] | None] | None = None,
 ) -> ports.Batch:
     """Apply ``records`` of ``partition`` (of ``partitions``) in order to ``current``, and collect
     what the projection must write.
@@ -53,6 +55,11 @@ def apply_records(
 
     ``rows=False`` leaves ``cluster_rows`` and ``node_rows`` empty (the journal is drained into
     ``changes`` all the same): ``ipledger replay`` into memory takes them once, at its end.
+    ``head=False`` records no head at the end (only those every ``head_every`` records): for a
+    slice of records the caller goes on applying into the same batch (``extend``), so that the
+    heads are those of applying all of them at once; and ``snapshots``, shared by those calls,
+    the batch's latest snapshot of each node it changed, so that its history too is the same
+    (a snapshot equal to the node's previous one in the batch is not written again).
     """
     batch = ports.Batch(
         partition=partition, token=token, next_offset=records[-1].offset + 1, state=current
@@ -68,7 +75,8 @@ def apply_records(
     last_ms: int | None = None
     log_time: datetime.datetime | None = None
     # This batch's latest snapshot of each node it changed (history.after).
-    snapshots: dict[tuple[str, str], dict[str, object] | None] = {}
+    if snapshots is None:
+        snapshots = {}
     # Looked up once rather than per record: this loop is the allocator's per-event cost.
     decode, apply, encode = events.decode, allocation.apply, events.encode_decision
     watch_event, clusters = history.before, current.clusters
@@ -135,7 +143,9 @@ def apply_records(
             leaf = _sha256(b"\x00" + body + record.value).digest()
             tree.append(leaf)
             size = tree.size
-            if (size % head_every == 0 or size % digest_every == 0) and record is not records[-1]:
+            if (size % head_every == 0 or size % digest_every == 0) and (
+                record is not records[-1] or not head
+            ):
                 batch.heads.append(record_head(tree, partition, current, evidence, fallback_time))
         # Positional: a slotted dataclass built with keywords cost ~1 µs more per record
         # (record, decision, body, event_time, log_time, rejected, wrong_partition, leaf).
@@ -145,7 +155,8 @@ def apply_records(
             )
         )
     if tree is not None:
-        batch.heads.append(record_head(tree, partition, current, evidence, fallback_time))
+        if head:
+            batch.heads.append(record_head(tree, partition, current, evidence, fallback_time))
         batch.subtrees = tree.take_completed()
     for name, cluster in current.clusters.items():
         changes = cluster.changes

@@ -47,6 +47,11 @@ LOGGED_REJECTIONS_PER_BATCH = 20
 GROUP_POLL_S = 0.002
 # And goes on grouping for this long at most (the applying time a grouped batch may add).
 GROUP_MAX_S = 1.0
+# Records applied between two turns of the event loop while a commit is in flight (~5 ms of
+# applying). The commit is a chain of round trips and COPY writes paused by the socket's flow
+# control, each resumed only when the loop gets a turn: applying a whole read (5,000 records,
+# 40-90 ms) at once held every step of the commit up that long, and PostgreSQL waited.
+APPLY_SLICE_RECORDS = 500
 
 
 class PartitionAllocator:
@@ -253,17 +258,13 @@ class PartitionAllocator:
                             f"partition {self.partition}: expected offset {next_offset}, "
                             f"the log returned {records[0].offset}"
                         )
-                    batch = batches.apply_records(
-                        current,
-                        records,
-                        self.partition,
-                        token,
-                        partitions=self._partitions,
-                        tree=self._tree,
-                        evidence=self.settings.tree,
-                    )
+                    # The batch's latest snapshot of each node, for all its parts.
+                    snapshots: dict[tuple[str, str], dict[str, object] | None] = {}
+                    batch = await self._apply(current, token, records, snapshots, rows=True)
                     if inflight is not None:
-                        records = await self._group(current, token, batch, records, inflight)
+                        records = await self._group(
+                            current, token, batch, records, inflight, snapshots
+                        )
                     if inflight is not None and (reason := await inflight.refused()) is not None:
                         return _FailedBatch(inflight.records, reason)
                     inflight = _InFlight(records)
@@ -282,6 +283,7 @@ class PartitionAllocator:
         batch: ports.Batch,
         records: Sequence[ports.Record],
         inflight: _InFlight,
+        snapshots: dict[tuple[str, str], dict[str, object] | None],
     ) -> Sequence[ports.Record]:
         """While the commit before ``batch`` is still running, apply into ``batch`` what the log
         already holds after it (group commit); the records ``batch`` now covers.
@@ -316,19 +318,7 @@ class PartitionAllocator:
                     f"partition {self.partition}: expected offset {batch.next_offset}, "
                     f"the log returned {more[0].offset}"
                 )
-            batches.extend(
-                batch,
-                batches.apply_records(
-                    current,
-                    more,
-                    self.partition,
-                    token,
-                    partitions=self._partitions,
-                    tree=self._tree,
-                    evidence=self.settings.tree,
-                    rows=False,
-                ),
-            )
+            batches.extend(batch, await self._apply(current, token, more, snapshots, rows=False))
             if grouped is None:
                 grouped = list(records)
             grouped.extend(more)
@@ -338,6 +328,62 @@ class PartitionAllocator:
         # The parts were applied without rows: one snapshot of what the whole group changed.
         batches.take_rows(batch, current)
         return grouped
+
+    async def _apply(
+        self,
+        current: state.State,
+        token: int,
+        records: Sequence[ports.Record],
+        snapshots: dict[tuple[str, str], dict[str, object] | None],
+        *,
+        rows: bool,
+    ) -> ports.Batch:
+        """``batches.apply_records`` over ``records``, in slices of ``APPLY_SLICE_RECORDS`` with a
+        turn of the event loop after each, so that a commit in flight goes on meanwhile.
+
+        The batch is the one applying them at once gives: the same decisions, changes and
+        heads (only the last slice records the boundary head) and node history (``snapshots``,
+        the batch's latest snapshot of each node, shared by every part of it); with ``rows``
+        the rows are taken once, after the last slice.
+        """
+        step = APPLY_SLICE_RECORDS
+        if len(records) <= step:
+            return batches.apply_records(
+                current,
+                records,
+                self.partition,
+                token,
+                partitions=self._partitions,
+                tree=self._tree,
+                evidence=self.settings.tree,
+                rows=rows,
+                snapshots=snapshots,
+            )
+        batch: ports.Batch | None = None
+        for start in range(0, len(records), step):
+            last = start + step >= len(records)
+            part = batches.apply_records(
+                current,
+                records[start : start + step],
+                self.partition,
+                token,
+                partitions=self._partitions,
+                tree=self._tree,
+                evidence=self.settings.tree,
+                rows=False,
+                head=last,
+                snapshots=snapshots,
+            )
+            if batch is None:
+                batch = part
+            else:
+                batches.extend(batch, part)
+            if not last:
+                await anyio.lowlevel.checkpoint()
+        assert batch is not None
+        if rows:
+            batches.take_rows(batch, current)
+        return batch
 
     async def _commit(self, batch: ports.Batch, handle: _InFlight) -> None:
         try:
