@@ -50,14 +50,9 @@ ALLOCATOR_FULL = "allocator full"
 NO_POOL = 0  # what _allocate_missing reports when no family is enabled at all
 RANGE_FULL = "range is full"
 _FAMILY_BY_NAME = {"ipv4": IPV4, "ipv6": IPV6}
-# Families an ip.requested without a family gets, by (IPv6 enabled, IPv4 enabled): IPv6 first,
-# as Cilium's agent does.
-_REQUEST_ORDER: dict[tuple[bool, bool], tuple[int, ...]] = {
-    (True, True): (IPV6, IPV4),
-    (True, False): (IPV6,),
-    (False, True): (IPV4,),
-    (False, False): (),
-}
+# The families an ip.requested without a family gets when both are enabled: IPv6 first, as
+# Cilium's agent does.
+_DUAL_ORDER = (IPV6, IPV4)
 _NO_IPS: tuple[str, ...] = ()
 
 
@@ -272,42 +267,58 @@ def _ip_requested(state: State, event: events.IpRequested) -> events.Decision:
         return _reject_ips(event, f"unknown node {event.node}")
     pools = cluster.pools
     if event.family is None:
-        # All enabled families or none.
-        families = _REQUEST_ORDER[bool(pools[IPV6].elements), bool(pools[IPV4].elements)]
-        if not families:
+        # All enabled families or none; IPv6 first, as Cilium's agent does.
+        if pools[IPV6].elements:
+            if pools[IPV4].elements:
+                return _ip_requested_dual(cluster, node, event)
+            family = IPV6
+        elif pools[IPV4].elements:
+            family = IPV4
+        else:
             return _reject_ips(event, f"no pool configured for cluster {cluster.name}")
     else:
         family = _FAMILY_BY_NAME[event.family]
         if not pools[family].elements:
             return _reject_ips(event, f"{event.family} is not enabled in the pool")
-        families = (family,)
 
+    # The usual case, one family: nothing to put back if it fails. ``_hold`` is written out:
+    # this runs for every pod address.
     owner = event.owner
-    if len(families) == 1:
-        # The usual case, one family: nothing to put back if it fails.
-        pod_range = node.ranges.get(families[0])
-        if pod_range is None:
-            return _reject_ips(
-                event, f"node {node.name} has no {FAMILY_NAMES[families[0]]} pod CIDR"
-            )
-        offset = pod_range.by_owner.get(owner)
+    pod_range = node.ranges.get(family)
+    if pod_range is None:
+        return _reject_ips(event, f"node {node.name} has no {FAMILY_NAMES[family]} pod CIDR")
+    offset = pod_range.by_owner.get(owner)
+    if offset is None:
+        offset = pod_range.slots.take_next()
         if offset is None:
-            offset = pod_range.slots.take_next()
-            if offset is None:
-                return _reject_ips(event, RANGE_FULL)
-            _hold(cluster, node, pod_range, offset, owner)
-        return events.Decision(
-            id=event.id,
-            type=event.type,
-            cluster=event.cluster,
-            error=None,
-            ips=(pod_range.address_text(offset),),
-        )
+            return _reject_ips(event, RANGE_FULL)
+        if offset > CACHED_INT_MAX:
+            offset = shared_offset(offset)
+        pod_range.owner_of[offset] = owner
+        pod_range.by_owner[owner] = offset
+        changes = cluster.changes
+        if changes is not None:
+            cidr = pod_range.cidr
+            changes.ips.append(IpChange(node.name, cidr.family, cidr.base + offset, owner, True))
+            changes.nodes.add(node.name)
+    return events.Decision(
+        id=event.id,
+        type=event.type,
+        cluster=event.cluster,
+        error=None,
+        ips=(pod_range.address_text(offset),),
+    )
 
+
+def _ip_requested_dual(
+    cluster: ClusterState, node: Node, event: events.IpRequested
+) -> events.Decision:
+    """``ip.requested`` of both families: an address of each, or neither (taken ones put back)."""
+    owner = event.owner
     ranges = node.ranges
     taken: list[tuple[PodRange, int, int]] = []  # range, offset, cursor before
     ips: list[str] = []
-    for family in families:
+    for family in _DUAL_ORDER:
         pod_range = ranges.get(family)
         if pod_range is None:
             _undo(taken)
@@ -348,13 +359,37 @@ def _ip_released(state: State, event: events.IpReleased) -> events.Decision:
     if cluster is None or node is None:
         return _reject_ips(event, f"unknown node {event.node}")
     owner = event.owner
+    ranges = node.ranges
+    if event.ip is None and node.conflict is None and len(ranges) == 1:
+        # The usual case: a node of one family, without a conflict to look at again. What the
+        # general case below does for one target, written out.
+        for only in ranges.values():
+            offset = only.by_owner.pop(owner, None)
+            if offset is None:
+                return _reject_ips(event, f"{owner} holds no address on node {node.name}")
+            del only.owner_of[offset]
+            only.slots.release(offset)
+            changes = cluster.changes
+            if changes is not None:
+                cidr = only.cidr
+                changes.ips.append(
+                    IpChange(node.name, cidr.family, cidr.base + offset, owner, False)
+                )
+                changes.nodes.add(node.name)
+            return events.Decision(
+                id=event.id,
+                type=event.type,
+                cluster=event.cluster,
+                error=None,
+                ips=(only.address_text(offset),),
+            )
     targets: list[tuple[PodRange, int]] = []
     if event.ip is not None:
         try:
             address = addresses.parse_address(event.ip)
         except ValueError as exc:
             return _reject_ips(event, f"invalid ip {event.ip!r}: {exc}")
-        pod_range = node.ranges.get(address.version)
+        pod_range = ranges.get(address.version)
         offset = pod_range.offset_of(int(address)) if pod_range is not None else None
         if pod_range is None or offset is None or pod_range.owner_of.get(offset) != owner:
             return _reject_ips(
@@ -363,7 +398,7 @@ def _ip_released(state: State, event: events.IpReleased) -> events.Decision:
         targets.append((pod_range, offset))
     else:
         for family in (IPV6, IPV4):
-            pod_range = node.ranges.get(family)
+            pod_range = ranges.get(family)
             if pod_range is not None and (offset := pod_range.by_owner.get(owner)) is not None:
                 targets.append((pod_range, offset))
         if not targets:

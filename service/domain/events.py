@@ -223,11 +223,11 @@ def decode(raw: bytes | str) -> AnyEvent | DecodeFailure:
         raw = raw.encode("utf-8", "surrogatepass")  # a lone surrogate fails the check below
     if len(raw) > MAX_RECORD_BYTES:
         return _failure(f"record is {len(raw)} bytes, over the {MAX_RECORD_BYTES}-byte limit")
-    if raw.startswith(_BOM):
-        return _failure(
-            "record starts with a UTF-8 byte order mark (U+FEFF); write JSON without it"
-        )
-    if not raw.isascii():
+    if not raw.isascii():  # an ASCII record is valid UTF-8 and cannot start with a BOM
+        if raw.startswith(_BOM):
+            return _failure(
+                "record starts with a UTF-8 byte order mark (U+FEFF); write JSON without it"
+            )
         try:
             raw.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -336,7 +336,15 @@ _strict_decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(Union[tuple(_S
 _NO_CONTROL_SEARCH = re.compile(_NO_CONTROL).search
 _NODE_SEARCH = re.compile(rf"^{_SUBDOMAIN}{_END}").search
 _CLUSTER_SEARCH = re.compile(rf"^{_LABEL}{_END}").search
-_TIME_SEARCH = re.compile(_RFC3339).search
+# ``_RFC3339`` without a regex (a third of the cost): an ASCII text matches it exactly when,
+# with every digit read as 0, it is one of these shapes. The shapes' fixed characters are no
+# digits, so each must be there as it is, and each 0 stands for exactly one digit.
+_DIGITS_AS_ZERO = bytes(b"0"[0] if b"0"[0] <= b <= b"9"[0] else b for b in range(256))
+_TIME_SHAPES = frozenset(
+    f"0000-00-00T00:00:00{fraction}{offset}".encode()
+    for fraction in ["", *("." + "0" * digits for digits in range(1, 10))]
+    for offset in ("Z", "+00:00", "-00:00")
+)
 _WITH_NODE = frozenset({NodeAdded, NodeAdopted, NodeDeleted, IpRequested, IpReleased})
 _WITH_OWNER = frozenset({IpRequested, IpReleased})
 # Names checked valid (each check is a regex), nodes and clusters apart (a subdomain with a dot
@@ -346,14 +354,8 @@ _VALID_CLUSTERS: set[str] = set()
 _VALID_NAMES_MAX = 1 << 16
 
 
-def _plain(text: str) -> bool:
-    """``text`` matches ``_NO_CONTROL``: printable ASCII is exactly ASCII without controls."""
-    return (text.isascii() and text.isprintable()) or _NO_CONTROL_SEARCH(text) is not None
-
-
-def _name(text: str, valid: set[str], search: Callable[[str], re.Match[str] | None]) -> bool:
-    if text in valid:
-        return True
+def _new_name(text: str, valid: set[str], search: Callable[[str], re.Match[str] | None]) -> bool:
+    """Check a name not in ``valid`` yet; remember it when it is valid."""
     if search(text) is None:
         return False
     if len(valid) >= _VALID_NAMES_MAX:
@@ -363,25 +365,39 @@ def _name(text: str, valid: set[str], search: Callable[[str], re.Match[str] | No
 
 
 def _fast_decode(raw: bytes) -> AnyEvent | None:
-    """The event the strict decoder would return for ``raw``, or None: ask the strict one."""
+    """The event the strict decoder would return for ``raw``, or None: ask the strict one.
+
+    The checks are written out, not called: this runs for every record. A text without control
+    characters (``_NO_CONTROL``) is, when it is ASCII, exactly a printable one.
+    """
     try:
         event: AnyEvent = _decoder.decode(raw)
     except Exception:  # the strict decoder says why
         return None
-    kind = type(event)
-    if not (
-        _plain(event.id)
-        and (
-            event.cluster == DEFAULT_CLUSTER
-            or _name(event.cluster, _VALID_CLUSTERS, _CLUSTER_SEARCH)
-        )
-        and (event.time is None or _TIME_SEARCH(event.time) is not None)
+    text = event.id
+    if not (text.isascii() and text.isprintable()) and _NO_CONTROL_SEARCH(text) is None:
+        return None
+    text = event.cluster
+    if (
+        text != DEFAULT_CLUSTER
+        and text not in _VALID_CLUSTERS
+        and not _new_name(text, _VALID_CLUSTERS, _CLUSTER_SEARCH)
     ):
         return None
-    if kind in _WITH_NODE and not _name(event.node, _VALID_NODES, _NODE_SEARCH):  # type: ignore[union-attr]
+    time = event.time
+    if time is not None and not (
+        time.isascii() and time.encode().translate(_DIGITS_AS_ZERO) in _TIME_SHAPES
+    ):
         return None
-    if kind in _WITH_OWNER and not _plain(event.owner):  # type: ignore[union-attr]
-        return None
+    kind = type(event)
+    if kind in _WITH_NODE:
+        text = event.node  # type: ignore[union-attr]
+        if text not in _VALID_NODES and not _new_name(text, _VALID_NODES, _NODE_SEARCH):
+            return None
+        if kind in _WITH_OWNER:
+            text = event.owner  # type: ignore[union-attr]
+            if not (text.isascii() and text.isprintable()) and _NO_CONTROL_SEARCH(text) is None:
+                return None
     return event
 
 

@@ -1,0 +1,82 @@
+"""``events.decode`` checks an event's ``time`` by its shape, not by the RFC 3339 regex.
+
+The fast path reads every digit of an ASCII time as 0 and looks the result up among the shapes
+the regex allows (``events._TIME_SHAPES``); the strict decoder and the published JSON Schema keep
+the regex (``events._RFC3339``). The two must accept exactly the same texts, or a record would
+be decided differently depending on which path read it. Texts here are valid times with single
+characters replaced, inserted or removed, from an alphabet of what a near miss is made of: other
+digits (Arabic-Indic, fullwidth), lower-case separators, spaces, newlines, signs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from service.domain import events
+
+VALID = [
+    "2026-11-26T08:00:00Z",
+    "2026-11-26T08:00:00+01:00",
+    "2026-11-26T08:00:00.1-23:59",
+    "2026-11-26T08:00:00.123456789Z",
+    "2025-06-01T12:00:00.000000Z",
+]
+NEAR = "0123456789-:.TtZz+ \n\u0662\uff15\u00b2x"
+_REGEX = re.compile(events._RFC3339)
+
+
+def _shaped(text: str) -> bool:
+    """The fast path's check of ``time``, as ``events._fast_decode`` writes it."""
+    return text.isascii() and text.encode().translate(events._DIGITS_AS_ZERO) in events._TIME_SHAPES
+
+
+@st.composite
+def near_misses(draw: st.DrawFn) -> str:
+    text = list(draw(st.sampled_from(VALID)))
+    for _ in range(draw(st.integers(0, 3))):
+        at = draw(st.integers(0, len(text)))
+        edit = draw(st.sampled_from(["replace", "insert", "delete"]))
+        char = draw(st.sampled_from(NEAR))
+        if edit == "insert":
+            text.insert(at, char)
+        elif at < len(text):
+            if edit == "replace":
+                text[at] = char
+            else:
+                del text[at]
+    return "".join(text)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(text=near_misses() | st.text(alphabet=NEAR, max_size=40))
+def test_the_shape_check_is_the_regex(text: str) -> None:
+    assert _shaped(text) == (_REGEX.search(text) is not None), repr(text)
+
+
+def test_every_fraction_length_and_offset_is_a_shape() -> None:
+    for digits in range(10):
+        fraction = "." + "7" * digits if digits else ""
+        for offset in ("Z", "+05:30", "-00:00"):
+            assert _shaped(f"2026-11-26T08:00:00{fraction}{offset}")
+    assert not _shaped("2026-11-26T08:00:00.1234567890Z")  # ten digits: over nanoseconds
+    assert not _shaped("2026-11-26T08:00:00.Z")
+
+
+@settings(max_examples=500, deadline=None)
+@given(text=near_misses())
+def test_a_record_with_that_time_gets_the_strict_verdict(text: str) -> None:
+    raw = json.dumps({"type": "ip.requested", "id": "e1", "node": "n", "owner": "o", "time": text})
+    fast = events._fast_decode(raw.encode())
+    strict: object
+    try:
+        strict = events._strict_decode(raw.encode())
+    except Exception:
+        strict = None
+    # Only the time varies, so the fast path refuses exactly what the strict decoder refuses.
+    assert (fast is None) == (strict is None), raw
+    if fast is not None:
+        assert events.encode_event(fast) == events.encode_event(strict)  # type: ignore[arg-type]
