@@ -32,6 +32,7 @@ from typing import Any
 import anyio
 import anyio.abc
 import anyio.lowlevel
+import anyio.to_thread
 import msgspec
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
@@ -41,7 +42,7 @@ from service.adapters.memory_audit import MemoryAuditReader
 from service.adapters.memory_projection import MemoryProjection, MemoryProjectionTables
 from service.allocator import batch as batches
 from service.allocator.settings import TreeSettings
-from service.audit import replay_apply, signing
+from service.audit import address_digest, replay_apply, signing
 from service.domain import document, events, merkle, restore, state
 
 # Records read at once (and the longest replayed batch): heads cut batches shorter. The first
@@ -199,6 +200,32 @@ class Until:
 
 
 @dataclass(slots=True)
+class _Digests:
+    """The committed address tables' digests, read by a task of their own."""
+
+    done: anyio.Event = field(default_factory=anyio.Event)
+    found: dict[str, address_digest.Digest] | None = None
+    error: errors.ProjectionError | None = None
+
+    async def read(self, reader: address_digest.DigestingReader, partition: int) -> None:
+        try:
+            self.found = await reader.address_digests(partition)
+        except errors.ProjectionError as exc:
+            # Raised where they are wanted (``wait``): not out of the task group, as an
+            # ExceptionGroup, when the replay stops at a divergence before it needs them.
+            self.error = exc
+        finally:
+            self.done.set()
+
+    async def wait(self) -> dict[str, address_digest.Digest]:
+        await self.done.wait()
+        if self.error is not None:
+            raise self.error
+        assert self.found is not None
+        return self.found
+
+
+@dataclass(slots=True)
 class _Run:
     partition: int
     partitions: int
@@ -211,6 +238,7 @@ class _Run:
     report: PartitionReport
     progress: Callable[[int, int], None]
     tree: merkle.Tree = field(default_factory=merkle.Tree)
+    committed_addresses: _Digests = field(default_factory=_Digests)
     current: state.State = field(default_factory=lambda: state.State(track_changes=True))
 
 
@@ -266,13 +294,19 @@ async def replay_partition(
         end = await event_log.end_offset(partition)
         if until is not None and until.records is not None:
             end = min(end, until.records)
-        report.divergence = await _apply_log(run, end, until)
-        if isinstance(projection, _ReplayProjection):
-            await projection.finish(run.current, partition, token, run.tree.size)
-        if until is not None:
-            report.document = document.state_document(run.current)
-        elif report.divergence is None:
-            report.divergence = await _compare_end(run, consumed, rows_reader)
+        async with anyio.create_task_group() as tasks:
+            if until is None and isinstance(live, address_digest.DigestingReader):
+                # The server digests its address tables while the log is applied, on a core
+                # of its own: the final comparison then finds them ready (_same_addresses).
+                tasks.start_soon(run.committed_addresses.read, live, partition)
+            report.divergence = await _apply_log(run, end, until)
+            if isinstance(projection, _ReplayProjection):
+                await projection.finish(run.current, partition, token, run.tree.size)
+            if until is not None:
+                report.document = document.state_document(run.current)
+            elif report.divergence is None:
+                report.divergence = await _compare_end(run, consumed, rows_reader)
+            tasks.cancel_scope.cancel()
     finally:
         if collecting:
             # The replayed state is moved out of the collector's generations first, or turning
@@ -592,10 +626,17 @@ async def _compare_end(
         return Divergence(
             run.partition, extra[0].offset, None, "decision", "none (beyond the log)", "one"
         )
-    replayed = await rows_reader.rows([run.partition])
-    if isinstance(run.projection, _ReplayProjection):
-        replayed.pod_ips, replayed.history = run.projection.addresses.rows()
-    committed = await run.live.rows([run.partition])
+    if await _same_addresses(run, rows_reader):
+        # Equal digests: the two address tables are equal, and only the other rows are read.
+        assert isinstance(run.live, address_digest.DigestingReader)
+        committed = await run.live.rows_besides_addresses([run.partition])
+        replayed = await rows_reader.rows([run.partition])
+        replayed.pod_ips, replayed.history = {}, {}
+    else:
+        replayed = await rows_reader.rows([run.partition])
+        if isinstance(run.projection, _ReplayProjection):
+            replayed.pod_ips, replayed.history = run.projection.addresses.rows()
+        committed = await run.live.rows([run.partition])
     for kind, mine, theirs in (
         ("cluster", replayed.clusters, committed.clusters),
         ("node", replayed.nodes, committed.nodes),
@@ -624,6 +665,25 @@ async def _compare_end(
         if divergence is not None:
             return divergence
     return None
+
+
+async def _same_addresses(run: _Run, rows_reader: ports.AuditReader) -> bool:
+    """Whether the replayed and the committed address tables have the same digests
+    (``address_digest``): False where either side cannot digest them, or they differ."""
+    if not isinstance(run.live, address_digest.DigestingReader):
+        return False
+    projection = run.projection
+    if isinstance(projection, _ReplayProjection):
+        # In a thread: the event loop meanwhile reads the committed digests, if still under way.
+        addresses = projection.addresses
+        mine = await anyio.to_thread.run_sync(
+            address_digest.of, addresses.holding, addresses.finished
+        )
+    elif isinstance(rows_reader, address_digest.DigestingReader):
+        mine = await rows_reader.address_digests(run.partition)
+    else:
+        return False
+    return mine is not None and mine == await run.committed_addresses.wait()
 
 
 def _since_stored(replayed: dict[Any, Any], committed: dict[Any, Any]) -> dict[Any, Any]:

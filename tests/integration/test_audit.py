@@ -17,7 +17,7 @@ import random
 import subprocess
 import sys
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
@@ -29,7 +29,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from service import allocator, errors
+from service import allocator, errors, ports
 from service.adapters.postgres import audit as pg_audit
 from service.adapters.postgres import embedded, table_log
 from service.adapters.postgres import projection as pg_projection
@@ -183,6 +183,54 @@ async def test_a_clean_log_verifies_every_head_root_digest_and_signature(
     for recorded in heads:
         assert recorded.head.root == merkle.subtree_root(leaves, 0, recorded.head.size).hex()
         signing.verify(recorded.head, signing.load_public_key(key_file))
+
+
+class _RowsRead(pg_audit.PostgresAuditReader):
+    """The live reader, noting whether each read of the projection's rows took the address
+    tables."""
+
+    def __init__(self, dsn: str) -> None:
+        reader = pg_audit.PostgresAuditReader.from_dsn(dsn)
+        super().__init__(reader._engine, owns_engine=True)
+        self.addresses_read: list[bool] = []
+
+    async def rows(
+        self, partitions: Sequence[int] | None = None, *, addresses: bool = True
+    ) -> ports.ProjectionRows:
+        self.addresses_read.append(addresses)
+        return await super().rows(partitions, addresses=addresses)
+
+
+async def _replay_noting_rows(dsn: str) -> tuple[replay.PartitionReport, list[bool]]:
+    event_log = table_log.PostgresTableLog.from_dsn(dsn)
+    live = _RowsRead(dsn)
+    try:
+        return await replay.replay_partition(event_log, live, 0, 1), live.addresses_read
+    finally:
+        await live.close()
+        await event_log.close()
+
+
+async def test_a_clean_log_compares_the_address_tables_by_their_digests(ledger: str) -> None:
+    report, addresses_read = await _replay_noting_rows(ledger)
+
+    assert report.divergence is None, report.divergence.describe()
+    # The server's digests equal the replay's: the address rows themselves are never read.
+    assert addresses_read == [False]
+    assert await _fetchval(ledger, "SELECT count(*) FROM ip_history") > 0
+
+
+async def test_a_changed_address_row_is_read_and_named_after_its_digest_differs(
+    ledger: str,
+) -> None:
+    await _execute(ledger, f"UPDATE pod_ip SET node = 'forged' WHERE {_POD_IP_PICK}")
+
+    report, addresses_read = await _replay_noting_rows(ledger)
+
+    assert addresses_read == [True]
+    assert report.divergence is not None
+    assert report.divergence.what.startswith("pod_ip row default/"), report.divergence.describe()
+    assert "node='forged'" in report.divergence.found
 
 
 async def _first_node(dsn: str) -> str:

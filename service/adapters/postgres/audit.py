@@ -7,6 +7,7 @@ read-only like the read side's (``reader.READ_ONLY_SESSION``); ``rows`` reads ev
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import json
 from collections.abc import Sequence
@@ -124,6 +125,28 @@ class PostgresAuditReader:
             raise errors.ProjectionError("reading a digest of decisions: no row")
         return int(row[0]), bytes(row[1])
 
+    async def address_digests(self, partition: int) -> dict[str, tuple[int, bytes]]:
+        """The digests of ``pod_ip`` and ``ip_history`` that ``service.audit.address_digest``
+        makes of a replay's rows (its docstring has the bytes), computed by the server: the
+        rows are neither sent nor parsed (``replay --verify`` reads them only if one differs)."""
+        found = {}
+        async with self._read("reading digests of the address tables") as db:
+            await db.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            # Each statement sorts its table once (the aggregates share their ORDER BY): in
+            # memory, not in the default 4 MB's external merge (a million-event log's history
+            # took 1.1 s so, written to temporary files).
+            await db.execute("SET LOCAL work_mem = '128MB'")
+            for table, (query, columns) in _ADDRESS_DIGESTS.items():
+                row = await db.fetchrow(query, partition)
+                if row is None:  # an aggregate has its row
+                    raise errors.ProjectionError(f"reading a digest of {table}: no row")
+                digests = b"".join(bytes(row[i]) for i in range(1, columns + 1))
+                found[table] = (int(row[0]), hashlib.sha256(digests).digest())
+        return found
+
+    async def rows_besides_addresses(self, partitions: Sequence[int]) -> ports.ProjectionRows:
+        return await self.rows(partitions, addresses=False)
+
     async def node_history(self, cluster: str, name: str) -> dict[tuple[str, str, int], Any]:
         async with self._read("reading a node's history") as db:
             rows = await db.fetch(
@@ -138,7 +161,9 @@ class PostgresAuditReader:
             rows = await db.fetch("SELECT partition, next_offset FROM consumer_offset")
         return {r["partition"]: r["next_offset"] for r in rows}
 
-    async def rows(self, partitions: Sequence[int] | None = None) -> ports.ProjectionRows:
+    async def rows(
+        self, partitions: Sequence[int] | None = None, *, addresses: bool = True
+    ) -> ports.ProjectionRows:
         found = ports.ProjectionRows()
         wanted = list(partitions) if partitions else None
         async with self._read("reading the projection's rows") as db:
@@ -169,26 +194,8 @@ class PostgresAuditReader:
                     tuple(r["cursors"]),
                     r["deleted"],
                 )
-            # The address as PostgreSQL's text, not asyncpg's ``ipaddress`` object: building
-            # one per row was a fifth of ``replay --verify``'s comparison (``_address``). The
-            # columns in the order of the row's key and value, taken by position and the value
-            # sliced off in C (these two tables are most of a long log's rows).
-            found.pod_ips = {
-                (r[0], _address(r[1])): r[2:]
-                for r in await db.fetch(
-                    "SELECT cluster, abbrev(address), node, owner, partition, since_offset, "
-                    f"since_time FROM pod_ip WHERE {in_clusters}",
-                    wanted,
-                )
-            }
-            found.history = {
-                (r[0], _address(r[1]), r[2]): r[3:]
-                for r in await db.fetch(
-                    "SELECT cluster, abbrev(address), from_offset, node, owner, partition, "
-                    f"from_time, to_offset, to_time FROM ip_history WHERE {in_clusters}",
-                    wanted,
-                )
-            }
+            if addresses:
+                found.pod_ips, found.history = await _address_rows(db, in_clusters, wanted)
             for r in await db.fetch(f"SELECT * FROM node_history WHERE {in_clusters}", wanted):
                 found.node_history[(r["cluster"], r["name"], r["offset"])] = _node_history_value(r)
             for r in await db.fetch(f"SELECT * FROM cluster_history WHERE {in_clusters}", wanted):
@@ -211,6 +218,86 @@ class PostgresAuditReader:
                     bytes(r["raw"]),
                 )
         return found
+
+
+async def _address_rows(db: Any, in_clusters: str, wanted: list[int] | None) -> tuple[Any, Any]:
+    # The address as PostgreSQL's text, not asyncpg's ``ipaddress`` object: building one per
+    # row was a fifth of ``replay --verify``'s comparison (``_address``). The columns in the
+    # order of the row's key and value, taken by position and the value sliced off in C (these
+    # two tables are most of a long log's rows).
+    pod_ips = {
+        (r[0], _address(r[1])): r[2:]
+        for r in await db.fetch(
+            "SELECT cluster, abbrev(address), node, owner, partition, since_offset, "
+            f"since_time FROM pod_ip WHERE {in_clusters}",
+            wanted,
+        )
+    }
+    history = {
+        (r[0], _address(r[1]), r[2]): r[3:]
+        for r in await db.fetch(
+            "SELECT cluster, abbrev(address), from_offset, node, owner, partition, "
+            f"from_time, to_offset, to_time FROM ip_history WHERE {in_clusters}",
+            wanted,
+        )
+    }
+    return pod_ips, history
+
+
+def _digest_query(table: str, order: str, columns: Sequence[tuple[str, str]]) -> tuple[str, int]:
+    """The statement of one table's digest (``service.audit.address_digest``): the row count,
+    then the SHA-256 of each column (a text two: its lengths, its values); and how many."""
+    key = [("text", "cluster"), ("int2", "family(address)"), ("address", "address")]
+    hashed = []
+    for kind, column in [*key, ("int2", "masklen(address)"), *columns]:
+        if kind == "text":
+            hashed.append(f"string_agg(int4send(octet_length({column})), ''::bytea {order})")
+            hashed.append(f"convert_to(string_agg({column}, '' {order}), 'UTF8')")
+        else:
+            value = {
+                "int2": f"int2send(({column})::int2)",
+                "int4": f"int4send({column})",
+                "int8": f"int8send({column})",
+                "address": f"substring(inet_send({column}) from 5)",
+                "time": f"float8send(extract(epoch from {column})::float8)",
+            }[kind]
+            hashed.append(f"string_agg({value}, ''::bytea {order})")
+    digests = ", ".join(f"sha256(coalesce({h}, ''::bytea))" for h in hashed)
+    query = (
+        f"SELECT count(*), {digests} FROM {table} "
+        "WHERE cluster IN (SELECT name FROM cluster WHERE partition = $1)"
+    )
+    return query, len(hashed)
+
+
+# Each address table's digest statement: its columns after the key, in the order of
+# ``service.audit.address_digest.of``. The same ORDER BY in every aggregate: the server sorts once.
+_ADDRESS_DIGESTS = {
+    "pod_ip": _digest_query(
+        "pod_ip",
+        'ORDER BY since_offset, cluster COLLATE "C", family(address), address',
+        [
+            ("int8", "since_offset"),
+            ("text", "node"),
+            ("text", "owner"),
+            ("int4", "partition"),
+            ("time", "since_time"),
+        ],
+    ),
+    "ip_history": _digest_query(
+        "ip_history",
+        'ORDER BY to_offset, cluster COLLATE "C", family(address), address, from_offset',
+        [
+            ("int8", "to_offset"),
+            ("int8", "from_offset"),
+            ("text", "node"),
+            ("text", "owner"),
+            ("int4", "partition"),
+            ("time", "from_time"),
+            ("time", "to_time"),
+        ],
+    ),
+}
 
 
 def _node_history_value(r: Any) -> tuple[Any, ...]:
