@@ -14,17 +14,23 @@ cannot store": "a gap in the contract").
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import AsyncIterator, Sequence
 
 import anyio
+import asyncpg
 import pytest
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 
-from service import allocator
+from service import allocator, ports
+from service.adapters.kafka import log as kafka_log
 from service.adapters.postgres import projection as pg_projection
 from service.adapters.postgres import reader as pg_reader
 from service.adapters.postgres import table_log
 from service.domain import allocation, document, events, state
 from tests import waiting
+from tests.harness.kafka import KafkaBroker
 
 pytestmark = pytest.mark.anyio
 
@@ -63,15 +69,16 @@ def oracle(records: Sequence[bytes]) -> tuple[state.State, list[events.Decision]
     return current, [allocation.apply_record(current, record)[0] for record in records]
 
 
-async def run_allocator(log: table_log.PostgresTableLog, dsn: str, end: int) -> None:
-    projection = pg_projection.PostgresProjection.from_dsn(dsn, log_name="table", holder="h")
+async def run_allocator(log: ports.EventLog, dsn: str, end: int, log_name: str = "table") -> None:
+    projection = pg_projection.PostgresProjection.from_dsn(dsn, log_name=log_name, holder="h")
     worker = allocator.PartitionAllocator(log, projection, 0)
     stop = anyio.Event()
     try:
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(worker.run, stop)
+            # A failure retried is already the stall the promise excludes: stop waiting then.
             await waiting.until(
-                lambda: worker.metrics.next_offset.get(0, -1) >= end,
+                lambda: worker.metrics.next_offset.get(0, -1) >= end or worker.metrics.failures,
                 timeout=DEADLINE_S,
                 what=lambda: f"offset {end} committed",
                 interval=0.02,
@@ -79,9 +86,12 @@ async def run_allocator(log: table_log.PostgresTableLog, dsn: str, end: int) -> 
             stop.set()
     finally:
         await projection.close()
+    assert worker.metrics.failures == 0, "the allocator failed and retried, see the log"
 
 
-async def assert_live_equals_simulate(dsn: str, records: Sequence[bytes]) -> None:
+async def assert_live_equals_simulate(
+    dsn: str, records: Sequence[bytes], log_name: str = "table"
+) -> None:
     expected_state, expected = oracle(records)
     reader = pg_reader.PostgresProjectionReader.from_dsn(dsn)
     try:
@@ -93,7 +103,7 @@ async def assert_live_equals_simulate(dsn: str, records: Sequence[bytes]) -> Non
         assert json.loads(committed.body) == json.loads(events.encode_decision(decision)), (
             f"offset {offset}: live {committed.body!r}"
         )
-    projection = pg_projection.PostgresProjection.from_dsn(dsn, log_name="table", holder="r")
+    projection = pg_projection.PostgresProjection.from_dsn(dsn, log_name=log_name, holder="r")
     try:
         loaded = await projection.load()
     finally:
@@ -147,5 +157,174 @@ async def test_the_latest_and_earliest_storable_times_decide_alike_live_and_in_s
         ip_requested("r2", "worker-2", "ns/b", "0001-01-01T01:00:00+01:00"),
     ]
     await log.append([(b"default", r) for r in records])
+    await run_allocator(log, pg_dsn, len(records))
+    await assert_live_equals_simulate(pg_dsn, records)
+
+
+# --- Kafka records no producer of the contract writes, from a plain client ---------------------
+
+
+async def produce_raw(
+    bootstrap: str,
+    topic: str,
+    items: Sequence[tuple[bytes | None, bytes | None, int | None]],
+) -> None:
+    """``(key, value, timestamp_ms)`` records on partition 0, as any client with write access."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        for key, value, timestamp_ms in items:
+            await producer.send_and_wait(
+                topic, value=value, key=key, partition=0, timestamp_ms=timestamp_ms
+            )
+    finally:
+        await producer.stop()
+
+
+async def run_kafka_allocator(bootstrap: str, topic: str, dsn: str, end: int) -> None:
+    event_log = await kafka_log.KafkaEventLog.open(bootstrap, topic)
+    try:
+        await run_allocator(event_log, dsn, end, log_name=topic)
+    finally:
+        await event_log.close()
+
+
+@pytest.mark.kafka
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "service/adapters/kafka/log.py (helper F's) raises KafkaLogError for a record without a "
+        "value (a tombstone any client can write): every read of that offset fails, and the "
+        "partition retries it forever instead of rejecting it"
+    ),
+)
+async def test_a_kafka_tombstone_is_rejected_not_retried_forever(
+    kafka_broker: KafkaBroker, pg_dsn: str
+) -> None:
+    topic = f"ipledger.test.{uuid.uuid4().hex[:12]}"
+    await kafka_log.ensure_topics(kafka_broker.bootstrap, topic, 1)
+    good = [POOL, node_added("n1", "worker-1", None), ip_requested("r1", "worker-1", "ns/a", None)]
+    await produce_raw(
+        kafka_broker.bootstrap,
+        topic,
+        [
+            (b"default", good[0], None),
+            (b"default", None, None),  # the tombstone
+            (b"default", None, None),  # and another
+            (b"default", good[1], None),
+            (b"default", good[2], None),
+        ],
+    )
+    await run_kafka_allocator(kafka_broker.bootstrap, topic, pg_dsn, 5)
+    reader = pg_reader.PostgresProjectionReader.from_dsn(pg_dsn)
+    try:
+        decided = await reader.decisions(0)
+        rejected = {r.offset for r in await reader.rejections(0)}
+    finally:
+        await reader.close()
+    assert [d.offset for d in decided] == [0, 1, 2, 3, 4]
+    assert rejected == {1, 2}
+    assert [d.error for d in decided].count(None) == 3
+
+
+# Kafka keeps the producer's CreateTime unless the topic says LogAppendTime, and by default
+# accepts any time in the past (log.message.timestamp.before.max.ms is unbounded).
+HOSTILE_TIMESTAMPS = [
+    pytest.param(
+        -62135596800001,  # one ms before 0001-01-01T00:00:00Z
+        id="before-year-1",
+        marks=pytest.mark.xfail(
+            strict=True,
+            reason=(
+                "service/allocator/batch.py (helper F's) converts the record's time with "
+                "datetime.fromtimestamp: ValueError (year 0 is out of range) escapes the "
+                "allocator's run, and the partition stops at that record on every restart; the "
+                "fix is in the Kafka adapter's _timestamp_ms (also F's), see the report"
+            ),
+        ),
+    ),
+    pytest.param(-2, id="before-1970"),
+    pytest.param(0, id="the-epoch"),
+]
+
+
+@pytest.mark.kafka
+@pytest.mark.parametrize("timestamp_ms", HOSTILE_TIMESTAMPS)
+async def test_a_hostile_kafka_timestamp_decides_alike_live_and_in_simulate(
+    kafka_broker: KafkaBroker, pg_dsn: str, timestamp_ms: int
+) -> None:
+    topic = f"ipledger.test.{uuid.uuid4().hex[:12]}"
+    await kafka_log.ensure_topics(kafka_broker.bootstrap, topic, 1)
+    records = [
+        POOL,
+        node_added("n1", "worker-1", None),
+        ip_requested("r1", "worker-1", "ns/a", None),
+        node_added("n2", "worker-2", None),
+    ]
+    try:
+        await produce_raw(
+            kafka_broker.bootstrap,
+            topic,
+            [(b"default", r, timestamp_ms if n else None) for n, r in enumerate(records)],
+        )
+    except KafkaError as exc:  # the broker refusing the time is as good: nothing to decide
+        pytest.skip(f"the broker refused CreateTime {timestamp_ms}: {exc!r}")
+    await run_kafka_allocator(kafka_broker.bootstrap, topic, pg_dsn, len(records))
+    await assert_live_equals_simulate(pg_dsn, records, log_name=topic)
+
+
+# --- the table log: its rows written by any client with INSERT on log_record ------------------
+
+
+async def insert_raw(dsn: str, items: Sequence[tuple[bytes, str]]) -> None:
+    """Append ``(value, appended_at)`` rows to partition 0 with plain SQL (key ``default``)."""
+    db = await asyncpg.connect(dsn)
+    try:
+        async with db.transaction():
+            end = await db.fetchval(
+                "UPDATE log_head SET next_offset = next_offset + $1 WHERE partition = 0 "
+                "RETURNING next_offset",
+                len(items),
+            )
+            await db.executemany(
+                'INSERT INTO log_record (partition, "offset", key, value, appended_at) '
+                "VALUES (0, $1, 'default', $2, $3::text::timestamptz)",
+                [(end - len(items) + n, v, at) for n, (v, at) in enumerate(items)],
+            )
+            await db.execute("SELECT pg_notify($1, '0')", table_log.DEFAULT_CHANNEL)
+    finally:
+        await db.close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "service/adapters/postgres/table_log.py (helper F's, the log adapter) reads appended_at "
+        "as floor(extract(epoch ...) * 1000)::int8: 'infinity' fails every read (bigint out of "
+        "range) and a time before year 1 crashes the allocator in datetime.fromtimestamp; "
+        "either stops the partition at that row"
+    ),
+)
+@pytest.mark.parametrize(
+    "appended_at",
+    [
+        pytest.param("infinity", id="infinity"),
+        pytest.param("-infinity", id="minus-infinity"),
+        pytest.param("0100-01-01 00:00:00+00 BC", id="before-year-1"),
+        pytest.param("294000-01-01 00:00:00+00", id="after-year-9999"),
+    ],
+)
+async def test_a_hostile_table_log_time_decides_alike_live_and_in_simulate(
+    log: table_log.PostgresTableLog, pg_dsn: str, appended_at: str
+) -> None:
+    await log.partitions()  # creates the log_head row the raw inserts reserve offsets in
+    records = [
+        POOL,
+        node_added("n1", "worker-1", None),
+        ip_requested("r1", "worker-1", "ns/a", None),
+        node_added("n2", "worker-2", None),
+    ]
+    now = "2026-12-02 16:00:00+00"
+    await insert_raw(pg_dsn, [(r, appended_at if n else now) for n, r in enumerate(records)])
     await run_allocator(log, pg_dsn, len(records))
     await assert_live_equals_simulate(pg_dsn, records)
