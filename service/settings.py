@@ -9,6 +9,7 @@ a password, so ``redacted_url`` is what logs and messages show.
 from __future__ import annotations
 
 import os
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,6 +130,8 @@ class Settings:
         return settings
 
     def validate(self) -> None:
+        _check_database_url("IPLEDGER_DATABASE_URL", self.database_url)
+        _check_database_url("IPLEDGER_API_DATABASE_URL", self.api_database_url)
         if self.log == "kafka" and not self.kafka_bootstrap:
             raise errors.ConfigurationError("IPLEDGER_LOG=kafka needs IPLEDGER_KAFKA_BOOTSTRAP")
         if self.partitions < 1:
@@ -281,6 +284,34 @@ def _api_settings(env: Mapping[str, str]) -> dict[str, Any]:
                     f"{name} must be a {kind.__name__}, not {value!r}"
                 ) from None
     return values
+
+
+# What the PostgreSQL adapters connect with: asyncpg's schemes, and SQLAlchemy's for asyncpg.
+_DATABASE_SCHEMES = frozenset({"postgresql", "postgres", "postgresql+asyncpg"})
+
+
+def _check_database_url(name: str, url: str | None) -> None:
+    """Refuse a database URL no adapter can connect with, before anything tries.
+
+    Without this, SQLAlchemy's parser raised its own ``ArgumentError`` for a text that is no URL
+    and the socket an ``OverflowError`` for a port above 65535, each a traceback out of the
+    command; and any scheme (``mysql://``) was taken for PostgreSQL's, failing later as a DNS or
+    connection error that did not say the URL was wrong.
+    """
+    if url is None:
+        return
+    shown = redacted_url(url)
+    scheme, sep, _ = url.partition("://")
+    if not sep or scheme not in _DATABASE_SCHEMES:
+        raise errors.ConfigurationError(
+            f"{name} must be a PostgreSQL URL (postgresql://user@host:port/database), not {shown!r}"
+        )
+    try:
+        parts = urllib.parse.urlsplit(url)
+        if "," not in parts.netloc:  # several hosts (asyncpg's h1:5432,h2:5432): its parse
+            parts.port  # noqa: B018 - raises for a port that is not a number in 0-65535
+    except ValueError as exc:
+        raise errors.ConfigurationError(f"{name} {shown!r} is not a valid URL: {exc}") from None
 
 
 def redacted_url(url: str) -> str:

@@ -86,7 +86,11 @@ def _toml(key: str, value: Any) -> str:
 
 
 # Texts with a form of their own.
-_VALID_TEXT = {"api_address": "0.0.0.0:9000"}
+_VALID_TEXT = {
+    "api_address": "0.0.0.0:9000",
+    "database_url": "postgresql://ipledger@db.example:5432/ipledger",
+    "api_database_url": "postgresql://reader@db.example:5432/ipledger",
+}
 # Settings that cannot stand alone: kafka needs its bootstrap.
 _NEEDS = {"log": {"IPLEDGER_KAFKA_BOOTSTRAP": "k:9092"}}
 
