@@ -8,6 +8,7 @@ a password, so ``redacted_url`` is what logs and messages show.
 
 from __future__ import annotations
 
+import math
 import os
 import urllib.parse
 from collections.abc import Mapping
@@ -116,9 +117,9 @@ class Settings:
             batch_max_wait_ms=integer("IPLEDGER_BATCH_MAX_WAIT_MS", defaults.batch_max_wait_ms),
             lease_ttl_s=float(integer("IPLEDGER_LEASE_TTL_S", int(defaults.lease_ttl_s))),
             instance_id=env.get("IPLEDGER_INSTANCE_ID") or None,
-            metrics_port=int(metrics) if metrics else None,
+            metrics_port=integer("IPLEDGER_METRICS_PORT", 0) if metrics else None,
             metrics_host=env.get("IPLEDGER_METRICS_HOST") or defaults.metrics_host,
-            tree=env.get("IPLEDGER_TREE", "true").lower() not in ("0", "false", "no"),
+            tree=_flag(env, "IPLEDGER_TREE", default=True),
             tree_head_every=integer("IPLEDGER_TREE_HEAD_EVERY", defaults.tree_head_every),
             tree_digest_every=integer("IPLEDGER_TREE_DIGEST_EVERY", defaults.tree_digest_every),
             signing_key=Path(key) if (key := env.get("IPLEDGER_SIGNING_KEY")) else None,
@@ -136,6 +137,12 @@ class Settings:
             raise errors.ConfigurationError("IPLEDGER_LOG=kafka needs IPLEDGER_KAFKA_BOOTSTRAP")
         if self.partitions < 1:
             raise errors.ConfigurationError("IPLEDGER_PARTITIONS must be at least 1")
+        for name, port in (
+            ("IPLEDGER_METRICS_PORT", self.metrics_port),
+            ("IPLEDGER_SYNC_METRICS_PORT", self.sync_metrics_port),
+        ):
+            if port is not None and not 0 <= port <= 65535:
+                raise errors.ConfigurationError(f"{name} must be a port, 0..65535")
         if not 1 <= self.batch_max_records <= 100_000:
             raise errors.ConfigurationError("IPLEDGER_BATCH_MAX_RECORDS must be 1..100000")
         if self.lease_ttl_s < 1:
@@ -148,13 +155,13 @@ class Settings:
         self._validate_api()
 
     def _validate_sync(self) -> None:
-        if self.sync_qps < 0:
+        if not self.sync_qps >= 0:  # written so that NaN fails too
             raise errors.ConfigurationError("IPLEDGER_SYNC_QPS must be 0 (no limit) or more")
         if self.sync_burst < 1:
             raise errors.ConfigurationError("IPLEDGER_SYNC_BURST must be at least 1")
         if not 1 <= self.sync_concurrency <= 256:
             raise errors.ConfigurationError("IPLEDGER_SYNC_CONCURRENCY must be 1..256")
-        if self.resync_interval_s <= 0:
+        if not self.resync_interval_s > 0:
             raise errors.ConfigurationError("IPLEDGER_RESYNC_INTERVAL_S must be positive")
 
     def _validate_api(self) -> None:
@@ -165,8 +172,11 @@ class Settings:
             )
         if self.api_max_lag < 0:
             raise errors.ConfigurationError("IPLEDGER_API_MAX_LAG must be 0 or more")
-        if self.api_forecast_window_s <= 0:
-            raise errors.ConfigurationError("IPLEDGER_API_FORECAST_WINDOW_S must be positive")
+        # A window is a timedelta: infinity has none.
+        if not 0 < self.api_forecast_window_s < math.inf:
+            raise errors.ConfigurationError(
+                "IPLEDGER_API_FORECAST_WINDOW_S must be a positive number of seconds"
+            )
         if self.api_statement_timeout_ms < 1:
             raise errors.ConfigurationError("IPLEDGER_API_STATEMENT_TIMEOUT_MS must be at least 1")
 
@@ -220,6 +230,16 @@ def parse_kube_clusters(text: str) -> dict[str, KubeTarget]:
     return targets
 
 
+def _flag(env: Mapping[str, str], name: str, *, default: bool) -> bool:
+    """A true-or-false variable; any other text is an error (``IPLEDGER_TREE=maybe`` was true)."""
+    value = env.get(name)
+    if not value:
+        return default
+    if value.lower() not in ("1", "true", "yes", "0", "false", "no"):
+        raise errors.ConfigurationError(f"{name} must be true or false, not {value!r}")
+    return value.lower() in ("1", "true", "yes")
+
+
 def _sync_settings(env: Mapping[str, str]) -> dict[str, Any]:
     """The sync worker's fields of ``Settings.from_env``; absent variables keep the defaults."""
     values: dict[str, Any] = {}
@@ -235,11 +255,8 @@ def _sync_settings(env: Mapping[str, str]) -> dict[str, Any]:
                 ) from None
 
     def flag(name: str, field_name: str) -> None:
-        value = env.get(name)
-        if value:
-            if value.lower() not in ("1", "true", "yes", "0", "false", "no"):
-                raise errors.ConfigurationError(f"{name} must be true or false, not {value!r}")
-            values[field_name] = value.lower() in ("1", "true", "yes")
+        if env.get(name):
+            values[field_name] = _flag(env, name, default=False)
 
     if kubeconfig := env.get("IPLEDGER_KUBECONFIG"):
         values["kubeconfig"] = Path(kubeconfig).expanduser()

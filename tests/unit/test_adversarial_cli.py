@@ -10,6 +10,7 @@ and where it was set, the password redacted, exit 1, before anything connects.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -71,3 +72,43 @@ def test_the_api_database_url_is_checked_alike(url: str, why: str) -> None:
 )
 def test_the_urls_postgresql_takes_are_accepted(url: str) -> None:
     assert Settings.from_env({"IPLEDGER_DATABASE_URL": url}).database_url == url
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "why"),
+    [
+        # Any text but a false one turned the tree on; the other true-or-false settings refused it.
+        ("IPLEDGER_TREE", "maybe", "must be true or false"),
+        # int() of the text, a ValueError traceback; and ports beyond 65535 were taken.
+        ("IPLEDGER_METRICS_PORT", "abc", "must be an integer"),
+        ("IPLEDGER_METRICS_PORT", "99999", "must be a port"),
+        ("IPLEDGER_SYNC_METRICS_PORT", "70000", "must be a port"),
+        # NaN passes every "< 0" check; an infinite window is no timedelta.
+        ("IPLEDGER_SYNC_QPS", "nan", "IPLEDGER_SYNC_QPS must be"),
+        ("IPLEDGER_RESYNC_INTERVAL_S", "nan", "IPLEDGER_RESYNC_INTERVAL_S must be"),
+        ("IPLEDGER_API_FORECAST_WINDOW_S", "nan", "IPLEDGER_API_FORECAST_WINDOW_S must be"),
+        ("IPLEDGER_API_FORECAST_WINDOW_S", "inf", "IPLEDGER_API_FORECAST_WINDOW_S must be"),
+    ],
+)
+def test_a_setting_out_of_its_range_is_refused(variable: str, value: str, why: str) -> None:
+    with pytest.raises(errors.ConfigurationError, match=why):
+        Settings.from_env({variable: value})
+
+
+@pytest.mark.parametrize(
+    ("value", "tree"), [("true", True), ("yes", True), ("1", True), ("false", False), ("NO", False)]
+)
+def test_the_tree_setting_reads_the_same_words_as_the_others(value: str, tree: bool) -> None:
+    assert Settings.from_env({"IPLEDGER_TREE": value}).tree is tree
+    assert Settings.from_env({}).tree is True
+
+
+def test_a_nan_from_the_configuration_file_is_refused_as_from_the_environment(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "ipledger.toml"
+    path.write_text("[sync]\nqps = nan\n")
+    assert cli.main(["config", "--config", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "IPLEDGER_SYNC_QPS must be" in err
+    assert "Traceback" not in err
