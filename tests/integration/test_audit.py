@@ -389,6 +389,26 @@ async def test_each_tampering_is_found_and_named_precisely(
         assert divergence.event_id == events.decode(RECORDS[offset]).id
 
 
+async def test_a_history_row_recorded_twice_is_found(ledger: str) -> None:
+    # A copy of a finished holding: the rows compared one by one are keyed by cluster, address
+    # and from offset, so the copy stands beside the row it repeats; the digests count both.
+    await _execute(
+        ledger,
+        "INSERT INTO ip_history (cluster, address, from_offset, node, owner, partition, "
+        "from_time, to_offset, to_time) SELECT cluster, address, from_offset, node, owner, "
+        "partition, from_time, to_offset, to_time FROM ip_history "
+        "WHERE id = (SELECT min(id) FROM ip_history)",
+    )
+    rows = int(await _fetchval(ledger, "SELECT count(*) FROM ip_history"))  # type: ignore[call-overload]
+
+    report = await _replay(ledger)
+
+    assert report.divergence is not None, "a repeated history row went unnoticed"
+    assert report.divergence.what == "ip_history rows", report.divergence.describe()
+    assert report.divergence.expected.startswith(f"{rows - 1} ")
+    assert report.divergence.found.startswith(f"{rows}: 1 with the cluster, address")
+
+
 async def test_an_altered_decision_with_its_leaf_rewritten_too_is_found_by_the_next_head(
     ledger: str,
 ) -> None:
