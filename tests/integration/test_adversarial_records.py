@@ -575,3 +575,32 @@ async def assert_applied_as_simulate(dsn: str, records: Sequence[bytes], log_nam
     finally:
         await projection.close()
     assert document.digest(loaded.state) == document.digest(expected_state)
+
+
+async def test_a_50_mb_record_in_the_table_log_is_rejected_and_replays(
+    log: table_log.PostgresTableLog, pg_dsn: str
+) -> None:
+    """Past ``ipledger append`` (which refuses it at decode), straight into ``log_record``."""
+    await log.partitions()
+    huge = b'{"type":"node.added","id":"huge","node":"worker-9","pad":"' + b"x" * (50 << 20) + b'"}'
+    records = [
+        POOL,
+        node_added("n1", "worker-1", None),
+        huge,
+        b"\x00" * 1024,
+        ip_requested("r1", "worker-1", "ns/a", None),
+    ]
+    now = "2026-12-02 16:00:00+00"
+    await insert_raw(pg_dsn, [(r, now) for r in records])
+    await run_allocator(log, pg_dsn, len(records))
+    await assert_live_equals_simulate(pg_dsn, records)
+    reader = pg_reader.PostgresProjectionReader.from_dsn(pg_dsn)
+    try:
+        rejected = {r.offset: r for r in await reader.rejections(0)}
+    finally:
+        await reader.close()
+    assert sorted(rejected) == [2, 3]
+    assert bytes(rejected[2].raw) == huge  # kept raw, whole
+    report = await verify(log, pg_dsn)
+    assert report.records == len(records)
+    assert report.divergence is None, report.divergence
