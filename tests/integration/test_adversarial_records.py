@@ -604,3 +604,30 @@ async def test_a_50_mb_record_in_the_table_log_is_rejected_and_replays(
     report = await verify(log, pg_dsn)
     assert report.records == len(records)
     assert report.divergence is None, report.divergence
+
+
+async def test_texts_of_unusual_characters_decide_alike_live_and_in_simulate(
+    log: table_log.PostgresTableLog, pg_dsn: str
+) -> None:
+    """Noncharacters, the last code point, a BOM, bidi overrides and C1's neighbours in ids and
+    owners: the contract takes them (no control characters), PostgreSQL must store them."""
+    texts = ["\uffff", "\ufffe", "\U0010ffff", "\ufeff", "\u202e", "\u00a0", "\u2028", "é"]
+    records = [POOL, node_added("n1", "worker-1", None)]
+    for n, text in enumerate(texts):
+        records.append(ip_requested(f"id-{text}-{n}", "worker-1", f"ns/{text}", None))
+        records.append(
+            json.dumps(
+                {
+                    "type": "ip.released",
+                    "id": f"rel{text}",
+                    "node": "worker-1",
+                    "owner": f"ns/{text}",
+                },
+                ensure_ascii=n % 2 == 0,
+            ).encode()
+        )
+    await log.append([(b"default", r) for r in records])
+    await run_allocator(log, pg_dsn, len(records))
+    await assert_live_equals_simulate(pg_dsn, records)
+    report = await verify(log, pg_dsn)
+    assert report.divergence is None, report.divergence
