@@ -93,6 +93,14 @@ def as_of(value: str | None) -> int | datetime.datetime | None:
             f"as_of {value!r} is neither a log offset (digits) nor an RFC 3339 time "
             "(2026-11-17T10:00:00Z)"
         ) from None
+    try:
+        # Bound as a timestamptz, which the driver computes in UTC: 9999-12-31T23:59:59-01:00
+        # is year 10000 there, and the OverflowError was answered as an outage (503).
+        moment.astimezone(datetime.UTC)
+    except OverflowError:
+        raise errors.QueryInvalidError(
+            f"as_of {value!r} is outside years 0001-9999 once in UTC"
+        ) from None
     return moment
 
 
