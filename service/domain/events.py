@@ -81,6 +81,9 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", gc=Fals
     ``gc=False`` (inherited): events hold only strings, numbers, times and tuples of strings, so
     they cannot be part of a reference cycle, and the collector need not count or visit one per
     record.
+
+    Like every constraint of the contract, ``time``'s is checked by ``decode``, not by the
+    constructor: its pattern, then its calendar (no Feb 30; ``_check_time``).
     """
 
     # The event's ``type`` tag, as on the wire: a plain class attribute (set below for every
@@ -90,13 +93,6 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", gc=Fals
     id: EventId
     cluster: ClusterName = DEFAULT_CLUSTER
     time: EventTime | None = None
-
-    def __post_init__(self) -> None:
-        if self.time is not None:
-            try:
-                datetime.fromisoformat(self.time)
-            except ValueError as exc:  # Feb 30: msgspec turns it into a refused record
-                raise ValueError(f"`time` {self.time!r} is not a date-time: {exc}") from None
 
     def moment(self) -> datetime | None:
         """``time`` as an aware datetime, or None when the event has none."""
@@ -274,13 +270,14 @@ def decode(raw: bytes | str) -> AnyEvent | DecodeFailure:
 # msgspec checks a ``Meta`` pattern by calling Python's ``re`` for each string, about 2 µs each:
 # three quarters of decoding an ``ip.requested``. So the event types above carry their patterns in
 # the JSON Schema only (``_pattern``), and ``_decoder`` checks every other constraint; ``decode``
-# then checks the patterned fields itself, cheaply: a text without control characters is, when it
-# is ASCII, a printable one (two C calls); a node or cluster name already seen valid is looked up
-# in a bounded set. Whenever that decode or a check fails, ``decode`` asks the strict decoder,
-# whose twins of the event types carry the patterns as msgspec constraints: a refused record gets
-# exactly the strict decoder's reason, and an accepted one is the event the strict decoder
-# returns. The checks never accept a string its pattern refuses (each is the pattern's own regex
-# or implies it), so the fast path can only ever return what the strict decoder would.
+# then checks the patterned fields itself, cheaply: a printable text has no control characters
+# (one C call); a time is checked by its shape (``_TIME_SHAPES``); a node or cluster name already
+# seen valid is looked up in a bounded set. Whenever that decode or a check fails, ``decode``
+# asks the strict decoder, whose twins of the event types carry the patterns as msgspec
+# constraints: a refused record gets exactly the strict decoder's reason, and an accepted one is
+# the event the strict decoder returns. The checks never accept a string its pattern refuses
+# (each is the pattern's own regex or implies it), so the fast path can only ever return what the
+# strict decoder would.
 
 
 def _with_patterns(annotation: Any) -> Any:
@@ -310,8 +307,17 @@ def _with_patterns(annotation: Any) -> Any:
     return annotation
 
 
+def _check_time(event: Event) -> None:
+    """The strict twins' ``__post_init__``: ``time``, once its pattern matched, is a date."""
+    if event.time is not None:
+        try:
+            datetime.fromisoformat(event.time)
+        except ValueError as exc:  # Feb 30: msgspec turns it into a refused record
+            raise ValueError(f"`time` {event.time!r} is not a date-time: {exc}") from None
+
+
 def _strict_twin(event_type: type[Event]) -> type[msgspec.Struct]:
-    """A subclass of ``event_type`` whose fields check their patterns (``__post_init__`` kept)."""
+    """A subclass of ``event_type`` whose fields check their patterns, and ``time`` its date."""
     hints = get_type_hints(event_type, include_extras=True)
     fields = []
     for info in msgspec.structs.fields(event_type):
@@ -328,12 +334,14 @@ def _strict_twin(event_type: type[Event]) -> type[msgspec.Struct]:
         frozen=True,
         gc=False,
         module=__name__,
+        namespace={"__post_init__": _check_time},
     )
 
 
 _STRICT: dict[type[msgspec.Struct], Callable[..., Any]] = {_strict_twin(t): t for t in EVENT_TYPES}
 _strict_decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(Union[tuple(_STRICT)])  # noqa: UP007
 _NO_CONTROL_SEARCH = re.compile(_NO_CONTROL).search
+_from_iso = datetime.fromisoformat
 _NODE_SEARCH = re.compile(rf"^{_SUBDOMAIN}{_END}").search
 _CLUSTER_SEARCH = re.compile(rf"^{_LABEL}{_END}").search
 # ``_RFC3339`` without a regex (a third of the cost): an ASCII text matches it exactly when,
@@ -367,15 +375,16 @@ def _new_name(text: str, valid: set[str], search: Callable[[str], re.Match[str] 
 def _fast_decode(raw: bytes) -> AnyEvent | None:
     """The event the strict decoder would return for ``raw``, or None: ask the strict one.
 
-    The checks are written out, not called: this runs for every record. A text without control
-    characters (``_NO_CONTROL``) is, when it is ASCII, exactly a printable one.
+    The checks are written out, not called: this runs for every record. A printable text has no
+    control character (``_NO_CONTROL``): C0, DEL and C1 are all of Unicode category Cc, which is
+    never printable; a text that is not printable (a non-ASCII space, say) is left to the regex.
     """
     try:
         event: AnyEvent = _decoder.decode(raw)
     except Exception:  # the strict decoder says why
         return None
     text = event.id
-    if not (text.isascii() and text.isprintable()) and _NO_CONTROL_SEARCH(text) is None:
+    if not text.isprintable() and _NO_CONTROL_SEARCH(text) is None:
         return None
     text = event.cluster
     if (
@@ -385,10 +394,13 @@ def _fast_decode(raw: bytes) -> AnyEvent | None:
     ):
         return None
     time = event.time
-    if time is not None and not (
-        time.isascii() and time.encode().translate(_DIGITS_AS_ZERO) in _TIME_SHAPES
-    ):
-        return None
+    if time is not None:
+        if not (time.isascii() and time.encode().translate(_DIGITS_AS_ZERO) in _TIME_SHAPES):
+            return None
+        try:
+            _from_iso(time)  # ``_check_time``: here, not in a ``__post_init__`` (3 % of decode)
+        except ValueError:
+            return None
     kind = type(event)
     if kind in _WITH_NODE:
         text = event.node  # type: ignore[union-attr]
@@ -396,7 +408,7 @@ def _fast_decode(raw: bytes) -> AnyEvent | None:
             return None
         if kind in _WITH_OWNER:
             text = event.owner  # type: ignore[union-attr]
-            if not (text.isascii() and text.isprintable()) and _NO_CONTROL_SEARCH(text) is None:
+            if not text.isprintable() and _NO_CONTROL_SEARCH(text) is None:
                 return None
     return event
 

@@ -70,7 +70,13 @@ class NodeCidr(msgspec.Struct, frozen=True, gc=False):
     def __str__(self) -> str:
         # The text of ``self.network`` without building an ipaddress network for it: node
         # decisions spell their CIDRs out, and that construction was most of their cost.
-        return f"{format_ip(self.family, self.base)}/{self.prefixlen}"
+        base = self.base
+        if self.family == IPV4:  # format_ip's dotted quad, written out
+            return (
+                f"{base >> 24}.{(base >> 16) & 255}.{(base >> 8) & 255}.{base & 255}"
+                f"/{self.prefixlen}"
+            )
+        return f"{format_ip(self.family, base)}/{self.prefixlen}"
 
 
 _MAX_SPELLINGS = 4  # spellings of the list in force kept per family (the latest first)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import msgspec
 from sortedcontainers import SortedList
 
-from service.domain.addresses import Address, format_ip
+from service.domain.addresses import ADDRESS_BITS, Address, format_ip
 from service.domain.pool import FAMILIES, IPV4, IPV6, FamilyPool, NodeCidr
 from service.domain.slots import NextFitSlots
 
@@ -60,7 +60,7 @@ class PodRange:
 
     def __init__(self, cidr: NodeCidr) -> None:
         self.cidr = cidr
-        self.slots = NextFitSlots(1, cidr.size - 1)
+        self.slots = NextFitSlots(1, (1 << (ADDRESS_BITS[cidr.family] - cidr.prefixlen)) - 1)
         self.owner_of: dict[int, str] = {}
         self.by_owner: dict[str, int] = {}
         self.reserved: set[int] = set()
@@ -70,7 +70,11 @@ class PodRange:
         self._text_prefix: str | None = None
         self._text_low = 0
         fixed, separator, group_mask = _LAST_GROUP[cidr.family]
-        if cidr.prefixlen >= fixed:
+        if cidr.family == IPV4 and cidr.prefixlen >= fixed:
+            base = cidr.base  # format_ip's text of base+1 up to its last dot, written out
+            self._text_low = base & group_mask
+            self._text_prefix = f"{base >> 24}.{(base >> 16) & 255}.{(base >> 8) & 255}."
+        elif cidr.prefixlen >= fixed:
             self._text_low = cidr.base & group_mask
             # An IPv6 last hextet that is not zero is never part of the "::" run, so base+1 up
             # to its last colon is the prefix of every address but the network's own.
@@ -94,12 +98,13 @@ class PodRange:
 
     def reserve_addresses(self, addresses: tuple[Address, ...]) -> None:
         """Make the reserved set match the node addresses that fall inside this CIDR."""
-        wanted = {
-            offset
-            for address in addresses
-            if address.version == self.cidr.family
-            and (offset := self.offset_of(int(address))) is not None
-        }
+        wanted: set[int] = set()
+        cidr = self.cidr
+        for address in addresses:
+            if address.version == cidr.family:
+                offset = int(address) - cidr.base
+                if 0 <= offset < cidr.size:  # ``offset_of``, written out
+                    wanted.add(offset)
         if not wanted and not self.reserved:
             return  # the usual case: node addresses outside the pod CIDR, nothing reserved
         for offset in self.reserved - wanted:
@@ -129,7 +134,8 @@ class Node:
         return tuple(self.ranges[f].cidr for f in FAMILIES if f in self.ranges)
 
     def pod_cidr_texts(self) -> tuple[str, ...]:
-        return tuple(str(r.cidr) for f in FAMILIES if (r := self.ranges.get(f)) is not None)
+        ranges = self.ranges
+        return tuple([str(r.cidr) for f in FAMILIES if (r := ranges.get(f)) is not None])
 
 
 class IpChange(msgspec.Struct, frozen=True, gc=False):

@@ -1,11 +1,13 @@
-"""``events.decode`` checks an event's ``time`` by its shape, not by the RFC 3339 regex.
+"""``events.decode``'s fast path checks ``time``, ``id`` and ``owner`` without their regexes.
 
 The fast path reads every digit of an ASCII time as 0 and looks the result up among the shapes
-the regex allows (``events._TIME_SHAPES``); the strict decoder and the published JSON Schema keep
-the regex (``events._RFC3339``). The two must accept exactly the same texts, or a record would
-be decided differently depending on which path read it. Texts here are valid times with single
-characters replaced, inserted or removed, from an alphabet of what a near miss is made of: other
-digits (Arabic-Indic, fullwidth), lower-case separators, spaces, newlines, signs.
+the RFC 3339 regex allows (``events._TIME_SHAPES``), and takes a printable id or owner as one
+without control characters; the strict decoder and the published JSON Schema keep the regexes
+(``events._RFC3339``, ``events._NO_CONTROL``). The checks must accept exactly what the regexes
+accept (the time) or only what they accept (the texts, where the regex decides the rest), or a
+record would be decided differently depending on which path read it. Times here are valid ones
+with single characters replaced, inserted or removed, from an alphabet of what a near miss is
+made of: other digits (Arabic-Indic, fullwidth), lower-case separators, spaces, newlines, signs.
 """
 
 from __future__ import annotations
@@ -80,3 +82,11 @@ def test_a_record_with_that_time_gets_the_strict_verdict(text: str) -> None:
     assert (fast is None) == (strict is None), raw
     if fast is not None:
         assert events.encode_event(fast) == events.encode_event(strict)  # type: ignore[arg-type]
+
+
+def test_a_printable_text_has_no_control_characters() -> None:
+    # Every code point: C0, DEL and C1 are category Cc, which ``str.isprintable`` never accepts.
+    no_control = re.compile(events._NO_CONTROL)
+    printable = "".join(c for c in map(chr, range(0x110000)) if c.isprintable())
+    assert no_control.search(printable) is not None
+    assert not any(chr(c).isprintable() for c in [*range(0x20), *range(0x7F, 0xA0)])
