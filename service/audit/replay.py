@@ -20,12 +20,13 @@ No I/O of its own but through the ports it is handed.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import gc
 import operator
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -294,7 +295,7 @@ async def replay_partition(
         end = await event_log.end_offset(partition)
         if until is not None and until.records is not None:
             end = min(end, until.records)
-        async with anyio.create_task_group() as tasks:
+        async with _errors_unwrapped(), anyio.create_task_group() as tasks:
             if until is None and isinstance(live, address_digest.DigestingReader):
                 # The server digests its address tables while the log is applied, on a core
                 # of its own: the final comparison then finds them ready (_same_addresses).
@@ -319,6 +320,28 @@ async def replay_partition(
     report.stopped_at = run.tree.size
     report.seconds = time.perf_counter() - started
     return report
+
+
+@contextlib.asynccontextmanager
+async def _errors_unwrapped() -> AsyncIterator[None]:
+    """The log's or a database's error raised by a task group as itself, not wrapped in an
+    ExceptionGroup (as anyio's task groups raise every error, their host's too): callers catch
+    ``LogError`` and ``ProjectionError`` (``ipledger replay`` exits 2 on them)."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        leaves = list(_leaves(group))
+        if leaves and all(isinstance(e, errors.IpledgerError) for e in leaves):
+            raise leaves[0] from None
+        raise
+
+
+def _leaves(error: BaseException) -> Iterator[BaseException]:
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield error
 
 
 async def _apply_log(run: _Run, end: int, until: Until | None) -> Divergence | None:

@@ -11,11 +11,12 @@ replayed one (which has the leaves), and they are compared by their bodies alone
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import anyio
 import pytest
 
-from service import allocator, ports
+from service import allocator, errors, ports
 from service.adapters import memory
 from service.adapters.memory_audit import MemoryAuditReader
 from service.audit import replay
@@ -105,3 +106,45 @@ async def test_a_missing_record_mid_log_is_reported_as_a_gap() -> None:
     divergence = report.divergence
     assert divergence is not None
     assert (divergence.offset, divergence.what) == (1500, "log record"), divergence.describe()
+
+
+class _FailingReader(MemoryAuditReader):
+    """The committed tables, with one read failing as a database that went away would."""
+
+    def __init__(self, tables: memory.MemoryProjectionTables, failing: str) -> None:
+        super().__init__(tables)
+        self.failing = failing
+
+    async def rows(self, partitions: Sequence[int] | None = None) -> ports.ProjectionRows:
+        if self.failing == "rows":
+            raise errors.ProjectionError("reading the projection's rows: gone")
+        return await super().rows(partitions)
+
+    async def decision_digest(self, partition: int, start: int, end: int) -> tuple[int, bytes]:
+        if self.failing == "digest" and start > 1000:
+            raise errors.ProjectionError("reading a digest of decisions: gone")
+        return await super().decision_digest(partition, start, end)
+
+
+class _FailingLog(memory.MemoryEventLog):
+    async def read(
+        self, partition: int, offset: int, limit: int, wait_s: float
+    ) -> Sequence[ports.Record]:
+        if offset > 1000:
+            raise errors.MemoryLogError("reading the log: gone")
+        return await super().read(partition, offset, limit, wait_s)
+
+
+@pytest.mark.parametrize("failing", ["rows", "digest", "log"])
+async def test_a_read_that_fails_raises_its_own_error_not_a_group(failing: str) -> None:
+    # The callers (``ipledger replay``: exit 2) catch LogError and ProjectionError; the replay's
+    # task groups must not hand them over wrapped in an ExceptionGroup.
+    event_log, tables = await _ledger()
+    if failing == "log":
+        failing_log = _FailingLog(1)
+        failing_log._records = event_log._records
+        event_log = failing_log
+
+    expected = errors.LogError if failing == "log" else errors.ProjectionError
+    with pytest.raises(expected, match="gone"):
+        await replay.replay_partition(event_log, _FailingReader(tables, failing), 0, 1)
