@@ -14,6 +14,7 @@ cannot store": "a gap in the contract").
 from __future__ import annotations
 
 import json
+import subprocess
 import uuid
 from collections.abc import AsyncIterator, Sequence
 
@@ -21,6 +22,7 @@ import anyio
 import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
+from aiokafka import codec as aiokafka_codec
 from aiokafka.errors import KafkaError
 
 from service import allocator, ports
@@ -32,6 +34,7 @@ from service.adapters.postgres import table_log
 from service.audit import replay
 from service.domain import allocation, document, events, state
 from tests import waiting
+from tests.harness import kafka as kafka_harness
 from tests.harness.kafka import KafkaBroker
 
 pytestmark = pytest.mark.anyio
@@ -631,3 +634,83 @@ async def test_texts_of_unusual_characters_decide_alike_live_and_in_simulate(
     await assert_live_equals_simulate(pg_dsn, records)
     report = await verify(log, pg_dsn)
     assert report.divergence is None, report.divergence
+
+
+# --- compressed batches: any Kafka client may compress, the allocator must read them all ---------
+
+
+def console_produce(bootstrap: str, topic: str, codec: str, lines: Sequence[bytes]) -> None:
+    """``key|value`` lines through Kafka's own console producer, compressed with ``codec``."""
+    java, classpath = kafka_harness.find_java(), kafka_harness.read_classpath()
+    assert java and classpath, "the broker fixture started, so both exist"
+    result = subprocess.run(
+        [
+            java,
+            "-cp",
+            classpath,
+            "org.apache.kafka.tools.ConsoleProducer",
+            "--bootstrap-server",
+            bootstrap,
+            "--topic",
+            topic,
+            "--compression-codec",
+            codec,
+            "--reader-property",
+            "parse.key=true",
+            "--reader-property",
+            "key.separator=|",
+            "--producer-property",
+            "linger.ms=50",
+        ],
+        input=b"\n".join(b"default|" + line for line in lines) + b"\n",
+        capture_output=True,
+        check=False,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+# aiokafka reads snappy, lz4 and zstd batches only with cramjam installed (its extras of those
+# names); without it the test is expected to fail, and fails, where any producer compresses.
+_CODEC_LIBRARIES = {
+    "snappy": aiokafka_codec.has_snappy,
+    "lz4": aiokafka_codec.has_lz4,
+    "zstd": aiokafka_codec.has_zstd,
+}
+COMPRESSION_CODECS = [
+    pytest.param("gzip", id="gzip"),
+    *(
+        pytest.param(
+            codec,
+            id=codec,
+            marks=pytest.mark.xfail(
+                not available(),
+                strict=True,
+                reason=(
+                    f"aiokafka reads {codec} batches only with the cramjam package, which "
+                    "pyproject.toml does not install (aiokafka[snappy,lz4,zstd]): every read of "
+                    "the batch fails (UnsupportedCodecError, retried forever), the partition stops"
+                ),
+            ),
+        )
+        for codec, available in _CODEC_LIBRARIES.items()
+    ),
+]
+
+
+@pytest.mark.kafka
+@pytest.mark.parametrize("codec", COMPRESSION_CODECS)
+async def test_a_compressed_batch_is_read_and_decided_as_simulate_decides(
+    kafka_broker: KafkaBroker, pg_dsn: str, codec: str
+) -> None:
+    topic = f"ipledger.test.{uuid.uuid4().hex[:12]}"
+    await kafka_log.ensure_topics(kafka_broker.bootstrap, topic, 1)
+    records = [
+        POOL,
+        node_added("n1", "worker-1", None),
+        ip_requested("r1", "worker-1", "ns/a", None),
+        ip_requested("r2", "worker-1", "ns/b", None),
+    ]
+    await anyio.to_thread.run_sync(console_produce, kafka_broker.bootstrap, topic, codec, records)
+    await run_kafka_allocator(kafka_broker.bootstrap, topic, pg_dsn, len(records))
+    await assert_live_equals_simulate(pg_dsn, records, log_name=topic)
