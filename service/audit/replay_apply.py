@@ -258,8 +258,7 @@ async def apply_batch(
                             )
                     seen_ips[name] = held
         body = encode(decision)
-        # One join, not two concatenations: each made a copy of the bytes so far (a fifth of
-        # the leaf's and the digest's cost).
+        # One join, not two concatenations, each of which copied the bytes so far.
         leaf = _sha256(join((b"\x00", body, record.value))).digest()
         append_leaf(leaf)
         add_record(record)
