@@ -40,10 +40,14 @@ class Watch:
     config: tuple[object, ...] = ()
 
 
+# A tuple, not ``IpRequested | IpReleased``: that expression built a union object per event.
+_POD_ADDRESS_EVENTS = (events.IpRequested, events.IpReleased)
+
+
 def before(current: state.State, event: events.AnyEvent) -> Watch | None:
     """Set the cluster's journal up to see what ``event`` alone changes; None: nothing to see."""
     cluster = current.clusters.get(event.cluster)
-    if isinstance(event, events.IpRequested | events.IpReleased):
+    if isinstance(event, _POD_ADDRESS_EVENTS):
         node = cluster.nodes.get(event.node) if cluster is not None else None
         if node is None or node.conflict is None:
             return None
