@@ -34,20 +34,17 @@ def parse_address(text: str) -> Address:
     octets = text.split(".")
     if len(octets) == 4:
         # A plain dotted quad without ipaddress's ten calls: every node event carries its
-        # addresses. Only what ipaddress also accepts is taken here (one to three ASCII digits,
-        # no leading zero, at most 255); everything else, every error included, goes on below.
-        value = 0
-        for octet in octets:
-            if not (0 < len(octet) < 4 and octet.isascii() and octet.isdigit()) or (
-                octet[0] == "0" and len(octet) > 1
-            ):
-                break
-            number = int(octet)
-            if number > 255:
-                break
-            value = value << 8 | number
+        # addresses. Only what ipaddress also accepts is taken here: four numbers 0-255 that,
+        # written back, are the text itself (so one to three ASCII digits, no leading zero; int()
+        # also reads " 1", "+1", "1_0" and other scripts' digits, which that refuses). Anything
+        # else, every error included, goes on below.
+        try:
+            a, b, c, d = map(int, octets)
+        except ValueError:
+            pass
         else:
-            return ipaddress.IPv4Address(value)
+            if 0 <= (a | b | c | d) <= 255 and f"{a}.{b}.{c}.{d}" == text:
+                return ipaddress.IPv4Address(a << 24 | b << 16 | c << 8 | d)
     elif ":" in text and (value6 := _plain_ipv6(text)) is not None:
         address6 = ipaddress.IPv6Address(value6)
         if value6 >> 32 != 0xFFFF:  # not IPv4-mapped: that is refused below, with its reason

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -90,3 +91,19 @@ def test_a_printable_text_has_no_control_characters() -> None:
     printable = "".join(c for c in map(chr, range(0x110000)) if c.isprintable())
     assert no_control.search(printable) is not None
     assert not any(chr(c).isprintable() for c in [*range(0x20), *range(0x7F, 0xA0)])
+
+
+@pytest.mark.parametrize("opener", ["[", '{"a":', '[{"a":'])
+@pytest.mark.parametrize("levels", [30, 31, 32, 40])
+@pytest.mark.parametrize("owner", ["o", "o{[{"])  # brackets inside a string count, harmlessly
+def test_nesting_is_refused_past_the_limit_whichever_brackets(
+    opener: str, levels: int, owner: str
+) -> None:
+    # ``decode`` counts "[" only when the record has one, "{" always.
+    closer = "".join("]" if c == "[" else "}" for c in reversed(opener) if c in "[{")
+    nested = opener * levels + "1" + closer * levels
+    raw = f'{{"type":"ip.requested","id":"e","node":"n","owner":"{owner}","zz":{nested}}}'
+    decided = events.decode(raw.encode())
+    by_depth = isinstance(decided, events.DecodeFailure) and "depth limit" in decided.reason
+    assert by_depth == (events._depth(raw.encode()) > events.MAX_DEPTH)
+    assert by_depth == (levels * opener.count("[") + levels * opener.count("{") + 1 > 32)
