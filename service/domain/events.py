@@ -193,6 +193,7 @@ _EVENT_ID = re.compile(f"[^{_CONTROL}]{{1,128}}")
 _UNKNOWN_TYPE = re.compile(f"[^{_CONTROL}]{{1,64}}")
 _BOM = b"\xef\xbb\xbf"
 _LEFT_BRACKET = ord("[")
+_LEFT_BRACE = ord("{")
 # JSON strings, escapes included, so that brackets inside them are not counted as nesting.
 _JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
@@ -229,10 +230,12 @@ def decode(raw: bytes | str) -> AnyEvent | DecodeFailure:
             raw.decode("utf-8")
         except UnicodeDecodeError as exc:
             return _failure(f"record is not valid UTF-8 (byte {exc.start})")
-    # Counting brackets is a C call or two (most records have no "[", which a memchr tells for a
-    # tenth of a count; ``b"[" in raw`` costs a count); only a record with many is measured.
-    openings = raw.count(b"{") + (raw.count(b"[") if _LEFT_BRACKET in raw else 0)
-    if openings > MAX_DEPTH and _depth(raw) > MAX_DEPTH:
+    # Most records have no "[" and a single "{", so they cannot nest: two memchr calls tell (an int
+    # ``in`` bytes; ``b"[" in raw`` would cost as much as a count). Only the others have their
+    # brackets counted, and only one with many of them is measured properly.
+    if (_LEFT_BRACKET in raw or _LEFT_BRACE in raw.partition(b"{")[2]) and (
+        raw.count(b"{") + raw.count(b"[") > MAX_DEPTH and _depth(raw) > MAX_DEPTH
+    ):
         return _failure(
             f"record nests objects and arrays deeper than the depth limit of {MAX_DEPTH} levels"
         )

@@ -95,11 +95,11 @@ def test_a_printable_text_has_no_control_characters() -> None:
 
 @pytest.mark.parametrize("opener", ["[", '{"a":', '[{"a":'])
 @pytest.mark.parametrize("levels", [30, 31, 32, 40])
-@pytest.mark.parametrize("owner", ["o", "o{[{"])  # brackets inside a string count, harmlessly
+@pytest.mark.parametrize("owner", ["o", "o{[{", "o{{"])  # brackets in a string count, harmlessly
 def test_nesting_is_refused_past_the_limit_whichever_brackets(
     opener: str, levels: int, owner: str
 ) -> None:
-    # ``decode`` counts "[" only when the record has one, "{" always.
+    # ``decode`` counts brackets only in a record with a "[" or a second "{".
     closer = "".join("]" if c == "[" else "}" for c in reversed(opener) if c in "[{")
     nested = opener * levels + "1" + closer * levels
     raw = f'{{"type":"ip.requested","id":"e","node":"n","owner":"{owner}","zz":{nested}}}'
