@@ -23,6 +23,10 @@ from service.allocator.settings import TreeSettings
 from service.domain import allocation, document, events, merkle, partitioning, restore, state
 
 UTC = datetime.UTC
+# The time of a holding or node change whose event has no ``time`` and whose record none (a
+# Kafka record with CreateTime -1): a constant, so that a replay gives the same rows. The clock
+# would give every run its own.
+NO_TIME = datetime.datetime(1970, 1, 1, tzinfo=UTC)
 # The error of a record the projection could not store (followed by the database's reason).
 UNSTORABLE = "the projection could not store this record"
 
@@ -124,14 +128,14 @@ def apply_records(
             decision = apply(current, event)
             event_time = event.moment()
             if watch is not None:
-                when = event_time or log_time or fallback_time
+                when = event_time or log_time or NO_TIME
                 history.after(batch, current, event, record.offset, when, watch, snapshots)
             cluster = clusters.get(event.cluster)
             if cluster is not None and cluster.changes is not None:
                 held = len(cluster.changes.ips)
                 before = seen_ips.get(cluster.name, 0)
                 if held > before:
-                    when = event_time or log_time or fallback_time
+                    when = event_time or log_time or NO_TIME
                     batch.ip_times.setdefault(cluster.name, []).extend(
                         [(record.offset, when)] * (held - before)
                     )

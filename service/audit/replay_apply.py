@@ -161,7 +161,6 @@ async def apply_batch(
     seen_ips: dict[str, int] = {
         name: len(c.changes.ips) for name, c in current.clusters.items() if c.changes is not None
     }
-    fallback_time = datetime.datetime.now(UTC)
     last_ms: int | None = None
     log_time: datetime.datetime | None = None
     snapshots: dict[tuple[str, str], dict[str, object] | None] = {}
@@ -230,7 +229,7 @@ async def apply_batch(
             decision = apply(current, event)
             event_time = event.moment()
             if watch is not None:
-                when = event_time or log_time or fallback_time
+                when = event_time or log_time or batches.NO_TIME
                 after(batch, current, event, record.offset, when, watch, snapshots)
             if cluster is None:
                 cluster = clusters.get(event.cluster)
@@ -240,7 +239,7 @@ async def apply_batch(
                 name = cluster.name
                 before = seen_ips.get(name, 0)
                 if held > before:
-                    when = event_time or log_time or fallback_time
+                    when = event_time or log_time or batches.NO_TIME
                     offset = record.offset
                     for change in ips[before:held]:
                         key = (name, change.family, change.address)

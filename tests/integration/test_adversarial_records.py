@@ -196,14 +196,6 @@ async def run_kafka_allocator(bootstrap: str, topic: str, dsn: str, end: int) ->
 
 
 @pytest.mark.kafka
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "service/adapters/kafka/log.py (helper F's) raises KafkaLogError for a record without a "
-        "value (a tombstone any client can write): every read of that offset fails, and the "
-        "partition retries it forever instead of rejecting it"
-    ),
-)
 async def test_a_kafka_tombstone_is_rejected_not_retried_forever(
     kafka_broker: KafkaBroker, pg_dsn: str
 ) -> None:
@@ -239,27 +231,10 @@ HOSTILE_TIMESTAMPS = [
     pytest.param(
         -62135596800001,  # one ms before 0001-01-01T00:00:00Z
         id="before-year-1",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason=(
-                "service/allocator/batch.py (helper F's) converts the record's time with "
-                "datetime.fromtimestamp: ValueError (year 0 is out of range) escapes the "
-                "allocator's run, and the partition stops at that record on every restart; the "
-                "fix is in the Kafka adapter's _timestamp_ms (also F's), see the report"
-            ),
-        ),
     ),
     pytest.param(
         -62135596800000,  # 0001-01-01T00:00:00Z: stored as -infinity, read back naive
         id="first-millisecond",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason=(
-                "service/adapters/kafka/log.py (helper F's) passes CreateTime "
-                "0001-01-01T00:00:00Z on, which the projection stores as -infinity and reads "
-                "back as a naive datetime.min: replay --verify reports the rows as differing"
-            ),
-        ),
     ),
     pytest.param(-2, id="before-1970"),
     pytest.param(0, id="the-epoch"),
@@ -315,16 +290,6 @@ async def insert_raw(dsn: str, items: Sequence[tuple[bytes, str]]) -> None:
         await db.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "service/adapters/postgres/table_log.py (helper F's, the log adapter) reads appended_at "
-        "as floor(extract(epoch ...) * 1000)::int8: 'infinity' fails every read (bigint out of "
-        "range) and a time before year 1 crashes the allocator in datetime.fromtimestamp; "
-        "either stops the partition at that row; 0001-01-01T00:00:00Z is stored as -infinity "
-        "and read back naive, and replay --verify reports the rows as differing"
-    ),
-)
 @pytest.mark.parametrize(
     "appended_at",
     [
@@ -376,15 +341,6 @@ async def assert_verifies(bootstrap: str, topic: str, dsn: str, records: int | N
 
 
 @pytest.mark.kafka
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "a Kafka record without a time (CreateTime -1, which any client can write) and an event "
-        "without 'time' are given datetime.now() as the time of the holdings and node history "
-        "(service/allocator/batch.py and service/audit/replay_apply.py: fallback_time), so the "
-        "replay's rows differ from the live ones and replay --verify reports a divergence"
-    ),
-)
 async def test_records_without_a_time_replay_to_the_same_rows(
     kafka_broker: KafkaBroker, pg_dsn: str
 ) -> None:
@@ -480,20 +436,7 @@ async def _end_beyond(event_log: kafka_log.KafkaEventLog, records: int) -> bool:
     return await event_log.end_offset(0) > records
 
 
-TRANSACTION_MARKERS = pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "Kafka gives no record at the offset of a transaction's commit marker, and the "
-        "allocator (service/allocator/loop.py, F's: 'expected offset N, the log returned N+1', "
-        "retried forever) and replay --verify (service/audit/replay.py, G's: 'records up to "
-        "offset N ... the log ends here') both take offsets to be dense: one transactional "
-        "producer on the events topic stops the partition and fails every replay"
-    ),
-)
-
-
 @pytest.mark.kafka
-@TRANSACTION_MARKERS
 async def test_a_transaction_marker_between_two_reads_does_not_stop_the_partition(
     kafka_broker: KafkaBroker, pg_dsn: str
 ) -> None:
@@ -540,7 +483,6 @@ async def test_a_transaction_marker_between_two_reads_does_not_stop_the_partitio
 
 
 @pytest.mark.kafka
-@TRANSACTION_MARKERS
 async def test_a_transaction_marker_inside_a_read_replays_and_verifies(
     kafka_broker: KafkaBroker, pg_dsn: str
 ) -> None:

@@ -66,6 +66,10 @@ REQUIRED_TOPIC_CONFIG: Mapping[str, str] = {
 }
 
 _NO_TIMESTAMP = -1
+# 0001-01-01T00:00:00.001Z and 9999-12-31T23:59:59.999Z in Unix milliseconds: datetime's range
+# but its first microsecond, which PostgreSQL would store as -infinity (read back naive).
+_EARLIEST_MS = -62_135_596_799_999
+_LATEST_MS = 253_402_300_799_999
 _BEYOND_END_POLL_S = 0.1
 _METADATA_SETTLE_S = 10.0
 
@@ -222,8 +226,43 @@ async def _wait_for_leaders(admin: AIOKafkaAdminClient, topic: str, deadline: fl
         await anyio.sleep(0.05)
 
 
+def _dense(partition: int, start: int, end: int, records: list[ports.Record]) -> list[ports.Record]:
+    """``records`` with an empty record at every offset from ``start`` to ``end`` that has none.
+
+    The event log's offsets are dense (``ports.Record``); a Kafka partition's are not where a
+    transactional producer wrote: each commit or abort marker takes an offset that no consumer
+    is given. An empty value there is a record that does not decode, so the offset gets its
+    rejected decision, in the allocator and in every replay alike (the markers never move).
+    """
+    if (not records and end <= start) or (
+        records and records[0].offset == start and records[-1].offset - start == len(records) - 1
+    ):
+        return records
+    dense: list[ports.Record] = []
+    expected = start
+    for record in records:
+        dense.extend(
+            ports.Record(partition, offset, None, b"", None)
+            for offset in range(expected, record.offset)
+        )
+        dense.append(record)
+        expected = record.offset + 1
+    dense.extend(
+        ports.Record(partition, offset, None, b"", None) for offset in range(expected, end)
+    )
+    return dense
+
+
 def _timestamp_ms(timestamp: int | None) -> int | None:
-    return None if timestamp is None or timestamp == _NO_TIMESTAMP else timestamp
+    """The record's time, within what a ``datetime`` (and so the projection) can hold.
+
+    Kafka keeps the producer's CreateTime, and by default accepts any time in the past: a
+    client may write -62135596800001 (before year 1), which ``datetime.fromtimestamp`` refuses
+    with ValueError. Clamped here, once, so the allocator and a replay see the same time.
+    """
+    if timestamp is None or timestamp == _NO_TIMESTAMP:
+        return None
+    return min(max(timestamp, _EARLIEST_MS), _LATEST_MS)
 
 
 @dataclass(slots=True)
@@ -424,6 +463,20 @@ class KafkaEventLog:
                     ) from exc
                 records = [self._record(message) for message in fetched.get(reader.tp, ())]
                 if records:
+                    end = records[-1].offset + 1
+                else:
+                    # The consumer passes over offsets that hold no record (a transaction's
+                    # commit or abort marker); its position says how far it went.
+                    with driver.translate(
+                        errors.KafkaLogError,
+                        f"reading {self._topic!r} partition {partition} from offset {start}",
+                    ):
+                        end = await reader.consumer.position(reader.tp)
+                records = _dense(partition, start, end, records)
+                if len(records) > max_records:
+                    del records[max_records:]
+                    reader.position = None  # fetched beyond what is returned: seek next time
+                elif records:
                     reader.position = records[-1].offset + 1
                 return records
 
@@ -569,10 +622,10 @@ class KafkaEventLog:
         offset: int = message.offset
         value: bytes | None = message.value
         if value is None:
-            raise errors.KafkaLogError(
-                f"{self._topic!r} partition {partition} offset {offset} has no value "
-                "(a tombstone); the event log never writes those"
-            )
+            # A tombstone: ipledger never writes one, but any client of the topic can. Raising
+            # would fail every read of this offset and stop the partition; as an empty value it
+            # is a record like any other that does not decode, rejected with its reason.
+            value = b""
         return ports.Record(
             partition=partition,
             offset=offset,

@@ -39,8 +39,12 @@ _MILLISECOND = datetime.timedelta(milliseconds=1)
 # Every failure is a TableLogError, one that blames the values appended too: the allocator
 # backs off and retries a log error. Its messages have never named the driver's class.
 _translate = driver.Translation(errors.TableLogError, name_driver_error=False)
+# appended_at within datetime's range (years 1-9999 in UTC, less its first microsecond, which
+# would be stored as -infinity): a row any client inserted may hold 'infinity' (no bigint) or a
+# time before year 1 (no datetime), which would stop the partition.
 _SELECT = (
-    'SELECT "offset", key, value, floor(extract(epoch FROM appended_at) * 1000)::int8 '
+    'SELECT "offset", key, value, floor(extract(epoch FROM least(greatest(appended_at, '
+    "'0001-01-01 00:00:00.001+00'), '9999-12-31 23:59:59.999+00')) * 1000)::int8 "
     'FROM log_record WHERE partition = $1 AND "offset" >= $2 ORDER BY "offset" LIMIT $3'
 )
 
