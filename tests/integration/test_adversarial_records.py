@@ -22,7 +22,6 @@ import anyio
 import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
-from aiokafka import codec as aiokafka_codec
 from aiokafka.errors import KafkaError
 
 from service import allocator, ports
@@ -127,14 +126,6 @@ OUT_OF_RANGE_TIMES = [
 ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "service/domain/events.py (helper E's) accepts a time whose UTC instant is outside "
-        "years 1-9999: the projection refuses it (OverflowError in asyncpg's timestamptz "
-        "encoder) and the live decision is 'could not store', while simulate applies it"
-    ),
-)
 @pytest.mark.parametrize("when", OUT_OF_RANGE_TIMES)
 async def test_a_time_beyond_the_utc_range_decides_alike_live_and_in_simulate(
     log: table_log.PostgresTableLog, pg_dsn: str, when: str
@@ -365,22 +356,11 @@ LAST_MICROSECOND = "9999-12-31T23:59:59.999999Z"
 FIRST_MICROSECOND = "0001-01-01T00:00:00Z"
 
 
-ENDS_READ_BACK_NAIVE = pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "service/domain/events.py (helper E's) accepts the first and last microsecond of "
-        "datetime's range, which the projection stores as -infinity/infinity and reads back as "
-        "naive datetime.min/max: replay --verify reports the committed ip_history row as "
-        "differing from the replayed one"
-    ),
-)
-
-
 @pytest.mark.parametrize(
     "when",
     [
-        pytest.param(LAST_MICROSECOND, id="last-microsecond", marks=ENDS_READ_BACK_NAIVE),
-        pytest.param(FIRST_MICROSECOND, id="first-microsecond", marks=ENDS_READ_BACK_NAIVE),
+        pytest.param(LAST_MICROSECOND, id="last-microsecond"),
+        pytest.param(FIRST_MICROSECOND, id="first-microsecond"),
         pytest.param("9999-12-31T23:59:59.999998Z", id="one-before-the-last"),
         pytest.param("0001-01-01T00:00:00.000001Z", id="one-after-the-first"),
     ],
@@ -615,32 +595,10 @@ def console_produce(bootstrap: str, topic: str, codec: str, lines: Sequence[byte
     assert result.returncode == 0, result.stderr
 
 
-# aiokafka reads snappy, lz4 and zstd batches only with cramjam installed (its extras of those
-# names); without it the test is expected to fail, and fails, where any producer compresses.
-_CODEC_LIBRARIES = {
-    "snappy": aiokafka_codec.has_snappy,
-    "lz4": aiokafka_codec.has_lz4,
-    "zstd": aiokafka_codec.has_zstd,
-}
-COMPRESSION_CODECS = [
-    pytest.param("gzip", id="gzip"),
-    *(
-        pytest.param(
-            codec,
-            id=codec,
-            marks=pytest.mark.xfail(
-                not available(),
-                strict=True,
-                reason=(
-                    f"aiokafka reads {codec} batches only with the cramjam package, which "
-                    "pyproject.toml does not install (aiokafka[snappy,lz4,zstd]): every read of "
-                    "the batch fails (UnsupportedCodecError, retried forever), the partition stops"
-                ),
-            ),
-        )
-        for codec, available in _CODEC_LIBRARIES.items()
-    ),
-]
+# aiokafka reads snappy, lz4 and zstd batches only with cramjam, which pyproject.toml installs
+# (aiokafka's extras of those names): without it every read of such a batch failed
+# (UnsupportedCodecError, retried forever) and the partition stopped.
+COMPRESSION_CODECS = ["gzip", "snappy", "lz4", "zstd"]
 
 
 @pytest.mark.kafka

@@ -47,13 +47,6 @@ def record(kind: str, time: str) -> bytes:
 KINDS = ["node.added", "node.deleted", "ip.requested", "ip.released"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "service/domain/events.py (helper E's) checks that time is a date-time, not that it is "
-        "storable once in UTC: the fix is in helper H's report"
-    ),
-)
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("time", NOT_STORABLE)
 def test_a_time_the_projection_cannot_hold_is_refused_at_decode(kind: str, time: str) -> None:
