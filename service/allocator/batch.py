@@ -167,15 +167,8 @@ def apply_records(
         if changes is not None and (changes.nodes or changes.pool or changes.ips):
             batch.changes[name] = cluster.take_changes()
             batch.ip_times.setdefault(name, [])
-            if not rows:
-                continue
-            batch.cluster_rows[name] = restore.cluster_row(cluster)
-            batch.node_rows[name] = {
-                node: restore.node_row(cluster, cluster.nodes[node])
-                if node in cluster.nodes
-                else None
-                for node in sorted(changes.nodes)
-            }
+    if rows:
+        take_rows(batch, current)
     return batch
 
 

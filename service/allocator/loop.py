@@ -356,18 +356,6 @@ class PartitionAllocator:
         the rows are taken once, after the last slice.
         """
         step = APPLY_SLICE_RECORDS
-        if len(records) <= step:
-            return batches.apply_records(
-                current,
-                records,
-                self.partition,
-                token,
-                partitions=self._partitions,
-                tree=self._tree,
-                evidence=self.settings.tree,
-                rows=rows,
-                snapshots=snapshots,
-            )
         batch: ports.Batch | None = None
         for start in range(0, len(records), step):
             last = start + step >= len(records)

@@ -19,7 +19,6 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 
 import anyio
-import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
@@ -31,10 +30,11 @@ from service.adapters.postgres import projection as pg_projection
 from service.adapters.postgres import reader as pg_reader
 from service.adapters.postgres import table_log
 from service.audit import replay
-from service.domain import allocation, document, events, state
+from service.domain import document, events
 from tests import waiting
 from tests.harness import kafka as kafka_harness
 from tests.harness.kafka import KafkaBroker
+from tests.raw_log import insert_raw, oracle
 from tests.streams import key_of, mixed_stream
 
 pytestmark = pytest.mark.anyio
@@ -66,12 +66,6 @@ async def log(pg_dsn: str) -> AsyncIterator[table_log.PostgresTableLog]:
     event_log = table_log.PostgresTableLog.from_dsn(pg_dsn)
     yield event_log
     await event_log.close()
-
-
-def oracle(records: Sequence[bytes]) -> tuple[state.State, list[events.Decision]]:
-    """What the pure core (``ipledger simulate``) decides over ``records``."""
-    current = state.State()
-    return current, [allocation.apply_record(current, record)[0] for record in records]
 
 
 async def run_allocator(log: ports.EventLog, dsn: str, end: int, log_name: str = "table") -> None:
@@ -261,26 +255,6 @@ async def test_a_hostile_kafka_timestamp_decides_alike_live_and_in_simulate(
 # --- the table log: its rows written by any client with INSERT on log_record ------------------
 
 
-async def insert_raw(dsn: str, items: Sequence[tuple[bytes, str]]) -> None:
-    """Append ``(value, appended_at)`` rows to partition 0 with plain SQL (key ``default``)."""
-    db = await asyncpg.connect(dsn)
-    try:
-        async with db.transaction():
-            end = await db.fetchval(
-                "UPDATE log_head SET next_offset = next_offset + $1 WHERE partition = 0 "
-                "RETURNING next_offset",
-                len(items),
-            )
-            await db.executemany(
-                'INSERT INTO log_record (partition, "offset", key, value, appended_at) '
-                "VALUES (0, $1, 'default', $2, $3::text::timestamptz)",
-                [(end - len(items) + n, v, at) for n, (v, at) in enumerate(items)],
-            )
-            await db.execute("SELECT pg_notify($1, '0')", table_log.DEFAULT_CHANNEL)
-    finally:
-        await db.close()
-
-
 @pytest.mark.parametrize(
     "appended_at",
     [
@@ -302,7 +276,9 @@ async def test_a_hostile_table_log_time_decides_alike_live_and_in_simulate(
         node_added("n2", "worker-2", None),
     ]
     now = "2026-12-02 16:00:00+00"
-    await insert_raw(pg_dsn, [(r, appended_at if n else now) for n, r in enumerate(records)])
+    await insert_raw(
+        pg_dsn, [(b"default", r, appended_at if n else now) for n, r in enumerate(records)]
+    )
     await run_allocator(log, pg_dsn, len(records))
     await assert_live_equals_simulate(pg_dsn, records)
     report = await verify(log, pg_dsn)
@@ -519,7 +495,7 @@ async def test_a_50_mb_record_in_the_table_log_is_rejected_and_replays(
         ip_requested("r1", "worker-1", "ns/a", None),
     ]
     now = "2026-12-02 16:00:00+00"
-    await insert_raw(pg_dsn, [(r, now) for r in records])
+    await insert_raw(pg_dsn, [(b"default", r, now) for r in records])
     await run_allocator(log, pg_dsn, len(records))
     await assert_live_equals_simulate(pg_dsn, records)
     reader = pg_reader.PostgresProjectionReader.from_dsn(pg_dsn)

@@ -27,9 +27,10 @@ from service.adapters.kafka import log as kafka_log
 from service.adapters.postgres import projection as pg_projection
 from service.adapters.postgres import reader as pg_reader
 from service.adapters.postgres import table_log
-from service.domain import allocation, document, events, state
+from service.domain import document, events
 from tests import fakes, waiting
 from tests.harness.kafka import KafkaBroker
+from tests.raw_log import insert_raw, oracle
 from tests.streams import key_of, mixed_stream
 
 pytestmark = pytest.mark.anyio
@@ -86,11 +87,6 @@ def stream_with(poison_offsets: Sequence[int], total: int, seed: int = 5) -> lis
     return records
 
 
-def oracle(records: Sequence[bytes]) -> tuple[state.State, list[events.Decision]]:
-    current = state.State()
-    return current, [allocation.apply_record(current, record)[0] for record in records]
-
-
 def open_projection(dsn: str, log_name: str = "table") -> pg_projection.PostgresProjection:
     return pg_projection.PostgresProjection.from_dsn(dsn, log_name=log_name, holder="test")
 
@@ -101,26 +97,6 @@ async def add_poison_check(dsn: str) -> None:
         await db.execute(
             f"ALTER TABLE pod_ip ADD CONSTRAINT test_poison CHECK (owner <> '{POISON_OWNER}')"
         )
-    finally:
-        await db.close()
-
-
-async def insert_raw(dsn: str, items: Sequence[tuple[bytes | None, bytes]]) -> None:
-    """Append to partition 0 of the table log with plain SQL, as any writer of the table could."""
-    db = await asyncpg.connect(dsn)
-    try:
-        async with db.transaction():
-            end = await db.fetchval(
-                "UPDATE log_head SET next_offset = next_offset + $1 WHERE partition = 0 "
-                "RETURNING next_offset",
-                len(items),
-            )
-            await db.executemany(
-                'INSERT INTO log_record (partition, "offset", key, value, appended_at) '
-                "VALUES (0, $1, $2, $3, clock_timestamp())",
-                [(end - len(items) + n, key, value) for n, (key, value) in enumerate(items)],
-            )
-            await db.execute("SELECT pg_notify($1, '0')", table_log.DEFAULT_CHANNEL)
     finally:
         await db.close()
 
@@ -370,7 +346,7 @@ async def test_hostile_records_inserted_into_the_table_log_never_stop_the_partit
     for n, item in enumerate(hostile):
         items += [item, (b"edge", edge_request(f"after-{n}", f"ns/after-{n}"))]
     items += [(key_of(r), r) for r in good[300:]]
-    await insert_raw(pg_dsn, items)
+    await insert_raw(pg_dsn, [(key, value, None) for key, value in items])
     records = [value for _, value in items]
     hostile_offsets = {n for n, item in enumerate(items) if item in hostile}
     assert len(hostile_offsets) == len(hostile)
